@@ -1,0 +1,1 @@
+../../ml_scripts/metric_definitions.py

@@ -1,0 +1,25 @@
+"""Make the three code roots importable the way they are at run time.
+
+- ``ml_scripts/`` is the SageMaker ``source_dir``: its modules import each other
+  as top-level modules (``import common``), so it goes on ``sys.path`` itself.
+- ``chalice_app/`` is the Lambda root: ``app`` and ``chalicelib`` are top level.
+- The repo root carries ``breedline`` (local runtime, CLI, deploy helpers).
+"""
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+for path in (ROOT, ROOT / "ml_scripts", ROOT / "chalice_app"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+# Never touch a real AWS account from tests, whatever the developer's shell has.
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.pop("AWS_PROFILE", None)
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Breedline")
+os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "breedline")
