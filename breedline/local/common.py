@@ -1,0 +1,124 @@
+"""Small helpers shared by the local SageMaker service's pieces.
+
+Why a module of its own: the service, the training runner, the tuner and the
+endpoint host all need the same notion of an API error, of time and of S3
+paths, and none of them should import the others for it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+
+class ServiceError(Exception):
+    """An error answered in SageMaker's JSON error format (``__type`` + ``message``)."""
+
+    def __init__(self, code: str, message: str, status: int = 400, **fields: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.fields = fields
+
+
+def not_found(message: str) -> ServiceError:
+    return ServiceError("ResourceNotFound", message)
+
+
+def validation(message: str) -> ServiceError:
+    return ServiceError("ValidationException", message)
+
+
+def in_use(message: str) -> ServiceError:
+    return ServiceError("ResourceInUse", message)
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def to_epoch(value: dt.datetime) -> float:
+    return value.timestamp()
+
+
+def to_millis(value: dt.datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def wire_json(obj: Any) -> str:
+    """JSON for the SageMaker wire: timestamps as epoch seconds, as botocore parses them."""
+    return json.dumps(obj, default=lambda v: to_epoch(v) if isinstance(v, dt.datetime) else str(v))
+
+
+def event_json(obj: Any) -> Any:
+    """Copy of ``obj`` with timestamps as epoch milliseconds, as SageMaker's events carry them."""
+    if isinstance(obj, dt.datetime):
+        return to_millis(obj)
+    if isinstance(obj, dict):
+        return {k: event_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [event_json(v) for v in obj]
+    return obj
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key/prefix`` -> ``("bucket", "key/prefix")``."""
+    if not uri.startswith("s3://"):
+        raise validation(f"not an S3 URI: {uri!r}")
+    bucket, _, key = uri[5:].partition("/")
+    return bucket, key
+
+
+def download_prefix(s3: Any, uri: str, dest: Path) -> int:
+    """Download every object under an S3 prefix (or one object) into ``dest``; return the count."""
+    bucket, prefix = split_s3_uri(uri)
+    dest.mkdir(parents=True, exist_ok=True)
+    count = 0
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            key = obj["Key"]
+            if key.endswith("/"):
+                continue
+            rel = key[len(prefix):].lstrip("/") if key != prefix else Path(key).name
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, key, str(target))
+            count += 1
+    return count
+
+
+def upload_tree(s3: Any, source: Path, uri: str) -> int:
+    """Upload every file under ``source`` below the S3 prefix ``uri``; return the count."""
+    bucket, prefix = split_s3_uri(uri)
+    prefix = prefix.rstrip("/")
+    count = 0
+    if not source.is_dir():
+        return 0
+    for path in sorted(source.rglob("*")):
+        if path.is_file():
+            key = f"{prefix}/{path.relative_to(source).as_posix()}" if prefix else path.relative_to(source).as_posix()
+            s3.upload_file(str(path), bucket, key)
+            count += 1
+    return count
+
+
+def make_tarball(source: Path, target: Path) -> Path:
+    """Tar+gzip the *contents* of ``source`` (members at the root), as SageMaker packs model.tar.gz."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(target, "w:gz") as tar:
+        if source.is_dir():
+            for path in sorted(source.iterdir()):
+                tar.add(path, arcname=path.name)
+    return target
+
+
+def extract_tarball(archive: Path, dest: Path) -> None:
+    """Unpack a tarball safely (no absolute paths or ``..``)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "r:*") as tar:
+        tar.extractall(dest, filter="data")

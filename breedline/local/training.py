@@ -1,0 +1,394 @@
+"""One local training job: a child process under SageMaker's container contract.
+
+Why a real process with the real folders: the same ``train.py`` runs in the AWS
+PyTorch container, so locally it must see the same world: channels under
+``input/data/<channel>``, ``input/config/hyperparameters.json`` and
+``debughookconfig.json``, the model dir that becomes ``model.tar.gz``, and
+hyperparameters as CLI arguments. The container's ``/opt/ml`` becomes
+``.breedline/jobs/<job>/`` and every path is passed through the ``SM_*``
+variables the toolkit sets.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import download_prefix, extract_tarball, make_tarball, now, split_s3_uri, upload_tree
+
+log = logging.getLogger("breedline.local.training")
+
+
+def decode_hyperparameter(value: str) -> Any:
+    """SageMaker's toolkit JSON-decodes each value where it can (``"\\"train.py\\""`` -> ``train.py``)."""
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, TypeError):
+        return value
+
+
+def cli_arguments(hyperparameters: dict[str, str]) -> list[str]:
+    """Hyperparameters as the toolkit passes them: ``--name value``, never the ``sagemaker_*`` ones."""
+    args: list[str] = []
+    for name, raw in sorted(hyperparameters.items()):
+        if name.startswith("sagemaker_"):
+            continue
+        value = decode_hyperparameter(raw)
+        text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+        args += [f"--{name}", text]
+    return args
+
+
+class TrainingRun:
+    """Runs one job in a thread: download, train, upload, with SageMaker's status transitions."""
+
+    def __init__(self, backend: Any, name: str, threads: int | None = None) -> None:
+        self.backend = backend
+        self.name = name
+        self.root = backend.job_dir(name)
+        self.threads = threads
+        self.process: subprocess.Popen | None = None
+        self.stop_requested = threading.Event()
+        self.stop_reason = "Stopped"
+        self.thread = threading.Thread(target=self._run, name=f"training-{name}", daemon=True)
+        self.done = threading.Event()
+        self.history: dict[str, list[float]] = {}
+
+    def __repr__(self) -> str:
+        return f"TrainingRun({self.name})"
+
+    # --------------------------------------------------------------- state
+    @property
+    def job(self) -> dict:
+        return self.backend.training_jobs[self.name]
+
+    def transition(self, secondary: str, message: str, status: str | None = None, emit: bool = True) -> None:
+        """Record a SecondaryStatus transition (closing the previous one) and emit the state event."""
+        stamp = now()
+        with self.backend.lock:
+            job = self.job
+            transitions = job["SecondaryStatusTransitions"]
+            if transitions and "EndTime" not in transitions[-1]:
+                transitions[-1]["EndTime"] = stamp
+            transitions.append({"Status": secondary, "StartTime": stamp, "StatusMessage": message})
+            if secondary in ("Completed", "Failed", "Stopped", "MaxRuntimeExceeded", "MaxWaitTimeExceeded",
+                             "Interrupted"):
+                transitions[-1]["EndTime"] = stamp
+            job["SecondaryStatus"] = secondary
+            if status is not None:
+                job["TrainingJobStatus"] = status
+            job["LastModifiedTime"] = stamp
+        if emit:
+            self.emit()
+        self.backend.changed()
+
+    def emit(self) -> None:
+        """Put the documented ``SageMaker Training Job State Change`` event."""
+        keys = ("TrainingJobName", "TrainingJobArn", "TrainingJobStatus", "SecondaryStatus", "HyperParameters",
+                "AlgorithmSpecification", "RoleArn", "InputDataConfig", "OutputDataConfig", "ResourceConfig",
+                "StoppingCondition", "CreationTime", "TrainingStartTime", "TrainingEndTime", "LastModifiedTime",
+                "SecondaryStatusTransitions", "ModelArtifacts", "FailureReason", "TuningJobArn",
+                "EnableManagedSpotTraining", "CheckpointConfig", "DebugHookConfig", "ProfilerConfig",
+                "FinalMetricDataList")
+        with self.backend.lock:
+            job = self.job
+            detail = {k: copy.deepcopy(job[k]) for k in keys if k in job}
+            detail["Tags"] = self.backend.tag_dict(job["TrainingJobArn"])
+            arn = job["TrainingJobArn"]
+        self.backend.emit("SageMaker Training Job State Change", detail, arn)
+
+    # ------------------------------------------------------------ control
+    def start(self) -> None:
+        self.thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+
+    def stop(self, quiet: bool = False, reason: str = "Stopped") -> None:
+        """Ask the job to stop: SIGTERM to the process group, SIGKILL after a grace period."""
+        self.stop_reason = reason
+        self.stop_requested.set()
+        if not quiet and self.job["TrainingJobStatus"] == "InProgress":
+            self.transition("Stopping", "Stopping the training job", status="Stopping")
+        self._terminate()
+
+    def _terminate(self) -> None:
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # ---------------------------------------------------------------- run
+    def _run(self) -> None:
+        try:
+            self._run_inner()
+        except Exception as exc:  # any local failure is the job's failure, never a hang
+            log.exception("training job %s failed in the runtime", self.name)
+            self._finish("Failed", f"ClientError: {type(exc).__name__}: {exc}")
+        finally:
+            self.done.set()
+
+    def _paths(self) -> dict[str, Path]:
+        ml = self.root
+        paths = {
+            "input": ml / "input",
+            "data": ml / "input" / "data",
+            "config": ml / "input" / "config",
+            "model": ml / "model",
+            "output": ml / "output",
+            "output_data": ml / "output" / "data",
+            "checkpoints": ml / "checkpoints",
+            "code": ml / "code",
+            "debug": ml / "debug-output",
+            "logs": ml / "logs",
+        }
+        for path in paths.values():
+            path.mkdir(parents=True, exist_ok=True)
+        return paths
+
+    def _run_inner(self) -> None:
+        job = self.job
+        paths = self._paths()
+        s3 = self.backend.s3
+        with self.backend.lock:
+            job["TrainingStartTime"] = now()
+        self.transition("Downloading", "Downloading input data")
+        hyper = dict(job.get("HyperParameters", {}))
+        # Channels, exactly as File mode lays them out.
+        input_config: dict[str, dict] = {}
+        for channel in job.get("InputDataConfig", []):
+            source = channel["DataSource"].get("S3DataSource")
+            if source is None:
+                raise RuntimeError(f"channel {channel['ChannelName']}: only S3DataSource is supported locally")
+            count = download_prefix(s3, source["S3Uri"], paths["data"] / channel["ChannelName"])
+            if count == 0:
+                return self._finish("Failed", f"ClientError: No objects found under {source['S3Uri']} "
+                                              f"(channel {channel['ChannelName']})")
+            input_config[channel["ChannelName"]] = {
+                "TrainingInputMode": channel.get("InputMode", job["AlgorithmSpecification"].get("TrainingInputMode")),
+                "S3DistributionType": source.get("S3DataDistributionType", "FullyReplicated"),
+                "RecordWrapperType": channel.get("RecordWrapperType", "None"),
+            }
+        submit = decode_hyperparameter(hyper.get("sagemaker_submit_directory", '""'))
+        program = decode_hyperparameter(hyper.get("sagemaker_program", '""'))
+        if not submit or not program:
+            return self._finish("Failed", "ClientError: script mode needs the hyperparameters sagemaker_program "
+                                          "and sagemaker_submit_directory")
+        archive = paths["input"] / "sourcedir.tar.gz"
+        bucket, key = split_s3_uri(str(submit))
+        try:
+            s3.download_file(bucket, key, str(archive))
+        except Exception as exc:
+            return self._finish("Failed", f"ClientError: cannot download {submit}: {exc}")
+        extract_tarball(archive, paths["code"])
+        if not (paths["code"] / str(program)).is_file():
+            return self._finish("Failed", f"ClientError: {program} is not in {submit}")
+        checkpoint = job.get("CheckpointConfig")
+        if checkpoint:
+            download_prefix(s3, checkpoint["S3Uri"], paths["checkpoints"])
+
+        # input/config, as the platform writes it.
+        (paths["config"] / "hyperparameters.json").write_text(json.dumps(hyper, indent=2))
+        (paths["config"] / "inputdataconfig.json").write_text(json.dumps(input_config, indent=2))
+        (paths["config"] / "resourceconfig.json").write_text(json.dumps(
+            {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}))
+        debug = job.get("DebugHookConfig")
+        if debug:
+            hook = {
+                "LocalPath": str(paths["debug"]),
+                "S3OutputPath": debug["S3OutputPath"],
+                "HookParameters": debug.get("HookParameters", {}),
+                "CollectionConfigurations": debug.get("CollectionConfigurations", []),
+            }
+            (paths["config"] / "debughookconfig.json").write_text(json.dumps(hook, indent=2))
+        if job.get("ProfilerConfig"):
+            (paths["config"] / "profilerconfig.json").write_text(json.dumps(job["ProfilerConfig"], indent=2))
+        if self.stop_requested.is_set():
+            return self._finish("Stopped")
+
+        self.transition("Training", "Training image download completed. Training in progress.")
+        returncode, stderr_tail = self._train(paths, hyper, str(program), input_config)
+        if self.stop_requested.is_set():
+            self._upload(paths, model=False)
+            return self._finish("Stopped", secondary=self.stop_reason)
+        if returncode != 0:
+            failure_file = paths["output"] / "failure"
+            reason = failure_file.read_text().strip() if failure_file.is_file() else ""
+            reason = reason or stderr_tail or f"exit code {returncode}"
+            self._upload(paths, model=False)
+            return self._finish("Failed", f"AlgorithmError: {reason[-1000:]}, exit code: {returncode}")
+        self.transition("Uploading", "Uploading generated training model")
+        self._upload(paths, model=True)
+        self._finish("Completed")
+
+    def _train(self, paths: dict[str, Path], hyper: dict[str, str], program: str,
+               input_config: dict[str, dict]) -> tuple[int, str]:
+        env = dict(os.environ)
+        env.update({
+            "SM_MODEL_DIR": str(paths["model"]),
+            "SM_OUTPUT_DIR": str(paths["output"]),
+            "SM_OUTPUT_DATA_DIR": str(paths["output_data"]),
+            "SM_INPUT_DIR": str(paths["input"]),
+            "SM_INPUT_CONFIG_DIR": str(paths["config"]),
+            "SM_CHANNELS": json.dumps(sorted(input_config)),
+            "SM_HPS": json.dumps({k: decode_hyperparameter(v) for k, v in hyper.items()
+                                  if not k.startswith("sagemaker_")}),
+            "SM_USER_ENTRY_POINT": program,
+            "SM_MODULE_DIR": hyper.get("sagemaker_submit_directory", ""),
+            "SM_CURRENT_HOST": "algo-1",
+            "SM_HOSTS": json.dumps(["algo-1"]),
+            "SM_NUM_GPUS": "0",
+            "SM_NUM_CPUS": str(os.cpu_count() or 1),
+            "SM_TRAINING_JOB_NAME": self.name,
+            "TRAINING_JOB_NAME": self.name,
+            "BREEDLINE_CHECKPOINT_DIR": str(paths["checkpoints"]),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        })
+        for name in input_config:
+            env[f"SM_CHANNEL_{name.upper()}"] = str(paths["data"] / name)
+        if self.threads:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
+        # The job must not talk to the operator's AWS stand-ins by accident.
+        for key in [k for k in env if k.startswith("AWS_ENDPOINT_URL")]:
+            env.pop(key)
+        command = [sys.executable, program, *cli_arguments(hyper)]
+        (paths["logs"] / "command.json").write_text(json.dumps(command))
+        stdout_log = open(paths["logs"] / "stdout.log", "w", encoding="utf-8")
+        stderr_log = open(paths["logs"] / "stderr.log", "w", encoding="utf-8")
+        definitions = [(d["Name"], re.compile(d["Regex"]))
+                       for d in self.job["AlgorithmSpecification"].get("MetricDefinitions", [])]
+        stderr_lines: list[str] = []
+        deadline = time.monotonic() + self.job["StoppingCondition"].get("MaxRuntimeInSeconds", 86400)
+        try:
+            self.process = subprocess.Popen(
+                command, cwd=paths["code"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                text=True, bufsize=1, start_new_session=True,
+            )
+
+            def pump_stderr() -> None:
+                assert self.process is not None and self.process.stderr is not None
+                for line in self.process.stderr:
+                    stderr_log.write(line)
+                    stderr_log.flush()
+                    if line.strip():
+                        stderr_lines.append(line.rstrip())
+                        del stderr_lines[:-50]
+
+            err_thread = threading.Thread(target=pump_stderr, daemon=True)
+            err_thread.start()
+            watchdog = threading.Thread(target=self._watch_runtime, args=(deadline,), daemon=True)
+            watchdog.start()
+            assert self.process.stdout is not None
+            for line in self.process.stdout:
+                stdout_log.write(line)
+                stdout_log.flush()
+                self._parse_metrics(line, definitions)
+            returncode = self.process.wait()
+            err_thread.join(timeout=5)
+        finally:
+            stdout_log.close()
+            stderr_log.close()
+        return returncode, (stderr_lines[-1] if stderr_lines else "")
+
+    def _watch_runtime(self, deadline: float) -> None:
+        while self.process is not None and self.process.poll() is None:
+            if time.monotonic() > deadline:
+                self.stop(quiet=True, reason="MaxRuntimeExceeded")
+                return
+            time.sleep(0.5)
+
+    def _parse_metrics(self, line: str, definitions: list[tuple[str, re.Pattern[str]]]) -> None:
+        """Apply the job's own MetricDefinitions; keep the latest value as SageMaker does."""
+        updates = {}
+        for name, pattern in definitions:
+            match = pattern.search(line)
+            if match:
+                try:
+                    updates[name] = float(match.group(1))
+                except (IndexError, ValueError):
+                    continue
+        if not updates:
+            return
+        stamp = now()
+        with self.backend.lock:
+            current = {m["MetricName"]: m for m in self.job.get("FinalMetricDataList", [])}
+            for name, value in updates.items():
+                current[name] = {"MetricName": name, "Value": value, "Timestamp": stamp}
+                self.history.setdefault(name, []).append(value)
+            self.job["FinalMetricDataList"] = list(current.values())
+
+    def _upload(self, paths: dict[str, Path], model: bool) -> None:
+        """Upload model, output, Debugger tensors, profiler output and checkpoints as SageMaker does."""
+        s3 = self.backend.s3
+        job = self.job
+        base = job["OutputDataConfig"]["S3OutputPath"].rstrip("/") + f"/{self.name}"
+        try:
+            if model:
+                tarball = make_tarball(paths["model"], paths["output"] / "model.tar.gz")
+                bucket, key = split_s3_uri(f"{base}/output/model.tar.gz")
+                s3.upload_file(str(tarball), bucket, key)
+                with self.backend.lock:
+                    job["ModelArtifacts"] = {"S3ModelArtifacts": f"{base}/output/model.tar.gz"}
+            if any(paths["output_data"].iterdir()):
+                tarball = make_tarball(paths["output_data"], paths["output"] / "output.tar.gz")
+                bucket, key = split_s3_uri(f"{base}/output/output.tar.gz")
+                s3.upload_file(str(tarball), bucket, key)
+            debug = job.get("DebugHookConfig")
+            if debug:
+                upload_tree(s3, paths["debug"], debug["S3OutputPath"].rstrip("/") + f"/{self.name}/debug-output")
+            profiler = job.get("ProfilerConfig")
+            if profiler and profiler.get("S3OutputPath"):
+                upload_tree(s3, paths["output_data"] / "profiler",
+                            profiler["S3OutputPath"].rstrip("/") + f"/{self.name}/profiler-output")
+            checkpoint = job.get("CheckpointConfig")
+            if checkpoint:
+                upload_tree(s3, paths["checkpoints"], checkpoint["S3Uri"])
+        except Exception:
+            log.exception("upload of %s output failed", self.name)
+            raise
+
+    def _finish(self, status: str, reason: str | None = None, secondary: str | None = None) -> None:
+        stamp = now()
+        with self.backend.lock:
+            job = self.job
+            if job["TrainingJobStatus"] in ("Completed", "Failed", "Stopped"):
+                return
+            job["TrainingEndTime"] = stamp
+            job.setdefault("TrainingStartTime", stamp)
+            seconds = max(1, int((stamp - job["TrainingStartTime"]).total_seconds()))
+            job["TrainingTimeInSeconds"] = seconds
+            job["BillableTimeInSeconds"] = seconds
+            if reason:
+                job["FailureReason"] = reason
+        message = {"Completed": "Training job completed", "Failed": reason or "Training job failed",
+                   "Stopped": "Training job stopped"}[status]
+        self.transition(secondary or status, message, status=status)
+        log.info("training job %s %s%s", self.name, status, f": {reason}" if reason else "")
+
+    def metric(self, name: str) -> float | None:
+        with self.backend.lock:
+            for item in self.job.get("FinalMetricDataList", []):
+                if item["MetricName"] == name:
+                    return float(item["Value"])
+        return None
