@@ -40,13 +40,15 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BREEDLINE_STATE_TABLE", "breedline-state", "DynamoDB table for pipeline state (uploads, jobs, live model)."),
     Variable("BREEDLINE_IDEMPOTENCY_TABLE", "breedline-idempotency", "DynamoDB table for the Powertools idempotency utility."),
     Variable("BREEDLINE_ALERT_TOPIC_ARN", "", "SNS topic for pipeline alerts; empty disables alerts (they are still logged)."),
+    Variable("BREEDLINE_IDEMPOTENCY_TTL_SECONDS", "86400", "How long a handled event is remembered as done (Powertools idempotency expiry)."),
     # Images, filled from sagemaker-core at configure time
     Variable("BREEDLINE_TRAINING_IMAGE", "", "PyTorch training image URI (sagemaker-core image_uris, scope training)."),
     Variable("BREEDLINE_INFERENCE_IMAGE", "", "PyTorch inference image URI (sagemaker-core image_uris, scope inference)."),
     Variable("BREEDLINE_DEBUGGER_RULE_IMAGE", "", "Debugger built-in rule image URI for the region."),
     # Data set validation and readiness
     Variable("BREEDLINE_READY_MARKER", "_READY", "Object name that marks a data set upload complete."),
-    Variable("BREEDLINE_QUIET_PERIOD_SECONDS", "300", "Without a marker, start once no upload has arrived for this long."),
+    Variable("BREEDLINE_QUIET_PERIOD_SECONDS", "300", "Without a marker, start once no upload has arrived for this long; 0 means only the marker starts a data set."),
+    Variable("BREEDLINE_QUIET_CHECK_MINUTES", "1", "How often check_quiet_datasets runs (read when the app is packaged)."),
     Variable("BREEDLINE_MIN_IMAGES_PER_CLASS", "2", "Minimum images per class in every split."),
     Variable("BREEDLINE_IMAGE_EXTENSIONS", ".jpg,.jpeg,.png", "File extensions accepted as images (case-insensitive)."),
     # Model and tuning
@@ -82,6 +84,7 @@ VARIABLES: tuple[Variable, ...] = (
     # Predict API
     Variable("BREEDLINE_TOP_K", "5", "How many label/probability pairs the predict API returns."),
     Variable("BREEDLINE_MAX_IMAGE_BYTES", "4718592", "Largest accepted image body (4.5 MiB: a 6 MB Lambda payload after base64)."),
+    Variable("BREEDLINE_API_AUTH", "api_key", "Auth of POST /predict: api_key (usage plan), iam or none. /status and /labels use iam when this is none (read when the app is packaged)."),
     # Observability
     Variable("POWERTOOLS_SERVICE_NAME", "breedline", "Service name on every log line and metric."),
     Variable("POWERTOOLS_METRICS_NAMESPACE", "Breedline", "CloudWatch namespace of the EMF metrics."),
@@ -92,6 +95,16 @@ _DEFAULTS = {v.name: v.default for v in VARIABLES}
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+#: Accepted values of BREEDLINE_API_AUTH.
+API_AUTH_MODES: tuple[str, ...] = ("api_key", "iam", "none")
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} must be one of {', '.join(allowed)}")
+    return value
 
 
 def _bool(value: str) -> bool:
@@ -147,6 +160,9 @@ class Settings:
     bake_seconds: int = 300
     top_k: int = 5
     max_image_bytes: int = 4718592
+    idempotency_ttl_seconds: int = 86400
+    quiet_check_minutes: int = 1
+    api_auth: str = "api_key"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -223,6 +239,9 @@ class Settings:
             bake_seconds=int(number("BREEDLINE_BAKE_SECONDS", int)),
             top_k=int(number("BREEDLINE_TOP_K", int)),
             max_image_bytes=int(number("BREEDLINE_MAX_IMAGE_BYTES", int)),
+            idempotency_ttl_seconds=int(number("BREEDLINE_IDEMPOTENCY_TTL_SECONDS", int)),
+            quiet_check_minutes=max(1, int(number("BREEDLINE_QUIET_CHECK_MINUTES", int))),
+            api_auth=_choice("BREEDLINE_API_AUTH", get("BREEDLINE_API_AUTH"), API_AUTH_MODES),
         )
 
 

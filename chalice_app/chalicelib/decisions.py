@@ -1,0 +1,160 @@
+"""Pure decisions on SageMaker events and results: is it ours, what was tuned, deploy or not.
+
+Why pure: each of these is a place where a wrong answer costs money (a
+deployment of a tuning trial, a worse model going live), so each is a small
+function with its own tests, fed by the documented event shapes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Iterable, Mapping
+
+TAG_PIPELINE = "breedline:pipeline"
+TAG_STAGE = "breedline:stage"
+TAG_DATASET = "breedline:dataset"
+TAG_VERSION = "breedline:version"
+STAGE_TUNING = "tuning"
+STAGE_TRAINING = "training"
+
+#: Statuses that end a job; the event rules match only these.
+TERMINAL_STATUSES: tuple[str, ...] = ("Completed", "Failed", "Stopped")
+#: The metric the quality gate reads from FinalMetricDataList.
+GATE_METRIC = "test_accuracy"
+
+
+class Relevance(str, Enum):
+    """What a training or tuning job event is to this pipeline."""
+
+    OURS = "ours"  # a final training job (or tuning job) this pipeline launched
+    TRIAL = "trial"  # a training job launched by one of our tuning jobs
+    FOREIGN = "foreign"  # anything else in the account
+    LOOKUP = "lookup"  # no tags in the event but our name: ask ListTags
+
+
+def pipeline_tags(prefix: str, stage: str, dataset: str, version: str) -> list[dict[str, str]]:
+    """Tags on every job, model and endpoint the pipeline creates.
+
+    SageMaker copies a tuning job's tags to its trial jobs, so trials carry
+    ``breedline:stage=tuning`` and can never pass for a final job.
+    """
+    return [
+        {"Key": TAG_PIPELINE, "Value": prefix},
+        {"Key": TAG_STAGE, "Value": stage},
+        {"Key": TAG_DATASET, "Value": dataset},
+        {"Key": TAG_VERSION, "Value": version},
+    ]
+
+
+def tags_to_dict(tags: Any) -> dict[str, str]:
+    """Events carry tags as a map; the API as ``[{"Key", "Value"}]``. Accept both."""
+    if isinstance(tags, Mapping):
+        return {str(k): str(v) for k, v in tags.items()}
+    if isinstance(tags, list):
+        return {str(t["Key"]): str(t.get("Value", "")) for t in tags if isinstance(t, Mapping) and "Key" in t}
+    return {}
+
+
+def _trial_pattern(prefix: str) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(prefix)}-.*-\d{{3}}-[0-9a-f]{{8}}$")
+
+
+def classify_training_job(name: str, tags: Mapping[str, str], prefix: str) -> Relevance:
+    """Decide whether a training job is this pipeline's final job.
+
+    Tags decide when present. Without tags (an event that omits them) the name
+    decides what it safely can: a trial-shaped or foreign name is final, a
+    final-shaped name needs a ListTags call before anything is deployed.
+    """
+    if tags.get(TAG_PIPELINE) == prefix:
+        stage = tags.get(TAG_STAGE)
+        if stage == STAGE_TRAINING and name.endswith("-final"):
+            return Relevance.OURS
+        if stage == STAGE_TUNING:
+            return Relevance.TRIAL
+        return Relevance.FOREIGN
+    if TAG_PIPELINE in tags or not name.startswith(prefix + "-"):
+        return Relevance.FOREIGN
+    if _trial_pattern(prefix).match(name):
+        return Relevance.TRIAL
+    if name.endswith("-final"):
+        return Relevance.LOOKUP
+    return Relevance.FOREIGN
+
+
+def classify_tuning_job(name: str, tags: Mapping[str, str], prefix: str) -> Relevance:
+    """Same idea for tuning jobs: our tag wins; our name without tags needs a lookup."""
+    if tags.get(TAG_PIPELINE) == prefix and tags.get(TAG_STAGE) == STAGE_TUNING:
+        return Relevance.OURS
+    if TAG_PIPELINE in tags or not name.startswith(prefix + "-"):
+        return Relevance.FOREIGN
+    return Relevance.LOOKUP
+
+
+def normalise_value(value: Any) -> str:
+    """Undo JSON quoting of a tuned value: ``'"\\"32\\""'`` -> ``'32'``.
+
+    SageMaker can return categorical values JSON-encoded, sometimes twice;
+    passing them on as-is would make ``int("\\"32\\"")`` fail in the container.
+    """
+    text = str(value).strip()
+    for _ in range(5):
+        if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+            try:
+                decoded = json.loads(text)
+            except json.JSONDecodeError:
+                decoded = text[1:-1]
+            text = str(decoded).strip()
+        else:
+            break
+    return text
+
+
+def normalise_hyperparameters(values: Mapping[str, Any]) -> dict[str, str]:
+    """Normalise every tuned value; ``sagemaker_*`` keys are the caller's business and dropped."""
+    return {str(k): normalise_value(v) for k, v in values.items() if not str(k).startswith("sagemaker_")}
+
+
+def final_metric(metric_data: Iterable[Mapping[str, Any]], name: str = GATE_METRIC) -> float | None:
+    """The value of ``name`` in DescribeTrainingJob's FinalMetricDataList, or None."""
+    for entry in metric_data or ():
+        if entry.get("MetricName") == name:
+            try:
+                value = float(entry.get("Value"))
+            except (TypeError, ValueError):
+                return None
+            return value if math.isfinite(value) else None
+    return None
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """Deploy or not, and why (the reason goes to logs, alerts and /status)."""
+
+    deploy: bool
+    reason: str
+    accuracy: float | None
+
+
+def quality_gate(new_accuracy: float | None, live_accuracy: float | None, floor: float) -> GateDecision:
+    """A model goes live only if it beats both the floor and the live model, strictly.
+
+    Strictly: a duplicate Completed event for the live model itself compares
+    equal and is not deployed twice.
+    """
+    if new_accuracy is None:
+        return GateDecision(False, f"no finite {GATE_METRIC} in FinalMetricDataList", None)
+    if new_accuracy <= floor:
+        return GateDecision(False, f"{GATE_METRIC} {new_accuracy:.4f} does not beat the floor {floor:.4f}", new_accuracy)
+    if live_accuracy is not None and new_accuracy <= live_accuracy:
+        return GateDecision(
+            False,
+            f"{GATE_METRIC} {new_accuracy:.4f} does not beat the live model's {live_accuracy:.4f}",
+            new_accuracy,
+        )
+    against = "no live model" if live_accuracy is None else f"live {live_accuracy:.4f}"
+    return GateDecision(True, f"{GATE_METRIC} {new_accuracy:.4f} beats floor {floor:.4f} and {against}", new_accuracy)

@@ -1,0 +1,152 @@
+"""Predict API: request validation, endpoint error mapping and response shape.
+
+Why here: a client must always get a JSON error with a stable ``code`` it can
+switch on, never a 500, and every check must be cheap (the handler's own time
+budget is about 2 ms for a 4 MB photo), so nothing here decodes the image:
+the magic bytes say what it is, the model decodes it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+#: Content types the route accepts, mapped to the format their magic bytes must show.
+CONTENT_TYPES: dict[str, str] = {"image/jpeg": "jpeg", "image/png": "png"}
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+)
+
+# Stable error codes: (HTTP status, code). Clients and the dashboard depend on them.
+UNSUPPORTED_MEDIA_TYPE = (415, "unsupported_media_type")
+CONTENT_TYPE_MISMATCH = (415, "content_type_mismatch")
+PAYLOAD_TOO_LARGE = (413, "payload_too_large")
+EMPTY_BODY = (400, "empty_body")
+NOT_AN_IMAGE = (400, "not_an_image")
+UNDECODABLE_IMAGE = (400, "undecodable_image")
+MODEL_NOT_DEPLOYED = (503, "model_not_deployed")
+ENDPOINT_NOT_READY = (503, "endpoint_not_ready")
+ENDPOINT_BUSY = (503, "endpoint_busy")
+MODEL_ERROR = (502, "model_error")
+BAD_MODEL_RESPONSE = (502, "bad_model_response")
+ENDPOINT_UNREACHABLE = (502, "endpoint_unreachable")
+INTERNAL_ERROR = (502, "internal_error")
+
+ALL_ERRORS: tuple[tuple[int, str], ...] = (
+    UNSUPPORTED_MEDIA_TYPE,
+    CONTENT_TYPE_MISMATCH,
+    PAYLOAD_TOO_LARGE,
+    EMPTY_BODY,
+    NOT_AN_IMAGE,
+    UNDECODABLE_IMAGE,
+    MODEL_NOT_DEPLOYED,
+    ENDPOINT_NOT_READY,
+    ENDPOINT_BUSY,
+    MODEL_ERROR,
+    BAD_MODEL_RESPONSE,
+    ENDPOINT_UNREACHABLE,
+    INTERNAL_ERROR,
+)
+
+
+class PredictError(Exception):
+    """An error the API answers as ``{"code", "message"}`` with ``status``."""
+
+    def __init__(self, error: tuple[int, str], message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = error
+        self.message = message
+
+    def body(self) -> dict[str, str]:
+        return {"code": self.code, "message": self.message}
+
+
+def media_type(header: str | None) -> str:
+    """``"Image/JPEG; q=1"`` -> ``"image/jpeg"``."""
+    return (header or "").split(";", 1)[0].strip().lower()
+
+
+def sniff(body: bytes) -> str | None:
+    """The image format the first bytes announce, or None."""
+    for magic, fmt in _MAGIC:
+        if body.startswith(magic):
+            return fmt
+    return None
+
+
+def validate_image_request(content_type: str | None, body: bytes | None, max_bytes: int) -> str:
+    """Check a predict request; return the media type to forward, or raise PredictError.
+
+    Order matters for clients: the type first (415), then emptiness (400),
+    then size (413), then what the bytes really are (400/415).
+    """
+    kind = media_type(content_type)
+    if kind not in CONTENT_TYPES:
+        allowed = ", ".join(CONTENT_TYPES)
+        raise PredictError(UNSUPPORTED_MEDIA_TYPE, f"Content-Type {kind or '(none)'!r} is not supported; send {allowed}")
+    if not body:
+        raise PredictError(EMPTY_BODY, "The request body is empty; send the image bytes as the body")
+    if len(body) > max_bytes:
+        raise PredictError(
+            PAYLOAD_TOO_LARGE, f"The image is {len(body)} bytes; the limit is {max_bytes} bytes. Resize it and retry"
+        )
+    actual = sniff(body)
+    if actual is None:
+        raise PredictError(NOT_AN_IMAGE, "The body is not a JPEG or PNG image (its first bytes say otherwise)")
+    if actual != CONTENT_TYPES[kind]:
+        raise PredictError(
+            CONTENT_TYPE_MISMATCH, f"Content-Type says {kind} but the body is a {actual.upper()} image"
+        )
+    return kind
+
+
+def map_invoke_error(code: str, message: str, original_status: int | None = None) -> PredictError:
+    """Turn an InvokeEndpoint ClientError into the API's error.
+
+    A ModelError carries the container's own status (our inference code
+    answers 400/413/415 for bad images): pass those through as client errors,
+    everything else the model does wrong is a 502.
+    """
+    if code == "ModelError":
+        if original_status == 400:
+            return PredictError(UNDECODABLE_IMAGE, "The model could not decode the image")
+        if original_status == 413:
+            return PredictError(PAYLOAD_TOO_LARGE, "The model refused the image as too large")
+        if original_status == 415:
+            return PredictError(UNSUPPORTED_MEDIA_TYPE, "The model refused the image type")
+        return PredictError(MODEL_ERROR, f"The model failed on this request ({original_status or 'no status'})")
+    lowered = message.lower()
+    if code in ("ValidationError", "ValidationException"):
+        if "not found" in lowered or "could not find" in lowered:
+            return PredictError(MODEL_NOT_DEPLOYED, "No model is deployed yet; upload a data set and wait for training")
+        return PredictError(ENDPOINT_NOT_READY, "The model endpoint is not in service yet; retry in a few minutes")
+    if code == "ModelNotReadyException":
+        return PredictError(ENDPOINT_NOT_READY, "The model is still loading; retry shortly")
+    if code in ("ThrottlingException", "ServiceUnavailable", "ServiceUnavailableException"):
+        return PredictError(ENDPOINT_BUSY, "The model endpoint is busy; retry with backoff")
+    return PredictError(MODEL_ERROR, f"The model endpoint failed ({code})")
+
+
+def shape_prediction(payload: bytes, model: str, top_k: int) -> dict[str, Any]:
+    """Build ``{label, probability, top_k, model}`` from the serving contract's JSON."""
+    try:
+        data = json.loads(payload)
+        label = str(data["label"])
+        probability = float(data["probability"])
+        ranked = [
+            {"label": str(item["label"]), "probability": float(item["probability"])}
+            for item in data.get("top_k", [])
+        ][: max(top_k, 1)]
+    except (ValueError, TypeError, KeyError) as exc:
+        raise PredictError(BAD_MODEL_RESPONSE, f"The model answered something that is not a prediction ({exc})")
+    return {"label": label, "probability": probability, "top_k": ranked, "model": model}
+
+
+def error_status(error: Mapping[str, Any]) -> int | None:
+    """``OriginalStatusCode`` of a botocore ModelError response, if any."""
+    try:
+        return int(error.get("OriginalStatusCode"))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,364 @@
+"""Every SageMaker request the pipeline sends, built in one place as plain dicts.
+
+Why one module: these dicts are the contract with SageMaker (and with the
+local SageMaker that replays it). Tests validate each one against botocore's
+service model, so a field that AWS would reject fails here, offline.
+Nothing in this module talks to AWS.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+from chalicelib.config import Settings
+from chalicelib.datasets import SPLITS
+from chalicelib.metric_definitions import METRIC_DEFINITIONS
+
+#: Where the containers expect things (the SageMaker container contract).
+CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
+TENSORS_LOCAL_PATH = "/opt/ml/output/tensors"
+SERVING_CODE_DIR = "/opt/ml/model/code"
+ENTRY_POINT = "train.py"
+INFERENCE_ENTRY_POINT = "inference.py"
+
+#: Debugger: how often tensors are saved (steps). Small data sets have few steps.
+DEBUG_SAVE_INTERVAL = "10"
+#: Profiler sampling interval.
+PROFILING_INTERVAL_MS = 500
+#: Steps train.py profiles in the final job (--profile_steps); overridable via extra hyperparameters.
+FINAL_PROFILE_STEPS = "10"
+#: Built-in Debugger rules of the final job; each invoked by name in the rule image.
+DEBUGGER_RULES: tuple[str, ...] = (
+    "LossNotDecreasing",
+    "Overfit",
+    "Overtraining",
+    "VanishingGradient",
+    "PoorWeightInitialization",
+)
+#: Tensor collections those rules read (as smdebug's rule configs declare them).
+DEBUG_COLLECTIONS: tuple[dict[str, Any], ...] = (
+    {"CollectionName": "losses", "CollectionParameters": {"save_interval": DEBUG_SAVE_INTERVAL}},
+    {"CollectionName": "gradients", "CollectionParameters": {"save_interval": DEBUG_SAVE_INTERVAL}},
+    {
+        "CollectionName": "relu_input",
+        "CollectionParameters": {"include_regex": ".*relu_input", "save_interval": DEBUG_SAVE_INTERVAL},
+    },
+)
+PROFILER_RULE = "ProfilerReport"
+SERVERLESS_MEMORY_SIZES = (1024, 2048, 3072, 4096, 5120, 6144)
+
+
+def s3_uri(settings: Settings, key: str) -> str:
+    return f"s3://{settings.bucket}/{key}"
+
+
+def job_output_uri(settings: Settings, job_name: str, what: str) -> str:
+    """``s3://<bucket>/<output prefix><job>/<what>/`` for checkpoints, tensors, profiler output."""
+    return s3_uri(settings, f"{settings.output_prefix}{job_name}/{what}/")
+
+
+def static_hyperparameters(settings: Settings, region: str) -> dict[str, str]:
+    """Hyperparameters every job gets; ``sagemaker_*`` values JSON-encoded as script mode expects."""
+    values: dict[str, str] = {
+        "epochs": str(settings.epochs),
+        "model": settings.model,
+    }
+    values.update(settings.extra_hyperparameters)
+    values.update(
+        {
+            "sagemaker_program": json.dumps(ENTRY_POINT),
+            "sagemaker_submit_directory": json.dumps(settings.sourcedir_uri),
+            "sagemaker_region": json.dumps(region),
+            "sagemaker_container_log_level": "20",
+        }
+    )
+    return values
+
+
+def input_channels(settings: Settings, dataset: str) -> list[dict[str, Any]]:
+    """One File-mode channel per split, named as train.py reads them (SM_CHANNEL_TRAIN ...)."""
+    return [
+        {
+            "ChannelName": split,
+            "DataSource": {
+                "S3DataSource": {
+                    "S3DataType": "S3Prefix",
+                    "S3Uri": s3_uri(settings, f"{settings.data_prefix}{dataset}/{split}/"),
+                    "S3DataDistributionType": "FullyReplicated",
+                }
+            },
+            "InputMode": "File",
+        }
+        for split in SPLITS
+    ]
+
+
+def _algorithm(settings: Settings) -> dict[str, Any]:
+    """Image, File mode and the metric regexes (tuning's HyperParameterAlgorithmSpecification shape)."""
+    return {
+        "TrainingImage": settings.training_image,
+        "TrainingInputMode": "File",
+        "MetricDefinitions": [dict(d) for d in METRIC_DEFINITIONS],
+    }
+
+
+def _stopping(settings: Settings) -> dict[str, int]:
+    condition = {"MaxRuntimeInSeconds": settings.max_runtime_seconds}
+    if settings.use_spot:
+        condition["MaxWaitTimeInSeconds"] = max(settings.max_wait_seconds, settings.max_runtime_seconds)
+    return condition
+
+
+def _resources(instance_type: str, settings: Settings) -> dict[str, Any]:
+    return {"InstanceType": instance_type, "InstanceCount": 1, "VolumeSizeInGB": settings.volume_size_gb}
+
+
+def _spot(settings: Settings, checkpoint_owner: str) -> dict[str, Any]:
+    """Managed spot and the checkpoints that let an interrupted job resume."""
+    if not settings.use_spot:
+        return {"EnableManagedSpotTraining": False}
+    return {
+        "EnableManagedSpotTraining": True,
+        "CheckpointConfig": {
+            "S3Uri": job_output_uri(settings, checkpoint_owner, "checkpoints"),
+            "LocalPath": CHECKPOINT_LOCAL_PATH,
+        },
+    }
+
+
+def parameter_ranges(settings: Settings) -> dict[str, Any]:
+    """learning_rate continuous, batch_size categorical."""
+    low, high = settings.learning_rate_range
+    if not 0 < low < high:
+        raise ValueError("BREEDLINE_LEARNING_RATE_RANGE must be 0 < min < max")
+    if not settings.batch_sizes:
+        raise ValueError("BREEDLINE_BATCH_SIZES must list at least one value")
+    return {
+        "ContinuousParameterRanges": [
+            {
+                "Name": "learning_rate",
+                "MinValue": repr(low),
+                "MaxValue": repr(high),
+                "ScalingType": settings.learning_rate_scaling,
+            }
+        ],
+        "CategoricalParameterRanges": [{"Name": "batch_size", "Values": list(settings.batch_sizes)}],
+    }
+
+
+def tuning_job_config(settings: Settings) -> dict[str, Any]:
+    """Strategy, objective, limits, ranges and early stopping."""
+    strategy = settings.tuning_strategy
+    if strategy == "Grid":
+        raise ValueError("BREEDLINE_TUNING_STRATEGY=Grid needs categorical ranges only; learning_rate is continuous")
+    config: dict[str, Any] = {
+        "Strategy": strategy,
+        "HyperParameterTuningJobObjective": {
+            "Type": settings.objective_type,
+            "MetricName": settings.objective_metric,
+        },
+        "ResourceLimits": {
+            "MaxNumberOfTrainingJobs": settings.max_jobs,
+            "MaxParallelTrainingJobs": settings.max_parallel_jobs,
+        },
+        "ParameterRanges": parameter_ranges(settings),
+        "TrainingJobEarlyStoppingType": settings.early_stopping,
+    }
+    if strategy == "Hyperband":
+        # Hyperband stops trials itself, per epoch; SageMaker requires early stopping Off with it.
+        config["TrainingJobEarlyStoppingType"] = "Off"
+        config["StrategyConfig"] = {
+            "HyperbandStrategyConfig": {"MinResource": 1, "MaxResource": max(settings.epochs, 1)}
+        }
+    return config
+
+
+def create_tuning_job(
+    settings: Settings, *, name: str, dataset: str, region: str, tags: list[dict[str, str]]
+) -> dict[str, Any]:
+    """CreateHyperParameterTuningJob: trials on spot with checkpoints, metrics from METRIC_DEFINITIONS."""
+    definition: dict[str, Any] = {
+        "StaticHyperParameters": static_hyperparameters(settings, region),
+        "AlgorithmSpecification": _algorithm(settings),
+        "RoleArn": settings.role_arn,
+        "InputDataConfig": input_channels(settings, dataset),
+        "OutputDataConfig": {"S3OutputPath": s3_uri(settings, settings.output_prefix)},
+        "ResourceConfig": _resources(settings.tuning_instance_type, settings),
+        "StoppingCondition": _stopping(settings),
+    }
+    definition.update(_spot(settings, name))
+    return {
+        "HyperParameterTuningJobName": name,
+        "HyperParameterTuningJobConfig": tuning_job_config(settings),
+        "TrainingJobDefinition": definition,
+        "Tags": tags,
+    }
+
+
+def _rule(name: str, image: str) -> dict[str, Any]:
+    return {"RuleConfigurationName": name, "RuleEvaluatorImage": image, "RuleParameters": {"rule_to_invoke": name}}
+
+
+def create_training_job(
+    settings: Settings,
+    *,
+    name: str,
+    dataset: str,
+    region: str,
+    hyperparameters: Mapping[str, str],
+    tags: list[dict[str, str]],
+) -> dict[str, Any]:
+    """CreateTrainingJob for the final model: best hyperparameters, Debugger, profiler, spot.
+
+    ``hyperparameters`` are the tuned values, already normalised; they override
+    the static ones. Rules need the region's rule image; without one (local
+    stage) the hook and profiler still run, the rule evaluations are left out.
+    """
+    values = static_hyperparameters(settings, region)
+    values.setdefault("profile_steps", FINAL_PROFILE_STEPS)
+    values.update({k: str(v) for k, v in hyperparameters.items() if not k.startswith("sagemaker_")})
+    request: dict[str, Any] = {
+        "TrainingJobName": name,
+        "HyperParameters": values,
+        "AlgorithmSpecification": {**_algorithm(settings), "EnableSageMakerMetricsTimeSeries": True},
+        "RoleArn": settings.role_arn,
+        "InputDataConfig": input_channels(settings, dataset),
+        "OutputDataConfig": {"S3OutputPath": s3_uri(settings, settings.output_prefix)},
+        "ResourceConfig": _resources(settings.training_instance_type, settings),
+        "StoppingCondition": _stopping(settings),
+        "DebugHookConfig": {
+            "LocalPath": TENSORS_LOCAL_PATH,
+            "S3OutputPath": job_output_uri(settings, name, "debug-output"),
+            "HookParameters": {"save_interval": DEBUG_SAVE_INTERVAL},
+            "CollectionConfigurations": [dict(c) for c in DEBUG_COLLECTIONS],
+        },
+        "ProfilerConfig": {
+            "S3OutputPath": job_output_uri(settings, name, "profiler-output"),
+            "ProfilingIntervalInMilliseconds": PROFILING_INTERVAL_MS,
+        },
+        "Tags": tags,
+    }
+    if settings.debugger_rule_image:
+        request["DebugRuleConfigurations"] = [_rule(r, settings.debugger_rule_image) for r in DEBUGGER_RULES]
+        request["ProfilerRuleConfigurations"] = [_rule(PROFILER_RULE, settings.debugger_rule_image)]
+    request.update(_spot(settings, name))
+    return request
+
+
+def create_model(
+    settings: Settings, *, name: str, model_data_url: str, region: str, tags: list[dict[str, str]]
+) -> dict[str, Any]:
+    """CreateModel: the PyTorch inference image serving code/inference.py from model.tar.gz."""
+    return {
+        "ModelName": name,
+        "PrimaryContainer": {
+            "Image": settings.inference_image,
+            "ModelDataUrl": model_data_url,
+            "Environment": {
+                "SAGEMAKER_PROGRAM": INFERENCE_ENTRY_POINT,
+                "SAGEMAKER_SUBMIT_DIRECTORY": SERVING_CODE_DIR,
+                "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
+                "SAGEMAKER_REGION": region,
+                "BREEDLINE_TOP_K": str(settings.top_k),
+            },
+        },
+        "ExecutionRoleArn": settings.role_arn,
+        "Tags": tags,
+    }
+
+
+def serverless(settings: Settings) -> bool:
+    """Serverless Inference is chosen by a memory size > 0."""
+    return settings.serverless_memory_mb > 0
+
+
+def create_endpoint_config(
+    settings: Settings, *, name: str, model_name: str, tags: list[dict[str, str]]
+) -> dict[str, Any]:
+    """CreateEndpointConfig: one variant named after its model (the API reports it back)."""
+    variant: dict[str, Any] = {"VariantName": model_name, "ModelName": model_name}
+    if serverless(settings):
+        if settings.serverless_memory_mb not in SERVERLESS_MEMORY_SIZES:
+            raise ValueError(f"BREEDLINE_SERVERLESS_MEMORY_MB must be one of {SERVERLESS_MEMORY_SIZES}")
+        variant["ServerlessConfig"] = {
+            "MemorySizeInMB": settings.serverless_memory_mb,
+            "MaxConcurrency": settings.serverless_max_concurrency,
+        }
+    else:
+        variant.update(
+            {
+                "InitialInstanceCount": settings.endpoint_instance_count,
+                "InstanceType": settings.endpoint_instance_type,
+                "InitialVariantWeight": 1.0,
+            }
+        )
+    return {"EndpointConfigName": name, "ProductionVariants": [variant], "Tags": tags}
+
+
+def create_endpoint(settings: Settings, *, config_name: str, tags: list[dict[str, str]]) -> dict[str, Any]:
+    return {"EndpointName": settings.endpoint_name, "EndpointConfigName": config_name, "Tags": tags}
+
+
+def deployment_config(settings: Settings) -> dict[str, Any] | None:
+    """Blue/green with auto-rollback on the configured alarms; None where SageMaker forbids it.
+
+    Serverless endpoints take no DeploymentConfig. A canary needs a fleet of at
+    least two instances (it is at most half the fleet), so one instance shifts
+    all at once, still blue/green with the bake time and the rollback alarms.
+    """
+    if serverless(settings):
+        return None
+    if settings.canary_percent > 0 and settings.endpoint_instance_count >= 2:
+        routing: dict[str, Any] = {
+            "Type": "CANARY",
+            "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": min(settings.canary_percent, 50)},
+            "WaitIntervalInSeconds": settings.bake_seconds,
+        }
+    else:
+        routing = {"Type": "ALL_AT_ONCE", "WaitIntervalInSeconds": settings.bake_seconds}
+    config: dict[str, Any] = {
+        "BlueGreenUpdatePolicy": {
+            "TrafficRoutingConfiguration": routing,
+            "TerminationWaitInSeconds": settings.bake_seconds,
+        }
+    }
+    if settings.rollback_alarms:
+        config["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": a} for a in settings.rollback_alarms]}
+    return config
+
+
+def update_endpoint(settings: Settings, *, config_name: str) -> dict[str, Any]:
+    """UpdateEndpoint to a new config, blue/green where allowed."""
+    request: dict[str, Any] = {"EndpointName": settings.endpoint_name, "EndpointConfigName": config_name}
+    guard = deployment_config(settings)
+    if guard is not None:
+        request["DeploymentConfig"] = guard
+    return request
+
+
+# Read-only requests, here too so every request shape lives in one module.
+def describe_tuning_job(name: str) -> dict[str, Any]:
+    return {"HyperParameterTuningJobName": name}
+
+
+def describe_training_job(name: str) -> dict[str, Any]:
+    return {"TrainingJobName": name}
+
+
+def describe_endpoint(settings: Settings) -> dict[str, Any]:
+    return {"EndpointName": settings.endpoint_name}
+
+
+def list_tags(arn: str) -> dict[str, Any]:
+    return {"ResourceArn": arn, "MaxResults": 50}
+
+
+def invoke_endpoint(settings: Settings, *, body: bytes, content_type: str) -> dict[str, Any]:
+    """sagemaker-runtime InvokeEndpoint."""
+    return {
+        "EndpointName": settings.endpoint_name,
+        "Body": body,
+        "ContentType": content_type,
+        "Accept": "application/json",
+    }

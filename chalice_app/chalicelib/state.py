@@ -1,0 +1,263 @@
+"""Pipeline state in DynamoDB: uploads per data set, jobs, the live model.
+
+Why a table: Lambdas are stateless and events arrive duplicated and out of
+order. The debounce needs "when was the last upload", the quality gate needs
+"what is live and how good is it", and ``/status`` needs "which jobs ran".
+
+:data:`TABLE_DEFINITIONS` is the contract with the local runtime and
+``infra/``: the ``create_table`` kwargs (minus ``TableName``) of each table,
+keyed by the :class:`~chalicelib.config.Settings` attribute holding its name.
+
+Items of the state table (``pk``, ``sk``):
+
+========================  ================  ==============================================
+pk                        sk                attributes
+========================  ================  ==============================================
+``DATASET#<name>``        ``UPLOADS``       last_upload, last_key, pending, settled_at,
+                                            settled_version, outcome, reasons
+``DATASET#<name>``        ``VERSION#<v>``   classes, image_count, tuning_job, created_at
+``JOB#<job name>``        ``JOB``           stage, dataset, version, status, reason, updated_at
+``LATEST``                ``tuning`` /      job, dataset, started_at
+                          ``training``
+``LIVE``                  ``MODEL``         model, training_job, accuracy, labels, dataset,
+                                            version, endpoint, endpoint_config, deployed_at,
+                                            previous_model
+========================  ================  ==============================================
+"""
+
+from __future__ import annotations
+
+import time
+from decimal import Decimal
+from typing import Any, Iterable
+
+TABLE_DEFINITIONS: dict[str, dict[str, Any]] = {
+    "state_table": {
+        "AttributeDefinitions": [
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "S"},
+        ],
+        "KeySchema": [
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        "BillingMode": "PAY_PER_REQUEST",
+    },
+    # Powertools idempotency layout: partition key "id"; enable TTL on "expiration".
+    "idempotency_table": {
+        "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
+        "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
+        "BillingMode": "PAY_PER_REQUEST",
+    },
+}
+#: TTL attribute per table (UpdateTimeToLive is not part of create_table).
+TTL_ATTRIBUTES: dict[str, str] = {"idempotency_table": "expiration"}
+
+UPLOADS = "UPLOADS"
+STAGES = ("tuning", "training")
+
+
+def _to_ddb(value: Any) -> Any:
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    if isinstance(value, dict):
+        return {k: _to_ddb(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_ddb(v) for v in value]
+    return value
+
+
+def _from_ddb(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() and "." not in str(value) else float(value)
+    if isinstance(value, dict):
+        return {k: _from_ddb(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_ddb(v) for v in value]
+    return value
+
+
+class StateStore:
+    """Small typed API over the state table (a low-level DynamoDB client)."""
+
+    def __init__(self, client: Any, table: str) -> None:
+        from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+
+        self._client = client
+        self._table = table
+        self._ser = TypeSerializer()
+        self._de = TypeDeserializer()
+
+    # -- plumbing ---------------------------------------------------------
+    def _key(self, pk: str, sk: str) -> dict[str, Any]:
+        return {"pk": {"S": pk}, "sk": {"S": sk}}
+
+    def _values(self, values: dict[str, Any]) -> dict[str, Any]:
+        return {k: self._ser.serialize(_to_ddb(v)) for k, v in values.items()}
+
+    def _item(self, raw: dict[str, Any] | None) -> dict[str, Any] | None:
+        if not raw:
+            return None
+        return _from_ddb({k: self._de.deserialize(v) for k, v in raw.items()})
+
+    def _get(self, pk: str, sk: str) -> dict[str, Any] | None:
+        resp = self._client.get_item(TableName=self._table, Key=self._key(pk, sk), ConsistentRead=True)
+        return self._item(resp.get("Item"))
+
+    def _update(
+        self,
+        pk: str,
+        sk: str,
+        expression: str,
+        values: dict[str, Any],
+        condition: str | None = None,
+        names: dict[str, str] | None = None,
+    ) -> bool:
+        """UpdateItem; False when the condition failed (that is a decision, not an error)."""
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": self._key(pk, sk),
+            "UpdateExpression": expression,
+            "ExpressionAttributeValues": self._values(values),
+        }
+        if names:
+            kwargs["ExpressionAttributeNames"] = names
+        if condition:
+            kwargs["ConditionExpression"] = condition
+        try:
+            self._client.update_item(**kwargs)
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    # -- uploads and debounce ---------------------------------------------
+    def record_upload(self, dataset: str, key: str, event_epoch: float) -> bool:
+        """Note one uploaded object; returns True when it re-opened the data set.
+
+        ``last_upload`` only moves forward (events arrive out of order). The
+        data set becomes pending unless it was already settled after this
+        object was written (S3 listings are strongly consistent, so that
+        settlement saw the object).
+        """
+        pk = f"DATASET#{dataset}"
+        self._update(
+            pk,
+            UPLOADS,
+            "SET last_upload = :t, last_key = :k",
+            {":t": int(event_epoch), ":k": key},
+            "attribute_not_exists(last_upload) OR last_upload < :t",
+        )
+        return self._update(
+            pk,
+            UPLOADS,
+            "SET pending = :p",
+            {":p": True, ":t": int(event_epoch)},
+            "attribute_not_exists(settled_at) OR settled_at <= :t",
+        )
+
+    def pending_datasets(self) -> list[dict[str, Any]]:
+        """Every data set with uploads not yet settled (a scan: the table is small)."""
+        items: list[dict[str, Any]] = []
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "FilterExpression": "sk = :u AND pending = :p",
+            "ExpressionAttributeValues": self._values({":u": UPLOADS, ":p": True}),
+        }
+        while True:
+            resp = self._client.scan(**kwargs)
+            for raw in resp.get("Items", []):
+                item = self._item(raw) or {}
+                item["dataset"] = item["pk"].split("#", 1)[1]
+                items.append(item)
+            if "LastEvaluatedKey" not in resp:
+                return items
+            kwargs["ExclusiveStartKey"] = resp["LastEvaluatedKey"]
+
+    def uploads(self, dataset: str) -> dict[str, Any] | None:
+        return self._get(f"DATASET#{dataset}", UPLOADS)
+
+    def settle(self, dataset: str, version: str, outcome: str, listed_at: float, reasons: Iterable[str] = ()) -> None:
+        """Record what a listing led to; clear ``pending`` unless newer uploads arrived since."""
+        pk = f"DATASET#{dataset}"
+        values = {":v": version, ":o": outcome, ":s": int(listed_at), ":r": list(reasons)[:20]}
+        self._update(pk, UPLOADS, "SET settled_version = :v, outcome = :o, settled_at = :s, reasons = :r", values)
+        self._update(
+            pk,
+            UPLOADS,
+            "SET pending = :f",
+            {":f": False, ":s": int(listed_at)},
+            "attribute_not_exists(last_upload) OR last_upload < :s",
+        )
+
+    # -- data set versions -------------------------------------------------
+    def save_version(self, dataset: str, version: str, classes: Iterable[str], image_count: int, tuning_job: str) -> None:
+        self._update(
+            f"DATASET#{dataset}",
+            f"VERSION#{version}",
+            "SET classes = :c, image_count = :n, tuning_job = :j, created_at = if_not_exists(created_at, :t)",
+            {":c": list(classes), ":n": image_count, ":j": tuning_job, ":t": int(time.time())},
+        )
+
+    def version(self, dataset: str, version: str) -> dict[str, Any] | None:
+        return self._get(f"DATASET#{dataset}", f"VERSION#{version}")
+
+    # -- jobs -----------------------------------------------------------------
+    def record_job(self, name: str, *, stage: str, dataset: str, version: str, status: str, reason: str = "") -> None:
+        """Create or update a job's record; a new job also becomes the stage's latest."""
+        now = int(time.time())
+        self._update(
+            f"JOB#{name}",
+            "JOB",
+            "SET stage = :st, dataset = :d, version = :v, #s = :s, reason = :r, updated_at = :t, "
+            "created_at = if_not_exists(created_at, :t)",
+            {":st": stage, ":d": dataset, ":v": version, ":s": status, ":r": reason, ":t": now},
+            names={"#s": "status"},
+        )
+        if status == "InProgress":
+            self._update("LATEST", stage, "SET job = :j, dataset = :d, started_at = :t", {":j": name, ":d": dataset, ":t": now})
+
+    def job(self, name: str) -> dict[str, Any] | None:
+        return self._get(f"JOB#{name}", "JOB")
+
+    def latest_jobs(self) -> dict[str, dict[str, Any] | None]:
+        """The most recently started job of each stage, with its current status."""
+        result: dict[str, dict[str, Any] | None] = {}
+        for stage in STAGES:
+            latest = self._get("LATEST", stage)
+            if latest is None:
+                result[stage] = None
+                continue
+            job = self.job(latest["job"]) or {}
+            result[stage] = {
+                "name": latest["job"],
+                "dataset": latest.get("dataset"),
+                "status": job.get("status", "Unknown"),
+                "reason": job.get("reason", ""),
+                "started_at": latest.get("started_at"),
+                "updated_at": job.get("updated_at"),
+            }
+        return result
+
+    # -- live model -----------------------------------------------------------
+    def live_model(self) -> dict[str, Any] | None:
+        return self._get("LIVE", "MODEL")
+
+    def set_live_model(self, record: dict[str, Any], expected_previous: str | None) -> bool:
+        """Replace the live model record, only if it is still ``expected_previous``.
+
+        Two deployments racing cannot both win: the loser sees False.
+        """
+        item = {"pk": "LIVE", "sk": "MODEL", **record, "previous_model": expected_previous or ""}
+        condition = "attribute_not_exists(pk)" if expected_previous is None else "model = :prev"
+        kwargs: dict[str, Any] = {
+            "TableName": self._table,
+            "Item": self._values(item),
+            "ConditionExpression": condition,
+        }
+        if expected_previous is not None:
+            kwargs["ExpressionAttributeValues"] = self._values({":prev": expected_previous})
+        try:
+            self._client.put_item(**kwargs)
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
