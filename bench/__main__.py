@@ -1,0 +1,112 @@
+"""``python -m bench [--quick] [--only SECTION ...] [--out FILE]``: run the benchmark suite.
+
+Benchmarks print figures; they never fail because a machine is slow. The exit
+code is non-zero only when a section crashed, which is what the smoke test in
+``tests/bench`` checks with ``--quick`` (tiny inputs, a few seconds), so the
+suite cannot rot unnoticed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# The code roots import the way they do at run time (see tests/conftest.py).
+for _path in (ROOT, ROOT / "ml_scripts", ROOT / "chalice_app"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Breedline")
+os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "breedline")
+
+from bench.core import Section, loadavg, machine_facts  # noqa: E402
+from bench.report import markdown, text_table  # noqa: E402
+
+SECTIONS: dict[str, str] = {
+    "inference": "1. Inference per image (input_fn -> predict_fn -> output_fn, batch 1)",
+    "route": "2. Predict route (Chalice handler, cold import, deployment zip)",
+    "pipeline": "3. Training input pipeline (images/s)",
+    "train_step": "4. Training step throughput (images/s)",
+    "demo": "5. Local pipeline (make demo) by stage",
+}
+
+
+def _runner(key: str):
+    if key == "inference":
+        from bench import inference_bench as mod
+    elif key == "route":
+        from bench import route_bench as mod
+    elif key == "pipeline":
+        from bench import pipeline_bench as mod
+    elif key == "train_step":
+        from bench import train_step_bench as mod
+    else:
+        from bench import demo_bench as mod
+    return mod.run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny inputs and few repeats: a smoke run, not figures")
+    parser.add_argument("--only", nargs="+", choices=sorted(SECTIONS), help="run only these sections")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="markdown report path (default: docs/benchmarks.md for a full run, none for --quick)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's own, one per core; --quick uses 1)")
+    args = parser.parse_args(argv)
+    out = args.out if args.out is not None else (None if args.quick else ROOT / "docs" / "benchmarks.md")
+    command = "python -m bench" + (" --quick" if args.quick else "") + (
+        f" --only {' '.join(args.only)}" if args.only else "")
+
+    import torch
+
+    torch.manual_seed(0)
+    # On a shared, busy machine torch's OpenMP threads can stall each other badly (measured: a 10 ms
+    # model call taking 1-2 s at load average 5); the smoke run stays predictable with one thread.
+    threads = args.threads or (1 if args.quick else None)
+    if threads:
+        torch.set_num_threads(threads)
+        command += f" --threads {threads}" if args.threads else ""
+    started = dt.datetime.now(dt.timezone.utc)
+    facts = machine_facts()
+    facts["load average at start"] = str(loadavg())
+    print(f"{command}: {facts['CPU']}, {facts['logical cores']} cores, torch {facts['torch']}, "
+          f"load {facts['load average at start']}", flush=True)
+    sections: list[Section] = []
+    failed = False
+    for key in args.only or list(SECTIONS):
+        sec = Section(key, SECTIONS[key])
+        sec.load_before = loadavg()
+        t0 = time.perf_counter()
+        print(f"-- {sec.title} ...", flush=True)
+        try:
+            _runner(key)(sec, args.quick)
+        except Exception as exc:  # noqa: BLE001 - report the crash, go on with the next section
+            failed = True
+            sec.error = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+        sec.seconds = time.perf_counter() - t0
+        sec.load_after = loadavg()
+        sections.append(sec)
+        print(text_table([sec]), flush=True)
+    finished = dt.datetime.now(dt.timezone.utc)
+    facts["load average at end"] = str(loadavg())
+    print("\n==== summary ====" + text_table(sections))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(markdown(sections, facts, command, started, finished), encoding="utf-8")
+        print(f"\nwrote {out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

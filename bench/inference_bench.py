@@ -1,0 +1,272 @@
+"""Section 1: one image through ``input_fn`` -> ``predict_fn`` -> ``output_fn`` vs the plain way.
+
+The plain way (the baseline) is what most tutorials do: decode the whole image
+with PIL, ``Resize(256)``, ``CenterCrop(224)``, ``ToTensor``, ``Normalize``,
+then call the model in eval mode under ``no_grad``. Both run in this process,
+interleaved, on the same bytes and the same weights.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from bench import images, models
+from bench.core import Row, Section, Stats, time_calls, time_interleaved
+
+ARCHITECTURES = ("vgg11", "efficientnet_lite0")
+TOP_K = 5
+
+
+def plain_pipeline(model: torch.nn.Module, meta: dict) -> Callable[[bytes], str]:
+    """The baseline, start to finish, answering the same JSON the contract asks for."""
+    import common
+
+    transform = common.Preprocessing.from_meta(meta).plain_transform()
+    names = meta["class_names"]
+
+    def run(body: bytes) -> str:
+        img = Image.open(io.BytesIO(body)).convert("RGB")
+        x = transform(img).unsqueeze(0)
+        with torch.no_grad():
+            probs = torch.softmax(model(x), dim=1)[0]
+        p, idx = probs.topk(min(TOP_K, len(names)))
+        top = [{"label": names[i], "probability": float(v)} for v, i in zip(p.tolist(), idx.tolist())]
+        return json.dumps({"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top})
+
+    return run
+
+
+def plain_preprocess(meta: dict) -> Callable[[bytes], torch.Tensor]:
+    import common
+
+    transform = common.Preprocessing.from_meta(meta).plain_transform()
+    return lambda body: transform(Image.open(io.BytesIO(body)).convert("RGB")).unsqueeze(0)
+
+
+def fast_pipeline(inference: Any, served: Any, content_type: str) -> Callable[[bytes], str]:
+    def run(body: bytes) -> str:
+        return inference.output_fn(inference.predict_fn(inference.input_fn(body, content_type), served),
+                                   "application/json")
+
+    return run
+
+
+def fast_preprocess(inference: Any, served: Any, content_type: str) -> Callable[[bytes], torch.Tensor]:
+    """The serving path's bytes -> NCHW tensor: ``input_fn`` plus the preprocessing ``predict_fn`` applies."""
+
+    def run(body: bytes) -> torch.Tensor:
+        data = inference.input_fn(body, content_type)
+        if not isinstance(data, torch.Tensor):
+            data = inference.preprocess(data, served)
+        return data if data.dim() == 4 else data.unsqueeze(0)
+
+    return run
+
+
+def onnx_pipeline(inference: Any, served: Any, session: Any, input_name: str, names: list[str], content_type: str
+                  ) -> Callable[[bytes], str]:
+    """The fast input path, with the model run by ONNX Runtime instead of torch."""
+
+    prepare = fast_preprocess(inference, served, content_type)
+
+    def run(body: bytes) -> str:
+        x = prepare(body)
+        logits = session.run(None, {input_name: x.contiguous().numpy()})[0]
+        probs = torch.softmax(torch.from_numpy(logits), dim=1)[0]
+        p, idx = probs.topk(min(TOP_K, len(names)))
+        top = [{"label": names[i], "probability": float(v)} for v, i in zip(p.tolist(), idx.tolist())]
+        return json.dumps({"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top})
+
+    return run
+
+
+def make_onnx_session(model: torch.nn.Module, image_size: int, work: Path) -> tuple[Any, str] | str:
+    """Export ``model`` and open a CPU session; a string says why ONNX is unavailable."""
+    try:
+        import onnx  # noqa: F401 - torch's exporter needs it
+        import onnxruntime as ort
+    except ImportError as exc:
+        return f"not installed ({exc.name})"
+    path = work / "model.onnx"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, 3, image_size, image_size),), str(path), dynamo=False,
+                          input_names=["x"], output_names=["logits"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session, "x"
+
+
+def _label(answer: str) -> str:
+    return json.loads(answer)["label"]
+
+
+def agreement(fast: Callable[[bytes], str], plain: Callable[[bytes], str], bodies: list[bytes]) -> tuple[int, int]:
+    """How many of ``bodies`` get the same top-1 label on both paths."""
+    same = sum(_label(fast(b)) == _label(plain(b)) for b in bodies)
+    return same, len(bodies)
+
+
+def digits_test_jpegs(work: Path, quick: bool) -> list[tuple[str, bytes]]:
+    import datasets as ml_datasets  # ml_scripts/datasets.py
+
+    out = work / "digits"
+    ml_datasets.write_digits(out, per_class=12 if quick else None)
+    files = sorted((out / "test").rglob("*.jpg"))
+    return [(str(p), p.read_bytes()) for p in files]
+
+
+def model_step_options(section: Section, arch: str, model: torch.nn.Module, x: torch.Tensor, repeat: int,
+                       onnx_session: Any | None) -> None:
+    """The model call alone, each way the issue suggests trying, against plain ``no_grad``."""
+    import copy
+
+    cl_model = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+
+    def plain() -> None:
+        with torch.no_grad():
+            model(x)
+
+    def inference_mode() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    def channels_last() -> None:
+        with torch.inference_mode():
+            cl_model(x_cl)
+
+    def bf16() -> None:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(x)
+
+    options = {"plain": plain, "inference_mode": inference_mode, "inference_mode + channels_last": channels_last,
+               "inference_mode + bfloat16 autocast": bf16}
+    if onnx_session is not None:
+        feed = {"x": x.numpy()}
+        options["ONNX Runtime (CPU provider)"] = lambda: onnx_session.run(None, feed)
+    samples = time_interleaved(options, repeat)
+    with torch.inference_mode():
+        ref = model(x)
+        cl_diff = float((cl_model(x_cl) - ref).abs().max())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf_diff = float((model(x).float() - ref).abs().max())
+    diffs = {"inference_mode + channels_last": cl_diff, "inference_mode + bfloat16 autocast": bf_diff}
+    for name, times in samples.items():
+        if name == "plain":
+            continue
+        note = f"max |logit diff| {diffs[name]:.2g}" if name in diffs else ""
+        section.rows.append(Row("inference", f"{arch}: model step option: {name} vs plain no_grad",
+                                Stats.of(times), "s", baseline=Stats.of(samples["plain"]), note=note))
+    threads = torch.get_num_threads()
+    if threads > 1:
+        torch.set_num_threads(1)
+        try:
+            one = time_calls(inference_mode, repeat)
+        finally:
+            torch.set_num_threads(threads)
+        section.rows.append(Row("inference", f"{arch}: model step option: 1 intra-op thread vs {threads} (inference_mode)",
+                                Stats.of(one), "s", baseline=Stats.of(samples["inference_mode"])))
+
+
+def run(section: Section, quick: bool) -> None:
+    import inference  # ml_scripts/inference.py
+
+    # --quick is a smoke run: the small model at 64 px and small images, so it takes seconds, not minutes.
+    with tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp:
+        _run(section, quick, inference, Path(tmp))
+
+
+def _run(section: Section, quick: bool, inference: Any, work: Path) -> None:
+    repeat = 2 if quick else 15
+    image_size = 64 if quick else 224
+    photos = images.sample_photos()
+    phone = images.phone_jpeg(photos["chelsea"], size=(800, 600) if quick else images.PHONE_SIZE)
+    small = images.dataset_jpeg(photos["coffee"])
+    png = images.png_bytes(Image.fromarray(photos["astronaut"]))
+    phone_label = "phone JPEG (quick: 800x600)" if quick else f"12 MP phone JPEG ({len(phone) / 1e6:.1f} MB)"
+    cases = [
+        (phone_label, phone, "image/jpeg"),
+        (f"500x400 JPEG ({len(small) / 1e3:.0f} kB)", small, "image/jpeg"),
+        (f"512x512 PNG ({len(png) / 1e3:.0f} kB)", png, "image/png"),
+    ]
+    if not quick:
+        section.notes.append(
+            "Inputs: the 12 MP photo is scikit-image's `chelsea` upscaled to 4032x3024 with sensor-like noise "
+            f"(sigma 5) saved at JPEG quality 95 ({len(phone) / 1e6:.2f} MB); the 500x400 JPEG is `coffee` at "
+            "quality 90; the PNG is `astronaut` (512x512). vgg11 has seeded random-init weights (its ImageNet "
+            "weights can't be downloaded here; the timing is the same); efficientnet_lite0 has the genuine "
+            "ImageNet backbone its package ships and a seeded 133-class head."
+        )
+    agreement_bodies = [b for _, b in digits_test_jpegs(work, quick)][: 10 if quick else None]
+    photo_bodies = [b for _, b in images.photo_variants(4 if quick else 60, max_side=1024 if quick else 4032)]
+
+    for arch in ARCHITECTURES[1:] if quick else ARCHITECTURES:
+        model_dir = models.write_model_dir(work / arch, arch, image_size=image_size)
+        served = inference.model_fn(str(model_dir))
+        plain_model, meta = models.load_plain(model_dir)
+        plain = plain_pipeline(plain_model, meta)
+        pre_plain = plain_preprocess(meta)
+        weights = "random init" if arch == "vgg11" else "shipped ImageNet backbone"
+        for label, body, ctype in cases:
+            fast = fast_pipeline(inference, served, ctype)
+            samples = time_interleaved({"plain": lambda: plain(body), "fast": lambda: fast(body)}, repeat)
+            row = Row("inference", f"{arch} ({weights}), {label}: input_fn->predict_fn->output_fn",
+                      Stats.of(samples["fast"]), "s", baseline=Stats.of(samples["plain"]))
+            if label == phone_label:
+                row.target = ">= 3x faster"
+                row.met = (row.speedup or 0) >= 3.0
+            section.rows.append(row)
+            # Where the time goes: bytes -> tensor against its plain twin.
+            pre_fast = fast_preprocess(inference, served, ctype)
+            pre = time_interleaved({"plain": lambda: pre_plain(body), "fast": lambda: pre_fast(body)}, repeat)
+            section.rows.append(Row("inference", f"{arch}, {label}: of which bytes->tensor (decode, resize, crop, "
+                                    "normalise) vs PIL decode + torchvision transforms",
+                                    Stats.of(pre["fast"]), "s", baseline=Stats.of(pre["plain"])))
+        x = plain_preprocess(meta)(small)
+
+        def plain_forward() -> None:
+            with torch.no_grad():
+                plain_model(x)
+
+        step = time_interleaved({"plain": plain_forward, "fast": lambda: inference.predict_fn(x, served)}, repeat)
+        section.rows.append(Row("inference", f"{arch}: of which model step, predict_fn(tensor) vs model(x) under no_grad",
+                                Stats.of(step["fast"]), "s", baseline=Stats.of(step["plain"])))
+        fast_jpeg = fast_pipeline(inference, served, "image/jpeg")
+        for name, bodies in (("digits test JPEGs", agreement_bodies), ("resized sample photos", photo_bodies)):
+            same, total = agreement(fast_jpeg, plain, bodies)
+            section.rows.append(Row("inference", f"{arch}: top-1 agreement fast vs plain, {total} {name}",
+                                    Stats.of([100.0 * same / total]), "%", target=">= 99%",
+                                    met=100.0 * same / total >= 99.0, higher_is_better=True))
+        # ONNX Runtime as an option for CPU endpoints: fast input path + ORT model.
+        onnx = None if quick else make_onnx_session(plain_model, int(meta["image_size"]), work / arch)
+        if isinstance(onnx, str):
+            section.notes.append(f"ONNX Runtime for {arch}: {onnx}; not measured. To measure it: "
+                                 "`pip install onnx==1.17.0 onnxruntime==1.26.0` (the newest releases that "
+                                 "accept this project's protobuf 3.20.3 and numpy<2 pins).")
+            onnx = None
+        model_step_options(section, arch, plain_model, x, repeat, onnx[0] if onnx else None)
+        if onnx is not None:
+            session, input_name = onnx
+            for label, body, ctype in cases[:2]:
+                fast = fast_pipeline(inference, served, ctype)
+                ort_run = onnx_pipeline(inference, served, session, input_name, meta["class_names"], ctype)
+                samples = time_interleaved({"fast": lambda: fast(body), "ort": lambda: ort_run(body)}, repeat)
+                section.rows.append(Row("inference", f"{arch}, {label}: fast input + ONNX Runtime vs fast torch path",
+                                        Stats.of(samples["ort"]), "s", baseline=Stats.of(samples["fast"])))
+            same, total = agreement(onnx_pipeline(inference, served, session, input_name, meta["class_names"],
+                                                  "image/jpeg"), plain, photo_bodies)
+            section.rows.append(Row("inference", f"{arch}: top-1 agreement ONNX vs plain, {total} resized photos",
+                                    Stats.of([100.0 * same / total]), "%", higher_is_better=True))

@@ -1,0 +1,230 @@
+"""Section 2: what the predict route costs in Lambda, minus the model.
+
+- The handler's own time: the Lambda entry point ``app(event, context)`` with an
+  API Gateway proxy event carrying a 4 MB JPEG (base64, as API Gateway sends a
+  binary body), through botocore's real request serialisation and response
+  parsing. Only the HTTP send is replaced: a ``before-send`` hook answers every
+  AWS call with a canned reply, so no network or endpoint time is counted.
+  The AWS calls each request makes are listed, because in AWS each is a
+  network round trip that this figure does not contain.
+- The cold import of ``app.py`` as Lambda does it, with ``python -X importtime``.
+- The deployment zip from ``chalice package``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+import zipfile
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench import images
+from bench.core import Row, Section, Stats, time_calls
+
+ROOT = Path(__file__).resolve().parent.parent
+APP_DIR = ROOT / "chalice_app"
+BODY_BYTES = 4 * 1024 * 1024
+
+PREDICTION = {"label": "class_001", "probability": 0.9,
+              "top_k": [{"label": "class_001", "probability": 0.9}, {"label": "class_002", "probability": 0.05}]}
+
+
+class _Raw:
+    """The ``raw`` object botocore reads a response body from."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def stream(self, **_: Any):
+        yield self._data
+
+
+def canned_response(service: str, operation: str) -> tuple[int, dict[str, str], bytes]:
+    """A plausible successful reply for the calls the predict route may make."""
+    if operation == "InvokeEndpoint":
+        return 200, {"Content-Type": "application/json", "x-Amzn-Invoked-Production-Variant": "AllTraffic"}, \
+            json.dumps(PREDICTION).encode()
+    if operation == "DescribeEndpoint":
+        body = {"EndpointName": "breedline-classifier", "EndpointArn":
+                "arn:aws:sagemaker:us-east-1:123456789012:endpoint/breedline-classifier",
+                "EndpointConfigName": "c", "EndpointStatus": "InService", "CreationTime": 0, "LastModifiedTime": 0}
+        return 200, {"Content-Type": "application/x-amz-json-1.1"}, json.dumps(body).encode()
+    if service == "dynamodb" and operation == "GetItem":
+        return 200, {"Content-Type": "application/x-amz-json-1.0"}, json.dumps({"Item": {}}).encode()
+    return 200, {"Content-Type": "application/x-amz-json-1.1"}, b"{}"
+
+
+def install_stub(calls: Counter) -> None:
+    """Answer every botocore call made through boto3's default session without the network."""
+    import boto3
+    from botocore.awsrequest import AWSResponse
+
+    def before_send(request: Any, event_name: str = "", **_: Any) -> AWSResponse:
+        _, service, operation = event_name.split(".", 2)
+        calls[f"{service}.{operation}"] += 1
+        status, headers, body = canned_response(service, operation)
+        return AWSResponse(request.url, status, headers, _Raw(body))
+
+    boto3.setup_default_session()
+    boto3.DEFAULT_SESSION._session.register("before-send", before_send)  # type: ignore[union-attr]
+
+
+class LambdaContext:
+    """The attributes Lambda's context object has and Powertools reads."""
+
+    function_name = "breedline-dev"
+    function_version = "$LATEST"
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:breedline-dev"
+    memory_limit_in_mb = 512
+    log_group_name = "/aws/lambda/breedline-dev"
+    log_stream_name = "bench"
+
+    def __init__(self) -> None:
+        self.aws_request_id = str(uuid.uuid4())
+
+    @staticmethod
+    def get_remaining_time_in_millis() -> int:
+        return 30_000
+
+
+def proxy_event(body: bytes, content_type: str = "image/jpeg") -> dict[str, Any]:
+    """An API Gateway REST proxy event for ``POST /predict`` with a binary body (base64)."""
+    return {
+        "resource": "/predict",
+        "path": "/predict",
+        "httpMethod": "POST",
+        "headers": {"Content-Type": content_type, "Accept": "application/json", "Host": "x.execute-api"},
+        "multiValueHeaders": {"Content-Type": [content_type], "Accept": ["application/json"]},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": None,
+        "stageVariables": None,
+        "requestContext": {
+            "resourcePath": "/predict", "httpMethod": "POST", "path": "/api/predict", "stage": "api",
+            "requestId": "bench", "accountId": "123456789012", "apiId": "x",
+            "identity": {"sourceIp": "127.0.0.1", "userAgent": "bench"},
+        },
+        "body": base64.b64encode(body).decode("ascii"),
+        "isBase64Encoded": True,
+    }
+
+
+def four_mb_jpeg() -> bytes:
+    """A real JPEG of just under 4 MB (a 12 MP phone photo at a slightly lower quality)."""
+    photo = images.sample_photos()["chelsea"]
+    body = images.phone_jpeg(photo, quality=94)
+    if len(body) > BODY_BYTES:
+        body = images.phone_jpeg(photo, quality=92)
+    return body
+
+
+def handler_time(section: Section, quick: bool) -> None:
+    calls: Counter = Counter()
+    install_stub(calls)
+    import logging
+
+    import app as app_module  # chalice_app/app.py
+
+    app = app_module.app
+    body = four_mb_jpeg() if not quick else images.phone_jpeg(images.sample_photos()["chelsea"], size=(1600, 1200))
+    event = proxy_event(body)
+    # Powertools logs one JSON line per request; send them nowhere so the terminal isn't billed.
+    root = logging.getLogger()
+    saved = [(h, h.level) for h in root.handlers]
+    stdout = sys.stdout
+    sys.stdout = io.StringIO()
+    try:
+        first = app(event, LambdaContext())
+        calls.clear()
+        repeat = 20 if quick else 300
+        samples = time_calls(lambda: app(event, LambdaContext()), repeat=repeat, warmup=3)
+        sys.stdout.truncate(0)
+        per_request = {k: v / (repeat + 3) for k, v in calls.items()}
+        raw = time_calls(lambda: base64.b64decode(event["body"]), repeat=50)
+    finally:
+        sys.stdout = stdout
+        for h, level in saved:
+            h.setLevel(level)
+    status = first.get("statusCode")
+    section.rows.append(Row(
+        "route", f"POST /predict handler, app(event, context), {len(body) / 2**20:.2f} MiB JPEG body (base64 in event)",
+        Stats.of(samples), "s", target="p50 <= 2 ms", met=Stats.of(samples).median <= 0.002,
+        note=f"status {status}, p99 shown; AWS calls per request: "
+             + (", ".join(f"{k} x{v:g}" for k, v in sorted(per_request.items())) or "none"),
+    ))
+    section.rows.append(Row("route", "of which: base64-decoding the body alone (Chalice does it per request)",
+                            Stats.of(raw), "s"))
+    if status != 200:
+        section.notes.append(f"The stubbed request answered {status}: {first.get('body', '')[:300]}")
+
+
+def import_time(section: Section, quick: bool) -> None:
+    """Cumulative ``-X importtime`` of ``app`` in a fresh interpreter, as in a Lambda cold start."""
+    env = dict(os.environ)
+    env.update({"AWS_DEFAULT_REGION": "us-east-1", "PYTHONDONTWRITEBYTECODE": "0"})
+    samples, heavy = [], Counter()
+    for i in range(2 if quick else 7):
+        proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import app"], cwd=APP_DIR, env=env,
+                              capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"import app failed: {proc.stderr.strip().splitlines()[-1:]}")
+        total = None
+        for line in proc.stderr.splitlines():
+            m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)", line)
+            if not m:
+                continue
+            cumulative, depth, name = int(m.group(2)), len(m.group(3)), m.group(4)
+            if name == "app" and depth == 1:
+                total = cumulative / 1e6
+            if depth <= 2 and i == 0:
+                heavy[name] = cumulative / 1e6
+        if total is None:
+            raise RuntimeError("no importtime line for app")
+        if i > 0 or quick:  # the first run also compiles .pyc files, which a deployed zip may not ship
+            samples.append(total)
+    stats = Stats.of(samples)
+    top = ", ".join(f"{n} {t * 1e3:.0f} ms" for n, t in heavy.most_common(6) if n != "app")
+    section.rows.append(Row("route", "cold import of chalice_app/app.py (python -X importtime, cumulative)", stats, "s",
+                            target="<= 300 ms", met=stats.median <= 0.300,
+                            note=f"heaviest top-level imports: {top}"))
+
+
+def package_size(section: Section) -> None:
+    chalice = Path(sys.executable).with_name("chalice")
+    out = Path(tempfile.mkdtemp(prefix="bench-package-"))
+    try:
+        env = dict(os.environ, AWS_DEFAULT_REGION="us-east-1")
+        proc = subprocess.run([str(chalice), "package", "--pkg-format", "cloudformation", str(out / "pkg")],
+                              cwd=APP_DIR, env=env, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            raise RuntimeError(f"chalice package failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
+        zip_path = out / "pkg" / "deployment.zip"
+        size = zip_path.stat().st_size
+        with zipfile.ZipFile(zip_path) as zf:
+            tops = Counter()
+            for info in zf.infolist():
+                tops[info.filename.split("/", 1)[0]] += info.compress_size
+        top = ", ".join(f"{n} {s / 1e6:.2f} MB" for n, s in tops.most_common(5))
+        section.rows.append(Row("route", "deployment.zip from chalice package", Stats.of([size / 1e6]), "MB",
+                                target="<= 10 MB", met=size <= 10e6, note=f"largest entries: {top}"))
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def run(section: Section, quick: bool) -> None:
+    handler_time(section, quick)
+    import_time(section, quick)
+    if quick:
+        section.notes.append("--quick skips `chalice package` (it installs the Lambda's requirements, ~1 min).")
+    else:
+        package_size(section)

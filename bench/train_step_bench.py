@@ -1,0 +1,65 @@
+"""Section 4: training steps per second on this CPU, per model, through train.py's own loop.
+
+Each model is built as ``train.py`` builds it (``common.build_model``: frozen
+backbone parts, new head) and trained with ``Trainer.run_epoch`` on batches
+already in memory, so the figure is the step itself (forward, loss, backward,
+Adam) without data loading. vgg11 and resnet50 are random-init (their
+ImageNet weights can't be downloaded here; the cost is the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from bench.core import Row, Section, Stats
+
+ARCHITECTURES = ("vgg11", "resnet50", "efficientnet_lite0")
+
+class _NoDebugger:
+    def set_mode(self, phase: str) -> None:
+        pass
+
+def step_rates(arch: str, batch: int, steps: int, image_size: int, num_classes: int = 133) -> list[float]:
+    """Images/s of each of ``steps`` training steps (after one warm-up step)."""
+    import common
+    import train
+
+    torch.manual_seed(0)
+    model = common.build_model(arch, num_classes, image_size=image_size, pretrained=arch == "efficientnet_lite0")
+    trainer = train.Trainer(argparse.Namespace(batch_size=batch, seed=0), paths=None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    x = torch.randn(batch, 3, image_size, image_size)
+    y = torch.randint(0, num_classes, (batch,))
+    batches = [(x, y, 0)]
+    trainer.run_epoch(model, batches, "train", _NoDebugger(), optimizer, scaler)  # warm-up
+    rates = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        trainer.run_epoch(model, batches, "train", _NoDebugger(), optimizer, scaler)
+        rates.append(batch / (time.perf_counter() - t0))
+    return rates
+
+def run(section: Section, quick: bool) -> None:
+    batch, steps, size = (4, 2, 64) if quick else (16, 4, 224)
+    for arch in ARCHITECTURES:
+        import common
+
+        model = common.build_model(arch, 133, image_size=size, pretrained=arch == "efficientnet_lite0")
+        trainable, total = common.count_parameters(model)
+        del model
+        section.rows.append(Row("train_step", f"{arch}, batch {batch}, {size} px, fp32 CPU",
+                                Stats.of(step_rates(arch, batch, steps, size)), "img/s", higher_is_better=True,
+                                note=f"{trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters trainable"))
+
+    if torch.cuda.is_available():
+        section.notes.append("A GPU is present but the AMP + channels-last comparison is not implemented here.")
+    else:
+        section.notes.append(
+            "GPU comparison (VGG11 at 224 px, AMP + channels-last vs fp32 + channels-first): not measured. "
+            "This task was not lent a GPU machine (the device tool's status: can_start_another false, "
+            "'this task was not drawn for a device machine'), and this machine has none.")
