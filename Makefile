@@ -36,3 +36,20 @@ bench-quick: $(STAMP)
 
 clean:
 	rm -rf .breedline .pytest_cache
+
+# Deploy one stage to AWS (see docs/aws.md). Dry run (no AWS calls): add
+# DRY_RUN=1, or use make's own --dry-run/-n: the "+" runs the recipe anyway and
+# passes --dry-run on. REGION, ALERT_EMAIL, STACK and DEPLOY_ARGS are optional.
+STAGE ?= dev
+_DEPLOY_DRY := $(if $(DRY_RUN)$(findstring n,$(firstword -$(MAKEFLAGS))),--dry-run,)
+_DEPLOY_COMMON = --stage $(STAGE) $(if $(REGION),--region $(REGION),) $(if $(STACK),--stack-name $(STACK),)
+
+.PHONY: deploy destroy
+deploy:
+	+@test -x $(PY) || $(MAKE) venv
+	+$(PY) -m breedline.deploy deploy $(_DEPLOY_COMMON) $(_DEPLOY_DRY) $(if $(ALERT_EMAIL),--alert-email $(ALERT_EMAIL),) $(DEPLOY_ARGS)
+
+# Removes the stack and the endpoints/models/configs the pipeline created; keeps
+# the data bucket unless DELETE_BUCKET=1.
+destroy: $(STAMP)
+	$(PY) -m breedline.deploy destroy $(_DEPLOY_COMMON) $(if $(DELETE_BUCKET),--delete-bucket,)

@@ -78,6 +78,8 @@ TABLE_RESOURCES = {"state_table": "StateTable", "idempotency_table": "Idempotenc
 #: Env var that carries each table's name (see chalicelib/config.py).
 TABLE_ENV = {"state_table": "BREEDLINE_STATE_TABLE", "idempotency_table": "BREEDLINE_IDEMPOTENCY_TABLE"}
 
+#: BREEDLINE_API_AUTH values a deployed stage may use ("none" is for the local runtime only:
+#: the issue requires an API key or IAM in front of the predict API).
 API_AUTH_MODES = ("api_key", "iam")
 #: Routes that are never reachable with an API key alone.
 IAM_ONLY_PATHS = ("/status",)
@@ -139,9 +141,11 @@ def load_stage(stage: str, app_dir: Path = APP_DIR) -> Stage:
     stage_cfg = stages[stage]
     env = dict(config.get("environment_variables", {}))
     env.update(stage_cfg.get("environment_variables", {}))
-    auth = stage_cfg.get("api_gateway_auth", config.get("api_gateway_auth", "api_key"))
+    auth = env.get("BREEDLINE_API_AUTH") or _config_defaults()["BREEDLINE_API_AUTH"]
     if auth not in API_AUTH_MODES:
-        raise DeployError(f"api_gateway_auth={auth!r} in stage {stage!r}: use one of {API_AUTH_MODES}")
+        raise DeployError(
+            f"BREEDLINE_API_AUTH={auth!r} in stage {stage!r}: a deployed API needs one of {API_AUTH_MODES}"
+        )
     api_stage = stage_cfg.get("api_gateway_stage", config.get("api_gateway_stage", "api"))
     return Stage(name=stage, environment=env, api_auth=auth, api_gateway_stage=api_stage, raw=config)
 
@@ -162,10 +166,15 @@ def check_stack_name(name: str) -> str:
 
 
 def check_policy_prefixes(stage: Stage, app_dir: Path = APP_DIR) -> None:
-    """The written Lambda policy names the data prefix; refuse a stage that moved it."""
-    policy_file = stage.raw.get("iam_policy_file")
-    if not policy_file:
-        return
+    """Refuse a stage without the written policy, or whose data prefix the policy does not name."""
+    stage_cfg = stage.raw.get("stages", {}).get(stage.name, {})
+    autogen = stage_cfg.get("autogen_policy", stage.raw.get("autogen_policy", True))
+    policy_file = stage_cfg.get("iam_policy_file", stage.raw.get("iam_policy_file"))
+    if autogen is not False or not policy_file:
+        raise DeployError(
+            "config.json must set autogen_policy: false and iam_policy_file: the Lambda policy is written, "
+            "not generated (chalice_app/.chalice/policy.json)"
+        )
     policy = (app_dir / ".chalice" / policy_file).read_text()
     prefix = stage.get("BREEDLINE_DATA_PREFIX")
     prefix = prefix if prefix.endswith("/") else prefix + "/"
@@ -343,14 +352,39 @@ def _copy_app(dest: Path, app_dir: Path) -> None:
     )
 
 
-def stage_environment(stage: Stage, images: ImageSet) -> tuple[dict[str, str], list[str]]:
-    """The stage's env for the build copy: images in, stack-owned names out."""
+def stage_environment(
+    stage: Stage, images: ImageSet, *, stack: str, account: str, region: str
+) -> tuple[dict[str, str], list[str]]:
+    """The stage's env for the build copy: images in, stack-owned names out.
+
+    Three stack-owned names go back in with the stack's values: ``app.py``
+    builds its EventBridge patterns (bucket name, data prefix, job-name
+    prefix) when Chalice loads it for packaging, with this environment.
+    """
     env = dict(stage.raw.get("stages", {}).get(stage.name, {}).get("environment_variables", {}))
-    removed = sorted(name for name in env if name in STACK_OWNED_VARIABLES)
-    for name in removed:
+    removed = sorted(
+        name for name in env if name in STACK_OWNED_VARIABLES and env[name] != _stack_value(name, stack, account, region, stage)
+    )
+    for name in [n for n in env if n in STACK_OWNED_VARIABLES]:
         del env[name]
     env.update(images.as_env())
+    env["BREEDLINE_BUCKET"] = data_bucket_name(stack, account, region)
+    env["BREEDLINE_NAME_PREFIX"] = stack
+    env["BREEDLINE_DATA_PREFIX"] = _slash(stage.get("BREEDLINE_DATA_PREFIX"))
     return env, removed
+
+
+def _stack_value(name: str, stack: str, account: str, region: str, stage: Stage) -> str | None:
+    """What the stack sets a variable to, where that is known before deploying."""
+    known = {
+        "BREEDLINE_BUCKET": data_bucket_name(stack, account, region),
+        "BREEDLINE_NAME_PREFIX": stack,
+        "BREEDLINE_DATA_PREFIX": _slash(stage.get("BREEDLINE_DATA_PREFIX")),
+        "BREEDLINE_OUTPUT_PREFIX": _slash(stage.get("BREEDLINE_OUTPUT_PREFIX")),
+        "BREEDLINE_ENDPOINT_NAME": f"{stack}-classifier",
+        "POWERTOOLS_METRICS_NAMESPACE": "Breedline",
+    }
+    return known.get(name)
 
 
 def _write_build_config(build_app: Path, stage: Stage, env: dict[str, str]) -> None:
@@ -406,6 +440,7 @@ def package(
     stage_name: str,
     *,
     region: str,
+    account: str = "123456789012",
     stack_name: str | None = None,
     out_dir: Path | None = None,
     app_dir: Path = APP_DIR,
@@ -415,7 +450,12 @@ def package(
     overrides: dict[str, str] | None = None,
     log: Any = print,
 ) -> Package:
-    """Steps 1-4 of the module docstring. Needs no AWS credentials or network."""
+    """Steps 1-4 of the module docstring. Needs no AWS credentials or network.
+
+    ``account`` goes into the data bucket's name, which ``app.py`` bakes into
+    its S3 event pattern; ``deploy`` passes the caller's real account, a dry
+    run a placeholder unless told.
+    """
     stage = load_stage(stage_name, app_dir)
     stack = check_stack_name(stack_name or default_stack_name(stage_name))
     check_policy_prefixes(stage, app_dir)
@@ -440,10 +480,10 @@ def package(
 
     build_app = out / "app"
     _copy_app(build_app, app_dir)
-    env, removed = stage_environment(stage, images)
+    env, removed = stage_environment(stage, images, stack=stack, account=account, region=region)
     _write_build_config(build_app, stage, env)
     if removed:
-        log(f"stage {stage_name}: the stack sets {', '.join(removed)}; the config.json values are not used")
+        log(f"stage {stage_name}: the stack sets {', '.join(removed)}; the config.json values are replaced")
 
     merge_path = out / "merge-template.json"
     merge_path.write_text(json.dumps(build_merge_template(), indent=2))
@@ -691,6 +731,7 @@ def deploy(
     pkg = package(
         stage_name,
         region=region,
+        account=account,
         stack_name=stack,
         alert_email=alert_email,
         data_bucket_exists=bucket_exists,
@@ -896,6 +937,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="override a stack parameter, e.g. ApiQuotaLimit=50000")
     dep.add_argument("--dry-run", action="store_true", help="package and print the change set; no AWS calls")
     dep.add_argument("--out-dir", type=Path)
+    dep.add_argument("--account-id", default="123456789012",
+                     help="dry run only: the account whose bucket name goes into the S3 event pattern")
     des = sub.add_parser("destroy", help="delete the endpoints the pipeline created and the stack")
     des.add_argument("--stage", default="dev")
     des.add_argument("--region")
@@ -910,6 +953,7 @@ def main(argv: list[str] | None = None) -> int:
                 pkg = package(
                     args.stage,
                     region=region,
+                    account=args.account_id,
                     stack_name=args.stack_name,
                     out_dir=args.out_dir,
                     alert_email=args.alert_email,
