@@ -78,11 +78,11 @@ def _auth(mode: str, *, private: bool) -> dict[str, Any]:
     return {}
 
 
-def _run(handler: str, fn: Callable[..., Any], *args: Any) -> Any:
+def _run(handler: str, event: Any, fn: Callable[..., Any], *args: Any) -> Any:
     """Common frame of every event handler: fresh log keys, context, metrics flushed."""
     logger.clear_state()
     logger.append_keys(handler=handler)
-    context = getattr(app, "lambda_context", None)
+    context = getattr(event, "context", None)
     pipeline.set_lambda_context(context)
     if context is not None and getattr(context, "aws_request_id", None):
         logger.append_keys(request_id=context.aws_request_id)
@@ -105,23 +105,23 @@ def _flush() -> None:
 @app.on_cw_event(UPLOAD_PATTERN, name="on_dataset_upload")
 def on_dataset_upload(event: Any) -> dict[str, Any]:
     """An object landed under the data prefix."""
-    return _run("on_dataset_upload", pipeline.handle_upload, event.to_dict())
+    return _run("on_dataset_upload", event, pipeline.handle_upload, event.to_dict())
 
 
 @app.schedule(Rate(_BOOT.quiet_check_minutes, unit=Rate.MINUTES), name="check_quiet_datasets")
 def check_quiet_datasets(event: Any) -> list[dict[str, Any]]:
     """Debounce for uploads without a marker."""
-    return _run("check_quiet_datasets", pipeline.check_quiet)
+    return _run("check_quiet_datasets", event, pipeline.check_quiet)
 
 
 @app.on_cw_event(TUNING_PATTERN, name="on_tuning_state_change")
 def on_tuning_state_change(event: Any) -> dict[str, Any]:
-    return _run("on_tuning_state_change", pipeline.handle_tuning_event, event.to_dict())
+    return _run("on_tuning_state_change", event, pipeline.handle_tuning_event, event.to_dict())
 
 
 @app.on_cw_event(TRAINING_PATTERN, name="on_training_state_change")
 def on_training_state_change(event: Any) -> dict[str, Any]:
-    return _run("on_training_state_change", pipeline.handle_training_event, event.to_dict())
+    return _run("on_training_state_change", event, pipeline.handle_training_event, event.to_dict())
 
 
 def _json(body: Any, status: int = 200) -> Response:

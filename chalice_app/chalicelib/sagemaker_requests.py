@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 from chalicelib.config import Settings
 from chalicelib.datasets import SPLITS
-from chalicelib.metric_definitions import METRIC_DEFINITIONS
+from chalicelib.metric_definitions import METRIC_DEFINITIONS, METRIC_NAMES
 
 #: Where the containers expect things (the SageMaker container contract).
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
@@ -150,6 +150,8 @@ def parameter_ranges(settings: Settings) -> dict[str, Any]:
 def tuning_job_config(settings: Settings) -> dict[str, Any]:
     """Strategy, objective, limits, ranges and early stopping."""
     strategy = settings.tuning_strategy
+    if settings.objective_metric not in METRIC_NAMES:
+        raise ValueError(f"BREEDLINE_OBJECTIVE_METRIC={settings.objective_metric!r} is not one of {METRIC_NAMES}")
     if strategy == "Grid":
         raise ValueError("BREEDLINE_TUNING_STRATEGY=Grid needs categorical ranges only; learning_rate is continuous")
     config: dict[str, Any] = {
