@@ -184,6 +184,7 @@ def completed_tuning(name: str, best: str, tuned: dict[str, str], objective: flo
             "TrainingJobName": best,
             "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{best}",
             "TuningJobName": name,
+            "CreationTime": "2026-11-25T18:01:00Z",
             "TrainingJobStatus": "Completed",
             "TunedHyperParameters": tuned,
             "FinalHyperParameterTuningJobObjectiveMetric": {"Type": "Minimize", "MetricName": "valid_loss", "Value": objective},

@@ -1,0 +1,194 @@
+"""POST /predict: every error code, and a good image answered by a stubbed endpoint.
+
+The endpoint is a real botocore sagemaker-runtime client under Stubber (moto's
+runtime cannot take binary bodies, see DESIGN.md). The last tests feed the
+API Gateway sample events to the Lambda entry point itself (base64 bodies).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from types import SimpleNamespace
+
+import boto3
+import pytest
+from botocore.exceptions import ReadTimeoutError
+from botocore.response import StreamingBody
+from botocore.stub import Stubber
+
+from app_helpers import load_event
+from chalicelib import aws as aws_clients
+from chalicelib import pipeline
+from chalicelib.predict import ALL_ERRORS
+
+JPEG = base64.b64decode(load_event("api_predict_jpeg.json")["body"])
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+ANSWER = {
+    "label": "corgi",
+    "probability": 0.91,
+    "top_k": [{"label": "corgi", "probability": 0.91}, {"label": "beagle", "probability": 0.06}],
+}
+
+
+@pytest.fixture
+def runtime(env):
+    pipeline.reset()
+    client = boto3.client("sagemaker-runtime", region_name="us-east-1")
+    with Stubber(client) as stub:
+        aws_clients.set_client("sagemaker-runtime", client)
+        yield stub
+    pipeline.reset()
+
+
+@pytest.fixture
+def http(env, tmp_path):
+    from chalice.test import Client
+
+    import app as chalice_app
+
+    with Client(chalice_app.app, project_dir=str(tmp_path)) as client:
+        yield client.http
+
+
+def body(data: bytes) -> StreamingBody:
+    return StreamingBody(io.BytesIO(data), len(data))
+
+
+def post(http, data, content_type):
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    response = http.post("/predict", body=data, headers=headers)
+    payload = json.loads(response.body)
+    if response.status_code != 200:
+        assert set(payload) == {"code", "message"} and payload["message"]
+    assert response.headers["Content-Type"] == "application/json"
+    return response.status_code, payload
+
+
+def test_good_jpeg_is_answered_by_the_endpoint(http, runtime):
+    runtime.add_response(
+        "invoke_endpoint",
+        {"Body": body(json.dumps(ANSWER).encode()), "ContentType": "application/json", "InvokedProductionVariant": "breedline-dogs-1-final"},
+        {"EndpointName": "breedline-classifier", "Body": JPEG, "ContentType": "image/jpeg", "Accept": "application/json"},
+    )
+    status, payload = post(http, JPEG, "image/jpeg")
+    assert status == 200
+    assert payload == {**ANSWER, "model": "breedline-dogs-1-final"}
+    runtime.assert_no_pending_responses()
+
+
+def test_good_png_is_forwarded_as_png(http, runtime):
+    runtime.add_response(
+        "invoke_endpoint",
+        {"Body": body(json.dumps(ANSWER).encode())},
+        {"EndpointName": "breedline-classifier", "Body": PNG, "ContentType": "image/png", "Accept": "application/json"},
+    )
+    status, payload = post(http, PNG, "image/png")
+    assert status == 200 and payload["model"] == "breedline-classifier"  # no variant header: the endpoint name
+
+
+BAD_REQUESTS = [
+        (JPEG, "text/plain", 415, "unsupported_media_type"),
+        (JPEG, None, 415, "unsupported_media_type"),
+        (PNG, "image/jpeg", 415, "content_type_mismatch"),
+        (b"", "image/jpeg", 400, "empty_body"),
+        (b"this is not an image", "image/jpeg", 400, "not_an_image"),
+        (JPEG + b"\x00" * 5000, "image/jpeg", 413, "payload_too_large"),
+]
+
+
+@pytest.mark.parametrize("data, content_type, status, code", BAD_REQUESTS)
+def test_bad_requests_never_reach_the_endpoint(http, runtime, monkeypatch, data, content_type, status, code):
+    monkeypatch.setenv("BREEDLINE_MAX_IMAGE_BYTES", "4096")
+    got_status, payload = post(http, data, content_type)
+    assert (got_status, payload["code"]) == (status, code)
+    runtime.assert_no_pending_responses()  # nothing was expected, nothing was called
+
+
+ENDPOINT_ERRORS = [
+        (dict(service_error_code="ValidationError", service_message="Endpoint breedline-classifier of account 123456789012 not found.", http_status_code=400), 503, "model_not_deployed"),
+        (dict(service_error_code="ValidationError", service_message="Endpoint breedline-classifier is not in service", http_status_code=400), 503, "endpoint_not_ready"),
+        (dict(service_error_code="ModelNotReadyException", service_message="Model is loading", http_status_code=429), 503, "endpoint_not_ready"),
+        (dict(service_error_code="ThrottlingException", service_message="Rate exceeded", http_status_code=400), 503, "endpoint_busy"),
+        (dict(service_error_code="ModelError", service_message="Received client error (400)", http_status_code=424, modeled_fields={"OriginalStatusCode": 400, "OriginalMessage": "cannot identify image file"}), 400, "undecodable_image"),
+        (dict(service_error_code="ModelError", service_message="Received client error (413)", http_status_code=424, modeled_fields={"OriginalStatusCode": 413}), 413, "payload_too_large"),
+        (dict(service_error_code="ModelError", service_message="Received server error (500)", http_status_code=424, modeled_fields={"OriginalStatusCode": 500, "OriginalMessage": "CUDA error"}), 502, "model_error"),
+        (dict(service_error_code="InternalFailure", service_message="boom", http_status_code=500), 502, "model_error"),
+]
+#: Codes produced by the dedicated tests below the tables.
+OTHER_CODES = {"bad_model_response", "endpoint_unreachable", "internal_error"}
+
+
+@pytest.mark.parametrize("error, status, code", ENDPOINT_ERRORS)
+def test_endpoint_errors_map_to_stable_codes(http, runtime, error, status, code):
+    runtime.add_client_error("invoke_endpoint", **error)
+    got_status, payload = post(http, JPEG, "image/jpeg")
+    assert (got_status, payload["code"]) == (status, code)
+
+
+def test_non_json_model_answer_is_a_502(http, runtime):
+    runtime.add_response("invoke_endpoint", {"Body": body(b"<html>Internal error</html>")})
+    assert post(http, JPEG, "image/jpeg")[1]["code"] == "bad_model_response"
+
+
+def test_unreachable_endpoint_is_a_502(http, env):
+    class Timeout:
+        def invoke_endpoint(self, **kwargs):
+            raise ReadTimeoutError(endpoint_url="https://runtime.sagemaker.us-east-1.amazonaws.com")
+
+    aws_clients.set_client("sagemaker-runtime", Timeout())
+    try:
+        assert post(http, JPEG, "image/jpeg") == (502, {"code": "endpoint_unreachable", "message": "The model endpoint did not answer (ReadTimeoutError)"})
+    finally:
+        pipeline.reset()
+
+
+def test_an_unexpected_failure_is_json_not_a_500(http, env, monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(pipeline, "predict", broken)
+    status, payload = post(http, JPEG, "image/jpeg")
+    assert status == 502 and payload["code"] == "internal_error"
+
+
+def test_unsupported_type_metric_has_the_code_dimension(http, runtime, capsys):
+    post(http, JPEG, "text/plain")
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith('{"_aws"')]
+    errors = [line for line in lines if "PredictErrors" in line]
+    assert errors and errors[0]["code"] == "unsupported_media_type"
+    assert any("PredictLatency" in line and "PredictRequests" in line for line in lines)
+
+
+# -- the Lambda entry point with API Gateway's own events -------------------------------------
+def lambda_call(event):
+    import app as chalice_app
+
+    context = SimpleNamespace(aws_request_id="req-1", function_name="breedline-dev", memory_limit_in_mb=512,
+                              invoked_function_arn="arn:aws:lambda:us-east-1:123456789012:function:breedline-dev",
+                              get_remaining_time_in_millis=lambda: 30000)
+    return chalice_app.app(event, context)
+
+
+def test_api_gateway_jpeg_event_is_decoded_and_answered(env, runtime):
+    runtime.add_response(
+        "invoke_endpoint",
+        {"Body": body(json.dumps(ANSWER).encode()), "InvokedProductionVariant": "m1"},
+        {"EndpointName": "breedline-classifier", "Body": JPEG, "ContentType": "image/jpeg", "Accept": "application/json"},
+    )
+    response = lambda_call(load_event("api_predict_jpeg.json"))
+    assert response["statusCode"] == 200
+    assert json.loads(response["body"]) == {**ANSWER, "model": "m1"}
+
+
+@pytest.mark.parametrize("name, status, code", [("api_predict_text.json", 415, "unsupported_media_type"), ("api_predict_empty.json", 400, "empty_body")])
+def test_api_gateway_bad_events(env, runtime, name, status, code):
+    response = lambda_call(load_event(name))
+    assert response["statusCode"] == status and json.loads(response["body"])["code"] == code
+
+
+def test_every_error_code_is_exercised_through_the_route():
+    """The tables and dedicated tests above cover every stable code (xdist-safe: no shared state)."""
+    covered = {case[-1] for case in BAD_REQUESTS + ENDPOINT_ERRORS} | OTHER_CODES
+    assert covered == {code for _, code in ALL_ERRORS}
