@@ -1,0 +1,194 @@
+"""Least privilege, read from the packaged template (what CloudFormation would create)."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+from typing import Any
+
+import botocore.session
+from botocore import xform_name
+
+from infra_helpers import REPO, as_list, iam_statements
+
+#: Actions with no resource-level permissions in IAM: "*" is the narrowest resource there is.
+NO_RESOURCE_LEVEL = {
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    "ecr:GetAuthorizationToken",
+    "cloudwatch:PutMetricData",  # scoped by the cloudwatch:namespace condition instead
+}
+#: SageMaker needs AddTags to create any resource with Tags (every Create* of the app tags).
+IMPLIED_SAGEMAKER = {"sagemaker:AddTags"}
+LAMBDA_ROLES = ("ApiHandlerRole", "OnDatasetUploadRole", "OnTuningStateChangeRole", "OnTrainingStateChangeRole", "CheckQuietDatasetsRole")
+
+
+def _text(value: Any) -> str:
+    """An ARN as written: a literal or the string inside Fn::Sub."""
+    if isinstance(value, dict) and "Fn::Sub" in value:
+        sub = value["Fn::Sub"]
+        return sub if isinstance(sub, str) else sub[0]
+    return json.dumps(value) if isinstance(value, dict) else str(value)
+
+
+def test_no_wildcard_actions_anywhere(template: dict[str, Any]) -> None:
+    statements = iam_statements(template)
+    assert statements, "no IAM statements found"
+    for role, st in statements:
+        for action in as_list(st["Action"]):
+            assert action != "*", (role, st)
+            service, _, name = action.partition(":")
+            assert "*" not in name, f"{role}: wildcard action {action}"
+            assert action != "sagemaker:*"
+
+
+def test_resource_star_only_where_nothing_narrower_exists(template: dict[str, Any]) -> None:
+    for role, st in iam_statements(template):
+        if st["Effect"] != "Allow":
+            continue
+        if "*" in as_list(st.get("Resource", [])):
+            extra = set(as_list(st["Action"])) - NO_RESOURCE_LEVEL
+            assert not extra, f"{role}: Resource '*' for {extra}"
+        if "cloudwatch:PutMetricData" in as_list(st["Action"]):
+            assert st["Condition"]["StringLike"]["cloudwatch:namespace"] == "/aws/sagemaker/*"
+
+
+def test_lambda_roles_carry_the_written_policy(template: dict[str, Any]) -> None:
+    written = json.loads((REPO / "chalice_app" / ".chalice" / "policy.json").read_text())
+    roles = {k: r for k, r in template["Resources"].items() if k in LAMBDA_ROLES}
+    assert set(roles) == set(LAMBDA_ROLES)
+    for logical_id, role in roles.items():
+        documents = [p["PolicyDocument"] for p in role["Properties"]["Policies"]]
+        assert documents == [written], logical_id
+        assert "ManagedPolicyArns" not in role["Properties"], logical_id
+
+
+def test_pass_role_only_the_execution_role_only_to_sagemaker(template: dict[str, Any]) -> None:
+    found = 0
+    for role, st in iam_statements(template):
+        if "iam:PassRole" not in as_list(st["Action"]):
+            continue
+        found += 1
+        assert as_list(st["Action"]) == ["iam:PassRole"], role
+        resources = [_text(r) for r in as_list(st["Resource"])]
+        assert resources == ["arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${AWS::StackName}-sagemaker"]
+        assert st["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
+    assert found == len(LAMBDA_ROLES)
+    # ... and that role is the one the template creates and hands to the app.
+    execution = template["Resources"]["SageMakerExecutionRole"]["Properties"]
+    assert execution["RoleName"] == {"Fn::Sub": "${AWS::StackName}-sagemaker"}
+    trust = execution["AssumeRolePolicyDocument"]["Statement"]
+    assert [s["Principal"] for s in trust] == [{"Service": "sagemaker.amazonaws.com"}]
+
+
+def _sagemaker_operations_the_code_uses() -> set[str]:
+    """IAM actions of every SageMaker (and runtime) operation named in app.py and chalicelib/."""
+    session = botocore.session.get_session()
+    operations: dict[str, str] = {}
+    for service in ("sagemaker", "sagemaker-runtime"):
+        for op in session.get_service_model(service).operation_names:
+            operations[xform_name(op)] = op
+    used = set()
+    files = [REPO / "chalice_app" / "app.py", *sorted((REPO / "chalice_app" / "chalicelib").glob("*.py"))]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in operations:
+                used.add(f"sagemaker:{operations[node.attr]}")
+    return used
+
+
+def test_lambda_gets_exactly_the_sagemaker_actions_it_calls(template: dict[str, Any]) -> None:
+    used = _sagemaker_operations_the_code_uses()
+    assert "sagemaker:CreateHyperParameterTuningJob" in used and "sagemaker:InvokeEndpoint" in used
+    granted = {
+        a
+        for role, st in iam_statements(template)
+        if role in LAMBDA_ROLES
+        for a in as_list(st["Action"])
+        if a.startswith("sagemaker:")
+    }
+    assert granted == used | IMPLIED_SAGEMAKER
+
+
+def test_sagemaker_resources_are_scoped_to_the_name_prefix(template: dict[str, Any]) -> None:
+    for role, st in iam_statements(template):
+        if not any(a.startswith("sagemaker:") for a in as_list(st["Action"])):
+            continue
+        for resource in as_list(st["Resource"]):
+            arn = _text(resource)
+            assert arn.startswith("arn:${AWS::Partition}:sagemaker:${AWS::Region}:${AWS::AccountId}:"), arn
+            assert arn.split(":", 5)[5].split("/", 1)[1].startswith("${AWS::StackName}-"), arn
+
+
+BUCKET_ARN = "arn:${AWS::Partition}:s3:::${AWS::StackName}-data-${AWS::AccountId}-${AWS::Region}"
+
+
+def _s3_grants(template: dict[str, Any], roles: tuple[str, ...]) -> dict[str, set[str]]:
+    grants: dict[str, set[str]] = {}
+    for role, st in iam_statements(template):
+        if role not in roles:
+            continue
+        for action in as_list(st["Action"]):
+            if action.startswith("s3:"):
+                for resource in as_list(st["Resource"]):
+                    grants.setdefault(action, set()).add(_text(resource))
+                if action == "s3:ListBucket":
+                    assert st["Condition"]["StringLike"]["s3:prefix"], role
+    return grants
+
+
+def test_lambda_s3_access_is_limited_to_the_data_prefix(template: dict[str, Any]) -> None:
+    grants = _s3_grants(template, LAMBDA_ROLES)
+    assert grants == {"s3:ListBucket": {BUCKET_ARN}, "s3:GetObject": {f"{BUCKET_ARN}/datasets/*"}}
+
+
+def test_execution_role_reads_data_writes_output_logs_and_nothing_else(template: dict[str, Any]) -> None:
+    grants = _s3_grants(template, ("SageMakerExecutionRole",))
+    assert grants["s3:GetObject"] == {f"{BUCKET_ARN}/${{DataPrefix}}*", f"{BUCKET_ARN}/code/*", f"{BUCKET_ARN}/${{OutputPrefix}}*"}
+    assert grants["s3:PutObject"] == grants["s3:AbortMultipartUpload"] == {f"{BUCKET_ARN}/${{OutputPrefix}}*"}
+    assert set(grants) == {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"}
+    actions = {a for role, st in iam_statements(template) if role == "SageMakerExecutionRole" for a in as_list(st["Action"])}
+    services = {a.split(":")[0] for a in actions}
+    # logs + S3, plus pulling the three resolved images and the job metrics SageMaker publishes for the job.
+    assert services == {"s3", "logs", "ecr", "cloudwatch"}
+    for role, st in iam_statements(template):
+        if role == "SageMakerExecutionRole" and "ecr:BatchGetImage" in as_list(st["Action"]):
+            assert st["Resource"] == {"Ref": "EcrRepositoryArns"}
+        if role == "SageMakerExecutionRole" and any(a.startswith("logs:") for a in as_list(st["Action"])):
+            assert _text(st["Resource"]).endswith(":log-group:/aws/sagemaker/*")
+
+
+def test_policy_file_is_valid_json_with_only_pseudo_parameters() -> None:
+    """So that the app packages and lints with or without the merge template."""
+    text = (REPO / "chalice_app" / ".chalice" / "policy.json").read_text()
+    json.loads(text)
+    import re
+
+    for name in re.findall(r"\$\{([^}]+)\}", text):
+        assert name.startswith("AWS::"), name
+
+
+def test_iam_check_would_catch_a_wildcard(template: dict[str, Any]) -> None:
+    """The checks above are live: a widened copy of the policy fails them."""
+    import copy
+
+    import pytest
+
+    widened = copy.deepcopy(template)
+    widened["Resources"]["ApiHandlerRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"].append(
+        {"Effect": "Allow", "Action": "sagemaker:*", "Resource": "*"}
+    )
+    with pytest.raises(AssertionError):
+        test_no_wildcard_actions_anywhere(widened)
+    with pytest.raises(AssertionError):
+        test_resource_star_only_where_nothing_narrower_exists(widened)
+
+
+def test_sagemaker_operation_scan_sees_calls_by_reference() -> None:
+    """``_create_once(sm.create_model, ...)`` passes the method without calling it: still found."""
+    used = _sagemaker_operations_the_code_uses()
+    assert {"sagemaker:CreateModel", "sagemaker:CreateEndpointConfig"} <= used
+
+
+_ = Path  # keep the import for type readers
