@@ -62,7 +62,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="markdown report path (default: docs/benchmarks.md for a full run, none for --quick)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's own, one per core; --quick uses 1)")
+    parser.add_argument("--demo-log", type=Path, default=None,
+                        help="read section 5 from this earlier `python -m breedline demo` output instead of running it")
+    parser.add_argument("--demo-state", type=Path, default=None, help="that run's --state-dir (for per-job logs)")
     args = parser.parse_args(argv)
+    if args.demo_log:
+        os.environ["BENCH_DEMO_LOG"] = str(args.demo_log.resolve())
+    if args.demo_state:
+        os.environ["BENCH_DEMO_STATE"] = str(args.demo_state.resolve())
     out = args.out if args.out is not None else (None if args.quick else ROOT / "docs" / "benchmarks.md")
     command = "python -m bench" + (" --quick" if args.quick else "") + (
         f" --only {' '.join(args.only)}" if args.only else "")

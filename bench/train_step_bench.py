@@ -46,7 +46,7 @@ def step_rates(arch: str, batch: int, steps: int, image_size: int, num_classes: 
 
 def run(section: Section, quick: bool) -> None:
     batch, steps, size = (4, 2, 64) if quick else (16, 4, 224)
-    for arch in ARCHITECTURES:
+    for arch in ARCHITECTURES[-1:] if quick else ARCHITECTURES:
         import common
 
         model = common.build_model(arch, 133, image_size=size, pretrained=arch == "efficientnet_lite0")
