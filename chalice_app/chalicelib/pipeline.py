@@ -21,6 +21,7 @@ Idempotency, two layers deep:
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from datetime import datetime
@@ -28,7 +29,7 @@ from typing import Any, Callable
 
 from chalicelib import aws, naming
 from chalicelib import sagemaker_requests as build
-from chalicelib.config import Settings
+from chalicelib.config import VARIABLES, Settings
 from chalicelib.datasets import ObjectRef, dataset_of_key, is_marker, quiet_period_elapsed, validate_layout
 from chalicelib.decisions import (
     STAGE_TRAINING,
@@ -90,9 +91,22 @@ _idempotent_cache: dict[tuple[str, str, int], tuple[Callable[..., Any], Any]] = 
 _lambda_context: Any = None
 
 
+_settings_cache: dict[tuple[str | None, ...], Settings] = {}
+
+
 def settings() -> Settings:
-    """Read per invocation: cheap, and the local runtime may change the environment."""
-    return Settings.from_env()
+    """Settings for the current environment, parsed once per distinct environment.
+
+    Read per invocation (the local runtime and tests change the environment),
+    but parsed only when a value changed: the predict route's budget is ~2 ms.
+    """
+    key = tuple(os.environ.get(v.name) for v in VARIABLES)
+    found = _settings_cache.get(key)
+    if found is None:
+        found = Settings.from_env()
+        _settings_cache.clear()
+        _settings_cache[key] = found
+    return found
 
 
 def store(s: Settings) -> StateStore:
