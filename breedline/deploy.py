@@ -341,6 +341,12 @@ def _chalice_command() -> list[str]:
     return [found]
 
 
+#: Chalice caches the Lambda's built dependencies in .chalice/deployments/, keyed
+#: by the requirements' hash; keeping that cache across builds means the
+#: registry is only asked when chalice_app/requirements.txt changes.
+DEPS_CACHE = REPO_ROOT / "build" / "deploy-cache"
+
+
 def _copy_app(dest: Path, app_dir: Path) -> None:
     if dest.exists():
         shutil.rmtree(dest)
@@ -350,6 +356,20 @@ def _copy_app(dest: Path, app_dir: Path) -> None:
         symlinks=False,  # metric_definitions.py is a symlink into ml_scripts/: ship the file
         ignore=shutil.ignore_patterns("deployments", "__pycache__", "*.pyc", ".pytest_cache"),
     )
+    cached = dest / ".chalice" / "deployments"
+    cached.mkdir(parents=True, exist_ok=True)
+    for source in (DEPS_CACHE, app_dir / ".chalice" / "deployments"):
+        if source.is_dir():
+            for zipped in source.glob("*-python*.zip"):
+                if not (cached / zipped.name).exists():
+                    shutil.copy2(zipped, cached / zipped.name)
+
+
+def _keep_deps_cache(build_app: Path) -> None:
+    DEPS_CACHE.mkdir(parents=True, exist_ok=True)
+    for zipped in (build_app / ".chalice" / "deployments").glob("*-python*.zip"):
+        if not (DEPS_CACHE / zipped.name).exists():
+            shutil.copy2(zipped, DEPS_CACHE / zipped.name)
 
 
 def stage_environment(
@@ -510,6 +530,7 @@ def package(
     )
     if proc.returncode != 0:
         raise DeployError(f"chalice package failed:\n{proc.stdout}\n{proc.stderr}")
+    _keep_deps_cache(build_app)
 
     template = json.loads((chalice_out / "sam.json").read_text())
     apply_api_auth(template, stage.api_auth)

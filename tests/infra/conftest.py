@@ -39,3 +39,13 @@ def expanded(packaged: deploy.Package, template: dict[str, Any]) -> dict[str, An
     t = copy.deepcopy(template)
     deploy._point_code_at(t, "artifacts-bucket", "lambda.zip")
     return deploy.sam_to_cloudformation(t, packaged.parameters, REGION)
+
+
+@pytest.fixture
+def quiet_moto_warnings() -> Any:
+    """moto warns once per resource type it skips; the tests record those types instead."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield

@@ -85,6 +85,11 @@ def expand_for_moto(region: str, unsupported: set[str]) -> Any:
             if isinstance(node, dict):
                 if node.get("Ref") in drop:
                     return "api"
+                if isinstance(node.get("Fn::Sub"), str):
+                    text = node["Fn::Sub"]
+                    for logical_id in drop:
+                        text = text.replace(f"${{{logical_id}}}", "api")
+                    return {"Fn::Sub": text}
                 return {k: sub(v) for k, v in node.items()}
             if isinstance(node, list):
                 return [sub(v) for v in node]
@@ -104,3 +109,19 @@ def expand_for_moto(region: str, unsupported: set[str]) -> Any:
 
     return expand
 
+
+
+def change_sets_refresh_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto refreshes a stack's Outputs on UpdateStack but not on ExecuteChangeSet; do it there too."""
+    from moto.cloudformation.models import CloudFormationBackend
+
+    original = CloudFormationBackend.execute_change_set
+
+    def execute_change_set(self: Any, change_set_name: str, stack_name: str | None = None) -> None:
+        original(self, change_set_name, stack_name)
+        for stack in self.stacks.values():
+            if stack_name in (stack.name, stack.stack_id):
+                stack._parse_template()
+                stack.output_map = stack._create_output_map()
+
+    monkeypatch.setattr(CloudFormationBackend, "execute_change_set", execute_change_set)
