@@ -495,7 +495,9 @@ def train(args: argparse.Namespace, paths: Paths) -> dict[str, float]:
         optimizer.load_state_dict(checkpoint["optimizer"])
         start_epoch = int(checkpoint["epoch"]) + 1
         best_loss, best_epoch = float(checkpoint["best_valid_loss"]), int(checkpoint["best_epoch"])
-        bad_epochs, finished = int(checkpoint["bad_epochs"]), bool(checkpoint["finished"])
+        bad_epochs = int(checkpoint["bad_epochs"])
+        # An early-stopped job stays stopped; one that ran out of epochs goes on if --epochs grew.
+        finished = bad_epochs >= args.patience
         best_state, history = checkpoint["best_state"], list(checkpoint["history"])
         print(f"resumed from checkpoint: epoch={checkpoint['epoch']} best_epoch={best_epoch}", flush=True)
     paths.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -526,12 +528,11 @@ def train(args: argparse.Namespace, paths: Paths) -> dict[str, float]:
             _save_atomic(best_state, paths.checkpoint_dir / "best_model.pt")
         else:
             bad_epochs += 1
-        finished = bad_epochs >= args.patience or epoch == args.epochs
         _save_atomic(
             {
                 "epoch": epoch, "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
                 "best_valid_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                "finished": finished, "history": history, "signature": signature,
+                "history": history, "signature": signature,
             },
             paths.checkpoint_dir / "checkpoint.pt",
         )

@@ -1,0 +1,87 @@
+"""Helpers shared by the ML tests: a train.py job laid out like /opt/ml."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ML = ROOT / "ml_scripts"
+
+
+@dataclass
+class Job:
+    """One train.py run laid out like /opt/ml."""
+
+    base: Path
+    data: Path
+    result: subprocess.CompletedProcess | None = None
+
+    @property
+    def config_dir(self) -> Path:
+        return self.base / "input" / "config"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.base / "model"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base / "output"
+
+    @property
+    def output_data_dir(self) -> Path:
+        return self.base / "output" / "data"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.base / "checkpoints"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "BREEDLINE_"))}
+        env.update(
+            {
+                "SM_CHANNEL_TRAIN": str(self.data / "train"),
+                "SM_CHANNEL_VALID": str(self.data / "valid"),
+                "SM_CHANNEL_TEST": str(self.data / "test"),
+                "SM_MODEL_DIR": str(self.model_dir),
+                "SM_OUTPUT_DIR": str(self.output_dir),
+                "SM_OUTPUT_DATA_DIR": str(self.output_data_dir),
+                "SM_INPUT_CONFIG_DIR": str(self.config_dir),
+                "SM_NUM_GPUS": "0",
+                "SM_NUM_CPUS": "2",
+                "BREEDLINE_CHECKPOINT_DIR": str(self.checkpoint_dir),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        return env
+
+    def run(self, args: list[str], hyperparameters: dict[str, str] | None = None, timeout: int = 240):
+        """Run train.py the way SageMaker does: cwd = source dir, env vars, JSON file, CLI."""
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        if hyperparameters is not None:
+            (self.config_dir / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+        self.result = subprocess.run(
+            [sys.executable, "train.py", *args],
+            cwd=ML,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        return self.result
+
+
+#: SageMaker writes every hyperparameter as a JSON string; the tuner may quote twice.
+HYPERPARAMETERS = {
+    "batch_size": '"\\"16\\""',
+    "learning_rate": '"0.003"',
+    "model": '"efficientnet_lite0"',
+    "image_size": "32",
+    "sagemaker_program": '"train.py"',
+    "sagemaker_submit_directory": '"s3://bucket/sourcedir.tar.gz"',
+}

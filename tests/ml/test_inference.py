@@ -1,0 +1,169 @@
+"""inference.py: the serving contract on a model trained by train.py, every bad input, the fast path."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import common
+import inference
+from ml_jobs import Job
+
+
+@pytest.fixture(scope="module")
+def model(trained_job: Job) -> inference.LoadedModel:
+    return inference.model_fn(str(trained_job.model_dir))
+
+
+@pytest.fixture(scope="module")
+def digit_jpeg(trained_job: Job) -> bytes:
+    return next((trained_job.data / "test" / "4").glob("*.jpg")).read_bytes()
+
+
+def _png(image: Image.Image, mode: str = "RGBA") -> bytes:
+    buf = io.BytesIO()
+    image.convert(mode).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _check_answer(text: str, class_names: list[str], k: int = 5) -> dict:
+    answer = json.loads(text)
+    assert set(answer) == {"label", "probability", "top_k"}
+    assert answer["label"] in class_names and 0.0 <= answer["probability"] <= 1.0
+    assert len(answer["top_k"]) == k
+    assert answer["top_k"][0] == {"label": answer["label"], "probability": answer["probability"]}
+    probabilities = [item["probability"] for item in answer["top_k"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+    return answer
+
+
+def test_round_trip_on_jpeg_and_png(model, digit_jpeg: bytes) -> None:
+    for content_type in ("image/jpeg", "application/x-image", "image/jpeg; charset=binary"):
+        data = inference.input_fn(digit_jpeg, content_type)
+        jpeg_answer = _check_answer(inference.output_fn(inference.predict_fn(data, model), "application/json"),
+                                    model.class_names)
+    png = _png(Image.open(io.BytesIO(digit_jpeg)))  # RGBA PNG of the same pixels
+    png_answer = _check_answer(inference.predict_bytes(png, "image/png", model), model.class_names)
+    assert png_answer["label"] == jpeg_answer["label"]
+    assert png_answer["probability"] == pytest.approx(jpeg_answer["probability"], abs=1e-4)
+
+
+def test_model_is_loaded_once(trained_job: Job, model) -> None:
+    assert inference.model_fn(str(trained_job.model_dir)) is model
+    assert not model.module.training
+
+
+def test_top_k_is_configurable(model, digit_jpeg: bytes, monkeypatch) -> None:
+    monkeypatch.setenv("BREEDLINE_TOP_K", "3")
+    _check_answer(inference.predict_bytes(digit_jpeg, "image/jpeg", model), model.class_names, k=3)
+    monkeypatch.setenv("BREEDLINE_TOP_K", "50")  # capped at the number of classes
+    _check_answer(inference.predict_bytes(digit_jpeg, "image/jpeg", model), model.class_names, k=10)
+
+
+def _bomb_png() -> bytes:
+    """225 megapixels (over 2x Pillow's limit) in a ~30 KB PNG."""
+    buf = io.BytesIO()
+    Image.new("1", (15000, 15000)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _warning_png() -> bytes:
+    """100 megapixels: over Pillow's limit but under 2x, where Pillow only warns."""
+    buf = io.BytesIO()
+    Image.new("1", (10000, 10000)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "name, body, content_type, status",
+    [
+        ("unsupported type", b"\xff\xd8\xff", "text/plain", 415),
+        ("no type", b"\xff\xd8\xff", None, 415),
+        ("gif claimed", b"GIF89a", "image/gif", 415),
+        ("empty", b"", "image/jpeg", 400),
+        ("garbage", b"this is not an image" * 10, "image/jpeg", 400),
+        ("text body", "a string", "image/png", 400),
+        ("truncated", "TRUNCATED", "image/jpeg", 400),
+        ("bomb", "BOMB", "image/png", 413),
+        ("over the pixel limit", "WARNING", "image/png", 413),
+    ],
+)
+def test_bad_input_raises_with_status(name, body, content_type, status, digit_jpeg: bytes) -> None:
+    if body == "TRUNCATED":
+        body = digit_jpeg[: len(digit_jpeg) // 2]
+    elif body == "BOMB":
+        body = _bomb_png()
+    elif body == "WARNING":
+        body = _warning_png()
+    with pytest.raises(inference.InferenceInputError) as info:
+        inference.input_fn(body, content_type)
+    assert info.value.status_code == status, name
+    assert json.loads(info.value.to_json())["status_code"] == status
+    assert Image.MAX_IMAGE_PIXELS is not None  # the limit stays on
+
+
+def test_body_size_limit(monkeypatch, digit_jpeg: bytes) -> None:
+    monkeypatch.setenv("BREEDLINE_MAX_IMAGE_BYTES", str(len(digit_jpeg) - 1))
+    with pytest.raises(inference.InferenceInputError) as info:
+        inference.input_fn(digit_jpeg, "image/jpeg")
+    assert info.value.status_code == 413
+
+
+def test_non_json_accept_is_refused(model, digit_jpeg: bytes) -> None:
+    prediction = inference.predict_fn(inference.input_fn(digit_jpeg, "image/jpeg"), model)
+    assert json.loads(inference.output_fn(prediction, "*/*")) == prediction
+    assert json.loads(inference.output_fn(prediction, None)) == prediction
+    with pytest.raises(inference.InferenceInputError) as info:
+        inference.output_fn(prediction, "text/csv")
+    assert info.value.status_code == 406
+
+
+def _plain_top1(body: bytes, model: inference.LoadedModel) -> int:
+    x = model.prep.plain_transform()(common.load_rgb(body)).unsqueeze(0)
+    with torch.inference_mode():
+        return int(model.module(x).argmax())
+
+
+def test_fast_path_top1_agrees_with_plain_path(trained_job: Job, model) -> None:
+    """Issue 6's rule: the fast path ships only if top-1 agrees with the plain path (>= 99%)."""
+    from skimage import data
+
+    bodies = [p.read_bytes() for p in sorted(trained_job.data.rglob("*.jpg"))]
+    for name in ("chelsea", "astronaut", "coffee", "rocket"):
+        photo = Image.fromarray(getattr(data, name)())
+        for size in ((4000, 3000), (500, 400)):
+            buf = io.BytesIO()
+            photo.resize(size, Image.BICUBIC).save(buf, "JPEG", quality=90)
+            bodies.append(buf.getvalue())
+    agree = 0
+    for body in bodies:
+        fast = model.class_names.index(inference.predict_fn(inference.input_fn(body, "image/jpeg"), model)["label"])
+        agree += fast == _plain_top1(body, model)
+    assert agree / len(bodies) >= 0.99, f"{agree}/{len(bodies)}"
+
+
+def test_model_tarball_code_dir_serves_on_its_own(trained_job: Job, digit_jpeg: bytes, tmp_path: Path) -> None:
+    """code/ is importable without the repo's ml_scripts on sys.path (as in the serving container)."""
+    import subprocess
+
+    script = (
+        "import sys, json; sys.path[:0] = [sys.argv[1]]; import inference; "
+        "m = inference.model_fn(sys.argv[2]); "
+        "print(inference.predict_bytes(open(sys.argv[3], 'rb').read(), 'image/jpeg', m))"
+    )
+    image = tmp_path / "x.jpg"
+    image.write_bytes(digit_jpeg)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(trained_job.model_dir / "code"), str(trained_job.model_dir), str(image)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["label"] in [str(i) for i in range(10)]
