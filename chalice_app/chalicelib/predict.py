@@ -9,7 +9,6 @@ the magic bytes say what it is, the model decodes it.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from typing import Any, Mapping
 
 #: Content types the route accepts, mapped to the format their magic bytes must show.

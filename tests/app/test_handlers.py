@@ -8,8 +8,6 @@ SageMaker invents results (see DESIGN.md).
 from __future__ import annotations
 
 import copy
-import io
-import json
 import random
 
 import boto3
