@@ -422,3 +422,39 @@ def test_status_and_labels_follow_the_pipeline(client, sagemaker, aws, env):
     assert body["endpoint"]["status"] == "Creating"
     labels = client.http.get("/labels")
     assert labels.status_code == 200 and labels.json_body == {"model": FINAL, "labels": ["beagle", "corgi", "husky"]}
+
+
+def test_the_whole_chain_round_trips_names_and_tags(client, sagemaker, aws, env):
+    """Events built from the app's own requests, the way SageMaker would emit them, reach a deployment."""
+    aws.put_dataset("corgis-vs-beagles", classes={"corgi": 2, "beagle": 2})
+    marker = load_event("s3_ready_marker.json")
+    marker["detail"]["object"]["key"] = "datasets/corgis-vs-beagles/_READY"
+    started = invoke(client, "on_dataset_upload", marker)
+    (tuning_request,) = sagemaker.requests("CreateHyperParameterTuningJob")
+    tuning_name = tuning_request["HyperParameterTuningJobName"]
+
+    tuning_event = load_event("tuning_completed.json")
+    tuning_event["detail"].update(
+        HyperParameterTuningJobName=tuning_name,
+        HyperParameterTuningJobArn=f"arn:aws:sagemaker:us-east-1:123456789012:hyper-parameter-tuning-job/{tuning_name}",
+        Tags={t["Key"]: t["Value"] for t in tuning_request["Tags"]},
+    )
+    sagemaker.tuning[tuning_name] = completed_tuning(tuning_name, f"{tuning_name}-004-abcdef01", {"batch_size": '"32"', "learning_rate": "0.02"})
+    invoke(client, "on_tuning_state_change", tuning_event)
+    (training_request,) = sagemaker.requests("CreateTrainingJob")
+    final = training_request["TrainingJobName"]
+    assert final == naming.training_job_name(tuning_name)
+
+    # a trial of that tuning job finishing late changes nothing
+    trial = load_event("training_completed_trial.json")
+    trial["detail"].update(TrainingJobName=f"{tuning_name}-004-abcdef01", Tags=tuning_event["detail"]["Tags"])
+    assert invoke(client, "on_training_state_change", trial)["outcome"] == "ignored"
+
+    training_event = load_event("training_completed.json")
+    training_event["detail"].update(TrainingJobName=final, Tags={t["Key"]: t["Value"] for t in training_request["Tags"]})
+    sagemaker.training[final] = completed_training(final, 0.95)
+    assert invoke(client, "on_training_state_change", training_event)["outcome"] == "deployed"
+    assert client.http.get("/labels").json_body == {"model": final, "labels": ["beagle", "corgi"]}
+    status = client.http.get("/status").json_body
+    assert status["live_model"]["dataset"] == "corgis-vs-beagles" and status["live_model"]["version"] == started["version"]
+    assert status["jobs"]["tuning"]["status"] == "Completed" and status["jobs"]["training"]["status"] == "Completed"
