@@ -87,6 +87,8 @@ SECURITY_DEFINITIONS = {
     "api_key": {"type": "apiKey", "name": "x-api-key", "in": "header"},
     "sigv4": {"type": "apiKey", "name": "Authorization", "in": "header", "x-amazon-apigateway-authtype": "awsSigv4"},
 }
+#: Production variant name under which autoscaling is switched on by itself (see build_parameters).
+STABLE_VARIANT = "AllTraffic"
 CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
 #: The app's name-prefix limit (chalicelib/naming.py PREFIX_MAX): the stack name is the prefix.
 STACK_NAME_MAX = 20
@@ -430,6 +432,10 @@ def build_parameters(
 ) -> dict[str, str]:
     """The stack parameters for one stage (all strings, as CloudFormation takes them)."""
     serverless = int(stage.get("BREEDLINE_SERVERLESS_MEMORY_MB") or 0) > 0
+    # SageMaker refuses an UpdateEndpoint that removes a variant registered for
+    # autoscaling. Only a variant name that every model keeps is safe to scale
+    # automatically; otherwise the next model's deployment would fail.
+    scale = bool(endpoint_variant) and not serverless and endpoint_variant == STABLE_VARIANT
     params = {
         "ApiAuth": stage.api_auth,
         "AlertEmail": alert_email,
@@ -439,7 +445,7 @@ def build_parameters(
         "SourceDirKey": sourcedir_key,
         "EcrRepositoryArns": ",".join(images.ecr_repository_arns(partition)),
         # A scaling target needs an existing instance-backed endpoint.
-        "EnableEndpointAutoscaling": "true" if (endpoint_variant and not serverless) else "false",
+        "EnableEndpointAutoscaling": "true" if scale else "false",
         "EndpointVariantName": endpoint_variant or "AllTraffic",
     }
     params.update(overrides or {})
@@ -749,6 +755,12 @@ def deploy(
         if bucket_exists:
             log(f"reusing the data bucket kept by an earlier destroy: {data_bucket_name(stack, account, region)}")
     variant = _current_variant(session.client("sagemaker"), f"{stack}-classifier")
+    if variant and variant != STABLE_VARIANT:
+        log(
+            f"endpoint variant {variant!r} is named per model: autoscaling stays off, because SageMaker "
+            "refuses to update an endpoint whose autoscaled variant the new config removes "
+            "(--parameter EnableEndpointAutoscaling=true forces it; see docs/aws.md)"
+        )
     pkg = package(
         stage_name,
         region=region,

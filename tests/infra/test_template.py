@@ -188,8 +188,15 @@ def test_autoscaling_is_switched_on_only_for_an_existing_instance_endpoint(packa
     stage = packaged.stage
     kwargs = dict(images=packaged.images, sourcedir_key="code/x/sourcedir.tar.gz", partition="aws")
     assert deploy.build_parameters(stage, **kwargs)["EnableEndpointAutoscaling"] == "false"
-    on = deploy.build_parameters(stage, endpoint_variant="breedline-dev-abc-final", **kwargs)
-    assert on["EnableEndpointAutoscaling"] == "true" and on["EndpointVariantName"] == "breedline-dev-abc-final"
+    on = deploy.build_parameters(stage, endpoint_variant="AllTraffic", **kwargs)
+    assert on["EnableEndpointAutoscaling"] == "true" and on["EndpointVariantName"] == "AllTraffic"
+    # A variant named per model would be removed by the next model's UpdateEndpoint, which
+    # SageMaker refuses while it is registered for autoscaling: off unless forced.
+    per_model = deploy.build_parameters(stage, endpoint_variant="breedline-dev-abc-final", **kwargs)
+    assert per_model["EnableEndpointAutoscaling"] == "false"
+    forced = deploy.build_parameters(stage, endpoint_variant="breedline-dev-abc-final",
+                                     overrides={"EnableEndpointAutoscaling": "true"}, **kwargs)
+    assert forced["EnableEndpointAutoscaling"] == "true" and forced["EndpointVariantName"] == "breedline-dev-abc-final"
     serverless = copy.deepcopy(stage)
     serverless.environment["BREEDLINE_SERVERLESS_MEMORY_MB"] = "2048"
     assert deploy.build_parameters(serverless, endpoint_variant="v", **kwargs)["EnableEndpointAutoscaling"] == "false"
