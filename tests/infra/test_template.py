@@ -162,6 +162,13 @@ def test_outputs_give_the_api_url_and_the_bucket(template: dict[str, Any], expan
     assert "ApiUrl" in outputs and "DataBucketName" in outputs and "ApiKeyId" in outputs
     assert "execute-api" in json.dumps(outputs["ApiUrl"]["Value"])
     assert outputs["DataBucketName"]["Value"] == template["Resources"]["DataBucket"]["Properties"]["BucketName"]
+    # After the SAM transform the Globals reach every function (function-level values win).
+    for logical_id, resource in expanded["Resources"].items():
+        if resource["Type"] == "AWS::Lambda::Function":
+            env = resource["Properties"]["Environment"]["Variables"]
+            assert env["BREEDLINE_ROLE_ARN"] == {"Fn::GetAtt": ["SageMakerExecutionRole", "Arn"]}, logical_id
+            assert env["BREEDLINE_STATE_TABLE"] == {"Ref": "StateTable"}, logical_id
+    assert "ApiUrl" in expanded["Outputs"]
 
 
 def test_alarms_feed_the_endpoint_rollback_and_notify(template: dict[str, Any]) -> None:
