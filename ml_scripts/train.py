@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import random
 import shutil
@@ -287,7 +288,9 @@ class Trainer:
     def __init__(self, args: argparse.Namespace, paths: Paths) -> None:
         self.args = args
         self.paths = paths
-        self.cuda = torch.cuda.is_available() and int(normalise_value(os.environ.get("SM_NUM_GPUS", "1")) or 1) > 0
+        gpus = normalise_value(os.environ.get("SM_NUM_GPUS") or "")
+        # SageMaker says how many GPUs the job was given; "0" means use none even if CUDA shows one.
+        self.cuda = torch.cuda.is_available() and (not gpus.strip() or int(float(gpus)) > 0)
         self.device = torch.device("cuda" if self.cuda else "cpu")
         self.loss_fn = nn.CrossEntropyLoss()
 
@@ -362,6 +365,14 @@ class Trainer:
             persistent_workers=workers > 0,
             generator=generator,
         )
+
+
+def cosine_factor(epoch: int, epochs: int) -> float:
+    """Learning-rate multiplier for ``epoch`` (1-based): cosine from 1 down to near 0.
+
+    A pure function of the epoch number, so a resumed job continues the same schedule.
+    """
+    return 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / max(1, epochs)))
 
 
 def _signature(args: argparse.Namespace, class_names: list[str]) -> dict[str, Any]:
@@ -481,6 +492,7 @@ def train(args: argparse.Namespace, paths: Paths) -> dict[str, float]:
     optimizer = torch.optim.Adam(
         common.parameter_groups(model, args.model, args.learning_rate), weight_decay=args.weight_decay
     )
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     scaler = torch.amp.GradScaler("cuda", enabled=trainer.cuda)
     debugger = Debugger(paths, args)
     debugger.register(model, trainer.loss_fn)
@@ -512,6 +524,8 @@ def train(args: argparse.Namespace, paths: Paths) -> dict[str, float]:
         if finished:
             break
         t_epoch = time.perf_counter()
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * cosine_factor(epoch, args.epochs)
         tr = trainer.run_epoch(model, loaders["train"], "train", debugger, optimizer, scaler, profiler)
         va = trainer.run_epoch(model, loaders["valid"], "valid", debugger)
         seconds = time.perf_counter() - t_epoch
