@@ -740,6 +740,7 @@ def deploy(
     AWS expands SAM itself.
     """
     import boto3
+    from botocore.exceptions import WaiterError
 
     session = session or boto3.session.Session(region_name=region)
     stack = check_stack_name(stack_name or default_stack_name(stage_name))
@@ -747,6 +748,11 @@ def deploy(
     cfn = session.client("cloudformation")
     s3 = session.client("s3")
     existing = _stack_exists(cfn, stack)
+    if existing and existing["StackStatus"] in ("ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "DELETE_FAILED"):
+        raise DeployError(
+            f"stack {stack} is {existing['StackStatus']} (an earlier deploy failed): read its events in the "
+            f"CloudFormation console, then `make destroy STAGE={stage_name}` and deploy again"
+        )
     if existing:
         previous = {p["ParameterKey"]: p["ParameterValue"] for p in existing.get("Parameters", [])}
         bucket_exists = previous.get("DataBucketExists") == "true"
@@ -812,13 +818,27 @@ def deploy(
             log(f"  {rc.get('Action', '?'):8} {rc.get('LogicalResourceId')} ({rc.get('ResourceType')})")
         cfn.execute_change_set(StackName=stack, ChangeSetName=change_set_name)
         waiter = "stack_update_complete" if existing else "stack_create_complete"
-        cfn.get_waiter(waiter).wait(StackName=stack, WaiterConfig={"Delay": 10, "MaxAttempts": 360})
+        try:
+            cfn.get_waiter(waiter).wait(StackName=stack, WaiterConfig={"Delay": 10, "MaxAttempts": 360})
+        except WaiterError as exc:
+            raise DeployError(f"stack {stack} did not deploy:\n" + "\n".join(_failure_events(cfn, stack))) from exc
     if not (existing or bucket_exists):
         s3.upload_file(str(pkg.sourcedir_path), data_bucket, pkg.sourcedir_key)
     outputs = {o["OutputKey"]: o["OutputValue"] for o in cfn.describe_stacks(StackName=stack)["Stacks"][0].get("Outputs", [])}
     for key, value in sorted(outputs.items()):
         log(f"{key}: {value}")
     return outputs
+
+
+def _failure_events(cfn: Any, stack: str, limit: int = 10) -> list[str]:
+    """The newest failed resource events of a stack: what a newcomer needs to read first."""
+    lines = []
+    for event in cfn.describe_stack_events(StackName=stack)["StackEvents"]:
+        if event.get("ResourceStatus", "").endswith("FAILED"):
+            lines.append(f"  {event['LogicalResourceId']} ({event['ResourceType']}): {event.get('ResourceStatusReason', '')}")
+        if len(lines) >= limit:
+            break
+    return lines
 
 
 def _point_code_at(template: dict[str, Any], bucket: str, key: str) -> None:
@@ -863,7 +883,7 @@ def destroy(
     session: Any = None,
     log: Any = print,
 ) -> dict[str, list[str]]:
-    """Delete what the pipeline created (endpoint, configs, models, running jobs), then the stack.
+    """Stop this stage's running jobs, delete the stack, then the endpoint, configs and models the pipeline made.
 
     The data bucket is retained by the template (DeletionPolicy: Retain);
     ``delete_bucket`` empties and deletes it too. The artifacts bucket holds
@@ -890,6 +910,16 @@ def destroy(
         if name.startswith(prefix):
             sm.stop_training_job(TrainingJobName=name)
             done["jobs_stopped"].append(name)
+    cfn = session.client("cloudformation")
+    if _stack_exists(cfn, stack):
+        log(f"deleting stack {stack} ...")
+        cfn.delete_stack(StackName=stack)
+        cfn.get_waiter("stack_delete_complete").wait(StackName=stack, WaiterConfig={"Delay": 10, "MaxAttempts": 360})
+    else:
+        log(f"stack {stack} does not exist")
+
+    # After the stack: its Lambdas can no longer create an endpoint behind our back,
+    # and the endpoint's scaling target is already deregistered.
     for ep in _paginate(sm, "list_endpoints", "Endpoints", NameContains=prefix):
         if ep["EndpointName"].startswith(prefix):
             sm.delete_endpoint(EndpointName=ep["EndpointName"])
@@ -905,14 +935,6 @@ def destroy(
     for kind, names in done.items():
         if names:
             log(f"deleted {kind}: {', '.join(names)}")
-
-    cfn = session.client("cloudformation")
-    if _stack_exists(cfn, stack):
-        log(f"deleting stack {stack} ...")
-        cfn.delete_stack(StackName=stack)
-        cfn.get_waiter("stack_delete_complete").wait(StackName=stack, WaiterConfig={"Delay": 10, "MaxAttempts": 360})
-    else:
-        log(f"stack {stack} does not exist")
 
     s3 = session.resource("s3")
     buckets = [artifacts_bucket_name(stack, account, region)]
