@@ -26,7 +26,7 @@ from typing import Any, Callable
 import boto3
 from botocore.config import Config
 
-log = logging.getLogger("breedline.local.aws")
+log = logging.getLogger("runtime.aws")
 
 ACCOUNT = "123456789012"
 
@@ -202,6 +202,8 @@ class Dispatcher:
                 time.sleep(1)
                 continue
             for message in answer.get("Messages", []):
+                log.info("%s <- message %s (receive %s)", name, message["MessageId"],
+                         message["Attributes"].get("ApproximateReceiveCount"))
                 try:
                     self.invoke(name, json.loads(message["Body"]))
                     done = True

@@ -24,7 +24,7 @@ import requests
 
 from .common import ServiceError, download_prefix, extract_tarball, now, split_s3_uri
 
-log = logging.getLogger("breedline.local.endpoints")
+log = logging.getLogger("runtime.endpoints")
 SERVE_SCRIPT = Path(__file__).with_name("serve_model.py")
 
 

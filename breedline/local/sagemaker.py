@@ -32,7 +32,7 @@ from werkzeug.wrappers import Request, Response
 from .common import ServiceError, event_json, in_use, not_found, now, validation, wire_json
 from .validation import validate_request, validate_response
 
-log = logging.getLogger("breedline.local.sagemaker")
+log = logging.getLogger("runtime.sagemaker")
 
 TERMINAL = {"Completed", "Failed", "Stopped"}
 
@@ -91,6 +91,8 @@ class SageMakerBackend:
         record = {"detail-type": detail_type, "detail": body, "resources": [resource_arn]}
         with self.lock:
             self.emitted.append(record)
+            with open(self.state_dir / "events.jsonl", "a", encoding="utf-8") as out:
+                out.write(json.dumps(record) + "\n")
         for listener in list(self.listeners):
             try:
                 listener(detail_type, body)

@@ -26,7 +26,7 @@ from typing import Any
 
 from .common import download_prefix, extract_tarball, make_tarball, now, split_s3_uri, upload_tree
 
-log = logging.getLogger("breedline.local.training")
+log = logging.getLogger("runtime.training")
 
 
 def decode_hyperparameter(value: str) -> Any:

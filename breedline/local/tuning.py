@@ -25,7 +25,7 @@ import optuna
 
 from .common import now
 
-log = logging.getLogger("breedline.local.tuning")
+log = logging.getLogger("runtime.tuning")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
@@ -232,6 +232,10 @@ class TuningRun:
         with self.backend.lock:
             self.tuned[job_name] = tuned
             self.trials[job_name] = None
+            # SageMaker copies the tuning job's tags onto each trial job.
+            tags = list(self.backend.tags.get(self.job["HyperParameterTuningJobArn"], []))
+        if tags:
+            request["Tags"] = tags
         self.backend.CreateTrainingJob(request, tuning=self.job, threads=threads)
         with self.backend.lock:
             self._update_counters()

@@ -9,7 +9,7 @@ import time
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import BUCKET, runtime_client, sagemaker_client, training_request  # type: ignore[import-not-found]
+from local_standins import BUCKET, runtime_client, sagemaker_client, training_request  # type: ignore[import-not-found]
 
 
 def wait_for(check, timeout=60.0, interval=0.2):

@@ -1,0 +1,276 @@
+"""The whole pipeline on one machine: AWS stand-ins, local SageMaker, the app, its API.
+
+Why this shape: the Chalice app is imported unchanged and configured only
+through environment variables (``AWS_ENDPOINT_URL*`` and ``BREEDLINE_*``), the
+way it is configured in AWS. Its EventBridge rules come from its own
+decorators, its handlers run when their events arrive, and the local SageMaker
+service emits the events real SageMaker would. Nothing here calls a pipeline
+step directly: an upload is the only trigger.
+
+``.breedline/`` (or ``--state-dir``) holds everything a run leaves behind:
+``runtime.json`` (where each service listens), ``sagemaker.json`` (every job,
+model and endpoint), ``jobs/<job>/`` (the container folders and logs),
+``endpoints/<name>/`` and ``logs/``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from breedline.packaging import REPO_ROOT, build_sourcedir
+
+from .aws import Dispatcher, MotoStandIns, create_alert_topic, create_data_bucket, create_tables, install_app_rules
+from .common import split_s3_uri
+from .sagemaker import LocalSageMakerServer, SageMakerBackend, quiet_werkzeug
+
+log = logging.getLogger("runtime.runtime")
+
+CHALICE_DIR = REPO_ROOT / "chalice_app"
+DEFAULT_STATE_DIR = REPO_ROOT / ".breedline"
+REGION = "us-east-1"
+
+#: Settings that make the pipeline fit a 2-core laptop: the offline pretrained
+#: model, small images, few epochs and trials. Any of them can be overridden
+#: from the environment; ``BREEDLINE_LOCAL_*`` never reaches the app.
+LOCAL_DEFAULTS: dict[str, str] = {
+    "BREEDLINE_MODEL": "efficientnet_lite0",
+    "BREEDLINE_EPOCHS": "2",
+    "BREEDLINE_MAX_JOBS": "2",
+    "BREEDLINE_MAX_PARALLEL_JOBS": "1",
+    "BREEDLINE_BATCH_SIZES": "32,64",
+    "BREEDLINE_LEARNING_RATE_RANGE": "0.001,0.01",
+    "BREEDLINE_EXTRA_HYPERPARAMETERS": json.dumps({"image_size": "48", "profile_steps": "3", "patience": "2",
+                                                   "num_workers": "0"}),
+    "BREEDLINE_QUIET_PERIOD_SECONDS": "30",
+    "BREEDLINE_ACCURACY_FLOOR": "0.5",
+    "BREEDLINE_TUNING_INSTANCE_TYPE": "ml.m5.xlarge",
+    "BREEDLINE_TRAINING_INSTANCE_TYPE": "ml.m5.xlarge",
+    "BREEDLINE_BAKE_SECONDS": "0",
+    "BREEDLINE_CANARY_PERCENT": "0",
+}
+
+
+def local_image_env(region: str) -> dict[str, str]:
+    """Real image URIs from sagemaker-core (as deploy fills them); locally they only label the job."""
+    try:
+        from breedline.images import resolve_images
+
+        return resolve_images(region, training_instance_type="ml.m5.xlarge").as_env()
+    except Exception as exc:  # the local runtime does not need them to run
+        log.warning("could not resolve image URIs (%s); using labels", exc)
+        return {
+            "BREEDLINE_TRAINING_IMAGE": "local/pytorch-training:2.6",
+            "BREEDLINE_INFERENCE_IMAGE": "local/pytorch-inference:2.6",
+            "BREEDLINE_DEBUGGER_RULE_IMAGE": "local/debugger-rules:latest",
+        }
+
+
+def load_app(chalice_dir: Path = CHALICE_DIR) -> Any:
+    """Import ``chalice_app/app.py`` as Lambda would (its folder is the code root)."""
+    if str(chalice_dir) not in sys.path:
+        sys.path.insert(0, str(chalice_dir))
+    if "app" in sys.modules and Path(getattr(sys.modules["app"], "__file__", "")).resolve() == \
+            (chalice_dir / "app.py").resolve():
+        return sys.modules["app"].app
+    spec = importlib.util.spec_from_file_location("app", chalice_dir / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["app"] = module
+    spec.loader.exec_module(module)
+    return module.app
+
+
+@dataclass
+class RuntimeInfo:
+    """What ``runtime.json`` records: where everything listens, for the CLI and tests."""
+
+    aws_url: str
+    sagemaker_url: str
+    api_url: str
+    region: str
+    bucket: str
+    state_dir: str
+    alert_queue_url: str
+    alert_topic_arn: str
+    pid: int
+    env: dict[str, str] = field(default_factory=dict)
+
+    def write(self, path: Path) -> None:
+        path.write_text(json.dumps(self.__dict__, indent=2))
+
+    @classmethod
+    def read(cls, state_dir: Path) -> "RuntimeInfo | None":
+        path = Path(state_dir) / "runtime.json"
+        if not path.is_file():
+            return None
+        info = cls(**json.loads(path.read_text()))
+        try:
+            os.kill(info.pid, 0)
+        except OSError:
+            return None
+        return info
+
+
+def client_env(info: RuntimeInfo) -> dict[str, str]:
+    """Environment that points boto3 at a running local runtime."""
+    return {
+        "AWS_ENDPOINT_URL": info.aws_url,
+        "AWS_ENDPOINT_URL_SAGEMAKER": info.sagemaker_url,
+        "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": info.sagemaker_url,
+        "AWS_DEFAULT_REGION": info.region,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+
+
+class LocalRuntime:
+    """Starts and stops every local piece; use as a context manager."""
+
+    def __init__(self, state_dir: Path = DEFAULT_STATE_DIR, api_port: int = 0,
+                 schedule_period: float | None = 10.0, overrides: dict[str, str] | None = None,
+                 on_invoke: Callable[..., None] | None = None, fresh: bool = True) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.api_port = api_port
+        self.schedule_period = schedule_period
+        self.overrides = overrides or {}
+        self.on_invoke = on_invoke
+        self.fresh = fresh
+        self.moto: MotoStandIns | None = None
+        self.sagemaker: LocalSageMakerServer | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.api_server: Any = None
+        self.api_thread: threading.Thread | None = None
+        self.app: Any = None
+        self.info: RuntimeInfo | None = None
+
+    # ------------------------------------------------------------------ start
+    def start(self) -> RuntimeInfo:
+        if self.fresh and self.state_dir.exists():
+            import shutil
+
+            shutil.rmtree(self.state_dir)
+        (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        quiet_werkzeug()
+        self.moto = MotoStandIns(region=REGION)
+
+        # Configuration first: the app reads it at import, as a Lambda cold start does.
+        # The operator's own BREEDLINE_* variables win over the laptop defaults.
+        env = {k: v for k, v in LOCAL_DEFAULTS.items() if k not in os.environ}
+        env.update({k: v for k, v in local_image_env(REGION).items() if not os.environ.get(k)})
+        env.update(self.overrides)
+        sqs, sns = self.moto.client("sqs"), self.moto.client("sns")
+        topic, alert_queue = create_alert_topic(sns, sqs)
+        env["BREEDLINE_ALERT_TOPIC_ARN"] = topic
+        os.environ.update(env)
+
+        backend = SageMakerBackend(self.state_dir, self.moto.client("s3"), self.moto.client("events"), REGION)
+        self.sagemaker = LocalSageMakerServer(backend).start()
+        os.environ.update({
+            "AWS_ENDPOINT_URL": self.moto.url,
+            "AWS_ENDPOINT_URL_SAGEMAKER": self.sagemaker.url,
+            "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME": self.sagemaker.url,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_EC2_METADATA_DISABLED": "true",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+        })
+        os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "breedline")
+        os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Breedline")
+        os.environ.pop("AWS_PROFILE", None)
+        os.environ.pop("AWS_SESSION_TOKEN", None)
+
+        if str(CHALICE_DIR) not in sys.path:
+            sys.path.insert(0, str(CHALICE_DIR))
+        from chalicelib.config import Settings  # type: ignore[import-not-found]
+
+        settings = Settings.from_env()
+        s3 = self.moto.client("s3")
+        create_data_bucket(s3, settings.bucket, REGION)
+        try:
+            from chalicelib.state import TABLE_DEFINITIONS  # type: ignore[import-not-found]
+        except ImportError as exc:
+            raise RuntimeError("chalice_app/chalicelib/state.py with TABLE_DEFINITIONS is missing") from exc
+        create_tables(self.moto.client("dynamodb"), settings, TABLE_DEFINITIONS)
+        tarball = build_sourcedir(self.state_dir / "code")
+        bucket, key = split_s3_uri(settings.sourcedir_uri)
+        if bucket != settings.bucket:
+            create_data_bucket(s3, bucket, REGION)
+        s3.upload_file(str(tarball), bucket, key)
+
+        self.app = load_app()
+        self._route_app_logs()
+        routes = install_app_rules(self.app, self.moto.client("events"), sqs)
+        self.dispatcher = Dispatcher(self.app, routes, self.moto.client("sqs"), REGION,
+                                     schedule_period=self.schedule_period, on_invoke=self.on_invoke).start()
+        api_url = self._start_api()
+        self.info = RuntimeInfo(
+            aws_url=self.moto.url, sagemaker_url=self.sagemaker.url, api_url=api_url, region=REGION,
+            bucket=settings.bucket, state_dir=str(self.state_dir), alert_queue_url=alert_queue,
+            alert_topic_arn=topic, pid=os.getpid(), env=env,
+        )
+        self.info.write(self.state_dir / "runtime.json")
+        return self.info
+
+    def _route_app_logs(self) -> None:
+        """The app's JSON logs and EMF metrics go to ``logs/app.log``, as CloudWatch would keep them."""
+        path = self.state_dir / "logs" / "app.log"
+        stream = open(path, "a", encoding="utf-8", buffering=1)
+        self._app_log = stream
+        for name in ("breedline", os.environ.get("POWERTOOLS_SERVICE_NAME", "breedline")):
+            for handler in logging.getLogger(name).handlers:
+                if isinstance(handler, logging.StreamHandler):
+                    handler.setStream(stream)
+
+    def _start_api(self) -> str:
+        """Chalice's local dev server around the same app object: ``POST /predict`` etc."""
+        from chalice.config import Config
+        from chalice.local import create_local_server
+
+        config = Config.create(chalice_stage="local", app_name="breedline", project_dir=str(CHALICE_DIR))
+        server = create_local_server(self.app, config, "127.0.0.1", self.api_port)
+        server.server.RequestHandlerClass.log_message = lambda *a, **k: None  # type: ignore[method-assign]
+        self.api_server = server
+        self.api_thread = threading.Thread(target=server.server.serve_forever, name="predict-api", daemon=True)
+        self.api_thread.start()
+        host, port = server.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # ------------------------------------------------------------------- stop
+    def stop(self) -> None:
+        """Stop handlers, API, every job and endpoint process, then moto (the Ctrl-C path)."""
+        if self.dispatcher is not None:
+            self.dispatcher.stop()
+        if self.api_server is not None:
+            try:
+                self.api_server.server.shutdown()
+                self.api_server.server.server_close()
+            except Exception:
+                log.exception("API server shutdown failed")
+        if self.sagemaker is not None:
+            self.sagemaker.stop()
+        if self.moto is not None:
+            self.moto.stop()
+        runtime_file = self.state_dir / "runtime.json"
+        if runtime_file.exists():
+            runtime_file.unlink()
+
+    def __enter__(self) -> "LocalRuntime":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def backend(self) -> SageMakerBackend:
+        assert self.sagemaker is not None
+        return self.sagemaker.backend

@@ -1,0 +1,143 @@
+"""Helpers for the local runtime's tests: a stand-in training script and request builders.
+
+The stand-in training script below is tiny on purpose: unit tests of the
+service check its protocol and process handling in seconds; the end-to-end
+test uses the real ``ml_scripts/train.py``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import textwrap
+
+import boto3
+from botocore.config import Config
+
+
+BUCKET = "breedline-unit"
+
+STANDIN_TRAIN = textwrap.dedent('''
+    """Stand-in for train.py: honours the container contract in a few milliseconds."""
+    import argparse, json, os, pathlib, sys, time
+    p = argparse.ArgumentParser()
+    p.add_argument("--learning_rate", type=float, default=0.1)
+    p.add_argument("--batch_size", default="8")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--fail", default="no")
+    p.add_argument("--sleep", type=float, default=0.0)
+    args, _ = p.parse_known_args()
+    out = pathlib.Path(os.environ["SM_OUTPUT_DIR"])
+    if args.fail == "yes":
+        (out / "failure").write_text("ValueError: train split has no images in " + os.environ["SM_CHANNEL_TRAIN"])
+        print("about to fail", file=sys.stderr)
+        sys.exit(3)
+    classes = sorted(os.listdir(os.environ["SM_CHANNEL_TRAIN"]))
+    cfg = pathlib.Path(os.environ["SM_INPUT_CONFIG_DIR"])
+    hook = json.loads((cfg / "debughookconfig.json").read_text()) if (cfg / "debughookconfig.json").exists() else None
+    for epoch in range(1, args.epochs + 1):
+        time.sleep(args.sleep)
+        loss = abs(args.learning_rate - 0.01) * 10 + 1.0 / epoch
+        print(f"epoch={epoch} train_loss={loss + 0.1:.6f}", flush=True)
+        print(f"epoch={epoch} valid_loss={loss:.6f}", flush=True)
+        print(f"epoch={epoch} valid_accuracy={1 - loss / 10:.6f}", flush=True)
+    print("test_accuracy=0.9", flush=True)
+    model = pathlib.Path(os.environ["SM_MODEL_DIR"])
+    (model / "code").mkdir(parents=True, exist_ok=True)
+    (model / "model_meta.json").write_text(json.dumps({"class_names": classes,
+                                                       "hp": json.loads(os.environ["SM_HPS"])}))
+    (model / "code" / "inference.py").write_text(pathlib.Path("standin_inference.py").read_text())
+    if hook:
+        d = pathlib.Path(hook["LocalPath"]) / "events" / "000000000000"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "000000000000_worker_0.tfevents").write_text("tensor")
+    prof = pathlib.Path(os.environ["SM_OUTPUT_DATA_DIR"]) / "profiler"
+    prof.mkdir(parents=True, exist_ok=True)
+    (prof / "summary.json").write_text("{}")
+    ckpt = pathlib.Path(os.environ["BREEDLINE_CHECKPOINT_DIR"])
+    (ckpt / "last.txt").write_text(str(args.epochs))
+''')
+
+STANDIN_INFERENCE = textwrap.dedent('''
+    """Stand-in inference.py: answers with the model's first class name and a version tag."""
+    import json, os, pathlib
+
+    class InferenceInputError(ValueError):
+        def __init__(self, message, status_code=400):
+            super().__init__(message)
+            self.status_code = status_code
+
+    def model_fn(model_dir):
+        return json.loads((pathlib.Path(model_dir) / "model_meta.json").read_text())
+
+    def input_fn(body, content_type):
+        if content_type not in ("image/jpeg", "image/png", "application/x-image"):
+            raise InferenceInputError(f"unsupported content type {content_type}", 415)
+        if not body:
+            raise InferenceInputError("empty body", 400)
+        return body
+
+    def predict_fn(data, model):
+        return {"label": model["class_names"][0], "probability": 1.0, "top_k": [],
+                "lr": model["hp"].get("learning_rate")}
+
+    def output_fn(prediction, accept):
+        return json.dumps(prediction)
+''')
+
+
+def make_sourcedir() -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, text in (("train.py", STANDIN_TRAIN), ("standin_inference.py", STANDIN_INFERENCE)):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def sagemaker_client(server: LocalSageMakerServer, validate: bool = True):
+    return boto3.client("sagemaker", endpoint_url=server.url, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing",
+                        config=Config(parameter_validation=validate, retries={"max_attempts": 1}))
+
+
+def runtime_client(server: LocalSageMakerServer):
+    return boto3.client("sagemaker-runtime", endpoint_url=server.url, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing",
+                        config=Config(retries={"max_attempts": 1}))
+
+
+def training_request(name: str, **hyper: str) -> dict:
+    """A request shaped like the app's, pointing at the stand-in script."""
+    from metric_definitions import METRIC_DEFINITIONS
+
+    hyperparameters = {
+        "sagemaker_program": json.dumps("train.py"),
+        "sagemaker_submit_directory": json.dumps(f"s3://{BUCKET}/code/standin.tar.gz"),
+        "epochs": "2",
+        **hyper,
+    }
+    return {
+        "TrainingJobName": name,
+        "HyperParameters": hyperparameters,
+        "AlgorithmSpecification": {"TrainingImage": "local/pytorch-training:2.6", "TrainingInputMode": "File",
+                                   "MetricDefinitions": METRIC_DEFINITIONS},
+        "RoleArn": "arn:aws:iam::123456789012:role/breedline-sagemaker",
+        "InputDataConfig": [
+            {"ChannelName": ch, "DataSource": {"S3DataSource": {
+                "S3DataType": "S3Prefix", "S3Uri": f"s3://{BUCKET}/datasets/toy/{ch}/",
+                "S3DataDistributionType": "FullyReplicated"}}}
+            for ch in ("train", "valid")
+        ],
+        "OutputDataConfig": {"S3OutputPath": f"s3://{BUCKET}/jobs/"},
+        "ResourceConfig": {"InstanceType": "ml.m5.large", "InstanceCount": 1, "VolumeSizeInGB": 5},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 600},
+        "DebugHookConfig": {"S3OutputPath": f"s3://{BUCKET}/jobs/debug",
+                            "CollectionConfigurations": [{"CollectionName": "losses"}]},
+        "ProfilerConfig": {"S3OutputPath": f"s3://{BUCKET}/jobs/profiler"},
+        "CheckpointConfig": {"S3Uri": f"s3://{BUCKET}/jobs/checkpoints/{name}"},
+        "Tags": [{"Key": "breedline:stage", "Value": "training"}],
+    }

@@ -1,0 +1,88 @@
+"""Start ``python -m breedline up`` in a child process for a test, and talk to it with boto3.
+
+Why a child process: the app reads its configuration at import (like a Lambda
+cold start) and caches clients; the runtime also owns training and model-server
+processes. A child keeps each test's app, environment and processes apart from
+the rest of the test session, and exercises the real ``up`` command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+import boto3
+
+from breedline.local.runtime import RuntimeInfo
+from breedline.packaging import REPO_ROOT
+
+
+@contextlib.contextmanager
+def running_runtime(state_dir: Path, env: dict[str, str], timeout: float = 120.0) -> Iterator[RuntimeInfo]:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    (state_dir / "logs").mkdir(exist_ok=True)
+    log_path = state_dir / "logs" / "runtime.log"
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith("BREEDLINE_")}
+    child_env.update(env)
+    child_env["PYTHONUNBUFFERED"] = "1"
+    with open(log_path, "w") as log:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "breedline", "up", "--state-dir", str(state_dir), "--keep-state",
+             "--schedule-seconds", "5"],
+            cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=child_env, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        info = None
+        while time.monotonic() < deadline:
+            info = RuntimeInfo.read(state_dir)
+            if info is not None and info.pid == child.pid:
+                break
+            if child.poll() is not None:
+                raise AssertionError(f"runtime exited {child.returncode}: {log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+        else:
+            raise AssertionError(f"runtime did not start: {log_path.read_text()[-3000:]}")
+        yield info
+    finally:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                raise AssertionError("the runtime did not stop within 60 s of SIGTERM")
+
+
+def clients(info: RuntimeInfo) -> dict[str, object]:
+    creds = dict(region_name=info.region, aws_access_key_id="testing", aws_secret_access_key="testing")
+    return {
+        "s3": boto3.client("s3", endpoint_url=info.aws_url, **creds),
+        "sqs": boto3.client("sqs", endpoint_url=info.aws_url, **creds),
+        "sagemaker": boto3.client("sagemaker", endpoint_url=info.sagemaker_url, **creds),
+    }
+
+
+def upload_folder(s3, bucket: str, folder: Path, dataset: str) -> int:
+    count = 0
+    for path in sorted(folder.rglob("*.jpg")):
+        s3.upload_file(str(path), bucket, f"datasets/{dataset}/{path.relative_to(folder).as_posix()}")
+        count += 1
+    s3.put_object(Bucket=bucket, Key=f"datasets/{dataset}/_READY", Body=b"")
+    return count
+
+
+def wait_for(check, timeout: float, interval: float = 1.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout:.0f} s")

@@ -1,0 +1,98 @@
+"""A final training job whose script fails ends Failed with its reason, and the app alerts.
+
+The real app and the real runtime run in a child process; only the training
+script is a stand-in (uploaded over the runtime's ``sourcedir.tar.gz``) so the
+test takes seconds: trials succeed, the final job (the one with a Debugger hook
+configuration) writes a failure file and exits non-zero, as a broken script in
+SageMaker's container would.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import textwrap
+from pathlib import Path
+
+from PIL import Image
+
+from runtime_harness import clients, running_runtime, upload_folder, wait_for  # type: ignore[import-not-found]
+
+FAILING_FINAL = textwrap.dedent('''
+    import json, os, pathlib, sys
+    cfg = pathlib.Path(os.environ["SM_INPUT_CONFIG_DIR"])
+    if (cfg / "debughookconfig.json").exists():  # the final job: fail like a broken script
+        reason = "RuntimeError: CUDA error: out of memory (simulated by the test)"
+        (pathlib.Path(os.environ["SM_OUTPUT_DIR"]) / "failure").write_text(reason)
+        print(reason, file=sys.stderr)
+        sys.exit(1)
+    print("epoch=1 valid_loss=0.5", flush=True)
+    print("test_accuracy=0.9", flush=True)
+    (pathlib.Path(os.environ["SM_MODEL_DIR"]) / "model_meta.json").write_text("{}")
+''')
+
+
+def tarball(files: dict[str, str]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def write_tiny_dataset(root: Path) -> None:
+    for split in ("train", "valid", "test"):
+        for cls, colour in (("red", (200, 0, 0)), ("blue", (0, 0, 200))):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (16, 16), colour).save(folder / f"{i}.jpg")
+
+
+def test_failed_final_job_reports_its_reason_and_alerts(tmp_path):
+    env = {
+        "BREEDLINE_MAX_JOBS": "2",
+        "BREEDLINE_MAX_PARALLEL_JOBS": "2",
+        "BREEDLINE_EPOCHS": "1",
+    }
+    data = tmp_path / "data"
+    write_tiny_dataset(data)
+    with running_runtime(tmp_path / "state", env) as info:
+        c = clients(info)
+        s3, sqs, sm = c["s3"], c["sqs"], c["sagemaker"]
+        bucket, key = info.env.get("BREEDLINE_SOURCEDIR_URI", f"s3://{info.bucket}/code/sourcedir.tar.gz")[5:] \
+            .split("/", 1)
+        s3.put_object(Bucket=bucket, Key=key, Body=tarball({"train.py": FAILING_FINAL}))
+        upload_folder(s3, info.bucket, data, "colours")
+
+        def final_job():
+            jobs = sm.list_training_jobs(NameContains="breedline-colours")["TrainingJobSummaries"]
+            finals = [j for j in jobs
+                      if "TuningJobArn" not in sm.describe_training_job(TrainingJobName=j["TrainingJobName"])]
+            if finals and finals[0]["TrainingJobStatus"] in ("Completed", "Failed", "Stopped"):
+                return sm.describe_training_job(TrainingJobName=finals[0]["TrainingJobName"])
+            return None
+
+        job = wait_for(final_job, timeout=90, what="final job ended")
+        assert job["TrainingJobStatus"] == "Failed"
+        assert job["SecondaryStatus"] == "Failed"
+        assert job["FailureReason"].startswith("AlgorithmError: RuntimeError: CUDA error: out of memory")
+        tuning = sm.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"]
+        assert tuning[0]["TrainingJobStatusCounters"]["Completed"] == 2
+
+        def alerts():
+            answer = sqs.receive_message(QueueUrl=info.alert_queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+            return [json.loads(m["Body"]) for m in answer.get("Messages", [])]
+
+        found: list[dict] = []
+        wait_for(lambda: found.extend(alerts()) or any(job["TrainingJobName"] in m["Message"] for m in found),
+                 timeout=30, what="SNS alert about the failed job")
+        alert = next(m for m in found if job["TrainingJobName"] in m["Message"])
+        assert alert["TopicArn"] == info.alert_topic_arn
+        assert "out of memory" in alert["Message"]
+        endpoints = sm.list_endpoints()["Endpoints"]
+        assert endpoints == []  # a failed job deploys nothing
