@@ -207,3 +207,33 @@ def test_dry_run_is_offline_and_prints_the_change_set(tmp_path: Path) -> None:
     assert "ap-southeast-2" in change_set["Images"]["BREEDLINE_TRAINING_IMAGE"]
     assert (tmp_path / "template.json").exists() and (tmp_path / "chalice" / "deployment.zip").exists()
     assert "nothing was sent to AWS" in proc.stderr
+
+
+def test_a_rolled_back_stack_is_explained_not_updated(aws: Any, tmp_path: Path) -> None:
+    """A first deploy that failed leaves ROLLBACK_COMPLETE; deploy says what to do instead of a traceback."""
+    from moto.cloudformation.models import cloudformation_backends
+
+    cfn = aws.client("cloudformation")
+    cfn.create_stack(StackName=STACK, TemplateBody=json.dumps(
+        {"Resources": {"T": {"Type": "AWS::SNS::Topic"}}}))
+    for stack in cloudformation_backends[ACCOUNT][REGION].stacks.values():
+        stack.status = "ROLLBACK_COMPLETE"
+    with pytest.raises(deploy.DeployError, match="ROLLBACK_COMPLETE.*make destroy"):
+        deploy.deploy("dev", region=REGION, session=aws, out_dir=tmp_path, log=lambda _m: None)
+
+
+def test_failure_events_name_the_failed_resources() -> None:
+    from botocore.stub import Stubber
+
+    cfn = boto3.client("cloudformation", region_name=REGION)
+    events = [
+        {"StackId": "s", "EventId": "1", "StackName": STACK, "Timestamp": "2026-11-25T18:00:00Z",
+         "LogicalResourceId": "DataBucket", "ResourceType": "AWS::S3::Bucket", "ResourceStatus": "CREATE_FAILED",
+         "ResourceStatusReason": "breedline-dev-data-... already exists"},
+        {"StackId": "s", "EventId": "2", "StackName": STACK, "Timestamp": "2026-11-25T17:59:00Z",
+         "LogicalResourceId": "AlertTopic", "ResourceType": "AWS::SNS::Topic", "ResourceStatus": "CREATE_COMPLETE"},
+    ]
+    with Stubber(cfn) as stub:
+        stub.add_response("describe_stack_events", {"StackEvents": events}, {"StackName": STACK})
+        lines = deploy._failure_events(cfn, STACK)
+    assert lines == ["  DataBucket (AWS::S3::Bucket): breedline-dev-data-... already exists"]
