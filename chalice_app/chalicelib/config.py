@@ -75,6 +75,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BREEDLINE_ENDPOINT_NAME", "breedline-classifier", "Name of the endpoint the predict API calls."),
     Variable("BREEDLINE_ENDPOINT_INSTANCE_TYPE", "ml.m5.large", "Endpoint instance type (real-time inference)."),
     Variable("BREEDLINE_ENDPOINT_INSTANCE_COUNT", "1", "Initial instance count of the endpoint."),
+    Variable("BREEDLINE_VARIANT_NAME", "AllTraffic", "Production variant name. A fixed name lets endpoint autoscaling survive model updates; empty names each variant after its model."),
     Variable("BREEDLINE_SERVERLESS_MEMORY_MB", "0", "If > 0, deploy as Serverless Inference with this memory (1024-6144) instead of instances."),
     Variable("BREEDLINE_SERVERLESS_MAX_CONCURRENCY", "5", "Serverless Inference MaxConcurrency."),
     Variable("BREEDLINE_ACCURACY_FLOOR", "0.5", "Quality gate: test_accuracy a model must exceed to be deployed at all."),
@@ -152,6 +153,7 @@ class Settings:
     endpoint_name: str = "breedline-classifier"
     endpoint_instance_type: str = "ml.m5.large"
     endpoint_instance_count: int = 1
+    variant_name: str = "AllTraffic"
     serverless_memory_mb: int = 0
     serverless_max_concurrency: int = 5
     accuracy_floor: float = 0.5
@@ -231,6 +233,7 @@ class Settings:
             endpoint_name=get("BREEDLINE_ENDPOINT_NAME"),
             endpoint_instance_type=get("BREEDLINE_ENDPOINT_INSTANCE_TYPE"),
             endpoint_instance_count=int(number("BREEDLINE_ENDPOINT_INSTANCE_COUNT", int)),
+            variant_name=get("BREEDLINE_VARIANT_NAME"),
             serverless_memory_mb=int(number("BREEDLINE_SERVERLESS_MEMORY_MB", int)),
             serverless_max_concurrency=int(number("BREEDLINE_SERVERLESS_MAX_CONCURRENCY", int)),
             accuracy_floor=float(number("BREEDLINE_ACCURACY_FLOOR", float)),

@@ -122,6 +122,7 @@ def reset() -> None:
     aws.reset()
     _stores.clear()
     _idempotent_cache.clear()
+    _live_name.clear()
 
 
 def set_lambda_context(context: Any) -> None:
@@ -607,8 +608,35 @@ def predict(body: bytes | None, content_type: str | None) -> dict[str, Any]:
         raise map_invoke_error(aws.error_code(exc), aws.error_message(exc), original) from exc
     except BotoCoreError as exc:
         raise PredictError(ENDPOINT_UNREACHABLE, f"The model endpoint did not answer ({type(exc).__name__})") from exc
-    model = str(response.get("InvokedProductionVariant") or s.endpoint_name)
+    variant = str(response.get("InvokedProductionVariant") or "")
+    model = variant if variant and variant != s.variant_name else live_model_name(s)
     return shape_prediction(payload, model, s.top_k)
+
+
+#: How long the predict route trusts its copy of the live model's name.
+LIVE_NAME_TTL_SECONDS = 60.0
+_live_name: dict[str, tuple[float, str]] = {}
+
+
+def live_model_name(s: Settings) -> str:
+    """The live model's name for the ``model`` field when the variant name is fixed.
+
+    Cached per table for a minute, so the route reads DynamoDB at most once a
+    minute; after a deployment the name may lag by that long. Any failure
+    answers the endpoint name: a prediction never fails over its label.
+    """
+    now = time.monotonic()
+    cached = _live_name.get(s.state_table)
+    if cached and cached[0] > now:
+        return cached[1]
+    try:
+        live = store(s).live_model()
+        name = str(live.get("model")) if live and live.get("model") else s.endpoint_name
+    except Exception:
+        logger.exception("could not read the live model's name")
+        name = s.endpoint_name
+    _live_name[s.state_table] = (now + LIVE_NAME_TTL_SECONDS, name)
+    return name
 
 
 def status() -> dict[str, Any]:

@@ -278,8 +278,13 @@ def serverless(settings: Settings) -> bool:
 def create_endpoint_config(
     settings: Settings, *, name: str, model_name: str, tags: list[dict[str, str]]
 ) -> dict[str, Any]:
-    """CreateEndpointConfig: one variant named after its model (the API reports it back)."""
-    variant: dict[str, Any] = {"VariantName": model_name, "ModelName": model_name}
+    """CreateEndpointConfig: one variant, named ``BREEDLINE_VARIANT_NAME`` or else after its model.
+
+    A fixed name (default ``AllTraffic``) keeps an autoscaling registration
+    valid across updates: SageMaker refuses an UpdateEndpoint whose new config
+    drops a variant registered for autoscaling.
+    """
+    variant: dict[str, Any] = {"VariantName": settings.variant_name or model_name, "ModelName": model_name}
     if serverless(settings):
         if settings.serverless_memory_mb not in SERVERLESS_MEMORY_SIZES:
             raise ValueError(f"BREEDLINE_SERVERLESS_MEMORY_MB must be one of {SERVERLESS_MEMORY_SIZES}")

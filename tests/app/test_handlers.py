@@ -295,7 +295,8 @@ def test_training_completed_deploys_the_first_model(client, sagemaker, aws, env)
     assert model["PrimaryContainer"]["ModelDataUrl"] == f"s3://breedline-data/jobs/{FINAL}/output/model.tar.gz"
     assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
     (config,) = sagemaker.requests("CreateEndpointConfig")
-    assert config["ProductionVariants"][0]["VariantName"] == FINAL
+    assert config["ProductionVariants"][0]["VariantName"] == "AllTraffic"  # stable: autoscaling survives updates
+    assert config["ProductionVariants"][0]["ModelName"] == FINAL
     live = state(env).live_model()
     assert live["model"] == FINAL and live["accuracy"] == pytest.approx(0.83)
     assert live["labels"] == ["beagle", "corgi", "husky"]

@@ -78,14 +78,31 @@ def test_good_jpeg_is_answered_by_the_endpoint(http, runtime):
     runtime.assert_no_pending_responses()
 
 
-def test_good_png_is_forwarded_as_png(http, runtime):
+def test_good_png_is_forwarded_as_png(http, runtime, monkeypatch):
+    monkeypatch.setattr(pipeline, "store", lambda s: (_ for _ in ()).throw(RuntimeError("no table")))
     runtime.add_response(
         "invoke_endpoint",
         {"Body": body(json.dumps(ANSWER).encode())},
         {"EndpointName": "breedline-classifier", "Body": PNG, "ContentType": "image/png", "Accept": "application/json"},
     )
     status, payload = post(http, PNG, "image/png")
-    assert status == 200 and payload["model"] == "breedline-classifier"  # no variant header: the endpoint name
+    # no variant header and no readable state: the endpoint name, and still a 200
+    assert status == 200 and payload["model"] == "breedline-classifier"
+
+
+def test_stable_variant_reports_the_live_model_name(http, runtime, monkeypatch):
+    reads = []
+
+    class Store:
+        def live_model(self):
+            reads.append(1)
+            return {"model": "breedline-dogs-2-final"}
+
+    monkeypatch.setattr(pipeline, "store", lambda s: Store())
+    for _ in range(3):
+        runtime.add_response("invoke_endpoint", {"Body": body(json.dumps(ANSWER).encode()), "InvokedProductionVariant": "AllTraffic"})
+        assert post(http, JPEG, "image/jpeg")[1]["model"] == "breedline-dogs-2-final"
+    assert len(reads) == 1  # cached: one state read per minute, not per request
 
 
 BAD_REQUESTS = [

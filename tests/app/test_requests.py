@@ -35,6 +35,7 @@ VARIANTS = {
     "canary_fleet": {"BREEDLINE_ENDPOINT_INSTANCE_COUNT": "3", "BREEDLINE_CANARY_PERCENT": "25"},
     "no_alarms": {"BREEDLINE_ROLLBACK_ALARMS": ""},
     "extra_hyperparameters": {"BREEDLINE_EXTRA_HYPERPARAMETERS": json.dumps({"image_size": 160, "patience": 2})},
+    "per_model_variant": {"BREEDLINE_VARIANT_NAME": ""},
     "cpu_instances": {"BREEDLINE_TUNING_INSTANCE_TYPE": "ml.m5.xlarge", "BREEDLINE_TRAINING_INSTANCE_TYPE": "ml.c5.2xlarge"},
 }
 DATASET, VERSION = "Stanford_Dogs.v2-with-a-rather-long-name", "0123456789abcdef"
@@ -163,6 +164,13 @@ def test_model_serves_inference_py_from_the_tarball():
     assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
     assert container["Environment"]["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
     assert container["Image"] == BASE["BREEDLINE_INFERENCE_IMAGE"]
+
+
+def test_variant_name_is_stable_or_per_model():
+    (variant,) = all_requests(settings())["CreateEndpointConfig"]["ProductionVariants"]
+    assert variant["VariantName"] == "AllTraffic"
+    (variant,) = all_requests(settings(BREEDLINE_VARIANT_NAME=""))["CreateEndpointConfig"]["ProductionVariants"]
+    assert variant["VariantName"] == variant["ModelName"]
 
 
 def test_endpoint_config_instances_or_serverless():
