@@ -192,3 +192,19 @@ def test_sagemaker_operation_scan_sees_calls_by_reference() -> None:
 
 
 _ = Path  # keep the import for type readers
+
+
+def test_dynamodb_actions_are_the_ones_the_state_store_and_powertools_call(template: dict[str, Any]) -> None:
+    """StateStore's own calls (read from chalicelib/state.py) plus Powertools' idempotency persistence."""
+    import aws_lambda_powertools.utilities.idempotency.persistence.dynamodb as powertools_ddb
+
+    session = botocore.session.get_session()
+    operations = {xform_name(op): op for op in session.get_service_model("dynamodb").operation_names}
+    used = set()
+    for path in (REPO / "chalice_app" / "chalicelib" / "state.py", Path(powertools_ddb.__file__)):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in operations and node.attr != "exceptions":
+                used.add(f"dynamodb:{operations[node.attr]}")
+    granted = {a for role, st in iam_statements(template) if role in LAMBDA_ROLES for a in as_list(st["Action"])
+               if a.startswith("dynamodb:")}
+    assert granted == used, (granted - used, used - granted)
