@@ -364,14 +364,22 @@ def _copy_app(dest: Path, app_dir: Path) -> None:
         if source.is_dir():
             for zipped in source.glob("*-python*.zip"):
                 if not (cached / zipped.name).exists():
-                    shutil.copy2(zipped, cached / zipped.name)
+                    _atomic_copy(zipped, cached / zipped.name)
 
 
 def _keep_deps_cache(build_app: Path) -> None:
     DEPS_CACHE.mkdir(parents=True, exist_ok=True)
     for zipped in (build_app / ".chalice" / "deployments").glob("*-python*.zip"):
         if not (DEPS_CACHE / zipped.name).exists():
-            shutil.copy2(zipped, DEPS_CACHE / zipped.name)
+            _atomic_copy(zipped, DEPS_CACHE / zipped.name)
+
+
+def _atomic_copy(source: Path, target: Path) -> None:
+    """Copy then rename, so a parallel build never reads half a zip."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
+    os.close(fd)
+    shutil.copy2(source, tmp)
+    os.replace(tmp, target)
 
 
 def stage_environment(
