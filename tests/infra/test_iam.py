@@ -191,7 +191,6 @@ def test_sagemaker_operation_scan_sees_calls_by_reference() -> None:
     assert {"sagemaker:CreateModel", "sagemaker:CreateEndpointConfig"} <= used
 
 
-_ = Path  # keep the import for type readers
 
 
 def test_dynamodb_actions_are_the_ones_the_state_store_and_powertools_call(template: dict[str, Any]) -> None:
