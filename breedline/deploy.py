@@ -1008,6 +1008,8 @@ def main(argv: list[str] | None = None) -> int:
     des.add_argument("--stack-name")
     des.add_argument("--delete-bucket", action="store_true", help="also empty and delete the data bucket")
     args = parser.parse_args(argv)
+    from botocore.exceptions import ClientError, NoCredentialsError, ProfileNotFound
+
     try:
         region = _region(args.region)
         if args.command == "deploy":
@@ -1036,6 +1038,12 @@ def main(argv: list[str] | None = None) -> int:
             destroy(args.stage, region=region, stack_name=args.stack_name, delete_bucket=args.delete_bucket)
     except DeployError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (NoCredentialsError, ProfileNotFound) as exc:
+        print(f"error: no usable AWS credentials ({exc}); see docs/aws.md, section 1", file=sys.stderr)
+        return 2
+    except ClientError as exc:
+        print(f"error: AWS refused {exc.operation_name}: {exc}", file=sys.stderr)
         return 2
     return 0
 
