@@ -88,13 +88,14 @@ def stop_runtime(child: subprocess.Popen) -> None:
 
 def upload_dataset(s3: Any, bucket: str, data_dir: Path, name: str, marker: str = "_READY") -> int:
     """Upload ``{train,valid,test}/<class>/*`` under ``datasets/<name>/``, then the marker."""
-    count = 0
-    for path in sorted(data_dir.rglob("*")):
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-            s3.upload_file(str(path), bucket, f"datasets/{name}/{path.relative_to(data_dir).as_posix()}")
-            count += 1
+    from concurrent.futures import ThreadPoolExecutor
+
+    files = [p for p in sorted(data_dir.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda p: s3.upload_file(str(p), bucket, f"datasets/{name}/{p.relative_to(data_dir).as_posix()}"),
+                      files))
     s3.put_object(Bucket=bucket, Key=f"datasets/{name}/{marker}", Body=b"")
-    return count
+    return len(files)
 
 
 class Watcher:
@@ -228,6 +229,10 @@ def pick_test_images(data_dir: Path, count: int, seed: int = 7) -> list[tuple[Pa
     return picked
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(data: Path | None, dataset: str, state_dir: Path = DEFAULT_STATE_DIR, predictions: int = 6,
              timeout: float = 900.0, keep_running: bool = False) -> int:
     """The demo; returns the process exit code."""
@@ -235,6 +240,8 @@ def run_demo(data: Path | None, dataset: str, state_dir: Path = DEFAULT_STATE_DI
 
     clock = Clock()
     state_dir = Path(state_dir).resolve()
+    # `timeout`, CI and process managers send SIGTERM: treat it as Ctrl-C so the runtime is stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     print("Breedline local demo: S3 upload -> EventBridge -> tuning -> training -> deployment -> /predict",
           flush=True)
     say(clock, "STAGE 0  starting the local AWS stand-ins, SageMaker service, app handlers and API ...")

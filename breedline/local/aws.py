@@ -143,13 +143,14 @@ def scheduled_event(region: str, rule_name: str) -> dict:
 class Dispatcher:
     """Plays Lambda: polls each handler's queue and calls the app's own handler.
 
-    One thread per queue, so a slow handler does not hold up another stage, and
-    one thread per schedule. Handler exceptions are logged and the message is
+    ``concurrency`` threads per queue (Lambda runs a function's invocations
+    concurrently too, so the app's idempotency is exercised for real), and one
+    thread per schedule. Handler exceptions are logged and the message is
     deleted after ``max_receives`` attempts (a local dead-letter policy).
     """
 
     def __init__(self, app: Any, routes: AppRoutes, sqs: Any, region: str,
-                 schedule_period: float | None = None,
+                 schedule_period: float | None = None, concurrency: int = 4,
                  on_invoke: Callable[[str, dict, Any, BaseException | None], None] | None = None) -> None:
         self.app = app
         self.routes = routes
@@ -157,6 +158,7 @@ class Dispatcher:
         self.region = region
         self.schedule_period = schedule_period
         self.on_invoke = on_invoke
+        self.concurrency = concurrency
         self.stop_event = threading.Event()
         self.threads: list[threading.Thread] = []
         self.invocations: list[tuple[str, str]] = []  # (handler, detail-type) in order
@@ -192,7 +194,7 @@ class Dispatcher:
     def _poll(self, name: str, queue: str, max_receives: int = 3) -> None:
         while not self.stop_event.is_set():
             try:
-                answer = self.sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1,
+                answer = self.sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=5, WaitTimeSeconds=1,
                                                   AttributeNames=["ApproximateReceiveCount"],
                                                   VisibilityTimeout=30)
             except Exception:
@@ -224,9 +226,11 @@ class Dispatcher:
 
     def start(self) -> "Dispatcher":
         for name, queue in self.routes.queues.items():
-            thread = threading.Thread(target=self._poll, args=(name, queue), name=f"lambda-{name}", daemon=True)
-            thread.start()
-            self.threads.append(thread)
+            for worker in range(self.concurrency):  # Lambda runs handlers concurrently too
+                thread = threading.Thread(target=self._poll, args=(name, queue), name=f"lambda-{name}-{worker}",
+                                          daemon=True)
+                thread.start()
+                self.threads.append(thread)
         for name, period in self.routes.schedules.items():
             thread = threading.Thread(target=self._tick, args=(name, self.schedule_period or period),
                                       name=f"schedule-{name}", daemon=True)

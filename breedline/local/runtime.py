@@ -237,7 +237,10 @@ class LocalRuntime:
 
         config = Config.create(chalice_stage="local", app_name="breedline", project_dir=str(CHALICE_DIR))
         server = create_local_server(self.app, config, "127.0.0.1", self.api_port)
-        server.server.RequestHandlerClass.log_message = lambda *a, **k: None  # type: ignore[method-assign]
+        import chalice.local
+
+        # The local server logs every request to stderr; API Gateway's access log is not wanted here.
+        chalice.local.ChaliceRequestHandler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
         self.api_server = server
         self.api_thread = threading.Thread(target=server.server.serve_forever, name="predict-api", daemon=True)
         self.api_thread.start()

@@ -1,0 +1,113 @@
+"""End to end, driven only by an upload: real app, real ML scripts, local AWS and SageMaker.
+
+The test uploads a small slice of the digits data set plus the ``_READY`` marker
+and then only observes: the app's rules route the S3 events to its handler,
+which starts the tuning job; the local SageMaker runs real ``train.py`` trials;
+their events drive the final training job and the deployment; the predict API
+answers from the endpoint. Sizes are chosen for the 3-minute budget on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import requests
+
+from runtime_harness import clients, running_runtime, upload_folder, wait_for  # type: ignore[import-not-found]
+
+#: Small and fast: 2 trials (1 at a time) + the final job, 2 epochs each at 32 px.
+E2E_ENV = {
+    "BREEDLINE_MODEL": "efficientnet_lite0",
+    "BREEDLINE_EPOCHS": "2",
+    "BREEDLINE_MAX_JOBS": "2",
+    "BREEDLINE_MAX_PARALLEL_JOBS": "1",
+    "BREEDLINE_BATCH_SIZES": "16",
+    "BREEDLINE_LEARNING_RATE_RANGE": "0.003,0.008",
+    "BREEDLINE_EXTRA_HYPERPARAMETERS": json.dumps({"image_size": "32", "trainable_blocks": "2", "num_workers": "0",
+                                                   "profile_steps": "2", "debug_save_interval": "2"}),
+    "BREEDLINE_ACCURACY_FLOOR": "0.3",
+}
+PER_CLASS = 20
+
+
+def test_upload_alone_drives_tuning_training_deployment_and_prediction(tmp_path: Path) -> None:
+    import sys
+
+    from breedline.packaging import REPO_ROOT
+
+    sys.path.insert(0, str(REPO_ROOT / "ml_scripts"))
+    import datasets  # type: ignore[import-not-found]
+
+    started = time.monotonic()
+    data = tmp_path / "digits"
+    datasets.write_digits(data, per_class=PER_CLASS, size=32)
+    with running_runtime(tmp_path / "state", E2E_ENV) as info:
+        c = clients(info)
+        s3, sm = c["s3"], c["sagemaker"]
+        upload_folder(s3, info.bucket, data, "digits")
+
+        def in_service():
+            try:
+                endpoint = sm.describe_endpoint(EndpointName="breedline-classifier")
+            except sm.exceptions.ClientError:
+                return None
+            assert endpoint["EndpointStatus"] != "Failed", endpoint.get("FailureReason")
+            return endpoint if endpoint["EndpointStatus"] == "InService" else None
+
+        endpoint = wait_for(in_service, timeout=170 - (time.monotonic() - started), what="endpoint InService")
+
+        # Tuning: the requested number of trials ran, as real child processes, and one was best.
+        tunings = sm.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"]
+        assert len(tunings) == 1
+        tuning = sm.describe_hyper_parameter_tuning_job(
+            HyperParameterTuningJobName=tunings[0]["HyperParameterTuningJobName"])
+        assert tuning["HyperParameterTuningJobStatus"] == "Completed"
+        trials = sm.list_training_jobs_for_hyper_parameter_tuning_job(
+            HyperParameterTuningJobName=tuning["HyperParameterTuningJobName"])["TrainingJobSummaries"]
+        assert len(trials) == 2 and all(t["TrainingJobStatus"] == "Completed" for t in trials)
+        best = tuning["BestTrainingJob"]
+        assert best["TrainingJobName"] in {t["TrainingJobName"] for t in trials}
+
+        # The final job: the app's own request, with the best hyperparameters and Debugger output.
+        finals = [j for j in sm.list_training_jobs()["TrainingJobSummaries"]
+                  if j["TrainingJobName"] not in {t["TrainingJobName"] for t in trials}]
+        assert len(finals) == 1
+        final = sm.describe_training_job(TrainingJobName=finals[0]["TrainingJobName"])
+        assert final["TrainingJobStatus"] == "Completed"
+        assert final["HyperParameters"]["learning_rate"] == best["TunedHyperParameters"]["learning_rate"]
+        metrics = {m["MetricName"]: m["Value"] for m in final["FinalMetricDataList"]}
+        assert metrics["test_accuracy"] > 0.3
+        debug_prefix = final["DebugHookConfig"]["S3OutputPath"].rstrip("/")[5:].split("/", 1)
+        listed = s3.list_objects_v2(Bucket=debug_prefix[0],
+                                    Prefix=f"{debug_prefix[1]}/{final['TrainingJobName']}/debug-output/")
+        keys = [o["Key"] for o in listed.get("Contents", [])]
+        assert any("/events/" in k for k in keys), keys[:5]
+
+        # The Debugger tensors read back with smdebug: train and valid CrossEntropyLoss.
+        from breedline import report
+
+        job_report = report.job_report(sm, s3, final["TrainingJobName"], tmp_path / "report")
+        assert job_report.loss_points["train"] >= 2 and job_report.loss_points["valid"] >= 1
+        assert job_report.loss_curve is not None and job_report.loss_curve.stat().st_size > 1000
+        assert job_report.profiler is not None and job_report.profiler["steps"] == 2
+
+        # Deployed: the endpoint serves the final job's model, and /predict answers correctly.
+        config = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+        model = sm.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
+        assert model["PrimaryContainer"]["ModelDataUrl"] == final["ModelArtifacts"]["S3ModelArtifacts"]
+        results = []
+        for digit in ("0", "1", "3", "6", "7"):
+            image = sorted((data / "test" / digit).glob("*.jpg"))[0]
+            answer = requests.post(f"{info.api_url}/predict", data=image.read_bytes(),
+                                   headers={"Content-Type": "image/jpeg"}, timeout=60)
+            assert answer.status_code == 200, answer.text
+            body = answer.json()
+            assert set(body) >= {"label", "probability", "top_k"}
+            results.append(body["label"] == digit)
+        assert sum(results) >= 3, results  # well above the 10% chance level
+        bad = requests.post(f"{info.api_url}/predict", data=b"GIF89a....", headers={"Content-Type": "image/gif"},
+                            timeout=30)
+        assert bad.status_code == 415 and bad.json()["code"]
+    assert time.monotonic() - started < 180
