@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from breedline.demo import DEMO_PER_CLASS
 from breedline.local.runtime import DEFAULT_STATE_DIR, RuntimeInfo, client_env
 
 
@@ -76,7 +77,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     data = Path(args.data).resolve() if args.data else None
     name = args.name or (data.name if data else "digits")
-    return run_demo(data, name, Path(args.state_dir), keep_running=args.keep_running, timeout=args.timeout)
+    per_class = None if args.per_class == 0 else args.per_class
+    return run_demo(data, name, Path(args.state_dir), keep_running=args.keep_running, timeout=args.timeout,
+                    per_class=per_class)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -183,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", parents=[common], help="run the whole pipeline locally on the digits (or your) data")
     demo.add_argument("--data", help="folder with {train,valid,test}/<class>/ images (default: digits)")
     demo.add_argument("--name", help="data set name (default: the folder's name, or digits)")
+    demo.add_argument("--per-class", type=int, default=DEMO_PER_CLASS,
+                      help="digits per class for the built-in data set (0: all ~180)")
     demo.add_argument("--keep-running", action="store_true", help="leave the runtime up after the report")
     demo.add_argument("--timeout", type=float, default=1200.0, help="seconds to wait for the endpoint")
     demo.set_defaults(func=cmd_demo)

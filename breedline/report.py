@@ -82,6 +82,9 @@ def _download(s3: Any, uri: str, target: Path) -> Path | None:
 
 def plot_loss(debug_dir: Path, png: Path, title: str) -> dict[str, int]:
     """Plot train and valid CrossEntropyLoss from Debugger tensors; return the points per mode."""
+    import os
+
+    os.environ.setdefault("SMDEBUG_LOG_LEVEL", "error")  # keep smdebug's INFO lines out of the report
     import matplotlib
 
     matplotlib.use("Agg")

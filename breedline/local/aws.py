@@ -17,10 +17,14 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import boto3
@@ -32,25 +36,62 @@ ACCOUNT = "123456789012"
 
 
 class MotoStandIns:
-    """moto's threaded server on a loopback port, plus clients pointed at it."""
+    """moto's server on a loopback port, plus clients pointed at it.
 
-    def __init__(self, region: str = "us-east-1", host: str = "127.0.0.1", port: int = 0) -> None:
-        from moto.server import ThreadedMotoServer
+    By default it runs in a child process (``python -m moto.server``): S3 calls
+    for thousands of small images then run beside the runtime's own threads
+    instead of competing with them for one interpreter lock. ``in_process=True``
+    uses ``ThreadedMotoServer`` (unit tests: faster to start).
+    """
 
+    def __init__(self, region: str = "us-east-1", host: str = "127.0.0.1", port: int = 0,
+                 in_process: bool = True, log_path: Path | None = None) -> None:
         self.region = region
+        self.process: subprocess.Popen | None = None
+        self.server: Any = None
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        self.server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
-        self.server.start()
-        address, bound = self.server.get_host_and_port()
-        self.url = f"http://{address}:{bound}"
+        if in_process:
+            from moto.server import ThreadedMotoServer
+
+            self.server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+            self.server.start()
+            address, bound = self.server.get_host_and_port()
+            self.url = f"http://{address}:{bound}"
+            return
+        if port == 0:
+            with socket.socket() as probe:
+                probe.bind((host, 0))
+                port = probe.getsockname()[1]
+        out = open(log_path, "a") if log_path else subprocess.DEVNULL
+        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+                                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.url = f"http://{host}:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"moto server exited with {self.process.returncode}")
+            try:
+                with socket.create_connection((host, port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("moto server did not start within 60 s")
 
     def client(self, service: str) -> Any:
         return boto3.client(service, endpoint_url=self.url, region_name=self.region,
                             aws_access_key_id="testing", aws_secret_access_key="testing",
-                            config=Config(retries={"max_attempts": 2}))
+                            config=Config(retries={"max_attempts": 2}, max_pool_connections=20))
 
     def stop(self) -> None:
-        self.server.stop()
+        if self.server is not None:
+            self.server.stop()
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
 
 
 def create_data_bucket(s3: Any, bucket: str, region: str) -> None:

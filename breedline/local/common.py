@@ -8,8 +8,12 @@ paths, and none of them should import the others for it.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
+import os
+import shutil
 import tarfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -77,8 +81,13 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def download_prefix(s3: Any, uri: str, dest: Path) -> int:
-    """Download every object under an S3 prefix (or one object) into ``dest``; return the count."""
+def download_prefix(s3: Any, uri: str, dest: Path, cache: Path | None = None) -> int:
+    """Download every object under an S3 prefix (or one object) into ``dest``; return the count.
+
+    With ``cache``, each object version (bucket, key, ETag) is fetched once and
+    hard-linked into later jobs' folders: the trials and the final job of one
+    tuning run read the same channels, and a changed object has a new ETag.
+    """
     bucket, prefix = split_s3_uri(uri)
     dest.mkdir(parents=True, exist_ok=True)
     jobs: list[tuple[str, Path]] = []
@@ -91,10 +100,29 @@ def download_prefix(s3: Any, uri: str, dest: Path) -> int:
             rel = key[len(prefix):].lstrip("/") if key != prefix else Path(key).name
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            jobs.append((key, target))
+            jobs.append((key, target, obj.get("ETag", "")))
+
+    def fetch(job: tuple[str, Path, str]) -> None:
+        key, target, etag = job
+        if cache is None or not etag:
+            s3.download_file(bucket, key, str(target))
+            return
+        cached = cache / hashlib.sha1(f"{bucket}/{key}/{etag}".encode()).hexdigest()
+        if not cached.exists():
+            cache.mkdir(parents=True, exist_ok=True)
+            partial = cached.with_suffix(f".{threading.get_ident()}.part")
+            s3.download_file(bucket, key, str(partial))
+            partial.replace(cached)
+        if target.exists():
+            target.unlink()
+        try:
+            os.link(cached, target)
+        except OSError:
+            shutil.copyfile(cached, target)
+
     # Many small images: a few parallel transfers, as SageMaker's File mode does.
     with ThreadPoolExecutor(max_workers=TRANSFER_THREADS) as pool:
-        list(pool.map(lambda job: s3.download_file(bucket, job[0], str(job[1])), jobs))
+        list(pool.map(fetch, jobs))
     return len(jobs)
 
 

@@ -45,11 +45,11 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "BREEDLINE_MODEL": "efficientnet_lite0",
     "BREEDLINE_EPOCHS": "2",
     "BREEDLINE_MAX_JOBS": "2",
-    "BREEDLINE_MAX_PARALLEL_JOBS": "1",
-    "BREEDLINE_BATCH_SIZES": "32,64",
-    "BREEDLINE_LEARNING_RATE_RANGE": "0.001,0.01",
-    "BREEDLINE_EXTRA_HYPERPARAMETERS": json.dumps({"image_size": "48", "profile_steps": "3", "patience": "2",
-                                                   "num_workers": "0"}),
+    "BREEDLINE_MAX_PARALLEL_JOBS": "2",
+    "BREEDLINE_BATCH_SIZES": "16,32",
+    "BREEDLINE_LEARNING_RATE_RANGE": "0.003,0.01",
+    "BREEDLINE_EXTRA_HYPERPARAMETERS": json.dumps({"image_size": "48", "trainable_blocks": "2", "num_workers": "0",
+                                                   "profile_steps": "3", "debug_save_interval": "5"}),
     "BREEDLINE_QUIET_PERIOD_SECONDS": "30",
     "BREEDLINE_ACCURACY_FLOOR": "0.5",
     "BREEDLINE_TUNING_INSTANCE_TYPE": "ml.m5.xlarge",
@@ -159,7 +159,7 @@ class LocalRuntime:
             shutil.rmtree(self.state_dir)
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         quiet_werkzeug()
-        self.moto = MotoStandIns(region=REGION)
+        self.moto = MotoStandIns(region=REGION, in_process=False, log_path=self.state_dir / "logs" / "moto.log")
 
         # Configuration first: the app reads it at import, as a Lambda cold start does.
         # The operator's own BREEDLINE_* variables win over the laptop defaults.

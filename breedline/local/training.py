@@ -180,7 +180,8 @@ class TrainingRun:
             source = channel["DataSource"].get("S3DataSource")
             if source is None:
                 raise RuntimeError(f"channel {channel['ChannelName']}: only S3DataSource is supported locally")
-            count = download_prefix(s3, source["S3Uri"], paths["data"] / channel["ChannelName"])
+            count = download_prefix(s3, source["S3Uri"], paths["data"] / channel["ChannelName"],
+                                    cache=self.backend.state_dir / "cache" / "s3")
             if count == 0:
                 return self._finish("Failed", f"ClientError: No objects found under {source['S3Uri']} "
                                               f"(channel {channel['ChannelName']})")

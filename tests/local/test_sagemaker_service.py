@@ -284,3 +284,21 @@ def test_endpoint_serves_maps_errors_and_swaps_without_dropping(local_sagemaker)
                 if e["detail-type"] == "SageMaker Endpoint State Change"]
     assert statuses == ["CREATING", "IN_SERVICE", "UPDATING", "IN_SERVICE"]
     assert [e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]] == ["unit-ep"]
+
+
+def test_shutdown_stops_every_child_process(local_sagemaker):
+    """The Ctrl-C path: jobs end Stopped and no training or model-server process is left."""
+    sm = sagemaker_client(local_sagemaker)
+    sm.create_training_job(**training_request("unit-served", learning_rate="0.01"))
+    assert wait_training(sm, "unit-served")["TrainingJobStatus"] == "Completed"
+    deploy(sm, "unit-served", "s", "unit-shutdown")
+    sm.create_training_job(**training_request("unit-long", epochs="1000", sleep="0.5"))
+    run = local_sagemaker.backend.runners["unit-long"]
+    wait_for(lambda: run.process is not None and run.process.poll() is None)
+    server_process = local_sagemaker.backend.hosts["unit-shutdown"].servers["AllTraffic"].process
+    assert server_process.poll() is None
+    local_sagemaker.backend.shutdown()
+    assert run.process.poll() is not None
+    assert server_process.poll() is not None
+    run.join(timeout=10)
+    assert local_sagemaker.backend.training_jobs["unit-long"]["TrainingJobStatus"] == "Stopped"
