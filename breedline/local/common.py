@@ -81,6 +81,15 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
+_CACHE_LOCKS: dict[Path, threading.Lock] = {}
+_CACHE_LOCKS_GUARD = threading.Lock()
+
+
+def _cache_lock(path: Path) -> threading.Lock:
+    with _CACHE_LOCKS_GUARD:
+        return _CACHE_LOCKS.setdefault(path, threading.Lock())
+
+
 def download_prefix(s3: Any, uri: str, dest: Path, cache: Path | None = None) -> int:
     """Download every object under an S3 prefix (or one object) into ``dest``; return the count.
 
@@ -108,11 +117,12 @@ def download_prefix(s3: Any, uri: str, dest: Path, cache: Path | None = None) ->
             s3.download_file(bucket, key, str(target))
             return
         cached = cache / hashlib.sha1(f"{bucket}/{key}/{etag}".encode()).hexdigest()
-        if not cached.exists():
-            cache.mkdir(parents=True, exist_ok=True)
-            partial = cached.with_suffix(f".{threading.get_ident()}.part")
-            s3.download_file(bucket, key, str(partial))
-            partial.replace(cached)
+        with _cache_lock(cached):  # parallel trials fetch each object once, not once each
+            if not cached.exists():
+                cache.mkdir(parents=True, exist_ok=True)
+                partial = cached.with_suffix(".part")
+                s3.download_file(bucket, key, str(partial))
+                partial.replace(cached)
         if target.exists():
             target.unlink()
         try:
