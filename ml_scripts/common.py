@@ -479,14 +479,15 @@ def build_model(
     if architecture in ("vgg11", "resnet50"):
         from torchvision import models
 
-        model = models.vgg11(weights=None) if architecture == "vgg11" else models.resnet50(weights=None)
-        if pretrained:
+        state: dict[str, torch.Tensor] | None = None
+        if pretrained:  # weights first: a missing file fails before we build 100M parameters
             if pretrained_weights:
                 state, source = _load_state_file(pretrained_weights), f"--pretrained_weights {pretrained_weights}"
             else:
                 state, source = _torchvision_state(architecture), "torchvision hub weights"
-            head = "classifier.6." if architecture == "vgg11" else "fc."
-            _load_backbone(model, state, head, source)
+        model = models.vgg11(weights=None) if architecture == "vgg11" else models.resnet50(weights=None)
+        if state is not None:
+            _load_backbone(model, state, HEAD_PREFIX[architecture], source)
         if architecture == "vgg11":
             for p in model.features.parameters():
                 p.requires_grad = False

@@ -51,9 +51,16 @@ def _split_indices(labels: np.ndarray, per_class: int | None, seed: int) -> dict
 
 
 def digit_image(pixels: np.ndarray, size: int) -> Image.Image:
-    """One 8x8 digit (values 0..16, 16 = ink) -> an RGB image of size x size, ink dark."""
-    gray = (255.0 - pixels.reshape(8, 8) * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)
-    return Image.fromarray(gray, "L").resize((size, size), Image.BILINEAR).convert("RGB")
+    """One 8x8 digit (values 0..16, 16 = ink) -> an RGB image of size x size, ink dark.
+
+    The scans fill their 8x8 box edge to edge; a one-cell white margin (as MNIST
+    pads its digits) keeps the ink inside the centre crop that every model's
+    preprocessing takes (224/256 of the side), so no class loses its strokes.
+    """
+    ink = (255.0 - pixels.reshape(8, 8) * (255.0 / 16.0)).clip(0, 255)
+    gray = np.full((10, 10), 255.0)
+    gray[1:9, 1:9] = ink
+    return Image.fromarray(gray.astype(np.uint8), "L").resize((size, size), Image.BILINEAR).convert("RGB")
 
 
 def write_digits(

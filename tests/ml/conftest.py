@@ -15,6 +15,18 @@ import datasets  # ml_scripts/ is on sys.path via tests/conftest.py
 from ml_jobs import HYPERPARAMETERS, Job
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """In-process work here is batch-1 inference on tiny models: one thread avoids
+    OpenMP oversubscription on a shared 2-core machine (train.py subprocesses keep theirs)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def digits_small(tmp_path_factory) -> Path:
     """12 images per class (8 train / 2 valid / 2 test), 32 px."""

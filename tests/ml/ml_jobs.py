@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import io
 import json
 import os
 import subprocess
@@ -85,3 +87,17 @@ HYPERPARAMETERS = {
     "sagemaker_program": '"train.py"',
     "sagemaker_submit_directory": '"s3://bucket/sourcedir.tar.gz"',
 }
+
+
+@functools.lru_cache(maxsize=None)
+def photo_jpeg(name: str, size: tuple[int, int] | None = None, quality: int = 90) -> bytes:
+    """A scikit-image sample photo as JPEG bytes, optionally resized (e.g. to 12 MP); cached."""
+    from PIL import Image
+    from skimage import data
+
+    photo = Image.fromarray(getattr(data, name)())
+    if size is not None:
+        photo = photo.resize(size, Image.BILINEAR)
+    buf = io.BytesIO()
+    photo.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()

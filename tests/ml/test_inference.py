@@ -14,7 +14,7 @@ from PIL import Image
 
 import common
 import inference
-from ml_jobs import Job
+from ml_jobs import Job, photo_jpeg
 
 
 @pytest.fixture(scope="module")
@@ -133,15 +133,9 @@ def _plain_top1(body: bytes, model: inference.LoadedModel) -> int:
 
 def test_fast_path_top1_agrees_with_plain_path(trained_job: Job, model) -> None:
     """Issue 6's rule: the fast path ships only if top-1 agrees with the plain path (>= 99%)."""
-    from skimage import data
-
     bodies = [p.read_bytes() for p in sorted(trained_job.data.rglob("*.jpg"))]
-    for name in ("chelsea", "astronaut", "coffee", "rocket"):
-        photo = Image.fromarray(getattr(data, name)())
-        for size in ((4000, 3000), (500, 400)):
-            buf = io.BytesIO()
-            photo.resize(size, Image.BICUBIC).save(buf, "JPEG", quality=90)
-            bodies.append(buf.getvalue())
+    bodies += [photo_jpeg(name, (500, 400)) for name in ("chelsea", "astronaut", "coffee", "rocket")]
+    bodies += [photo_jpeg(name, (4000, 3000)) for name in ("chelsea", "astronaut", "coffee")]
     agree = 0
     for body in bodies:
         fast = model.class_names.index(inference.predict_fn(inference.input_fn(body, "image/jpeg"), model)["label"])

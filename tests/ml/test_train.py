@@ -187,3 +187,10 @@ def test_worker_count_follows_the_cpus() -> None:
     assert train.default_num_workers(2) == 1
     assert train.default_num_workers(16) == 8
     assert train.default_num_workers(96) == 8
+
+
+def test_learning_rate_schedule_is_a_function_of_the_epoch() -> None:
+    """Resume-safe: the rate for epoch E does not depend on how many epochs this process ran."""
+    factors = [train.cosine_factor(e, 4) for e in range(1, 5)]
+    assert factors[0] == 1.0
+    assert all(a > b for a, b in zip(factors, factors[1:])) and factors[-1] > 0

@@ -15,8 +15,8 @@ import metric_definitions
 from ml_jobs import Job
 
 #: The command this test runs, also quoted in docs/ml.md.
-ARGS = ["--model", "efficientnet_lite0", "--image_size", "64", "--batch_size", "16",
-        "--learning_rate", "0.005", "--epochs", "3", "--trainable_blocks", "2"]
+ARGS = ["--model", "efficientnet_lite0", "--image_size", "64", "--batch_size", "32",
+        "--learning_rate", "0.005", "--epochs", "3", "--trainable_blocks", "2", "--channels_last", "true"]
 
 
 def test_efficientnet_lite0_reaches_90_percent_on_digits(tmp_path: Path) -> None:
