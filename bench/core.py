@@ -71,13 +71,23 @@ class Row:
         return self.baseline.median / self.value.median if self.value.median else None
 
 
+class _PrintingRows(list):
+    """A list of rows that prints each one as it is added, so a long run shows progress."""
+
+    def append(self, row: "Row") -> None:  # type: ignore[override]
+        super().append(row)
+        base = f" | baseline {fmt_value(row.baseline, row.unit)}" if row.baseline else ""
+        ratio = f" | {row.speedup:.2f}x" if row.speedup is not None else ""
+        print(f"   [{time.strftime('%H:%M:%S')}] {row.case}: {fmt_value(row.value, row.unit)}{base}{ratio}", flush=True)
+
+
 @dataclass
 class Section:
     """The rows of one benchmark section plus the load average around it."""
 
     key: str
     title: str
-    rows: list[Row] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=_PrintingRows)
     notes: list[str] = field(default_factory=list)
     load_before: tuple[float, float, float] | None = None
     load_after: tuple[float, float, float] | None = None

@@ -45,7 +45,7 @@ def measure(root: Path, epochs: int, image_size: int) -> dict[str, object]:
     workers = train.default_num_workers(cpus)
     prep = common.Preprocessing(image_size=image_size)
     split = common.scan_split(root)
-    trainer = train.Trainer(argparse.Namespace(batch_size=BATCH_SIZE, seed=0), paths=None)
+    trainer = train.Trainer(train.build_parser().parse_args(["--batch_size", str(BATCH_SIZE), "--seed", "0"]), paths=None)
 
     # Fast path, as train.train() builds it.
     t0 = time.perf_counter()

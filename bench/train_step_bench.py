@@ -29,7 +29,7 @@ def step_rates(arch: str, batch: int, steps: int, image_size: int, num_classes: 
 
     torch.manual_seed(0)
     model = common.build_model(arch, num_classes, image_size=image_size, pretrained=arch == "efficientnet_lite0")
-    trainer = train.Trainer(argparse.Namespace(batch_size=batch, seed=0), paths=None)
+    trainer = train.Trainer(train.build_parser().parse_args(["--batch_size", str(batch), "--seed", "0"]), paths=None)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-3)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
