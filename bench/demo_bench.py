@@ -14,7 +14,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -120,22 +119,26 @@ def run(section: Section, quick: bool, log_file: Path | None = None, state_dir: 
     log_file = log_file or (Path(os.environ["BENCH_DEMO_LOG"]) if os.environ.get("BENCH_DEMO_LOG") else None)
     if log_file is not None:
         state = state_dir or (Path(os.environ["BENCH_DEMO_STATE"]) if os.environ.get("BENCH_DEMO_STATE") else None)
+        if state is None and (log_file.parent / "demo-state").is_dir():
+            state = log_file.parent / "demo-state"
         section.notes.append(f"Read from an earlier demo run's output ({log_file.name}).")
         record(section, log_file.read_text(encoding="utf-8", errors="replace"), state, None)
         return
     if quick:
         section.notes.append("--quick does not run the demo (minutes of training); the full run does.")
         return
-    state = Path(tempfile.mkdtemp(prefix="bench-demo-"))
-    out_dir = ROOT / "build" / "bench"
+    out_dir = ROOT / "build" / "bench"  # build/ is git-ignored
     out_dir.mkdir(parents=True, exist_ok=True)
     log_path = out_dir / "demo.log"
+    state = out_dir / "demo-state"  # the demo wipes and recreates it
     t0 = time.perf_counter()
     with open(log_path, "w", encoding="utf-8") as log:
-        proc = subprocess.run([sys.executable, "-m", "breedline", "demo", "--state-dir", str(state / "state")],
+        proc = subprocess.run([sys.executable, "-m", "breedline", "demo", "--state-dir", str(state)],
                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, timeout=DEMO_TIMEOUT_S)
     wall = time.perf_counter() - t0
     text = log_path.read_text(encoding="utf-8", errors="replace")
     if proc.returncode != 0:
         section.notes.append(f"`python -m breedline demo` exited {proc.returncode}; its log is {log_path}.")
-    record(section, text, state / "state", wall)
+    section.notes.append(f"The demo's output is kept in {log_path.relative_to(ROOT)}; rerun this section from it "
+                         f"with `python -m bench --only demo --demo-log {log_path.relative_to(ROOT)}`.")
+    record(section, text, state, wall)
