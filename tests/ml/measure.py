@@ -68,6 +68,19 @@ def _median_ms(fn, repeat: int) -> float:
 def latency(repeat: int) -> None:
     images = _images()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeat {repeat}")
+    print("Decode + preprocess only (no model):")
+    print("| image | fast path (ms) | plain path (ms) | ratio |")
+    print("| --- | --- | --- | --- |")
+    prep = common.Preprocessing(224)
+    plain_transform = prep.plain_transform()
+    for name, (body, content_type) in images.items():
+        f = _median_ms(lambda: inference.preprocess(inference.input_fn(body, content_type),
+                                                    inference.LoadedModel(None, [], prep, "", torch.device("cpu"))),
+                       repeat)
+        p = _median_ms(lambda: plain_transform(Image.open(io.BytesIO(body)).convert("RGB")), repeat)
+        print(f"| {name} ({len(body) // 1024} KB) | {f:.1f} | {p:.1f} | {p / f:.2f}x |", flush=True)
+    print()
+    print("Whole chain input_fn -> predict_fn -> output_fn at batch 1:")
     print("| model | image | fast path (ms) | plain path (ms) | ratio |")
     print("| --- | --- | --- | --- | --- |")
     with tempfile.TemporaryDirectory() as tmp:
