@@ -58,7 +58,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     runtime = LocalRuntime(Path(args.state_dir), api_port=args.api_port, fresh=not args.keep_state,
-                           schedule_period=args.schedule_seconds)
+                           schedule_period=args.schedule_seconds,
+                           job_threads=None if args.job_threads == 0 else args.job_threads)
     try:
         info = runtime.start()
         print(json.dumps({k: v for k, v in info.__dict__.items() if k != "env"}, indent=2), flush=True)
@@ -196,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--keep-state", action="store_true", help="do not wipe the state folder first")
     up.add_argument("--schedule-seconds", type=float, default=10.0,
                     help="how often scheduled handlers (check_quiet_datasets) run locally")
+    up.add_argument("--job-threads", type=int, default=1,
+                    help="OMP threads per training process (0: torch's default); 1 is fastest on a busy 2-core box")
     up.set_defaults(func=cmd_up)
     status = sub.add_parser("status", parents=[common], help="pipeline and endpoint states")
     status.set_defaults(func=cmd_status)

@@ -136,13 +136,15 @@ class LocalRuntime:
 
     def __init__(self, state_dir: Path = DEFAULT_STATE_DIR, api_port: int = 0,
                  schedule_period: float | None = 10.0, overrides: dict[str, str] | None = None,
-                 on_invoke: Callable[..., None] | None = None, fresh: bool = True) -> None:
+                 on_invoke: Callable[..., None] | None = None, fresh: bool = True,
+                 job_threads: int | None = 1) -> None:
         self.state_dir = Path(state_dir).resolve()
         self.api_port = api_port
         self.schedule_period = schedule_period
         self.overrides = overrides or {}
         self.on_invoke = on_invoke
         self.fresh = fresh
+        self.job_threads = job_threads
         self.moto: MotoStandIns | None = None
         self.sagemaker: LocalSageMakerServer | None = None
         self.dispatcher: Dispatcher | None = None
@@ -171,7 +173,8 @@ class LocalRuntime:
         env["BREEDLINE_ALERT_TOPIC_ARN"] = topic
         os.environ.update(env)
 
-        backend = SageMakerBackend(self.state_dir, self.moto.client("s3"), self.moto.client("events"), REGION)
+        backend = SageMakerBackend(self.state_dir, self.moto.client("s3"), self.moto.client("events"), REGION,
+                                   job_threads=self.job_threads)
         self.sagemaker = LocalSageMakerServer(backend).start()
         os.environ.update({
             "AWS_ENDPOINT_URL": self.moto.url,
