@@ -1,6 +1,7 @@
 """Reproduce the inference-latency figures in docs/ml.md (not a test; a measuring script).
 
     .venv/bin/python tests/ml/measure.py latency [--repeat N]
+    .venv/bin/python tests/ml/measure.py pipeline [--epochs 3] [--workers 1]
 
 For each architecture at 224 px (weights do not change the cost, so vgg11 and
 resnet50 use random weights here) and each image kind (a 12-megapixel phone
@@ -103,12 +104,56 @@ def latency(repeat: int) -> None:
                       flush=True)
 
 
+def pipeline(epochs: int = 3, workers: int = 1, count: int = 1000) -> None:
+    """Training input pipeline images/s: the cached path against ImageFolder + the usual transforms."""
+    import numpy as np
+    from skimage import data
+    from torchvision import datasets as tv_datasets
+    from torchvision import transforms as T
+
+    prep = common.Preprocessing(224)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "train"
+        photo = np.asarray(Image.fromarray(data.chelsea()).resize((500, 400))).astype(np.int16)
+        rng = np.random.default_rng(0)
+        for i in range(count):  # distinct 500x400 JPEGs in 10 classes
+            folder = root / f"c{i % 10}"
+            folder.mkdir(parents=True, exist_ok=True)
+            noisy = (photo + rng.integers(-20, 20, photo.shape)).clip(0, 255).astype(np.uint8)
+            Image.fromarray(noisy).save(folder / f"{i}.jpg", quality=90)
+
+        def rate(loader) -> float:
+            start, n = time.perf_counter(), 0
+            for _ in range(epochs):
+                for batch in loader:
+                    n += len(batch[1])
+            return n / (time.perf_counter() - start)
+
+        usual = T.Compose([T.Resize(256), T.RandomCrop(224), T.ToTensor(), T.Normalize(prep.mean, prep.std)])
+        base = rate(torch.utils.data.DataLoader(tv_datasets.ImageFolder(str(root), usual), batch_size=32,
+                                                shuffle=True, num_workers=workers, persistent_workers=workers > 0))
+        start = time.perf_counter()
+        dataset = common.CachedImageDataset(common.scan_split(root), prep, train=True, cache=True, threads=2)
+        fast = rate(torch.utils.data.DataLoader(dataset, batch_size=32, shuffle=True, num_workers=workers,
+                                                persistent_workers=workers > 0, collate_fn=common.collate_skip_bad))
+        with_build = count * epochs / (time.perf_counter() - start)
+    print(f"{count} JPEGs 500x400, {epochs} epochs, {workers} worker(s), 224 px")
+    print(f"ImageFolder + Resize/RandomCrop/ToTensor/Normalize: {base:.0f} images/s")
+    print(f"cached path: {fast:.0f} images/s after the one-off decode ({fast / base:.1f}x), "
+          f"{with_build:.0f} images/s counting it ({with_build / base:.1f}x)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("what", choices=["latency"])
+    parser.add_argument("what", choices=["latency", "pipeline"])
     parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args()
-    latency(args.repeat)
+    if args.what == "latency":
+        latency(args.repeat)
+    else:
+        pipeline(args.epochs, args.workers)
     return 0
 
 
