@@ -96,3 +96,26 @@ def test_failed_final_job_reports_its_reason_and_alerts(tmp_path):
         assert "out of memory" in alert["Message"]
         endpoints = sm.list_endpoints()["Endpoints"]
         assert endpoints == []  # a failed job deploys nothing
+
+
+def test_upload_without_marker_starts_after_the_quiet_period(tmp_path):
+    """No _READY marker: the scheduled check_quiet_datasets handler starts the data set."""
+    import time
+
+    data = tmp_path / "data"
+    write_tiny_dataset(data)
+    env = {"BREEDLINE_QUIET_PERIOD_SECONDS": "3", "BREEDLINE_MAX_JOBS": "1", "BREEDLINE_MAX_PARALLEL_JOBS": "1"}
+    with running_runtime(tmp_path / "state", env) as info:
+        c = clients(info)
+        s3, sm = c["s3"], c["sagemaker"]
+        bucket, key = f"s3://{info.bucket}/code/sourcedir.tar.gz"[5:].split("/", 1)
+        s3.put_object(Bucket=bucket, Key=key, Body=tarball({"train.py": FAILING_FINAL}))
+        for path in sorted(data.rglob("*.jpg")):
+            s3.upload_file(str(path), info.bucket, f"datasets/quiet/{path.relative_to(data).as_posix()}")
+        uploaded = time.monotonic()
+        tuning = wait_for(lambda: sm.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"],
+                          timeout=40, what="tuning job from the quiet-period check")
+        assert time.monotonic() - uploaded >= 3  # not before the quiet period
+        assert tuning[0]["HyperParameterTuningJobName"].startswith("breedline-quiet-")
+        events = (tmp_path / "state" / "logs" / "app.log").read_text()
+        assert '"handler":"check_quiet_datasets"' in events
