@@ -57,6 +57,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     runtime = LocalRuntime(Path(args.state_dir), api_port=args.api_port, fresh=not args.keep_state,
                            schedule_period=args.schedule_seconds,
                            job_threads=None if args.job_threads == 0 else args.job_threads)

@@ -246,6 +246,7 @@ def run_demo(data: Path | None, dataset: str, state_dir: Path = DEFAULT_STATE_DI
     state_dir = Path(state_dir).resolve()
     # `timeout`, CI and process managers send SIGTERM: treat it as Ctrl-C so the runtime is stopped.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # also when started in the background with SIGINT ignored
     print("Breedline local demo: S3 upload -> EventBridge -> tuning -> training -> deployment -> /predict",
           flush=True)
     say(clock, "STAGE 0  starting the local AWS stand-ins, SageMaker service, app handlers and API ...")
