@@ -317,6 +317,8 @@ def run_demo(data: Path | None, dataset: str, state_dir: Path = DEFAULT_STATE_DI
         else:
             say(clock, f"  timed out after {timeout:.0f} s")
         if not ok:
+            if watcher.tuning_name:  # still show what was trained and why it stopped there
+                print_report(sm, s3, watcher, state_dir, clock)
             say(clock, f"the pipeline did not deploy; logs: {state_dir / 'logs'}, jobs: {state_dir / 'jobs'}")
             return 1
         clock.stage_done("deployment (endpoint InService)")
