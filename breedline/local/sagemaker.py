@@ -16,6 +16,7 @@ boto3 reaches it through ``AWS_ENDPOINT_URL_SAGEMAKER`` and
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import json
 import logging
 import os
@@ -222,8 +223,6 @@ class SageMakerBackend:
             items = [i for i in items if i[status_key] == p["StatusEquals"]]
         for field, op in (("CreationTimeAfter", "gt"), ("CreationTimeBefore", "lt")):
             if field in p:
-                import datetime as dt
-
                 bound = dt.datetime.fromtimestamp(float(p[field]), dt.timezone.utc)
                 items = [i for i in items if (i["CreationTime"] > bound if op == "gt" else i["CreationTime"] < bound)]
         key = sort_keys.get(p.get("SortBy", "CreationTime"), "CreationTime")
