@@ -66,13 +66,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="read section 5 from this earlier `python -m breedline demo` output instead of running it")
     parser.add_argument("--demo-state", type=Path, default=None, help="that run's --state-dir (for per-job logs)")
     args = parser.parse_args(argv)
-    if args.demo_log:
-        os.environ["BENCH_DEMO_LOG"] = str(args.demo_log.resolve())
-    if args.demo_state:
-        os.environ["BENCH_DEMO_STATE"] = str(args.demo_state.resolve())
     out = args.out if args.out is not None else (None if args.quick else ROOT / "docs" / "benchmarks.md")
     command = "python -m bench" + (" --quick" if args.quick else "") + (
         f" --only {' '.join(args.only)}" if args.only else "")
+
+    if args.demo_log:
+        os.environ["BENCH_DEMO_LOG"] = str(args.demo_log.resolve())
+        command += f" --demo-log {args.demo_log}"
+    if args.demo_state:
+        os.environ["BENCH_DEMO_STATE"] = str(args.demo_state.resolve())
 
     import torch
 
