@@ -14,7 +14,6 @@ the most the pipeline can feed.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
