@@ -2,8 +2,8 @@
 
 Why one module: the same handler code runs in AWS and locally, and only this
 configuration differs. Every knob is listed here once, with its variable name,
-default and meaning; the README's configuration table is generated from
-:data:`VARIABLES` (``python -m breedline config-table``) so the two cannot drift.
+default and meaning; the README's configuration table is :func:`markdown_table`'s output, and
+``tests/test_readme.py`` fails when the two drift.
 
 Per-stage values live in ``chalice_app/.chalice/config.json`` (AWS) and in the
 local runtime's environment (local mode). Container and rule image URIs are
