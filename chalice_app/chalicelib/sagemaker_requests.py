@@ -231,12 +231,14 @@ def create_training_job(
         "StoppingCondition": _stopping(settings),
         "DebugHookConfig": {
             "LocalPath": TENSORS_LOCAL_PATH,
-            "S3OutputPath": job_output_uri(settings, name, "debug-output"),
+            # SageMaker appends "<job>/debug-output" itself, as it does for model output.
+            "S3OutputPath": s3_uri(settings, settings.output_prefix),
             "HookParameters": {"save_interval": DEBUG_SAVE_INTERVAL},
             "CollectionConfigurations": [dict(c) for c in DEBUG_COLLECTIONS],
         },
         "ProfilerConfig": {
-            "S3OutputPath": job_output_uri(settings, name, "profiler-output"),
+            # ... and "<job>/profiler-output" here.
+            "S3OutputPath": s3_uri(settings, settings.output_prefix),
             "ProfilingIntervalInMilliseconds": PROFILING_INTERVAL_MS,
         },
         "Tags": tags,

@@ -124,7 +124,10 @@ def test_training_job_contents():
     assert json.loads(request["HyperParameters"]["sagemaker_program"]) == "train.py"
     hook = request["DebugHookConfig"]
     assert "losses" in [c["CollectionName"] for c in hook["CollectionConfigurations"]]
-    assert hook["S3OutputPath"].endswith(f"{request['TrainingJobName']}/debug-output/")
+    # SageMaker appends <job>/debug-output to the path; it must not hold the job name already.
+    assert request["TrainingJobName"] not in hook["S3OutputPath"]
+    assert hook["S3OutputPath"] == request["OutputDataConfig"]["S3OutputPath"]
+    assert request["TrainingJobName"] not in request["ProfilerConfig"]["S3OutputPath"]
     rules = {r["RuleConfigurationName"]: r for r in request["DebugRuleConfigurations"]}
     assert set(rules) == {"LossNotDecreasing", "Overfit", "Overtraining", "VanishingGradient", "PoorWeightInitialization"}
     assert all(r["RuleParameters"]["rule_to_invoke"] == name for name, r in rules.items())
