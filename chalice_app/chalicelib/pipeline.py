@@ -362,18 +362,30 @@ def _lookup_tags(arn: str | None) -> dict[str, str]:
     return tags_to_dict(response.get("Tags", []))
 
 
+def _identify_job(
+    detail: dict[str, Any], kind: str, classify: Any, name_prefix: str
+) -> tuple[str, str, dict[str, str], Relevance]:
+    """Name, status, tags and relevance of the job in a SageMaker state-change event.
+
+    ``kind`` is the field stem (``TrainingJob`` or ``HyperParameterTuningJob``). Tags
+    come from the event; only when they can't decide (``LOOKUP``) is ListTags called.
+    """
+    name = str(detail.get(f"{kind}Name", ""))
+    status = str(detail.get(f"{kind}Status", ""))
+    tags = tags_to_dict(detail.get("Tags"))
+    relevance = classify(name, tags, name_prefix)
+    if relevance is Relevance.LOOKUP:
+        tags = _lookup_tags(detail.get(f"{kind}Arn"))
+        relevance = classify(name, tags, name_prefix)
+    return name, status, tags, relevance
+
+
 @tracer.capture_method
 def handle_tuning_event(event: dict[str, Any]) -> dict[str, Any]:
     """Tuning job state change: Completed starts the final job; Failed/Stopped alert."""
     s = settings()
     detail = event.get("detail") or {}
-    name = str(detail.get("HyperParameterTuningJobName", ""))
-    status = str(detail.get("HyperParameterTuningJobStatus", ""))
-    tags = tags_to_dict(detail.get("Tags"))
-    relevance = classify_tuning_job(name, tags, s.name_prefix)
-    if relevance is Relevance.LOOKUP:
-        tags = _lookup_tags(detail.get("HyperParameterTuningJobArn"))
-        relevance = classify_tuning_job(name, tags, s.name_prefix)
+    name, status, tags, relevance = _identify_job(detail, "HyperParameterTuningJob", classify_tuning_job, s.name_prefix)
     if relevance is not Relevance.OURS:
         logger.info("tuning job is not ours; ignored", extra={"tuning_job": name})
         return {"outcome": "ignored", "relevance": relevance.value, "tuning_job": name}
@@ -463,13 +475,7 @@ def handle_training_event(event: dict[str, Any]) -> dict[str, Any]:
     """Training job state change: only our final jobs count; Completed goes to the quality gate."""
     s = settings()
     detail = event.get("detail") or {}
-    name = str(detail.get("TrainingJobName", ""))
-    status = str(detail.get("TrainingJobStatus", ""))
-    tags = tags_to_dict(detail.get("Tags"))
-    relevance = classify_training_job(name, tags, s.name_prefix)
-    if relevance is Relevance.LOOKUP:
-        tags = _lookup_tags(detail.get("TrainingJobArn"))
-        relevance = classify_training_job(name, tags, s.name_prefix)
+    name, status, tags, relevance = _identify_job(detail, "TrainingJob", classify_training_job, s.name_prefix)
     if relevance is not Relevance.OURS:
         logger.info("training job is not a final job of ours; ignored", extra={"training_job": name, "relevance": relevance.value})
         return {"outcome": "ignored", "relevance": relevance.value, "training_job": name}
