@@ -77,13 +77,19 @@ def start_runtime(state_dir: Path, timeout: float = 180.0) -> tuple[subprocess.P
     raise RuntimeError("the local runtime did not start in time; see .breedline/logs/runtime.log")
 
 
-def stop_runtime(child: subprocess.Popen) -> None:
+def stop_runtime(child: subprocess.Popen, timeout: float = 60) -> bool:
+    """SIGTERM the runtime (it stops its jobs and servers), SIGKILL its group after ``timeout``.
+
+    Returns False when it had to be killed, so tests can insist on a clean stop.
+    """
     if child.poll() is None:
         child.send_signal(signal.SIGTERM)
         try:
-            child.wait(timeout=60)
+            child.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(child.pid, signal.SIGKILL)
+            return False
+    return True
 
 
 def upload_dataset(s3: Any, bucket: str, data_dir: Path, name: str, marker: str = "_READY") -> int:

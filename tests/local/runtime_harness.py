@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Iterator
 
 import boto3
 
+from breedline.demo import stop_runtime
 from breedline.local.runtime import RuntimeInfo
 from breedline.packaging import REPO_ROOT
 
@@ -51,13 +51,8 @@ def running_runtime(state_dir: Path, env: dict[str, str], timeout: float = 120.0
             raise AssertionError(f"runtime did not start: {log_path.read_text()[-3000:]}")
         yield info
     finally:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-            try:
-                child.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(child.pid, signal.SIGKILL)
-                raise AssertionError("the runtime did not stop within 60 s of SIGTERM")
+        if not stop_runtime(child):
+            raise AssertionError("the runtime did not stop within 60 s of SIGTERM")
 
 
 def clients(info: RuntimeInfo) -> dict[str, object]:
