@@ -107,20 +107,44 @@ class Preprocessing:
             ]
         )
 
-    def normalise_uint8(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """HWC (or NHWC) uint8 pixels -> normalised float CHW (or NCHW)."""
-        if isinstance(array, np.ndarray) and not array.flags.writeable:
-            array = array.copy()
-        tensor = torch.as_tensor(array)
-        if tensor.dim() == 3:
-            tensor = tensor.permute(2, 0, 1)
-            shape = (3, 1, 1)
-        else:
-            tensor = tensor.permute(0, 3, 1, 2)
-            shape = (1, 3, 1, 1)
-        mean = torch.tensor(self.mean).view(shape) * 255.0
-        std = torch.tensor(self.std).view(shape) * 255.0
-        return (tensor.float() - mean) / std
+    def normalise_uint8(
+        self,
+        pixels: np.ndarray | torch.Tensor,
+        channels_first: bool = False,
+        memory_format: torch.memory_format = torch.preserve_format,
+    ) -> torch.Tensor:
+        """uint8 pixels -> normalised float CHW (one image) or NCHW (a batch), on the pixels' device.
+
+        The one place pixels become model input, for serving (one HWC image)
+        and for training (a whole uint8 batch, after it has moved to the
+        device: a quarter of the bytes to copy, and on a GPU the arithmetic is
+        free). Input is HWC / NHWC, or CHW / NCHW with ``channels_first``.
+
+        ``memory_format`` picks the output layout of a batch (``torch.channels_last``
+        or ``torch.contiguous_format``); the layout change is done on the uint8
+        pixels, where it costs a quarter of what it would on floats. The default
+        keeps whatever strides the permute gives (a single HWC image comes out
+        channels-last strided, as it always has for serving).
+        """
+        if isinstance(pixels, np.ndarray) and not pixels.flags.writeable:
+            pixels = pixels.copy()
+        tensor = torch.as_tensor(pixels)
+        if tensor.dtype != torch.uint8:
+            raise TypeError(f"expected uint8 pixels, got {tensor.dtype}")
+        if tensor.dim() not in (3, 4):
+            raise ValueError(f"expected an image (3 dims) or a batch (4 dims), got shape {tuple(tensor.shape)}")
+        batched = tensor.dim() == 4
+        if not channels_first:
+            tensor = tensor.permute(0, 3, 1, 2) if batched else tensor.permute(2, 0, 1)
+        if tensor.shape[-3] != 3:
+            raise ValueError(f"expected 3 colour channels, got shape {tuple(tensor.shape)}")
+        if batched and memory_format is not torch.preserve_format:
+            tensor = tensor.contiguous(memory_format=memory_format)
+        shape = (1, 3, 1, 1) if batched else (3, 1, 1)
+        mean = torch.tensor(self.mean, device=tensor.device).view(shape) * 255.0
+        std = torch.tensor(self.std, device=tensor.device).view(shape) * 255.0
+        # Same arithmetic as (x / 255 - mean) / std up to float rounding; in place: one float buffer.
+        return tensor.float().sub_(mean).div_(std)
 
 
 # --------------------------------------------------------------------------- image decoding
@@ -299,16 +323,30 @@ def scan_dataset(
 
 
 class CachedImageDataset(torch.utils.data.Dataset):
-    """Decode each image once per job into a uint8 array; crop and normalise per item.
+    """Decode each image once per job into a uint8 array; each item is a uint8 crop.
 
-    Why: every epoch re-reads train and valid. Decoding a JPEG and resizing it
-    dominates the input pipeline; the cached square is ``resize_size`` pixels,
-    so later epochs only copy, crop and normalise. Bad files are found while
-    building the cache and dropped (``skipped`` lists them).
+    Why a cache: every epoch re-reads train and valid. Decoding a JPEG and
+    resizing it dominates the input pipeline; the cached square is
+    ``resize_size`` pixels, so later epochs only crop. Bad files are found
+    while building the cache and dropped (``skipped`` lists them).
 
-    With ``cache=False`` (the test split, read once) items are decoded on
-    demand with the same fast decoder; a bad file yields ``None``, which
-    :func:`collate_skip_bad` drops and counts.
+    Why uint8 items: normalising to float per item costs 32 small operations
+    per batch and makes every item 4x bigger (what a worker process must copy
+    back through shared memory). Items stay ``image_size`` x ``image_size`` x 3
+    uint8 HWC; :func:`collate_skip_bad` stacks them into an NHWC uint8 batch
+    and :func:`batch_to_model_input` normalises the whole batch once, after it
+    has moved to the device.
+
+    The augmentation is a random ``image_size`` crop of the cached square in
+    training (the same draws as torchvision's ``RandomCrop``: top, then left,
+    from the global torch RNG, i.e. per worker when there are workers) and the
+    centre crop (``CenterCrop``'s offsets) otherwise. No flips: train.py never
+    flipped, and a flipped digit or letter is another class.
+
+    With ``cache=False`` (the test split, read once) or when the cache would
+    exceed ``cache_limit_bytes``, items are decoded on demand with the same
+    fast decoder; a bad file yields ``None``, which :func:`collate_skip_bad`
+    drops and counts.
     """
 
     def __init__(
@@ -329,6 +367,12 @@ class CachedImageDataset(torch.utils.data.Dataset):
         need = len(self.samples) * size * size * 3
         if cache and need <= cache_limit_bytes:
             self._build_cache(threads)
+
+    @property
+    def cached(self) -> bool:
+        """True when every item is a crop of memory: nothing left to decode, so
+        loader worker processes would only add copies (see ``train.default_num_workers``)."""
+        return self.images is not None
 
     def _build_cache(self, threads: int) -> None:
         size = self.prep.resize_size
@@ -359,29 +403,39 @@ class CachedImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _crop(self, square: torch.Tensor) -> torch.Tensor:
+    def crop_offsets(self) -> tuple[int, int]:
+        """(top, left) of the next crop: random in training, the centre otherwise."""
         s, c = self.prep.resize_size, self.prep.image_size
         if self.train:
-            top = int(torch.randint(0, s - c + 1, (1,)))
-            left = int(torch.randint(0, s - c + 1, (1,)))
-        else:
-            top = left = int(round((s - c) / 2.0))
-        return square[top : top + c, left : left + c]
+            top = int(torch.randint(0, s - c + 1, size=(1,)).item())
+            left = int(torch.randint(0, s - c + 1, size=(1,)).item())
+            return top, left
+        centre = int(round((s - c) / 2.0))
+        return centre, centre
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int] | None:
         path, label = self.samples[index]
         if self.images is not None:
-            square = torch.from_numpy(self.images[index])
+            square = self.images[index]
         else:
             try:
-                square = torch.from_numpy(np.asarray(load_resized_square(path, self.prep.resize_size)).copy())
+                square = np.asarray(load_resized_square(path, self.prep.resize_size))
             except (ImageDecodeError, Image.DecompressionBombError):
                 return None
-        return self.prep.normalise_uint8(self._crop(square).contiguous()), label
+        top, left = self.crop_offsets()
+        c = self.prep.image_size
+        # A copy, never a view: a view of the cache would drag the whole cache's
+        # storage into shared memory when a worker process sends the item back.
+        crop = np.ascontiguousarray(square[top : top + c, left : left + c])
+        return torch.from_numpy(crop), label
 
 
 def collate_skip_bad(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Stack the good items; the third element counts the bad ones dropped."""
+    """Stack the good items; the third element counts the bad ones dropped.
+
+    Items of :class:`CachedImageDataset` give an NHWC uint8 batch; feed it to
+    the model through :func:`batch_to_model_input`.
+    """
     good = [item for item in batch if item is not None]
     bad = len(batch) - len(good)
     if not good:
@@ -389,6 +443,26 @@ def collate_skip_bad(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, int]
     images = torch.stack([item[0] for item in good])
     labels = torch.tensor([item[1] for item in good], dtype=torch.long)
     return images, labels, bad
+
+
+def batch_to_model_input(
+    images: torch.Tensor,
+    prep: Preprocessing,
+    device: torch.device | str = "cpu",
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """A collated batch -> the model's float NCHW input on ``device``.
+
+    An NHWC uint8 batch (what :class:`CachedImageDataset` yields) moves to the
+    device first, as uint8 (a quarter of the bytes of floats), and is
+    normalised there once for the whole batch. A float NCHW batch that is
+    already model input passes through, in the requested memory format.
+    """
+    images = images.to(device, non_blocking=True)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if images.dtype == torch.uint8:
+        return prep.normalise_uint8(images, memory_format=memory_format)
+    return images.contiguous(memory_format=memory_format)
 
 
 # --------------------------------------------------------------------------- models

@@ -151,9 +151,23 @@ def cpu_count() -> int:
     return max(1, int(normalise_value(os.environ.get("SM_NUM_CPUS") or os.cpu_count() or 1)))
 
 
-def default_num_workers(cpus: int) -> int:
-    """Half the cores, at most 8: the cached pipeline only crops and normalises,
-    so a few workers keep up and the rest of the cores go to the model."""
+def default_num_workers(cpus: int, cached: bool) -> int:
+    """DataLoader worker processes for one split when ``--num_workers`` is not given.
+
+    A cached split (``CachedImageDataset.cached``: train and valid, decoded once
+    per job) gets 0: the main process loads in-process. Nothing is left to
+    decode, an item is a uint8 crop (a memcpy), so a worker process can only
+    add work: pickling each batch through shared memory and waking the main
+    process. Measured on 2 cores (bench section 3): in-process loading is
+    about twice as fast as one worker, and both far outrun the model. On a
+    GPU the main thread's loading overlaps the GPU's queued kernels.
+
+    An uncached split (the test split, read once, or a data set over the
+    cache limit) still decodes JPEGs per item, which parallelises: half the
+    cores, at most 8, the rest go to the model.
+    """
+    if cached:
+        return 0
     return min(8, cpus // 2)
 
 
@@ -298,6 +312,8 @@ class Trainer:
         self.device = torch.device("cuda" if self.cuda else "cpu")
         self.channels_last = args.channels_last == "true" or (args.channels_last == "auto" and self.cuda)
         self.loss_fn = nn.CrossEntropyLoss()
+        #: How uint8 batches become model input (``common.batch_to_model_input``).
+        self.prep = common.Preprocessing(image_size=args.image_size)
 
     def autocast(self) -> Any:
         if self.cuda:
@@ -333,10 +349,9 @@ class Trainer:
             skipped += bad
             if len(labels) == 0:
                 continue
-            images = images.to(self.device, non_blocking=True)
+            # uint8 NHWC batches move as uint8 and are normalised on the device, once per batch.
+            images = common.batch_to_model_input(images, self.prep, self.device, self.channels_last)
             labels = labels.to(self.device, non_blocking=True)
-            if self.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
             with grad, self.autocast():
                 logits = model(images)
                 loss = self.loss_fn(logits, labels)
@@ -357,7 +372,18 @@ class Trainer:
             raise common.DataSetError(f"no readable images in the {phase} split ({skipped} skipped)")
         return {"loss": total_loss / seen, "accuracy": correct / seen, "skipped": skipped, "seen": seen}
 
-    def loader(self, dataset: torch.utils.data.Dataset, shuffle: bool, workers: int) -> torch.utils.data.DataLoader:
+    def num_workers(self, dataset: torch.utils.data.Dataset) -> int:
+        """``--num_workers`` if given, else :func:`default_num_workers` for this split."""
+        if self.args.num_workers is not None:
+            return max(0, self.args.num_workers)
+        return default_num_workers(cpu_count(), cached=bool(getattr(dataset, "cached", False)))
+
+    def loader(
+        self, dataset: torch.utils.data.Dataset, shuffle: bool, workers: int | None = None
+    ) -> torch.utils.data.DataLoader:
+        """Batches of (uint8 NHWC images, labels, bad-item count); ``workers`` None: :meth:`num_workers`."""
+        if workers is None:
+            workers = self.num_workers(dataset)
         generator = torch.Generator()
         generator.manual_seed(self.args.seed)
         return torch.utils.data.DataLoader(
@@ -451,18 +477,16 @@ def train(args: argparse.Namespace, paths: Paths) -> dict[str, float]:
     np.random.seed(args.seed)
     torch.manual_seed(args.seed)
     cpus = cpu_count()
-    workers = default_num_workers(cpus) if args.num_workers is None else max(0, args.num_workers)
 
     splits = common.scan_dataset(paths.train, paths.valid, paths.test)
     class_names = splits["train"].class_names
     print(
         f"data: {len(class_names)} classes, train={len(splits['train'])} valid={len(splits['valid'])} "
-        f"test={len(splits['test'])} images; model={args.model} image_size={args.image_size} "
-        f"workers={workers} cpus={cpus}",
+        f"test={len(splits['test'])} images; model={args.model} image_size={args.image_size} cpus={cpus}",
         flush=True,
     )
-    prep = common.Preprocessing(image_size=args.image_size)
     trainer = Trainer(args, paths)
+    prep = trainer.prep
     model = common.build_model(
         args.model,
         len(class_names),
@@ -485,11 +509,10 @@ def train(args: argparse.Namespace, paths: Paths) -> dict[str, float]:
     for name in ("train", "valid"):
         if len(datasets[name]) == 0:
             raise common.DataSetError(f"no readable images in {splits[name].root} ({len(skipped[name])} skipped)")
-    loaders = {
-        "train": trainer.loader(datasets["train"], shuffle=True, workers=workers),
-        "valid": trainer.loader(datasets["valid"], shuffle=False, workers=workers),
-        "test": trainer.loader(datasets["test"], shuffle=False, workers=workers),
-    }
+    # Cached splits load in-process, the uncached test split with workers (see default_num_workers).
+    loaders = {name: trainer.loader(ds, shuffle=name == "train") for name, ds in datasets.items()}
+    print("loader workers: " + ", ".join(f"{name}={loader.num_workers}" for name, loader in loaders.items())
+          + ("" if args.num_workers is None else " (--num_workers)"), flush=True)
 
     model = model.to(trainer.device)
     if trainer.channels_last:

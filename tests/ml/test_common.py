@@ -118,22 +118,76 @@ def test_fast_path_matches_plain_path_on_digits(digits_small: Path) -> None:
         assert mean <= FAST_PATH_MEAN_TOLERANCE and p99 <= FAST_PATH_P99_TOLERANCE, (path, mean, p99)
 
 
+def _batches(dataset: common.CachedImageDataset, batch_size: int = 8) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=common.collate_skip_bad)
+    return list(loader)
+
+
 def test_cached_dataset_gives_the_fast_path_tensors(digits_small: Path) -> None:
+    """Eval-mode batches (uint8 items, normalised once per batch) == the plain torchvision path per image."""
     prep = common.Preprocessing(image_size=28)
     split = common.scan_split(digits_small / "valid", [str(i) for i in range(10)])
     cached = common.CachedImageDataset(split, prep, train=False, cache=True, threads=2)
     lazy = common.CachedImageDataset(split, prep, train=False, cache=False)
-    assert cached.images is not None and cached.images.dtype == np.uint8
-    assert lazy.images is None
+    assert cached.cached and cached.images is not None and cached.images.dtype == np.uint8
+    assert not lazy.cached and lazy.images is None
     for i in range(len(split)):
         (a, label_a), (b, label_b) = cached[i], lazy[i]
         assert label_a == label_b == split.samples[i][1]
+        assert a.dtype == torch.uint8 and a.shape == (28, 28, 3)
         assert torch.equal(a, b)
-        plain = prep.plain_transform()(common.load_rgb(split.samples[i][0]))
-        assert float((plain - a).abs().mean()) <= FAST_PATH_MEAN_TOLERANCE
+    index = 0
+    for (images, labels, bad), (lazy_images, _, _) in zip(_batches(cached), _batches(lazy)):
+        assert bad == 0 and images.dtype == torch.uint8 and images.shape[1:] == (28, 28, 3)
+        assert torch.equal(images, lazy_images)
+        batch = common.batch_to_model_input(images, prep)
+        assert batch.shape == (len(labels), 3, 28, 28) and batch.dtype == torch.float32 and batch.is_contiguous()
+        for row, label in zip(batch, labels.tolist()):
+            path, expected = split.samples[index]
+            assert label == expected
+            plain = prep.plain_transform()(common.load_rgb(path))
+            diff = (plain - row).abs().flatten()
+            assert float(diff.mean()) <= FAST_PATH_MEAN_TOLERANCE, path
+            assert float(diff.quantile(0.99)) <= FAST_PATH_P99_TOLERANCE, path
+            # Serving normalises one image the same way, to the bit.
+            serving = prep.normalise_uint8(np.asarray(common.load_resized_square(path, prep.resize_size, 28)))
+            assert torch.equal(serving, row)
+            index += 1
+    assert index == len(split)
     # Training crops are random but always image_size and inside the cached square.
     train = common.CachedImageDataset(split, prep, train=True, cache=True)
-    assert train[0][0].shape == (3, 28, 28)
+    crop = train[0][0].numpy()
+    assert crop.shape == (28, 28, 3)
+    square = train.images[0]
+    assert any(
+        np.array_equal(square[top : top + 28, left : left + 28], crop) for top in range(5) for left in range(5)
+    )
+
+
+def test_normalise_uint8_layouts_agree() -> None:
+    """One image, an NHWC batch, an NCHW batch and either memory format: the same numbers."""
+    prep = common.Preprocessing(image_size=16)
+    rng = np.random.default_rng(0)
+    nhwc = rng.integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    reference = torch.stack(
+        [(torch.from_numpy(im).permute(2, 0, 1).float() / 255.0 - torch.tensor(prep.mean).view(3, 1, 1))
+         / torch.tensor(prep.std).view(3, 1, 1) for im in nhwc]
+    )
+    singles = torch.stack([prep.normalise_uint8(im) for im in nhwc])
+    batch = prep.normalise_uint8(torch.from_numpy(nhwc), memory_format=torch.contiguous_format)
+    nchw = prep.normalise_uint8(torch.from_numpy(nhwc).permute(0, 3, 1, 2).contiguous(), channels_first=True)
+    channels_last = prep.normalise_uint8(torch.from_numpy(nhwc), memory_format=torch.channels_last)
+    assert batch.is_contiguous() and channels_last.is_contiguous(memory_format=torch.channels_last)
+    for other in (singles, nchw, channels_last):
+        assert torch.equal(batch, other)
+    assert float((batch - reference).abs().max()) <= 1e-6
+    via_loader_path = common.batch_to_model_input(torch.from_numpy(nhwc), prep, channels_last=True)
+    assert torch.equal(via_loader_path, batch) and via_loader_path.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(common.batch_to_model_input(reference, prep), reference)  # float input passes through
+    with pytest.raises(TypeError, match="uint8"):
+        prep.normalise_uint8(nhwc.astype(np.float32))
+    with pytest.raises(ValueError, match="3 colour channels"):
+        prep.normalise_uint8(nhwc[..., :2])
 
 
 # ----------------------------------------------------------------- data sets
@@ -154,9 +208,9 @@ def test_bad_images_are_skipped_and_counted(tmp_path: Path, digits_small: Path) 
     assert sorted(Path(p).name for p in cached.skipped) == ["garbage.jpg", "truncated.jpg"]
     # Uncached (the test split): the collate function drops and counts them.
     lazy = common.CachedImageDataset(split, prep, train=False, cache=False)
-    loader = torch.utils.data.DataLoader(lazy, batch_size=16, collate_fn=common.collate_skip_bad)
     seen = skipped = 0
-    for images, labels, bad in loader:
+    for images, labels, bad in _batches(lazy, batch_size=16):
+        assert len(images) == len(labels) and (not len(labels) or images.dtype == torch.uint8)
         seen += len(labels)
         skipped += bad
     assert (seen, skipped) == (good, 2)

@@ -41,6 +41,8 @@ def test_metric_lines_parse_with_the_job_regexes(trained_job: Job) -> None:
     assert "epoch=1 valid_loss=" in out
     assert 0.0 <= metrics["test_accuracy"][0] <= 1.0
     assert "ignoring unknown arguments: --some_future_flag x" in out
+    # Cached train/valid load in-process, the uncached test split in one worker (SM_NUM_CPUS=2).
+    assert "loader workers: train=0, valid=0, test=1" in out
     assert "sagemaker_program" not in out
 
 
@@ -182,11 +184,99 @@ def test_training_survives_smdebug_failing_to_import(monkeypatch: pytest.MonkeyP
     assert out.count("smdebug unavailable") == 1
 
 
-def test_worker_count_follows_the_cpus() -> None:
-    assert train.default_num_workers(1) == 0
-    assert train.default_num_workers(2) == 1
-    assert train.default_num_workers(16) == 8
-    assert train.default_num_workers(96) == 8
+def test_worker_count_follows_the_cache_and_the_cpus(monkeypatch: pytest.MonkeyPatch, digits_small: Path) -> None:
+    """Cached splits load in-process; uncached ones use half the cores; --num_workers overrides both."""
+    for cpus in (1, 2, 16, 96):
+        assert train.default_num_workers(cpus, cached=True) == 0
+    assert [train.default_num_workers(c, cached=False) for c in (1, 2, 16, 96)] == [0, 1, 8, 8]
+    monkeypatch.setenv("SM_NUM_CPUS", "16")
+    prep = common.Preprocessing(image_size=28)
+    split = common.scan_split(digits_small / "valid", [str(i) for i in range(10)])
+    cached = common.CachedImageDataset(split, prep, train=False, cache=True)
+    lazy = common.CachedImageDataset(split, prep, train=False, cache=False)
+    over_limit = common.CachedImageDataset(split, prep, train=False, cache=True, cache_limit_bytes=1)
+    trainer = train.Trainer(train.build_parser().parse_args(["--image_size", "28"]), None)
+    assert [trainer.num_workers(ds) for ds in (cached, lazy, over_limit)] == [0, 8, 8]
+    assert trainer.loader(cached, shuffle=True).num_workers == 0
+    forced = train.Trainer(train.build_parser().parse_args(["--num_workers", "3"]), None)
+    assert [forced.num_workers(ds) for ds in (cached, lazy)] == [3, 3]
+
+
+def _trainer(*argv: str) -> train.Trainer:
+    return train.Trainer(train.build_parser().parse_args(["--image_size", "28", "--batch_size", "8", *argv]), None)
+
+
+def test_training_batches_equal_torchvision_random_crops(digits_small: Path) -> None:
+    """The fast path (uint8 crops, normalised once per batch) == the plain per-item float path.
+
+    Reference: torchvision's RandomCrop + ToTensor + Normalize on each cached
+    square, drawn from the same seeds (same sampler order, same crop draws).
+    Tolerance 1e-6: the only difference is float rounding of x/255.
+    """
+    import torch
+    from PIL import Image
+    from torchvision import transforms as T
+
+    trainer = _trainer()
+    prep = trainer.prep
+    split = common.scan_split(digits_small / "train")
+    dataset = common.CachedImageDataset(split, prep, train=True, cache=True)
+    plain = T.Compose([T.RandomCrop(prep.image_size), T.ToTensor(), T.Normalize(prep.mean, prep.std)])
+
+    class PlainSquares(torch.utils.data.Dataset):
+        def __len__(self) -> int:
+            return len(dataset)
+
+        def __getitem__(self, i: int):
+            return plain(Image.fromarray(dataset.images[i])), dataset.samples[i][1]
+
+    torch.manual_seed(7)
+    loader = trainer.loader(dataset, shuffle=True)  # what train.py builds: in-process for a cached split
+    assert loader.num_workers == 0
+    fast = [(common.batch_to_model_input(x, prep, trainer.device, trainer.channels_last), y, bad)
+            for x, y, bad in loader]
+    torch.manual_seed(7)
+    generator = torch.Generator()
+    generator.manual_seed(trainer.args.seed)
+    reference = list(torch.utils.data.DataLoader(PlainSquares(), batch_size=8, shuffle=True, generator=generator))
+    assert len(fast) == len(reference) == 10
+    for (x, y, bad), (x_ref, y_ref) in zip(fast, reference):
+        assert bad == 0 and torch.equal(y, y_ref)
+        assert x.shape == x_ref.shape == (len(y), 3, 28, 28)
+        assert float((x - x_ref).abs().max()) <= 1e-6
+    # The crops really are random: two epochs differ.
+    again = [common.batch_to_model_input(x, prep) for x, _, _ in trainer.loader(dataset, shuffle=False)]
+    once_more = [common.batch_to_model_input(x, prep) for x, _, _ in trainer.loader(dataset, shuffle=False)]
+    assert not all(torch.equal(a, b) for a, b in zip(again, once_more))
+
+
+def test_uncached_split_through_workers_skips_and_counts_bad_images(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, digits_small: Path
+) -> None:
+    """The test split (cache=False) decodes in a worker; its uint8 batches equal the cached ones and
+    bad files are dropped and counted exactly as before."""
+    import torch
+
+    monkeypatch.setenv("SM_NUM_CPUS", "2")
+    data = tmp_path / "test"
+    shutil.copytree(digits_small / "test", data)
+    (data / "5" / "garbage.jpg").write_bytes(b"not a jpeg")
+    split = common.scan_split(data, [str(i) for i in range(10)])
+    trainer = _trainer()
+    lazy = common.CachedImageDataset(split, trainer.prep, train=False, cache=False)
+    loader = trainer.loader(lazy, shuffle=False)
+    assert loader.num_workers == 1
+    images, seen, skipped = [], 0, 0
+    for x, y, bad in loader:
+        skipped += bad
+        seen += len(y)
+        if len(y):
+            images.append(common.batch_to_model_input(x, trainer.prep))
+    assert (seen, skipped) == (len(split) - 1, 1)
+    cached = common.CachedImageDataset(split, trainer.prep, train=False, cache=True)
+    assert [Path(p).name for p in cached.skipped] == ["garbage.jpg"]
+    expected = [common.batch_to_model_input(x, trainer.prep) for x, _, _ in trainer.loader(cached, shuffle=False)]
+    assert torch.equal(torch.cat(images), torch.cat(expected))
 
 
 def test_learning_rate_schedule_is_a_function_of_the_epoch() -> None:
