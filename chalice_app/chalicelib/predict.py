@@ -8,8 +8,14 @@ the magic bytes say what it is, the model decodes it.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any, Mapping
+
+try:  # SIMD base64: ~50x faster than the stdlib on a 4 MB body (see decode_event_body)
+    import pybase64 as _fast_base64
+except ImportError:  # a Lambda zip built without it still works, at the stdlib's speed
+    _fast_base64 = None
 
 #: Content types the route accepts, mapped to the format their magic bytes must show.
 CONTENT_TYPES: dict[str, str] = {"image/jpeg": "jpeg", "image/png": "png"}
@@ -73,6 +79,35 @@ def sniff(body: bytes) -> str | None:
         if body.startswith(magic):
             return fmt
     return None
+
+
+def decode_event_body(event: Mapping[str, Any]) -> bytes:
+    """The body of an API Gateway proxy event, byte for byte what Chalice's ``Request.raw_body`` gives.
+
+    Why not ``raw_body``: Chalice decodes with the stdlib's ``base64.b64decode``,
+    which takes ~11 ms of the route's ~15 ms for a 4 MB photo (API Gateway
+    sends binary bodies base64-encoded). pybase64 decodes canonical base64, the
+    only kind API Gateway produces, in ~0.2 ms. Anything it rejects goes to the
+    stdlib's lenient decoder, as in Chalice (it drops characters outside the
+    alphabet), so the bytes never differ; what neither can decode is a 400
+    ``not_an_image``, not an unexpected failure.
+    """
+    body = event.get("body")
+    if body is None:
+        return b""
+    if not event.get("isBase64Encoded", False):
+        return body if isinstance(body, bytes) else body.encode("utf-8")
+    if not body:
+        return b""
+    if _fast_base64 is not None:
+        try:
+            return _fast_base64.b64decode(body, validate=True)
+        except ValueError:  # binascii.Error: not canonical; the stdlib decides below, as Chalice would
+            pass
+    try:
+        return base64.b64decode(body.encode("ascii") if isinstance(body, str) else body)
+    except ValueError as exc:  # binascii.Error (bad padding) or non-ASCII text
+        raise PredictError(NOT_AN_IMAGE, f"The body is not valid base64 ({exc}); send the image bytes as the body")
 
 
 def validate_image_request(content_type: str | None, body: bytes | None, max_bytes: int) -> str:

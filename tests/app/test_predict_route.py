@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import random
 from types import SimpleNamespace
 
 import boto3
@@ -203,6 +204,40 @@ def test_api_gateway_jpeg_event_is_decoded_and_answered(env, runtime):
 def test_api_gateway_bad_events(env, runtime, name, status, code):
     response = lambda_call(load_event(name))
     assert response["statusCode"] == status and json.loads(response["body"])["code"] == code
+
+
+def test_a_4mb_photo_reaches_the_endpoint_byte_for_byte_without_raw_body(env, runtime, monkeypatch):
+    """The route decodes the event itself (pybase64): Chalice's raw_body must not run a second decode."""
+    from chalice.app import Request
+
+    def no_raw_body(self):
+        raise AssertionError("the predict route read request.raw_body")
+
+    monkeypatch.setattr(Request, "raw_body", property(no_raw_body))
+    monkeypatch.setenv("BREEDLINE_MAX_IMAGE_BYTES", str(5 * 1024 * 1024))
+    photo = b"\xff\xd8\xff\xe0" + random.Random(4).randbytes(4 * 1024 * 1024)
+    runtime.add_response(
+        "invoke_endpoint",
+        {"Body": body(json.dumps(ANSWER).encode()), "InvokedProductionVariant": "m1"},
+        {"EndpointName": "breedline-classifier", "Body": photo, "ContentType": "image/jpeg", "Accept": "application/json"},
+    )
+    event = load_event("api_predict_jpeg.json")
+    event["body"] = base64.b64encode(photo).decode("ascii")
+    response = lambda_call(event)
+    assert response["statusCode"] == 200, response["body"]
+    runtime.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize("encoded", ["/9j/4A", "abc", "/9j/\u00e9"])
+def test_invalid_base64_event_is_a_400_json_error(env, runtime, encoded):
+    """Before, Chalice's raw_body raised here and the route answered 502 internal_error."""
+    event = load_event("api_predict_jpeg.json")
+    event["body"] = encoded
+    response = lambda_call(event)
+    payload = json.loads(response["body"])
+    assert (response["statusCode"], payload["code"]) == (400, "not_an_image")
+    assert "base64" in payload["message"]
+    runtime.assert_no_pending_responses()
 
 
 def test_every_error_code_is_exercised_through_the_route():
