@@ -81,6 +81,7 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("BREEDLINE_ACCURACY_FLOOR", "0.5", "Quality gate: test_accuracy a model must exceed to be deployed at all."),
     Variable("BREEDLINE_ROLLBACK_ALARMS", "", "Comma-separated CloudWatch alarm names for blue/green auto-rollback."),
     Variable("BREEDLINE_CANARY_PERCENT", "10", "Blue/green canary size in percent of capacity; 0 means all at once."),
+    Variable("BREEDLINE_SERVING_BACKEND", "auto", "What runs the model on the endpoint: auto (ONNX Runtime on a CPU instance when its export matches torch, else torch), torch, or onnx (fail rather than fall back). Passed to the model container."),
     Variable("BREEDLINE_BAKE_SECONDS", "300", "Blue/green wait before the rest of the traffic shifts and before old fleet termination."),
     # Predict API
     Variable("BREEDLINE_TOP_K", "5", "How many label/probability pairs the predict API returns."),
@@ -100,6 +101,8 @@ def _csv(value: str) -> tuple[str, ...]:
 
 #: Accepted values of BREEDLINE_API_AUTH.
 API_AUTH_MODES: tuple[str, ...] = ("api_key", "iam", "none")
+#: ml_scripts/inference.py's BACKENDS (the Lambda zip cannot import ml_scripts; a test keeps them equal).
+SERVING_BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
@@ -160,6 +163,7 @@ class Settings:
     rollback_alarms: tuple[str, ...] = ()
     canary_percent: int = 10
     bake_seconds: int = 300
+    serving_backend: str = "auto"
     top_k: int = 5
     max_image_bytes: int = 4718592
     idempotency_ttl_seconds: int = 86400
@@ -240,6 +244,7 @@ class Settings:
             rollback_alarms=_csv(get("BREEDLINE_ROLLBACK_ALARMS")),
             canary_percent=int(number("BREEDLINE_CANARY_PERCENT", int)),
             bake_seconds=int(number("BREEDLINE_BAKE_SECONDS", int)),
+            serving_backend=_choice("BREEDLINE_SERVING_BACKEND", get("BREEDLINE_SERVING_BACKEND"), SERVING_BACKENDS),
             top_k=int(number("BREEDLINE_TOP_K", int)),
             max_image_bytes=int(number("BREEDLINE_MAX_IMAGE_BYTES", int)),
             idempotency_ttl_seconds=int(number("BREEDLINE_IDEMPOTENCY_TTL_SECONDS", int)),

@@ -265,6 +265,7 @@ def create_model(
                 "SAGEMAKER_CONTAINER_LOG_LEVEL": "20",
                 "SAGEMAKER_REGION": region,
                 "BREEDLINE_TOP_K": str(settings.top_k),
+                "BREEDLINE_SERVING_BACKEND": settings.serving_backend,
             },
         },
         "ExecutionRoleArn": settings.role_arn,

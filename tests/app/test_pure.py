@@ -288,3 +288,21 @@ def test_error_codes_are_unique_and_never_500():
     codes = [code for _, code in ALL_ERRORS]
     assert len(codes) == len(set(codes))
     assert all(status != 500 and 400 <= status < 600 for status, _ in ALL_ERRORS)
+
+
+def test_serving_backends_match_the_inference_script() -> None:
+    """The Lambda can't import ml_scripts, so the allowed values are written twice: keep them equal."""
+    import ast
+    from pathlib import Path
+
+    from chalicelib import config
+
+    source = (Path(__file__).resolve().parents[2] / "ml_scripts" / "inference.py").read_text()
+    assigned = {
+        node.target.id: ast.literal_eval(node.value)
+        for node in ast.parse(source).body
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None
+        and node.target.id in ("BACKENDS",)
+    }
+    assert assigned["BACKENDS"] == config.SERVING_BACKENDS
+    assert config.Settings.from_env({}).serving_backend == "auto"

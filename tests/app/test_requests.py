@@ -167,6 +167,11 @@ def test_model_serves_inference_py_from_the_tarball():
     assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
     assert container["Environment"]["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
     assert container["Image"] == BASE["BREEDLINE_INFERENCE_IMAGE"]
+    assert container["Environment"]["BREEDLINE_SERVING_BACKEND"] == "auto"
+    torch_only = all_requests(settings(BREEDLINE_SERVING_BACKEND="torch"))["CreateModel"]
+    assert torch_only["PrimaryContainer"]["Environment"]["BREEDLINE_SERVING_BACKEND"] == "torch"
+    with pytest.raises(ValueError, match="BREEDLINE_SERVING_BACKEND='tensorrt' must be one of auto, torch, onnx"):
+        settings(BREEDLINE_SERVING_BACKEND="tensorrt")
 
 
 def test_variant_name_is_stable_or_per_model():

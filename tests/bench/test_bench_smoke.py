@@ -29,7 +29,7 @@ def test_quick_run_reports_every_section(tmp_path: Path) -> None:
                     "## 4. Training step", "## 5. Local pipeline", "## Machine and versions"):
         assert heading in report
     # Rows that carry the targets, each with a measured figure and a verdict.
-    for case in ("top-1 agreement fast vs plain", "POST /predict handler", "cold import of chalice_app/app.py",
+    for case in ("top-1 agreement as shipped", "POST /predict handler", "cold import of chalice_app/app.py",
                  "whole 5-epoch job"):
         line = next((ln for ln in report.splitlines() if case in ln), None)
         assert line is not None, case

@@ -161,3 +161,85 @@ def test_model_tarball_code_dir_serves_on_its_own(trained_job: Job, digit_jpeg: 
     assert result.returncode == 0, result.stderr[-2000:]
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     assert answer["label"] in [str(i) for i in range(10)]
+
+
+# --------------------------------------------------------------------------- backends
+
+
+def _fresh_model(model_dir: Path, monkeypatch, backend: str | None) -> inference.LoadedModel:
+    """model_fn with an empty cache and the given BREEDLINE_SERVING_BACKEND."""
+    monkeypatch.setattr(inference, "_models", {})
+    if backend is None:
+        monkeypatch.delenv("BREEDLINE_SERVING_BACKEND", raising=False)
+    else:
+        monkeypatch.setenv("BREEDLINE_SERVING_BACKEND", backend)
+    return inference.model_fn(str(model_dir))
+
+
+def test_auto_backend_serves_with_onnx_runtime_and_agrees_with_torch(trained_job: Job, monkeypatch) -> None:
+    """The ONNX fast path gives torch's answer: same top-1, probabilities within 1e-4."""
+    pytest.importorskip("onnxruntime")  # pinned in requirements.txt: present in every run of make test
+    onnx_model = _fresh_model(trained_job.model_dir, monkeypatch, None)
+    torch_model = _fresh_model(trained_job.model_dir, monkeypatch, "torch")
+    assert (onnx_model.backend, onnx_model.backend_reason) == ("onnx", "")
+    assert torch_model.backend == "torch" and torch_model.session is None
+    bodies = [p.read_bytes() for p in sorted(trained_job.data.glob("test/*/*.jpg"))][:40]
+    bodies.append(photo_jpeg("chelsea", (4000, 3000)))
+    for body in bodies:
+        image = inference.input_fn(body, "image/jpeg")
+        fast, slow = inference.predict_fn(image, onnx_model), inference.predict_fn(image, torch_model)
+        assert fast["label"] == slow["label"]
+        for a, b in zip(fast["top_k"], slow["top_k"]):
+            assert a["probability"] == pytest.approx(b["probability"], abs=1e-4)
+
+
+def test_torch_backend_is_the_plain_model_call(trained_job: Job, monkeypatch) -> None:
+    """channels-last + inference_mode changes no logit beyond float rounding."""
+    served = _fresh_model(trained_job.model_dir, monkeypatch, "torch")
+    plain = common.build_model("efficientnet_lite0", len(served.class_names), image_size=served.prep.image_size,
+                               pretrained=False)
+    plain.load_state_dict(torch.load(trained_job.model_dir / "model.pt", map_location="cpu", weights_only=True))
+    x = torch.randn(3, 3, served.prep.image_size, served.prep.image_size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = plain.eval()(x)
+    assert torch.allclose(served.forward(x), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_backend_setting_is_checked(trained_job: Job, monkeypatch) -> None:
+    with pytest.raises(inference.ServingBackendError, match="use one of auto, torch, onnx"):
+        _fresh_model(trained_job.model_dir, monkeypatch, "tensorrt")
+
+
+def test_missing_onnxruntime_falls_back_or_fails_as_asked(trained_job: Job, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
+    served = _fresh_model(trained_job.model_dir, monkeypatch, "auto")
+    assert (served.backend, served.backend_reason) == ("torch", "onnxruntime is not installed")
+    with pytest.raises(inference.ServingBackendError, match="onnxruntime is not installed"):
+        _fresh_model(trained_job.model_dir, monkeypatch, "onnx")
+
+
+class _CountsCalls(torch.nn.Module):
+    """Its output depends on Python state that an ONNX trace freezes: export and torch disagree."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return x.mean(dim=(2, 3)) + float(self.calls)
+
+
+def test_onnx_session_is_refused_when_it_disagrees_with_torch() -> None:
+    pytest.importorskip("onnxruntime")
+    session, reason = inference.onnx_session(_CountsCalls(), 8)
+    assert session is None and "differ from torch" in reason
+    session, reason = inference.onnx_session(torch.nn.Conv2d(3, 4, 3), 8)
+    assert session is not None and reason == ""
+
+
+def test_large_jpeg_decodes_to_the_draft_gap(model) -> None:
+    """A 12 MP photo decodes at reduced size, but never below JPEG_DRAFT_GAP x the resize size."""
+    image = inference.input_fn(photo_jpeg("astronaut", (4032, 3024)), "image/jpeg")
+    need = model.prep.resize_size * inference.JPEG_DRAFT_GAP
+    assert need <= min(image.size) < 3024
