@@ -29,7 +29,7 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Breedline")
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "breedline")
 
 from bench.core import Section, loadavg, machine_facts  # noqa: E402
-from bench.report import markdown, text_table  # noqa: E402
+from bench.report import markdown, text_table, update_readme  # noqa: E402
 
 SECTIONS: dict[str, str] = {
     "inference": "1. Inference per image (input_fn -> predict_fn -> output_fn, batch 1)",
@@ -114,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(markdown(sections, facts, command, started, finished), encoding="utf-8")
         print(f"\nwrote {out}")
+    # Only a full run on the default report path speaks for the README's performance table.
+    if not args.quick and not args.only and args.out is None and not failed:
+        if update_readme(ROOT / "README.md", sections):
+            print(f"updated the performance table in {ROOT / 'README.md'}")
     return 1 if failed else 0
 
 

@@ -44,6 +44,41 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+README_START = "<!-- bench-table:start -->"
+README_END = "<!-- bench-table:end -->"
+
+
+def targets_table(sections: list[Section]) -> str:
+    """Every row with a target: figure, baseline, ratio, verdict and the command that reproduces it.
+
+    The same table heads docs/benchmarks.md and, after a full run, the README's performance section.
+    """
+    out = ["| target | figure: median (min–max) | baseline | ratio | status | reproduce |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for sec in sections:
+        for row in sec.rows:
+            if row.target:
+                base = fmt_value(row.baseline, row.unit) if row.baseline else "—"
+                out.append(f"| {_md_escape(row.case)}: {_md_escape(row.target)} | "
+                           f"{_md_escape(fmt_value(row.value, row.unit))} | {_md_escape(base)} | {_ratio(row)} | "
+                           f"{_met(row)} | `python -m bench --only {sec.key}` |")
+    return "\n".join(out)
+
+
+def update_readme(readme: Path, sections: list[Section]) -> bool:
+    """Replace the README's performance table (between the bench-table markers) with this run's.
+
+    Returns False, changing nothing, when the markers are missing.
+    """
+    text = readme.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        return False
+    start = text.index(README_START) + len(README_START)
+    end = text.index(README_END)
+    readme.write_text(text[:start] + "\n" + targets_table(sections) + "\n" + text[end:], encoding="utf-8")
+    return True
+
+
 def markdown(sections: list[Section], facts: dict[str, str], command: str, started: dt.datetime,
              finished: dt.datetime) -> str:
     """The whole ``docs/benchmarks.md``: machine, versions, tables, targets, notes."""
@@ -63,14 +98,7 @@ def markdown(sections: list[Section], facts: dict[str, str], command: str, start
         "| --- | --- |",
     ]
     out += [f"| {k} | {_md_escape(v)} |" for k, v in facts.items()]
-    out += ["", "## Targets", "", "| target | figure | status |", "| --- | --- | --- |"]
-    for sec in sections:
-        for row in sec.rows:
-            if row.target:
-                fig = fmt_value(row.value, row.unit)
-                if row.baseline:
-                    fig += f" vs {fmt_value(row.baseline, row.unit)} = {_ratio(row)}"
-                out.append(f"| {_md_escape(row.case)}: {_md_escape(row.target)} | {_md_escape(fig)} | {_met(row)} |")
+    out += ["", "## Targets", "", targets_table(sections)]
     for sec in sections:
         out += ["", f"## {sec.title}", "",
                 f"Load average before {sec.load_before}, after {sec.load_after}; section took {sec.seconds:.0f} s.", ""]

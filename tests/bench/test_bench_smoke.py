@@ -59,3 +59,23 @@ def test_demo_output_parsing() -> None:
     jobs = parse_jobs(text)
     assert jobs["breedline-x-001"]["end"] == 50.5 and jobs["breedline-x-001"]["status"] == "Completed"
     assert jobs["breedline-f"]["end"] is None
+
+
+def test_readme_table_is_replaced_between_its_markers(tmp_path: Path) -> None:
+    from bench.core import Section
+    from bench.report import README_END, README_START, update_readme
+
+    sec = Section("route", "2. Predict route")
+    sec.rows.append(Row("route", "handler p50", Stats.of([0.001, 0.003]), "s", target="p50 <= 2 ms", met=True))
+    sec.rows.append(Row("route", "no target here", Stats.of([1.0]), "s"))
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{README_START}\nold table\n{README_END}\nafter\n", encoding="utf-8")
+    assert update_readme(readme, [sec])
+    text = readme.read_text(encoding="utf-8")
+    assert "old table" not in text and text.startswith("intro\n") and text.endswith(f"{README_END}\nafter\n")
+    (row,) = [ln for ln in text.splitlines() if ln.startswith("| handler p50")]
+    assert row.endswith("| met | `python -m bench --only route` |")
+    assert "no target here" not in text
+    bare = tmp_path / "bare.md"
+    bare.write_text("no markers\n", encoding="utf-8")
+    assert not update_readme(bare, [sec]) and bare.read_text(encoding="utf-8") == "no markers\n"
