@@ -4,8 +4,9 @@
   API Gateway proxy event carrying a 4 MB JPEG (base64, as API Gateway sends a
   binary body), through botocore's real request serialisation and response
   parsing, against the same handler on the stdlib base64 decoder (the route
-  before it decoded with pybase64), interleaved. Only the HTTP send is replaced: a ``before-send`` hook answers every
-  AWS call with a canned reply, so no network or endpoint time is counted.
+  before it decoded with pybase64), interleaved. Only the HTTP send is
+  replaced: a ``before-send`` hook answers every AWS call with a canned
+  reply, so no network or endpoint time is counted.
   The AWS calls each request makes are listed, because in AWS each is a
   network round trip that this figure does not contain.
 - The cold import of ``app.py`` as Lambda does it, with ``python -X importtime``.
@@ -192,30 +193,36 @@ def handler_time(section: Section, quick: bool) -> None:
     status, status_stdlib = first.get("statusCode"), first_stdlib.get("statusCode")
     stats, baseline = Stats.of(timed["shipped"]), Stats.of(timed["stdlib"])
     decoder = "pybase64" if fast_decoder is not None else "stdlib base64 (pybase64 is not installed)"
+    calls_note = ", ".join(f"{k} x{v:g}" for k, v in sorted(per_request.items())) or "none"
     section.rows.append(Row(
-        "route", f"POST /predict handler, app(event, context), {len(body) / 1e6:.2f} MB JPEG body (base64 in the event), "
-                 f"body decoded with {decoder}; baseline: the same handler decoding with the stdlib as Chalice's raw_body does",
+        "route", f"POST /predict handler, app(event, context), {len(body) / 1e6:.2f} MB JPEG body "
+                 f"(base64 in the event), body decoded with {decoder}; baseline: the same handler "
+                 "decoding with the stdlib as Chalice's raw_body does",
         stats, "s", baseline=baseline, target="p50 <= 2 ms (4 MB body)", met=stats.median <= 0.002,
         note=f"p99 {fmt_seconds(stats.p99 or stats.high)} vs {fmt_seconds(baseline.p99 or baseline.high)}; "
-             f"status {status} (baseline {status_stdlib}); AWS calls per request: "
-             + (", ".join(f"{k} x{v:g}" for k, v in sorted(per_request.items())) or "none"),
+             f"status {status} (baseline {status_stdlib}); AWS calls per request: {calls_note}",
     ))
-    section.rows.append(Row("route", f"same handler, {len(small_body) / 1e3:.0f} kB JPEG body: the fixed per-request cost",
-                            Stats.of(small), "s"))
+    section.rows.append(Row(
+        "route", f"same handler, {len(small_body) / 1e3:.0f} kB JPEG body: the fixed per-request cost",
+        Stats.of(small), "s"))
     if fast_decoder is not None:
-        section.rows.append(Row("route", "of which: base64-decoding the body, pybase64 (validate=True, what the route does) "
-                                         "vs stdlib ascii-encode + base64.b64decode (Chalice's raw_body)",
-                                Stats.of(decoded["pybase64"]), "s", baseline=Stats.of(decoded["stdlib"])))
+        section.rows.append(Row(
+            "route", "of which: base64-decoding the body, pybase64 (validate=True, what the route does) "
+                     "vs stdlib ascii-encode + base64.b64decode (Chalice's raw_body)",
+            Stats.of(decoded["pybase64"]), "s", baseline=Stats.of(decoded["stdlib"])))
     else:
-        section.rows.append(Row("route", "of which: base64-decoding the body with the stdlib (pybase64 is not installed)",
-                                Stats.of(decoded["stdlib"]), "s"))
+        section.rows.append(Row(
+            "route", "of which: base64-decoding the body with the stdlib (pybase64 is not installed)",
+            Stats.of(decoded["stdlib"]), "s"))
         section.notes.append("pybase64 is not installed, so the route ran on its stdlib fallback.")
-    section.rows.append(Row("route", "of which: SHA-256 of the body alone (SigV4 signs the InvokeEndpoint payload; kept)",
-                            Stats.of(digest), "s"))
+    section.rows.append(Row(
+        "route", "of which: SHA-256 of the body alone (SigV4 signs the InvokeEndpoint payload; kept)",
+        Stats.of(digest), "s"))
     for name, code in (("shipped", status), ("stdlib", status_stdlib)):
         if code != 200:
             reply = first if name == "shipped" else first_stdlib
-            section.notes.append(f"The stubbed request ({name}) answered {code}: {str(reply.get('body', ''))[:300]}")
+            reply_body = str(reply.get("body", ""))[:300]
+            section.notes.append(f"The stubbed request ({name}) answered {code}: {reply_body}")
 
 
 def import_time(section: Section, quick: bool) -> None:

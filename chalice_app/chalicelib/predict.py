@@ -107,7 +107,8 @@ def decode_event_body(event: Mapping[str, Any]) -> bytes:
     try:
         return base64.b64decode(body.encode("ascii") if isinstance(body, str) else body)
     except ValueError as exc:  # binascii.Error (bad padding) or non-ASCII text
-        raise PredictError(NOT_AN_IMAGE, f"The body is not valid base64 ({exc}); send the image bytes as the body")
+        message = f"The body is not valid base64 ({exc}); send the image bytes as the body"
+        raise PredictError(NOT_AN_IMAGE, message) from exc
 
 
 def validate_image_request(content_type: str | None, body: bytes | None, max_bytes: int) -> str:

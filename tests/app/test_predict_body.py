@@ -71,7 +71,10 @@ def test_bytes_body_flagged_base64_is_decoded_too(mode):
     assert decode_event_body(e) == chalice_raw_body(e) == data
 
 
-@pytest.mark.parametrize("body", ["plain text body", "h\u00e9llo \u00fcnicode \u2603", "", b"\xff\xd8\xff raw bytes", b""])
+TEXT_BODIES = ["plain text body", "h\u00e9llo \u00fcnicode \u2603", "", b"\xff\xd8\xff raw bytes", b""]
+
+
+@pytest.mark.parametrize("body", TEXT_BODIES)
 @pytest.mark.parametrize("with_flag", [True, False])
 def test_bodies_not_flagged_base64_are_not_decoded(mode, body, with_flag):
     # The local gateway (chalice.test, chalice local) passes non-binary bodies as bytes, unflagged.
