@@ -428,7 +428,10 @@ class CachedImageDataset(torch.utils.data.Dataset):
         c = self.prep.image_size
         # A view of the cache, no copy: collate_skip_bad copies it once into the batch (in the
         # worker, when there are workers, so only the fresh batch crosses processes).
-        return torch.from_numpy(square[top : top + c, left : left + c]), label
+        crop = square[top : top + c, left : left + c]
+        if not crop.flags.writeable:
+            crop = crop.copy()  # an on-demand decode is a read-only view of Pillow's buffer
+        return torch.from_numpy(crop), label
 
 
 def collate_skip_bad(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, int]:
