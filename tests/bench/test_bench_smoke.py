@@ -79,3 +79,11 @@ def test_readme_table_is_replaced_between_its_markers(tmp_path: Path) -> None:
     bare = tmp_path / "bare.md"
     bare.write_text("no markers\n", encoding="utf-8")
     assert not update_readme(bare, [sec]) and bare.read_text(encoding="utf-8") == "no markers\n"
+
+
+def test_precision_step_runs_both_ways_on_a_cpu() -> None:
+    """The GPU comparison's step, run on this CPU (bfloat16 autocast), so it can't rot unseen."""
+    from bench.train_step_bench import precision_step_rates
+
+    rates, peak = precision_step_rates("cpu", "efficientnet_lite0", 2, 32, 1, True, True, num_classes=3)
+    assert len(rates) == 1 and rates[0] > 0 and peak == 0
