@@ -15,8 +15,10 @@ requires, so the dispatcher fills it in; nothing else is changed.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import queue as queue_module
 import socket
 import subprocess
 import sys
@@ -63,8 +65,10 @@ class MotoStandIns:
                 probe.bind((host, 0))
                 port = probe.getsockname()[1]
         out = open(log_path, "a") if log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
-                                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        # Our launcher: moto's own server with its per-request module rescan taken once (moto_server.py).
+        self.process = subprocess.Popen([sys.executable, "-m", "breedline.local.moto_server", "-H", host, "-p", str(port)],
+                                        stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                        cwd=Path(__file__).resolve().parents[2])  # where -m finds breedline
         self.url = f"http://{host}:{port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -182,17 +186,26 @@ def scheduled_event(region: str, rule_name: str) -> dict:
 
 
 class Dispatcher:
-    """Plays Lambda: polls each handler's queue and calls the app's own handler.
+    """Plays Lambda: takes each handler's events off its queue and calls the app's own handler.
 
-    ``concurrency`` threads per queue (Lambda runs a function's invocations
-    concurrently too, so the app's idempotency is exercised for real), and one
-    thread per schedule. Handler exceptions are logged and the message is
-    deleted after ``max_receives`` attempts (a local dead-letter policy).
+    Why events are taken off the queue at once: EventBridge invokes a Lambda
+    function asynchronously, so Lambda accepts the event into its own internal
+    queue, and the function then runs it with up to ``max_attempts`` tries
+    (Lambda's default: the first try plus 2 retries) before discarding it.
+    Here one poller per queue receives up to 10 messages, deletes them in one
+    batch and hands them to ``concurrency`` worker threads (Lambda runs a
+    function's invocations concurrently too, so the app's idempotency is
+    exercised for real). Keeping moto's queue short also matters for speed:
+    moto's SQS scans every message in a queue on each SendMessage,
+    ReceiveMessage and DeleteMessage, so a backlog of 1,000 upload events
+    made every operation, S3 uploads (which send the events) included, cost
+    tens of milliseconds.
     """
 
     def __init__(self, app: Any, routes: AppRoutes, sqs: Any, region: str,
                  schedule_period: float | None = None, concurrency: int = 4,
-                 on_invoke: Callable[[str, dict, Any, BaseException | None], None] | None = None) -> None:
+                 on_invoke: Callable[[str, dict, Any, BaseException | None], None] | None = None,
+                 max_attempts: int = 3, retry_delay: float = 2.0, pollers: int = 2) -> None:
         self.app = app
         self.routes = routes
         self.sqs = sqs
@@ -200,8 +213,12 @@ class Dispatcher:
         self.schedule_period = schedule_period
         self.on_invoke = on_invoke
         self.concurrency = concurrency
+        self.max_attempts = max_attempts
+        self.retry_delay = retry_delay
+        self.pollers = pollers
         self.stop_event = threading.Event()
         self.threads: list[threading.Thread] = []
+        self.inboxes: dict[str, queue_module.Queue] = {}
         self.invocations: list[tuple[str, str]] = []  # (handler, detail-type) in order
         self.errors: list[tuple[str, str]] = []
         self.lock = threading.Lock()
@@ -216,7 +233,7 @@ class Dispatcher:
         result = None
         try:
             result = self.app.handler_map[name](event, context)
-        except BaseException as exc:  # noqa: BLE001 - a handler error must not kill the poller
+        except BaseException as exc:  # noqa: BLE001 - a handler error must not kill the worker
             error = exc
             log.exception("handler %s failed", name)
             with self.lock:
@@ -232,31 +249,50 @@ class Dispatcher:
             raise error
         return result
 
-    def _poll(self, name: str, queue: str, max_receives: int = 3) -> None:
+    def _poll(self, name: str, queue: str) -> None:
+        """Move delivered events from the rule's SQS queue into the handler's inbox."""
+        inbox = self.inboxes[name]
         while not self.stop_event.is_set():
             try:
-                answer = self.sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=5, WaitTimeSeconds=1,
-                                                  AttributeNames=["ApproximateReceiveCount"],
+                answer = self.sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=1,
                                                   VisibilityTimeout=30)
+                messages = answer.get("Messages", [])
+                if messages:
+                    self.sqs.delete_message_batch(QueueUrl=queue, Entries=[
+                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
             except Exception:
                 if self.stop_event.is_set():
                     return
                 log.exception("polling %s failed", queue)
                 time.sleep(1)
                 continue
-            for message in answer.get("Messages", []):
-                log.info("%s <- message %s (receive %s)", name, message["MessageId"],
-                         message["Attributes"].get("ApproximateReceiveCount"))
+            for message in messages:
                 try:
-                    self.invoke(name, json.loads(message["Body"]))
-                    done = True
-                except BaseException:
-                    done = int(message["Attributes"].get("ApproximateReceiveCount", "1")) >= max_receives
-                if done:
-                    self.sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+                    event = json.loads(message["Body"])
+                except ValueError:
+                    log.error("%s: message %s is not JSON; dropped", name, message["MessageId"])
+                    continue
+                inbox.put((message["MessageId"], event, 1))
+
+    def _work(self, name: str) -> None:
+        inbox = self.inboxes[name]
+        while not self.stop_event.is_set():
+            try:
+                message_id, event, attempt = inbox.get(timeout=0.5)
+            except queue_module.Empty:
+                continue
+            log.info("%s <- message %s (attempt %d)", name, message_id, attempt)
+            try:
+                # A copy: a retry must see the event as delivered, not as the failed try left it.
+                self.invoke(name, copy.deepcopy(event))
+            except BaseException:
+                if attempt < self.max_attempts and not self.stop_event.is_set():
+                    retry = threading.Timer(self.retry_delay, inbox.put, args=((message_id, event, attempt + 1),))
+                    retry.daemon = True
+                    retry.start()
                 else:
-                    self.sqs.change_message_visibility(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"],
-                                                       VisibilityTimeout=2)
+                    log.error("%s: message %s failed %d times; dropped (local dead-letter policy)",
+                              name, message_id, attempt)
 
     def _tick(self, name: str, period: float) -> None:
         while not self.stop_event.wait(period):
@@ -265,18 +301,20 @@ class Dispatcher:
             except BaseException:
                 pass
 
+    def _thread(self, target: Callable[..., None], args: tuple, name: str) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
     def start(self) -> "Dispatcher":
         for name, queue in self.routes.queues.items():
+            self.inboxes[name] = queue_module.Queue()
+            for poller in range(self.pollers):
+                self._thread(self._poll, (name, queue), f"eventbridge-{name}-{poller}")
             for worker in range(self.concurrency):  # Lambda runs handlers concurrently too
-                thread = threading.Thread(target=self._poll, args=(name, queue), name=f"lambda-{name}-{worker}",
-                                          daemon=True)
-                thread.start()
-                self.threads.append(thread)
+                self._thread(self._work, (name,), f"lambda-{name}-{worker}")
         for name, period in self.routes.schedules.items():
-            thread = threading.Thread(target=self._tick, args=(name, self.schedule_period or period),
-                                      name=f"schedule-{name}", daemon=True)
-            thread.start()
-            self.threads.append(thread)
+            self._thread(self._tick, (name, self.schedule_period or period), f"schedule-{name}")
         return self
 
     def stop(self) -> None:

@@ -20,6 +20,8 @@ from typing import Any
 
 
 TRANSFER_THREADS = 8
+#: boto3's default multipart threshold: smaller objects come in one GET.
+SINGLE_GET_BYTES = 8 * 1024 * 1024
 
 
 class ServiceError(Exception):
@@ -90,8 +92,41 @@ def _cache_lock(path: Path) -> threading.Lock:
         return _CACHE_LOCKS.setdefault(path, threading.Lock())
 
 
+def _get_to_file(s3: Any, bucket: str, key: str, target: Path, size: int, etag: str) -> None:
+    """Write one object to ``target`` (via a ``.part`` file, so a failed fetch leaves no half file).
+
+    Why not always ``download_file``: for a small object it sends a HEAD and a
+    GET and builds a transfer manager with its own threads per call; one GET
+    costs half the requests and a fraction of the CPU. ``IfMatch`` makes the
+    GET fail if the object changed since it was listed, so a cache entry keyed
+    by the listed ETag always holds that version. Large objects keep boto3's
+    ranged, parallel ``download_file`` (as before this change).
+    """
+    partial = target.with_name(target.name + ".part")
+    try:
+        if size >= SINGLE_GET_BYTES:
+            s3.download_file(bucket, key, str(partial))
+        else:
+            kwargs: dict[str, Any] = {"Bucket": bucket, "Key": key}
+            if etag:
+                kwargs["IfMatch"] = etag
+            body = s3.get_object(**kwargs)["Body"]
+            with open(partial, "wb") as out:
+                for chunk in body.iter_chunks(1024 * 1024):
+                    out.write(chunk)
+        partial.replace(target)
+    except Exception as exc:
+        partial.unlink(missing_ok=True)
+        raise RuntimeError(f"cannot download s3://{bucket}/{key}: {exc}") from exc
+
+
 def download_prefix(s3: Any, uri: str, dest: Path, cache: Path | None = None) -> int:
     """Download every object under an S3 prefix (or one object) into ``dest``; return the count.
+
+    The folder layout below the prefix is kept. Objects are fetched by
+    ``TRANSFER_THREADS`` threads at once, as SageMaker's File mode copies many
+    small files in parallel; the first object that cannot be fetched (deleted
+    or changed since the listing) fails the whole call with its key named.
 
     With ``cache``, each object version (bucket, key, ETag) is fetched once and
     hard-linked into later jobs' folders: the trials and the final job of one
@@ -99,7 +134,7 @@ def download_prefix(s3: Any, uri: str, dest: Path, cache: Path | None = None) ->
     """
     bucket, prefix = split_s3_uri(uri)
     dest.mkdir(parents=True, exist_ok=True)
-    jobs: list[tuple[str, Path]] = []
+    jobs: list[tuple[str, Path, str, int]] = []
     paginator = s3.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         for obj in page.get("Contents", []):
@@ -109,20 +144,18 @@ def download_prefix(s3: Any, uri: str, dest: Path, cache: Path | None = None) ->
             rel = key[len(prefix):].lstrip("/") if key != prefix else Path(key).name
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
-            jobs.append((key, target, obj.get("ETag", "")))
+            jobs.append((key, target, obj.get("ETag", ""), int(obj.get("Size", 0))))
 
-    def fetch(job: tuple[str, Path, str]) -> None:
-        key, target, etag = job
+    def fetch(job: tuple[str, Path, str, int]) -> None:
+        key, target, etag, size = job
         if cache is None or not etag:
-            s3.download_file(bucket, key, str(target))
+            _get_to_file(s3, bucket, key, target, size, etag)
             return
         cached = cache / hashlib.sha1(f"{bucket}/{key}/{etag}".encode()).hexdigest()
         with _cache_lock(cached):  # parallel trials fetch each object once, not once each
             if not cached.exists():
                 cache.mkdir(parents=True, exist_ok=True)
-                partial = cached.with_suffix(".part")
-                s3.download_file(bucket, key, str(partial))
-                partial.replace(cached)
+                _get_to_file(s3, bucket, key, cached, size, etag)
         if target.exists():
             target.unlink()
         try:
@@ -130,7 +163,6 @@ def download_prefix(s3: Any, uri: str, dest: Path, cache: Path | None = None) ->
         except OSError:
             shutil.copyfile(cached, target)
 
-    # Many small images: a few parallel transfers, as SageMaker's File mode does.
     with ThreadPoolExecutor(max_workers=TRANSFER_THREADS) as pool:
         list(pool.map(fetch, jobs))
     return len(jobs)
