@@ -151,22 +151,24 @@ def cpu_count() -> int:
     return max(1, int(normalise_value(os.environ.get("SM_NUM_CPUS") or os.cpu_count() or 1)))
 
 
-def default_num_workers(cpus: int, cached: bool) -> int:
+def default_num_workers(cpus: int, cached: bool, cuda: bool = False) -> int:
     """DataLoader worker processes for one split when ``--num_workers`` is not given.
 
     A cached split (``CachedImageDataset.cached``: train and valid, decoded once
-    per job) gets 0: the main process loads in-process. Nothing is left to
-    decode, an item is a uint8 crop (a memcpy), so a worker process can only
-    add work: pickling each batch through shared memory and waking the main
-    process. Measured on 2 cores (bench section 3): in-process loading is
-    about twice as fast as one worker, and both far outrun the model. On a
-    GPU the main thread's loading overlaps the GPU's queued kernels.
+    per job) trained on the CPU gets 0: the main process loads in-process.
+    Nothing is left to decode, an item is a uint8 crop (a memcpy), so a worker
+    process only adds work on the same cores the model needs: collating into
+    shared memory, pickling, waking the main process. Measured on 2 cores
+    (bench section 3): in-process loading is 1.6-2x as fast as one worker.
 
     An uncached split (the test split, read once, or a data set over the
-    cache limit) still decodes JPEGs per item, which parallelises: half the
-    cores, at most 8, the rest go to the model.
+    cache limit) still decodes JPEGs per item, which parallelises; and with a
+    GPU, loading in parallel overlaps the GPU's work, where in-process loading
+    would add to every step (the loop waits for the GPU each step: GradScaler's
+    inf check, the loss read-out). Both get half the cores, at most 8, the rest
+    go to the main process.
     """
-    if cached:
+    if cached and not cuda:
         return 0
     return min(8, cpus // 2)
 
@@ -376,7 +378,7 @@ class Trainer:
         """``--num_workers`` if given, else :func:`default_num_workers` for this split."""
         if self.args.num_workers is not None:
             return max(0, self.args.num_workers)
-        return default_num_workers(cpu_count(), cached=bool(getattr(dataset, "cached", False)))
+        return default_num_workers(cpu_count(), cached=bool(getattr(dataset, "cached", False)), cuda=self.cuda)
 
     def loader(
         self, dataset: torch.utils.data.Dataset, shuffle: bool, workers: int | None = None
@@ -509,7 +511,7 @@ def train(args: argparse.Namespace, paths: Paths) -> dict[str, float]:
     for name in ("train", "valid"):
         if len(datasets[name]) == 0:
             raise common.DataSetError(f"no readable images in {splits[name].root} ({len(skipped[name])} skipped)")
-    # Cached splits load in-process, the uncached test split with workers (see default_num_workers).
+    # On the CPU cached splits load in-process, the uncached test split with workers (default_num_workers).
     loaders = {name: trainer.loader(ds, shuffle=name == "train") for name, ds in datasets.items()}
     print("loader workers: " + ", ".join(f"{name}={loader.num_workers}" for name, loader in loaders.items())
           + ("" if args.num_workers is None else " (--num_workers)"), flush=True)

@@ -189,6 +189,8 @@ def test_worker_count_follows_the_cache_and_the_cpus(monkeypatch: pytest.MonkeyP
     for cpus in (1, 2, 16, 96):
         assert train.default_num_workers(cpus, cached=True) == 0
     assert [train.default_num_workers(c, cached=False) for c in (1, 2, 16, 96)] == [0, 1, 8, 8]
+    # With a GPU, workers overlap the GPU's work even for a cached split.
+    assert [train.default_num_workers(c, cached=True, cuda=True) for c in (1, 2, 16, 96)] == [0, 1, 8, 8]
     monkeypatch.setenv("SM_NUM_CPUS", "16")
     prep = common.Preprocessing(image_size=28)
     split = common.scan_split(digits_small / "valid", [str(i) for i in range(10)])
