@@ -4,7 +4,7 @@ Fast path: exactly what ``train.py`` does for the train split.
 ``common.CachedImageDataset`` decodes each image once per job at reduced size
 into a uint8 cache of ``resize_size`` squares; each item is a uint8 random
 crop; ``Trainer.loader`` batches them with the worker count ``train.py``
-chooses for a cached split (``Trainer.num_workers``: in-process, 0 workers);
+chooses for a cached split (``Trainer.num_workers``: 0, in-process, on a CPU);
 ``common.batch_to_model_input`` turns each uint8 batch into the normalised
 float NCHW model input, once per batch. The timed loop ends with that float
 batch, so the figure includes the normalisation.
