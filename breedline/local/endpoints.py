@@ -49,10 +49,16 @@ class ModelServer:
         log_file.close()
         assert self.process.stdout is not None
         deadline = time.monotonic() + timeout
-        line = self.process.stdout.readline()
-        if not line.startswith("LISTENING "):
-            self.stop()
-            raise RuntimeError(f"model server did not start; see {self.log_path}")
+        # The model's own code may print first (model_fn logs to stdout, which the
+        # serving container sends to CloudWatch): keep those lines, wait for ours.
+        with open(self.log_path, "a", encoding="utf-8") as out:
+            for line in self.process.stdout:
+                if line.startswith("LISTENING "):
+                    break
+                out.write(line)
+            else:
+                self.stop()
+                raise RuntimeError(f"model server did not start; see {self.log_path}")
         self.port = int(line.split()[1])
         threading.Thread(target=self._drain, daemon=True).start()
         while time.monotonic() < deadline:

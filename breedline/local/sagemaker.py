@@ -124,7 +124,12 @@ class SageMakerBackend:
             log.exception("could not put %s on EventBridge", detail_type)
 
     def _save_state(self) -> None:
-        """Write a JSON snapshot of every resource, so a run can be inspected afterwards."""
+        """Write a JSON snapshot of every resource, so a run can be inspected afterwards.
+
+        Snapshot and write happen under the backend lock: two threads sharing the
+        temporary file raced (one renamed it away under the other), and an older
+        snapshot could overwrite a newer one.
+        """
         with self.lock:
             snapshot = {
                 "training_jobs": self.training_jobs,
@@ -135,9 +140,9 @@ class SageMakerBackend:
                 "tags": self.tags,
             }
             text = wire_json(snapshot)
-        tmp = self.state_dir / "sagemaker.json.tmp"
-        tmp.write_text(text)
-        tmp.replace(self.state_dir / "sagemaker.json")
+            tmp = self.state_dir / "sagemaker.json.tmp"
+            tmp.write_text(text)
+            tmp.replace(self.state_dir / "sagemaker.json")
 
     def changed(self) -> None:
         try:

@@ -69,6 +69,8 @@ STANDIN_INFERENCE = textwrap.dedent('''
             self.status_code = status_code
 
     def model_fn(model_dir):
+        # As ml_scripts/inference.py does: a log line on stdout before the server says LISTENING.
+        print(json.dumps({"message": "model loaded", "model_dir": model_dir}), flush=True)
         return json.loads((pathlib.Path(model_dir) / "model_meta.json").read_text())
 
     def input_fn(body, content_type):
