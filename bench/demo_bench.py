@@ -64,6 +64,30 @@ def parse_jobs(text: str) -> dict[str, dict[str, object]]:
     return jobs
 
 
+def parse_phases(text: str) -> dict[str, dict[str, float]]:
+    """Per job: seconds spent in each secondary status (Downloading, Training, Uploading, ...).
+
+    Read from the demo's timestamped ``<job>: <status> / <secondary>`` lines, so
+    each figure is as the demo's watcher saw it (it polls once a second): a
+    status starts when its line is printed and ends at the job's next line.
+    """
+    seen: dict[str, list[tuple[float, str]]] = {}
+    for line in text.splitlines():
+        m = _STAMPED.match(line.strip())
+        if not m:
+            continue
+        j = _JOB.match(m.group(2).strip())
+        if j:
+            seen.setdefault(j.group(2), []).append((float(m.group(1)), j.group(4)))
+    phases: dict[str, dict[str, float]] = {}
+    for name, steps in seen.items():
+        spent: dict[str, float] = {}
+        for (t, status), (t_next, _) in zip(steps, steps[1:]):
+            spent[status] = spent.get(status, 0.0) + (t_next - t)
+        phases[name] = spent
+    return phases
+
+
 def job_log_facts(state_dir: Path) -> dict[str, dict[str, float]]:
     """From each job's stdout: one-off decode time and the per-epoch seconds train.py printed."""
     facts: dict[str, dict[str, float]] = {}
@@ -101,6 +125,15 @@ def record(section: Section, text: str, state_dir: Path | None, wall: float | No
                       f"{int(f.get('epochs', 0))} epoch(s) {f.get('epoch_s_total', 0):.1f} s")
         section.rows.append(Row("demo", f"{job['kind']} {name} ({job['status']}), seen->terminal as the demo polls",
                                 Stats.of([took]), "s", note=inside))
+    jobs = parse_jobs(text)
+    for kind in ("trial", "final job"):
+        names = [n for n, j in jobs.items() if j["kind"] == kind and j["end"] is not None]
+        per_job = [p for n, p in parse_phases(text).items() if n in names]
+        for status in ("Starting", "Downloading", "Training", "Uploading"):
+            values = [p[status] for p in per_job if status in p]
+            if values:
+                section.rows.append(Row("demo", f"{kind}s: time in {status} (per job, as the demo polls)",
+                                        Stats.of(values), "s"))
     if wall is not None:
         section.notes.append(f"`python -m breedline demo` took {wall:.0f} s wall in this run, runtime start included.")
     overhead = [(n, s) for n, s in stages if n not in ("total",)]
