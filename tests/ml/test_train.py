@@ -286,3 +286,38 @@ def test_learning_rate_schedule_is_a_function_of_the_epoch() -> None:
     factors = [train.cosine_factor(e, 4) for e in range(1, 5)]
     assert factors[0] == 1.0
     assert all(a > b for a, b in zip(factors, factors[1:])) and factors[-1] > 0
+
+
+def test_compiled_training_steps_equal_the_plain_ones() -> None:
+    """``--compile true``: train.py's own epoch loop gives the plain loop's losses and weights."""
+    import torch
+    from torch import nn
+
+    def tiny() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
+
+    class NoDebugger:
+        def set_mode(self, phase: str) -> None:
+            pass
+
+    trainer = train.Trainer(train.build_parser().parse_args(["--image_size", "16"]), paths=None)
+    generator = torch.Generator().manual_seed(1)
+    batches = [(torch.randint(0, 256, (6, 16, 16, 3), dtype=torch.uint8, generator=generator),
+                torch.randint(0, 4, (6,), generator=generator), 0) for _ in range(3)]
+    results = {}
+    for name in ("plain", "compiled"):
+        model = tiny()
+        net = train.compiled(model) if name == "compiled" else model
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        scaler = torch.amp.GradScaler("cuda", enabled=False)
+        fit = trainer.run_epoch(net, batches, "train", NoDebugger(), optimizer, scaler)
+        evaluated = trainer.run_epoch(net, batches, "valid", NoDebugger())
+        results[name] = (fit["loss"], evaluated["loss"], {k: v.clone() for k, v in model.state_dict().items()})
+    plain, fast = results["plain"], results["compiled"]
+    assert fast[0] == pytest.approx(plain[0], rel=1e-4)
+    assert fast[1] == pytest.approx(plain[1], rel=1e-4)
+    assert plain[2].keys() == fast[2].keys()  # model.pt keeps the plain key names
+    for key, value in plain[2].items():
+        torch.testing.assert_close(fast[2][key], value, rtol=1e-4, atol=1e-5)
