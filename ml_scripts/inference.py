@@ -143,7 +143,8 @@ def onnx_session(module: nn.Module, image_size: int) -> tuple[Any, str]:
         session = onnxruntime.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
         (got,) = session.run(None, {ONNX_INPUT: probe.numpy()})
     except Exception as exc:  # noqa: BLE001 - any exporter or runtime failure means: serve with torch
-        return None, f"ONNX export or session failed: {type(exc).__name__}: {exc}"
+        first_line = (str(exc).strip().splitlines() or [""])[0][:300]  # the exporter appends whole graphs
+        return None, f"ONNX export or session failed: {type(exc).__name__}: {first_line}"
     with torch.inference_mode():
         expected = module(probe).float().numpy()
     if got.shape != expected.shape or not np.allclose(got, expected, rtol=ONNX_RTOL, atol=ONNX_ATOL):

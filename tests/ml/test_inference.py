@@ -238,6 +238,15 @@ def test_onnx_session_is_refused_when_it_disagrees_with_torch() -> None:
     assert session is not None and reason == ""
 
 
+def test_onnx_export_failure_is_a_one_line_reason() -> None:
+    """vgg11 below 224 px can't export (adaptive pooling up to 7x7); the exporter's graph dump stays out of the log line."""
+    pytest.importorskip("onnxruntime")
+    pool = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.AdaptiveAvgPool2d((7, 7)))
+    session, reason = inference.onnx_session(pool, 8)
+    assert session is None and reason.startswith("ONNX export or session failed:")
+    assert "\n" not in reason and len(reason) < 400
+
+
 def test_large_jpeg_decodes_to_the_draft_gap(model) -> None:
     """A 12 MP photo decodes at reduced size, but never below JPEG_DRAFT_GAP x the resize size."""
     image = inference.input_fn(photo_jpeg("astronaut", (4032, 3024)), "image/jpeg")
