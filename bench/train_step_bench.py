@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from bench import gpu_check
 from bench.core import Row, Section, Stats
 
 ARCHITECTURES = ("vgg11", "resnet50", "efficientnet_lite0")
@@ -94,85 +95,6 @@ def debugger_overhead(section: Section, quick: bool) -> None:
                             higher_is_better=True, note=f"save_interval {reqs.DEBUG_SAVE_INTERVAL}"))
 
 
-def precision_step_rates(device: str, arch: str, batch: int, image_size: int, steps: int, mixed: bool,
-                         channels_last: bool, num_classes: int = 133) -> tuple[list[float], int]:
-    """Images/s of ``steps`` training steps and the peak device memory in bytes (0 off CUDA).
-
-    The step is train.py's: the model as ``common.build_model`` makes it, frozen
-    BatchNorm statistics, cross-entropy, Adam, a GradScaler. ``mixed`` runs the
-    forward pass under autocast (float16 on CUDA, bfloat16 on a CPU, where
-    float16 autocast is not what anyone trains with); ``channels_last`` converts
-    the model and each batch to NHWC memory order.
-    """
-    import common
-
-    torch.manual_seed(0)
-    dev = torch.device(device)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = common.build_model(arch, num_classes, image_size=image_size, pretrained=False)
-    model = model.to(dev, memory_format=memory_format)
-    common.set_train_mode(model)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    cuda = dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=mixed and cuda)
-    dtype = torch.float16 if cuda else torch.bfloat16
-    x = torch.randn(batch, 3, image_size, image_size, device=dev).contiguous(memory_format=memory_format)
-    y = torch.randint(0, num_classes, (batch,), device=dev)
-    loss_fn = torch.nn.CrossEntropyLoss()
-
-    def step() -> None:
-        with torch.autocast(device_type=dev.type, dtype=dtype, enabled=mixed):
-            loss = loss_fn(model(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-    step()  # warm-up: cuDNN autotuning, allocator growth
-    if cuda:
-        torch.cuda.synchronize(dev)
-        torch.cuda.reset_peak_memory_stats(dev)
-    rates = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize(dev)
-        rates.append(batch / (time.perf_counter() - t0))
-    peak = torch.cuda.max_memory_allocated(dev) if cuda else 0
-    del model, optimizer
-    if cuda:
-        torch.cuda.empty_cache()
-    return rates, peak
-
-
-def gpu_precision_comparison(section: Section, quick: bool, device: str = "cuda") -> None:
-    """VGG11 at 224 px: AMP + channels-last against fp32 + channels-first, at the tuning batch sizes.
-
-    The batch sizes are the tuning job's categorical values (``BREEDLINE_BATCH_SIZES``),
-    so the memory column says which of them fit the training instance's GPU.
-    """
-    from chalicelib.config import Settings
-
-    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
-    sizes = [int(b) for b in Settings.from_env().batch_sizes]
-    steps, image_size = (2, 64) if quick else (10, 224)
-    for batch in sizes[:1] if quick else sizes:
-        try:
-            base, base_mem = precision_step_rates(device, "vgg11", batch, image_size, steps, False, False)
-            fast, fast_mem = precision_step_rates(device, "vgg11", batch, image_size, steps, True, True)
-        except torch.OutOfMemoryError:
-            section.notes.append(f"{name}: vgg11 at batch {batch}, {image_size} px does not fit in GPU memory.")
-            torch.cuda.empty_cache()
-            continue
-        row = Row("train_step", f"{name}: vgg11, batch {batch}, {image_size} px, AMP + channels-last vs fp32 + "
-                  "channels-first", Stats.of(fast), "img/s", baseline=Stats.of(base), higher_is_better=True,
-                  target=">= 2x",
-                  note=f"peak memory {fast_mem / 2**20:.0f} MiB vs {base_mem / 2**20:.0f} MiB")
-        row.met = (row.speedup or 0.0) >= 2.0
-        section.rows.append(row)
-
-
 def run(section: Section, quick: bool) -> None:
     batch, steps, size = (4, 2, 64) if quick else (16, 4, 224)
     for arch in ARCHITECTURES[-1:] if quick else ARCHITECTURES:
@@ -186,11 +108,4 @@ def run(section: Section, quick: bool) -> None:
                                 note=f"{trainable / 1e6:.2f}M of {total / 1e6:.1f}M parameters trainable"))
 
     debugger_overhead(section, quick)
-    if torch.cuda.is_available():
-        gpu_precision_comparison(section, quick)
-    else:
-        section.notes.append(
-            "GPU comparison (VGG11 at 224 px, AMP + channels-last vs fp32 + channels-first, target 2x, and GPU "
-            "memory at the tuning batch sizes): not measured, no GPU here. This task was not lent a GPU machine "
-            "(the device tool's status: can_start_another false, 'this task was not drawn for a device machine'). "
-            "On a machine with CUDA the same command measures it (`gpu_precision_comparison`).")
+    gpu_check.report(section, quick)

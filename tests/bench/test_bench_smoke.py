@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.core import Row, Stats
 from bench.demo_bench import parse_jobs, parse_stages
 
@@ -83,7 +85,33 @@ def test_readme_table_is_replaced_between_its_markers(tmp_path: Path) -> None:
 
 def test_precision_step_runs_both_ways_on_a_cpu() -> None:
     """The GPU comparison's step, run on this CPU (bfloat16 autocast), so it can't rot unseen."""
-    from bench.train_step_bench import precision_step_rates
+    from bench.gpu_check import precision_step_rates
 
     rates, peak = precision_step_rates("cpu", "efficientnet_lite0", 2, 32, 1, True, True, num_classes=3)
     assert len(rates) == 1 and rates[0] > 0 and peak == 0
+
+
+def test_recorded_gpu_run_becomes_rows_against_its_fp32_baseline() -> None:
+    """Without CUDA, section 4 reports the newest committed ``python -m bench.gpu_check`` result."""
+    import json
+    import statistics
+
+    from bench import gpu_check
+    from bench.core import Section
+
+    path = gpu_check.latest_recorded()
+    assert path is not None
+    results = json.loads(path.read_text(encoding="utf-8"))
+    section = Section("train_step", "4")
+    gpu_check.add_rows(section, results, "recorded", recorded=True)
+    rates = {(e["batch"], e["variant"]): e["rates"] for e in results["precision"] if "rates" in e}
+    amp_rows = [row for row in section.rows if row.target == ">= 2x"]
+    assert len(amp_rows) == len({batch for batch, _ in rates})
+    for row in amp_rows:
+        batch = int(row.case.split("batch ")[1].split(",")[0])
+        expected = (statistics.median(rates[(batch, "AMP fp16 + channels-last")])
+                    / statistics.median(rates[(batch, gpu_check.BASELINE)]))
+        assert row.speedup == pytest.approx(expected)
+        assert row.met == (expected >= 2.0)
+        assert "recorded" in row.case and "peak memory" in row.note
+    assert any("train.py on CUDA" in note and "exit 0" in note for note in section.notes)
