@@ -122,7 +122,7 @@ def digits_test_jpegs(work: Path, quick: bool) -> list[tuple[str, bytes]]:
 
 def draft_options(section: Section, inference: Any, served: Any, pre_plain: Callable[[bytes], torch.Tensor],
                   plain_model: torch.nn.Module, photo_bodies: list[bytes], phone: bytes, repeat: int) -> None:
-    """Option: a smaller JPEG draft (1x, 2x the resize size) than the shipped ``JPEG_DRAFT_GAP``.
+    """Option: a smaller JPEG draft (1x, 2x, 3x the resize size) than the shipped ``JPEG_DRAFT_GAP``.
 
     Decoding at 1/8 scale straight to ~256 px differs a little from an
     antialiased resize of the full image; a larger draft costs decode time and
@@ -132,7 +132,7 @@ def draft_options(section: Section, inference: Any, served: Any, pre_plain: Call
 
     prep = served.prep
     shipped = fast_preprocess(inference, served, "image/jpeg")
-    for factor in (1, 2):
+    for factor in range(1, inference.JPEG_DRAFT_GAP):
         def pre(body: bytes, factor: int = factor) -> torch.Tensor:
             image = common.decode_for_size(body, factor * prep.resize_size)
             square = common.resize_crop(image, prep.resize_size, prep.image_size)
