@@ -29,7 +29,7 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Breedline")
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "breedline")
 
 from bench.core import Section, loadavg, machine_facts  # noqa: E402
-from bench.report import markdown, text_table, update_readme  # noqa: E402
+from bench.report import NOTES_FILE, markdown, replace_notes, text_table, update_readme  # noqa: E402
 
 SECTIONS: dict[str, str] = {
     "inference": "1. Inference per image (input_fn -> predict_fn -> output_fn, batch 1)",
@@ -65,7 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-log", type=Path, default=None,
                         help="read section 5 from this earlier `python -m breedline demo` output instead of running it")
     parser.add_argument("--demo-state", type=Path, default=None, help="that run's --state-dir (for per-job logs)")
+    parser.add_argument("--notes-only", action="store_true",
+                        help="measure nothing: put the current bench/notes.md into the existing report")
     args = parser.parse_args(argv)
+    if args.notes_only:
+        report = args.out or ROOT / "docs" / "benchmarks.md"
+        report.write_text(replace_notes(report.read_text(encoding="utf-8"), NOTES_FILE.read_text(encoding="utf-8")),
+                          encoding="utf-8")
+        print(f"rewrote the notes in {report}")
+        return 0
     out = args.out if args.out is not None else (None if args.quick else ROOT / "docs" / "benchmarks.md")
     command = "python -m bench" + (" --quick" if args.quick else "") + (
         f" --only {' '.join(args.only)}" if args.only else "")

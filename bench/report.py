@@ -8,6 +8,8 @@ from pathlib import Path
 from bench.core import Row, Section, fmt_value
 
 NOTES_FILE = Path(__file__).with_name("notes.md")
+#: The hand-written notes begin with this line; what is above it in a report is generated.
+NOTES_HEADING = "## What was tried, and what the figures mean"
 
 
 def _ratio(row: Row) -> str:
@@ -119,6 +121,14 @@ def markdown(sections: list[Section], facts: dict[str, str], command: str, start
     if NOTES_FILE.exists():
         out += ["", NOTES_FILE.read_text(encoding="utf-8").strip()]
     return "\n".join(out).rstrip() + "\n"
+
+
+def replace_notes(report: str, notes: str) -> str:
+    """``report`` with its hand-written part swapped for ``notes``: edit the notes without measuring again."""
+    if not notes.startswith(NOTES_HEADING):
+        raise ValueError(f"{NOTES_FILE} must start with {NOTES_HEADING!r}")
+    generated = report.split(NOTES_HEADING, 1)[0].rstrip()
+    return generated + "\n\n" + notes.strip() + "\n"
 
 
 def fmt_value_p99(row: Row) -> str:

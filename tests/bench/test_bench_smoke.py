@@ -115,3 +115,14 @@ def test_recorded_gpu_run_becomes_rows_against_its_fp32_baseline() -> None:
         assert row.met == (expected >= 2.0)
         assert "recorded" in row.case and "peak memory" in row.note
     assert any("train.py on CUDA" in note and "exit 0" in note for note in section.notes)
+
+
+def test_notes_only_swaps_the_hand_written_part() -> None:
+    """``python -m bench --notes-only`` keeps the generated tables and replaces only the notes."""
+    from bench.report import NOTES_HEADING, replace_notes
+
+    report = f"# Benchmarks\n\n| table | 1 |\n\n{NOTES_HEADING}\n\nold notes\n"
+    new = replace_notes(report, f"{NOTES_HEADING}\n\nnew notes\n")
+    assert new == f"# Benchmarks\n\n| table | 1 |\n\n{NOTES_HEADING}\n\nnew notes\n"
+    with pytest.raises(ValueError):
+        replace_notes(report, "notes without the heading\n")
