@@ -82,18 +82,24 @@ def _wait(check, timeout: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def test_a_failing_handler_is_retried_with_the_same_event_then_succeeds(moto_stack):
-    """Lambda's asynchronous invocation: the first try plus up to 2 retries, each with the event as delivered."""
-    app = _failing_app(fail_times=2)
+def _deliver_to_failing_app(moto_stack, fail_times: int, name: str, settle: float) -> tuple[Chalice, Dispatcher]:
+    """One training event through the app's rule to a handler failing ``fail_times`` times; then ``settle`` s more."""
+    app = _failing_app(fail_times=fail_times)
     events, sqs = moto_stack.client("events"), moto_stack.client("sqs")
-    routes = install_app_rules(app, events, sqs, prefix="retry-ok")
+    routes = install_app_rules(app, events, sqs, prefix=name)
     dispatcher = Dispatcher(app, routes, sqs, "us-east-1", concurrency=2, retry_delay=0.1).start()
     try:
-        _put(events, "retry-1")
+        _put(events, name)
         _wait(lambda: len(app.calls) >= 3)
-        time.sleep(0.5)  # no fourth call after the success
+        time.sleep(settle)  # room for a (wrong) fourth call
     finally:
         dispatcher.stop()
+    return app, dispatcher
+
+
+def test_a_failing_handler_is_retried_with_the_same_event_then_succeeds(moto_stack):
+    """Lambda's asynchronous invocation: the first try plus up to 2 retries, each with the event as delivered."""
+    app, dispatcher = _deliver_to_failing_app(moto_stack, fail_times=2, name="retry-1", settle=0.5)
     assert len(app.calls) == 3
     assert app.calls[0] == app.calls[1] == app.calls[2]
     assert app.calls[0]["detail"]["TrainingJobName"] == "retry-1"
@@ -101,16 +107,7 @@ def test_a_failing_handler_is_retried_with_the_same_event_then_succeeds(moto_sta
 
 
 def test_a_handler_that_keeps_failing_is_dropped_after_three_attempts(moto_stack):
-    app = _failing_app(fail_times=99)
-    events, sqs = moto_stack.client("events"), moto_stack.client("sqs")
-    routes = install_app_rules(app, events, sqs, prefix="retry-drop")
-    dispatcher = Dispatcher(app, routes, sqs, "us-east-1", concurrency=2, retry_delay=0.1).start()
-    try:
-        _put(events, "retry-2")
-        _wait(lambda: len(app.calls) >= 3)
-        time.sleep(0.8)
-    finally:
-        dispatcher.stop()
+    app, dispatcher = _deliver_to_failing_app(moto_stack, fail_times=99, name="retry-2", settle=0.8)
     assert len(app.calls) == 3
     assert len(dispatcher.errors) == 3
 
