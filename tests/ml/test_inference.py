@@ -236,6 +236,8 @@ def test_onnx_session_is_refused_when_it_disagrees_with_torch() -> None:
     assert session is None and "differ from torch" in reason
     session, reason = inference.onnx_session(torch.nn.Conv2d(3, 4, 3), 8)
     assert session is not None and reason == ""
+    # Idle ORT threads must not spin: on a small instance they slow the next request (bench notes).
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_onnx_export_failure_is_a_one_line_reason() -> None:
