@@ -23,6 +23,8 @@ from bench.core import Row, Section, Stats, time_calls, time_interleaved
 
 ARCHITECTURES = ("vgg11", "efficientnet_lite0")
 TOP_K = 5
+#: Timed calls per turn (after one untimed call): each path in its own steady state (core.time_interleaved).
+BLOCK = 3
 
 
 def plain_pipeline(model: torch.nn.Module, meta: dict) -> Callable[[bytes], str]:
@@ -139,7 +141,8 @@ def draft_options(section: Section, inference: Any, served: Any, pre_plain: Call
             return prep.normalise_uint8(np.asarray(square)).unsqueeze(0)
 
         same, total = agreement(pre, served.forward, pre_plain, plain_model, photo_bodies)
-        times = time_interleaved({"shipped": lambda: shipped(phone), "option": lambda: pre(phone)}, repeat)
+        times = time_interleaved({"shipped": lambda: shipped(phone), "option": lambda: pre(phone)}, repeat,
+                                 block=BLOCK)
         section.rows.append(Row("inference", f"option: JPEG draft to >= {factor}x resize_size instead of "
                                 f"{inference.JPEG_DRAFT_GAP}x: 12 MP bytes->tensor vs shipped; top-1 agreement "
                                 f"with plain on {total} photos {100.0 * same / total:.1f}%",
@@ -175,7 +178,7 @@ def model_step_options(section: Section, arch: str, model: torch.nn.Module, x: t
     if onnx_session is not None:
         feed = {"image": x.numpy()}
         options["ONNX Runtime (CPU provider)"] = lambda: onnx_session.run(None, feed)
-    samples = time_interleaved(options, repeat)
+    samples = time_interleaved(options, repeat, block=BLOCK)
     with torch.inference_mode():
         ref = model(x)
         cl_diff = float((cl_model(x_cl) - ref).abs().max())
@@ -208,7 +211,7 @@ def run(section: Section, quick: bool) -> None:
 
 
 def _run(section: Section, quick: bool, inference: Any, work: Path) -> None:
-    repeat = 2 if quick else 10
+    repeat = 2 if quick else 9
     image_size = 64 if quick else 224
     photos = images.sample_photos()
     phone = images.phone_jpeg(photos["chelsea"], size=(800, 600) if quick else images.PHONE_SIZE)
@@ -228,7 +231,9 @@ def _run(section: Section, quick: bool, inference: Any, work: Path) -> None:
             "weights can't be downloaded here; the timing is the same) and a 133-class head; efficientnet_lite0 is "
             "the genuine ImageNet classifier its package ships (1,000 classes), so its top-1 agreement is that of "
             "a real trained model. The photo set for agreement: crops of the six bundled scikit-image photos, "
-            "flipped at random and resized so the longer side is 300 to 4032 px, JPEG quality 80-95."
+            "flipped at random and resized so the longer side is 300 to 4032 px, JPEG quality 80-95. Timing: "
+            f"the paths take turns of one untimed and {BLOCK} timed calls, {repeat} timed calls each, so each "
+            "is timed in its own steady state (as an endpoint runs only one) while load drift hits all alike."
         )
     agreement_bodies = [b for _, b in digits_test_jpegs(work, quick)][: 10 if quick else None]
     photo_bodies = [b for _, b in images.photo_variants(4 if quick else 200, max_side=1024 if quick else 4032)]
@@ -248,7 +253,7 @@ def _run(section: Section, quick: bool, inference: Any, work: Path) -> None:
             fast = fast_pipeline(inference, served, ctype)
             fast_torch = fast_pipeline(inference, served_torch, ctype)
             samples = time_interleaved({"plain": lambda: plain(body), "fast": lambda: fast(body),
-                                        "torch": lambda: fast_torch(body)}, repeat)
+                                        "torch": lambda: fast_torch(body)}, repeat, block=BLOCK)
             row = Row("inference", f"{arch} ({weights}), {label}: input_fn->predict_fn->output_fn, as shipped "
                       f"(backend {served.backend})", Stats.of(samples["fast"]), "s", baseline=Stats.of(samples["plain"]))
             if label == phone_label:
@@ -260,7 +265,8 @@ def _run(section: Section, quick: bool, inference: Any, work: Path) -> None:
                                     Stats.of(samples["torch"]), "s", baseline=Stats.of(samples["plain"])))
             # Where the time goes: bytes -> tensor against its plain twin.
             pre_fast = fast_preprocess(inference, served, ctype)
-            pre = time_interleaved({"plain": lambda: pre_plain(body), "fast": lambda: pre_fast(body)}, repeat)
+            pre = time_interleaved({"plain": lambda: pre_plain(body), "fast": lambda: pre_fast(body)}, repeat,
+                                   block=BLOCK)
             section.rows.append(Row("inference", f"{arch}, {label}: of which bytes->tensor (decode, resize, crop, "
                                     "normalise) vs PIL decode + torchvision transforms",
                                     Stats.of(pre["fast"]), "s", baseline=Stats.of(pre["plain"])))
@@ -270,7 +276,8 @@ def _run(section: Section, quick: bool, inference: Any, work: Path) -> None:
             with torch.no_grad():
                 plain_model(x)
 
-        step = time_interleaved({"plain": plain_forward, "fast": lambda: inference.predict_fn(x, served)}, repeat)
+        step = time_interleaved({"plain": plain_forward, "fast": lambda: inference.predict_fn(x, served)}, repeat,
+                                block=BLOCK)
         section.rows.append(Row("inference", f"{arch}: of which model step, predict_fn(tensor) ({served.backend}) vs "
                                 "model(x) under no_grad", Stats.of(step["fast"]), "s", baseline=Stats.of(step["plain"])))
         # Top-1 agreement on many images. First check that the batched check sees what the served path answers.

@@ -126,3 +126,16 @@ def test_notes_only_swaps_the_hand_written_part() -> None:
     assert new == f"# Benchmarks\n\n| table | 1 |\n\n{NOTES_HEADING}\n\nnew notes\n"
     with pytest.raises(ValueError):
         replace_notes(report, "notes without the heading\n")
+
+
+def test_interleaved_blocks_time_each_path_after_one_untimed_call() -> None:
+    from bench.core import time_interleaved
+
+    calls: list[str] = []
+    samples = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeat=6,
+                               warmup=1, block=3)
+    assert [len(v) for v in samples.values()] == [6, 6]
+    assert calls == ["a", "b"] + (["a"] * 4 + ["b"] * 4) * 2
+    calls.clear()
+    time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeat=2, warmup=0)
+    assert calls == ["a", "b", "a", "b"]
