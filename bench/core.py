@@ -61,6 +61,8 @@ class Row:
     met: bool | None = None
     note: str = ""
     higher_is_better: bool = False
+    #: The command that reproduces the row, where it is not ``python -m bench --only <section>``.
+    reproduce: str = ""
 
     @property
     def speedup(self) -> float | None:

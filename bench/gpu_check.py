@@ -322,7 +322,8 @@ def add_rows(section: Section, results: dict[str, Any], source: str, recorded: b
                 note += f"; {vs_strict:.2f}x strict fp32 (no TF32, as on a T4)"
             row = Row("train_step", f"{tag}: vgg11, batch {batch}, {fast['image_size']} px, {label} vs "
                       f"{BASELINE}", Stats.of(fast["rates"]), "img/s", baseline=base_stats,
-                      higher_is_better=True, target=target, note=note)
+                      higher_is_better=True, target=target, note=note,
+                      reproduce=f"{results['command']} --out FILE (on a GPU)" if recorded else "")
             if target:
                 row.met = (row.speedup or 0.0) >= 2.0
             section.rows.append(row)

@@ -63,7 +63,7 @@ def targets_table(sections: list[Section]) -> str:
                 base = fmt_value(row.baseline, row.unit) if row.baseline else "—"
                 out.append(f"| {_md_escape(row.case)}: {_md_escape(row.target)} | "
                            f"{_md_escape(fmt_value(row.value, row.unit))} | {_md_escape(base)} | {_ratio(row)} | "
-                           f"{_met(row)} | `python -m bench --only {sec.key}` |")
+                           f"{_met(row)} | `{row.reproduce or f'python -m bench --only {sec.key}'}` |")
     return "\n".join(out)
 
 
