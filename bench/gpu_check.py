@@ -36,7 +36,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 for _path in (ROOT, ROOT / "ml_scripts", ROOT / "chalice_app"):
@@ -77,19 +77,21 @@ COMPILED = Variant("AMP fp16 + channels-last + cudnn.benchmark + torch.compile",
                    cudnn_benchmark=True, compiled=True)
 
 
-def precision_step_rates(device: str, arch: str, batch: int, image_size: int, steps: int, mixed: bool,
-                         channels_last: bool, num_classes: int = 133,
-                         compiled: bool = False) -> tuple[list[float], int]:
-    """Images/s of ``steps`` training steps and the peak device memory in bytes (0 off CUDA).
+def training_step(device: str, arch: str, image_size: int, mixed: bool, channels_last: bool, *,
+                  compiled: bool = False, num_classes: int = 133, lr: float = 1e-3,
+                  dropout: bool = True) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """train.py's training step as a function of one batch, returning its (detached) loss.
 
-    The step is train.py's: the model as ``common.build_model`` makes it, frozen
-    BatchNorm statistics, cross-entropy, Adam, a GradScaler. ``mixed`` runs the
-    forward pass under autocast (float16 on CUDA, bfloat16 on a CPU, where
-    float16 autocast is not what anyone trains with); ``channels_last`` converts
-    the model and each batch to NHWC memory order; ``compiled`` wraps the model
-    in ``torch.compile`` (the warm-up step pays for the compilation).
+    The model as ``common.build_model`` makes it, frozen BatchNorm statistics,
+    cross-entropy, Adam, a GradScaler. ``mixed`` runs the forward pass under
+    autocast (float16 on CUDA, bfloat16 on a CPU, where float16 autocast is not
+    what anyone trains with); ``channels_last`` converts the model and each batch
+    to NHWC memory order; ``compiled`` wraps the model with ``train.compiled``;
+    ``dropout=False`` zeroes dropout (compiled dropout draws other random masks).
+    The seed is fixed, so two steps built alike start from the same weights.
     """
     import common
+    import train
 
     torch.manual_seed(0)
     dev = torch.device(device)
@@ -97,36 +99,55 @@ def precision_step_rates(device: str, arch: str, batch: int, image_size: int, st
     model = common.build_model(arch, num_classes, image_size=image_size, pretrained=False)
     model = model.to(dev, memory_format=memory_format)
     common.set_train_mode(model)
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-    forward = torch.compile(model) if compiled else model
+    if not dropout:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    forward = train.compiled(model) if compiled else model
     cuda = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=mixed and cuda)
     dtype = torch.float16 if cuda else torch.bfloat16
-    x = torch.randn(batch, 3, image_size, image_size, device=dev).contiguous(memory_format=memory_format)
-    y = torch.randint(0, num_classes, (batch,), device=dev)
     loss_fn = torch.nn.CrossEntropyLoss()
 
-    def step() -> None:
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, y = x.to(dev, memory_format=memory_format), y.to(dev)  # no copy when already there
         with torch.autocast(device_type=dev.type, dtype=dtype, enabled=mixed):
             loss = loss_fn(forward(x), y)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+        return loss.detach()
 
-    step()  # warm-up: cuDNN autotuning, allocator growth
+    return step
+
+
+def precision_step_rates(device: str, arch: str, batch: int, image_size: int, steps: int, mixed: bool,
+                         channels_last: bool, num_classes: int = 133,
+                         compiled: bool = False) -> tuple[list[float], int]:
+    """Images/s of ``steps`` of :func:`training_step` on one resident batch, and the peak device memory
+    in bytes (0 off CUDA). The warm-up step pays for cuDNN autotuning, allocator growth and compiling."""
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    step = training_step(device, arch, image_size, mixed, channels_last, compiled=compiled,
+                         num_classes=num_classes)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch, 3, image_size, image_size, device=dev).contiguous(memory_format=memory_format)
+    y = torch.randint(0, num_classes, (batch,), device=dev)
+    step(x, y)
     if cuda:
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
     rates = []
     for _ in range(steps):
         t0 = time.perf_counter()
-        step()
+        step(x, y)
         if cuda:
             torch.cuda.synchronize(dev)
         rates.append(batch / (time.perf_counter() - t0))
     peak = torch.cuda.max_memory_allocated(dev) if cuda else 0
-    del model, forward, optimizer
+    del step
     if cuda:
         torch.cuda.empty_cache()
     return rates, peak
@@ -189,36 +210,18 @@ def precision(device: str, batch_sizes: list[int], image_size: int, steps: int,
 
 def compile_agreement(device: str, batch: int, image_size: int, steps: int) -> dict[str, Any]:
     """train.py's CUDA step (AMP + channels-last) on VGG11, plain against ``train.compiled``: the losses per step."""
-    import common
-    import train
-
+    cuda = device.startswith("cuda")
     losses: dict[str, list[float]] = {}
     for name in ("plain", "compiled"):
-        torch.manual_seed(0)
-        model = common.build_model("vgg11", 133, image_size=image_size, pretrained=False)
-        model = model.to(device, memory_format=torch.channels_last)
-        common.set_train_mode(model)
-        for module in model.modules():  # compiled dropout draws other random masks: compare without it
-            if isinstance(module, torch.nn.Dropout):
-                module.p = 0.0
-        net = train.compiled(model) if name == "compiled" else model
-        optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-        scaler = torch.amp.GradScaler("cuda", enabled=device.startswith("cuda"))
+        step = training_step(device, "vgg11", image_size, mixed=cuda, channels_last=True,
+                             compiled=name == "compiled", lr=1e-4, dropout=False)
         generator = torch.Generator().manual_seed(1)
         losses[name] = []
         for _ in range(steps):
-            x = torch.randn(batch, 3, image_size, image_size, generator=generator).to(
-                device, memory_format=torch.channels_last)
-            y = torch.randint(0, 133, (batch,), generator=generator).to(device)
-            with torch.autocast(device_type=torch.device(device).type, dtype=torch.float16,
-                                enabled=device.startswith("cuda")):
-                loss = torch.nn.functional.cross_entropy(net(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            losses[name].append(float(loss))
-        del model, net, optimizer
+            x = torch.randn(batch, 3, image_size, image_size, generator=generator)
+            y = torch.randint(0, 133, (batch,), generator=generator)
+            losses[name].append(float(step(x, y)))
+        del step
     worst = max(abs(a - b) / abs(a) for a, b in zip(losses["plain"], losses["compiled"]))
     print(f"compiled vs plain losses over {steps} steps: worst relative difference {worst:.2e}", flush=True)
     return {"batch": batch, "image_size": image_size, "losses": losses, "worst_relative_difference": worst}
