@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 for path in (ROOT, ROOT / "ml_scripts", ROOT / "chalice_app"):
     if str(path) not in sys.path:
@@ -23,3 +25,16 @@ os.environ.pop("AWS_PROFILE", None)
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Breedline")
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "breedline")
+
+
+def _requirement_pins(path: Path) -> dict[str, str]:
+    """``name==version`` pins of a requirements file (names lower-cased, comments dropped)."""
+    lines = [line.split("#", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    return {name.strip().lower(): version.strip() for name, version in
+            (line.split("==", 1) for line in lines if "==" in line)}
+
+
+@pytest.fixture
+def requirement_pins():
+    """:func:`_requirement_pins`, for the tests that keep a shipped pin equal to the tested one."""
+    return _requirement_pins

@@ -178,12 +178,8 @@ def test_without_pybase64_the_module_imports_and_decodes_with_the_stdlib(monkeyp
     assert info.value.code == "not_an_image"
 
 
-def test_the_lambda_zip_pins_the_same_pybase64_as_the_dev_environment():
+def test_the_lambda_zip_pins_the_same_pybase64_as_the_dev_environment(requirement_pins):
     """chalice package installs chalice_app/requirements.txt: the route must get the pybase64 tested here."""
-    def pin(path):
-        lines = [ln.split("#", 1)[0].strip() for ln in path.read_text().splitlines()]
-        return next((ln for ln in lines if ln.lower().startswith("pybase64")), None)
-
-    lambda_pin = pin(ROOT / "chalice_app" / "requirements.txt")
-    assert lambda_pin is not None and lambda_pin == pin(ROOT / "requirements.txt")
-    assert lambda_pin == f"pybase64=={pybase64.__version__}"
+    lambda_pin = requirement_pins(ROOT / "chalice_app" / "requirements.txt").get("pybase64")
+    assert lambda_pin is not None and lambda_pin == requirement_pins(ROOT / "requirements.txt").get("pybase64")
+    assert lambda_pin == pybase64.__version__

@@ -323,14 +323,10 @@ def test_compiled_training_steps_equal_the_plain_ones() -> None:
         torch.testing.assert_close(fast[2][key], value, rtol=1e-4, atol=1e-5)
 
 
-def test_serving_requirements_pin_what_the_tests_run() -> None:
+def test_serving_requirements_pin_what_the_tests_run(requirement_pins) -> None:
     """The endpoint installs the onnx/onnxruntime this suite tested; without onnx the export fails."""
     root = Path(train.__file__).resolve().parent.parent
-
-    def pins(path: Path) -> dict[str, str]:
-        lines = [ln.split("#")[0].strip() for ln in path.read_text(encoding="utf-8").splitlines()]
-        return dict(ln.split("==", 1) for ln in lines if "==" in ln)
-
-    serving, dev = pins(root / "ml_scripts" / train.SERVING_REQUIREMENTS), pins(root / "requirements.txt")
+    serving = requirement_pins(root / "ml_scripts" / train.SERVING_REQUIREMENTS)
+    dev = requirement_pins(root / "requirements.txt")
     for name in ("onnx", "onnxruntime", "efficientnet-lite-pytorch"):
         assert serving[name] == dev[name], name
