@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--compile", type=_typed(str), default="false", choices=("false", "true"),
         help="torch.compile the model: 1.65x the steps/s of AMP + channels-last for vgg11 at batch 256 on an "
-        "H200, after a compile of about a minute per job (docs/benchmarks.md); off by default",
+        "H200, after about 30 s of compiling per job (docs/benchmarks.md); off by default",
     )
     return p
 

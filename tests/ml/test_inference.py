@@ -178,7 +178,6 @@ def _fresh_model(model_dir: Path, monkeypatch, backend: str | None) -> inference
 
 def test_auto_backend_serves_with_onnx_runtime_and_agrees_with_torch(trained_job: Job, monkeypatch) -> None:
     """The ONNX fast path gives torch's answer: same top-1, probabilities within 1e-4."""
-    pytest.importorskip("onnxruntime")  # pinned in requirements.txt: present in every run of make test
     onnx_model = _fresh_model(trained_job.model_dir, monkeypatch, None)
     torch_model = _fresh_model(trained_job.model_dir, monkeypatch, "torch")
     assert (onnx_model.backend, onnx_model.backend_reason) == ("onnx", "")
@@ -231,7 +230,6 @@ class _CountsCalls(torch.nn.Module):
 
 
 def test_onnx_session_is_refused_when_it_disagrees_with_torch() -> None:
-    pytest.importorskip("onnxruntime")
     session, reason = inference.onnx_session(_CountsCalls(), 8)
     assert session is None and "differ from torch" in reason
     session, reason = inference.onnx_session(torch.nn.Conv2d(3, 4, 3), 8)
@@ -242,7 +240,6 @@ def test_onnx_session_is_refused_when_it_disagrees_with_torch() -> None:
 
 def test_onnx_export_failure_is_a_one_line_reason() -> None:
     """vgg11 below 224 px can't export (adaptive pooling up to 7x7); the exporter's graph dump stays out of the log line."""
-    pytest.importorskip("onnxruntime")
     pool = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.AdaptiveAvgPool2d((7, 7)))
     session, reason = inference.onnx_session(pool, 8)
     assert session is None and reason.startswith("ONNX export or session failed:")
