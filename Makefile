@@ -17,9 +17,12 @@ PYTEST_ARGS ?=
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+# The pins first, then the project itself, editable and without dependencies:
+# its .pth file puts the three import roots on the path (pyproject.toml).
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --disable-pip-version-check -q -r requirements.txt
+	$(PIP) install --disable-pip-version-check -q --no-deps -e .
 	touch $(STAMP)
 
 test: $(STAMP)

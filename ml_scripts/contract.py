@@ -1,0 +1,142 @@
+"""The words every part of Breedline shares, in one dependency-free module.
+
+Why here: ``ml_scripts/`` ships to the SageMaker containers, so the training
+and serving scripts can import this module as they run there
+(``import contract``); the Lambda zip carries the same file at its root
+(``breedline.build.lambda_app`` puts it there), and the local runtime, the
+operator CLI and the benchmarks import it from the checkout. One definition
+of each word, so the parts cannot drift apart:
+
+- the data channels (one per split) and the job statuses that end a job;
+- the training metrics: their names, the stdout line ``train.py`` prints for
+  each and the ``MetricDefinitions`` regexes SageMaker parses them with;
+- the hyperparameter codec: how values are quoted on the way into a job and
+  unquoted on the way out of the tuner and into ``train.py``;
+- the serving backends the model container accepts.
+
+Standard library only: this runs in the Lambda, in the containers (any
+Python 3.11+) and on the operator's machine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+# -- data channels --------------------------------------------------------------------
+#: The splits of a data set, which are also the training job's input channels
+#: (``SM_CHANNEL_TRAIN`` ...), in the order they are created and listed.
+CHANNELS: tuple[str, ...] = ("train", "valid", "test")
+
+# -- job statuses -----------------------------------------------------------------------
+COMPLETED = "Completed"
+FAILED = "Failed"
+STOPPED = "Stopped"
+IN_PROGRESS = "InProgress"
+STOPPING = "Stopping"
+#: Statuses that end a training, tuning or transform job; the event rules match only these.
+TERMINAL_STATUSES: tuple[str, ...] = (COMPLETED, FAILED, STOPPED)
+
+# -- serving ----------------------------------------------------------------------------
+#: What may run the model on the endpoint (``BREEDLINE_SERVING_BACKEND``): ``auto``
+#: (ONNX Runtime on a CPU instance when its export matches torch, else torch),
+#: ``torch``, or ``onnx`` (fail rather than fall back).
+SERVING_BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx")
+
+# -- metrics ----------------------------------------------------------------------------
+#: Metric names, in the order train.py reports them.
+METRIC_NAMES: tuple[str, ...] = (
+    "train_loss",
+    "train_accuracy",
+    "valid_loss",
+    "valid_accuracy",
+    "test_loss",
+    "test_accuracy",
+    "epoch_seconds",
+)
+
+_NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+
+#: SageMaker ``MetricDefinitions``: a name and a regex with one capture group.
+METRIC_DEFINITIONS: list[dict[str, str]] = [
+    {"Name": name, "Regex": rf"\b{name}={_NUMBER}"} for name in METRIC_NAMES
+]
+
+
+def format_metric(name: str, value: float, epoch: int | None = None) -> str:
+    """Return the log line for one metric, e.g. ``epoch=2 valid_loss=0.412300``.
+
+    One metric per line keeps every regex independent of the others.
+    """
+    if name not in METRIC_NAMES:
+        raise ValueError(f"unknown metric {name!r}; add it to METRIC_NAMES first")
+    prefix = "" if epoch is None else f"epoch={epoch} "
+    return f"{prefix}{name}={float(value):.6f}"
+
+
+def parse_metrics(log_text: str, definitions: list[dict[str, str]] | None = None) -> dict[str, list[float]]:
+    """Apply ``MetricDefinitions`` to log text the way SageMaker does.
+
+    Returns every value seen per metric name, in order; the last one is the
+    final value SageMaker reports in ``FinalMetricDataList``.
+    """
+    found: dict[str, list[float]] = {}
+    for definition in definitions or METRIC_DEFINITIONS:
+        pattern = re.compile(definition["Regex"])
+        values = [float(m.group(1)) for m in pattern.finditer(log_text)]
+        if values:
+            found[definition["Name"]] = values
+    return found
+
+
+# -- hyperparameters --------------------------------------------------------------------
+#: Hyperparameters that configure SageMaker's script mode rather than train.py;
+#: the training toolkit consumes them and never passes them to the script.
+TOOLKIT_PREFIX = "sagemaker_"
+
+
+def encode_hyperparameter(value: Any) -> str:
+    """A script-mode toolkit value as a request carries it: JSON text (``"train.py"`` -> ``'"train.py"'``).
+
+    Why: the training toolkit JSON-decodes every ``sagemaker_*`` value, so a
+    plain string there would not survive its way into the container.
+    """
+    return json.dumps(value)
+
+
+def decode_hyperparameter(value: Any) -> Any:
+    """One value as the training toolkit decodes it: JSON where it parses, else the text itself."""
+    try:
+        return json.loads(value)
+    except (json.JSONDecodeError, TypeError):
+        return value
+
+
+def unquote_hyperparameter(value: Any) -> str:
+    """Undo JSON quoting of a tuned value: ``'"\\"32\\""'`` -> ``'32'``.
+
+    SageMaker's tuner hands categorical values back JSON-encoded, sometimes
+    twice, and ``hyperparameters.json`` holds every value as a JSON string;
+    passed on as-is, ``int("\\"32\\"")`` would fail in the container. A value
+    that is not text comes back as its JSON (``3`` -> ``'3'``).
+    """
+    if not isinstance(value, str):
+        return json.dumps(value)
+    text = value.strip()
+    for _ in range(5):
+        if not (len(text) >= 2 and text[0] == '"' and text[-1] == '"'):
+            break
+        try:
+            decoded = json.loads(text)
+        except json.JSONDecodeError:
+            decoded = text[1:-1]
+        if not isinstance(decoded, str):
+            return json.dumps(decoded)
+        text = decoded.strip()
+    return text
+
+
+def unquote_hyperparameters(values: dict[str, Any]) -> dict[str, str]:
+    """The tuner's ``TunedHyperParameters``, unquoted, without the toolkit's own keys."""
+    return {str(k): unquote_hyperparameter(v) for k, v in values.items() if not str(k).startswith(TOOLKIT_PREFIX)}
