@@ -36,7 +36,7 @@ def template(packaged: deploy.Package) -> dict[str, Any]:
 def expanded(packaged: deploy.Package, template: dict[str, Any]) -> dict[str, Any]:
     """The template after the SAM transform, with a placeholder code location."""
     t = copy.deepcopy(template)
-    deploy._point_code_at(t, "artifacts-bucket", "lambda.zip")
+    deploy.point_code_at(t, "artifacts-bucket", "lambda.zip")
     return deploy.sam_to_cloudformation(t, packaged.parameters, REGION)
 
 
