@@ -1,8 +1,8 @@
 """Fixtures for the infrastructure tests: one ``chalice package`` per session.
 
 Why session-scoped: packaging copies the app, builds the Lambda zip and
-resolves the images (~5-10 s); every test reads the same artifact, which is
-also exactly what ``make deploy`` would upload.
+resolves the images, the slowest step of these tests; every test reads the
+same artifact, which is also exactly what ``make deploy`` would upload.
 """
 
 from __future__ import annotations
