@@ -169,7 +169,15 @@ def resolve_stage_images(stage: Stage, region: str, log: Log) -> ImageSet:
 
 
 def prepare_build_copy(
-    out: Path, app_dir: Path, stage: Stage, images: ImageSet, *, stack: str, account: str, region: str, log: Log
+    out: Path,
+    app_dir: Path,
+    stage: Stage,
+    images: ImageSet,
+    *,
+    stack: str,
+    account: str,
+    region: str,
+    log: Log,
 ) -> tuple[Path, list[str]]:
     """Step 2: the build copy of the app with the stage's environment; returns it and the replaced names."""
     build_app = make_build_copy(out / "app", app_dir)
@@ -230,7 +238,10 @@ def _write_build_config(build_app: Path, stage: Stage, env: dict[str, str]) -> N
 
 
 def build_code(out: Path) -> tuple[Path, str]:
-    """Step 3: ``sourcedir.tar.gz`` and its S3 key; the digest in the key makes every code change a new URI."""
+    """Step 3: ``sourcedir.tar.gz`` and its S3 key.
+
+    The digest in the key makes every code change a new, immutable URI.
+    """
     sourcedir = build_sourcedir(out / "sourcedir.tar.gz")
     digest = hashlib.sha256(sourcedir.read_bytes()).hexdigest()[:16]
     return sourcedir, f"code/{digest}/sourcedir.tar.gz"
@@ -239,7 +250,9 @@ def build_code(out: Path) -> tuple[Path, str]:
 # --------------------------------------------------------------------------- step 4: chalice package
 
 
-def chalice_package(build_app: Path, out: Path, stage: Stage, region: str) -> tuple[dict[str, Any], Path, Path]:
+def chalice_package(
+    build_app: Path, out: Path, stage: Stage, region: str
+) -> tuple[dict[str, Any], Path, Path]:
     """Step 4: ``chalice package --merge-template`` in the build copy, then the stage's API auth.
 
     Returns the template, where it was written, and the Lambda zip.

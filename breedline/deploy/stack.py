@@ -26,12 +26,14 @@ from breedline.deploy.stage import (
 )
 from breedline.deploy.template import CAPABILITIES, point_code_at
 
+#: A template rewrite applied before upload (the tests expand SAM for moto).
+Expand = Callable[[dict[str, Any], dict[str, str]], dict[str, Any]]
 #: Stack states a change set cannot leave: the stack must be destroyed first.
 _FAILED_STATES = ("ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "DELETE_FAILED")
 
 
 @dataclass
-class _Target:
+class DeployTarget:
     """Where one deploy goes: the account's stack and its two buckets."""
 
     stage_name: str
@@ -58,7 +60,7 @@ def deploy(
     alert_email: str = "",
     overrides: dict[str, str] | None = None,
     session: Any = None,
-    expand: Callable[[dict[str, Any], dict[str, str]], dict[str, Any]] | None = None,
+    expand: Expand | None = None,
     app_dir: Path = APP_DIR,
     out_dir: Path | None = None,
     log: Log = print,
@@ -81,7 +83,8 @@ def deploy(
     session = session or boto3.session.Session(region_name=region)
     stack = check_stack_name(stack_name or default_stack_name(stage_name))
     account = session.client("sts").get_caller_identity()["Account"]
-    target = _Target(stage_name, stack, account, region, session.client("cloudformation"), session.client("s3"))
+    cfn, s3 = session.client("cloudformation"), session.client("s3")
+    target = DeployTarget(stage_name, stack, account, region, cfn, s3)
     existing = existing_stack(target)
     bucket_exists = data_bucket_exists(target, existing, log)
     variant = endpoint_variant(session.client("sagemaker"), stack, log)
@@ -108,18 +111,18 @@ def deploy(
     return stack_outputs(target, log)
 
 
-def existing_stack(target: _Target) -> dict[str, Any] | None:
+def existing_stack(target: DeployTarget) -> dict[str, Any] | None:
     """The live stack (None: this deploy creates it); refuses one an earlier deploy left failed."""
     existing = stack_exists(target.cfn, target.stack)
     if existing and existing["StackStatus"] in _FAILED_STATES:
         raise DeployError(
-            f"stack {target.stack} is {existing['StackStatus']} (an earlier deploy failed): read its events in the "
-            f"CloudFormation console, then `make destroy STAGE={target.stage_name}` and deploy again"
+            f"stack {target.stack} is {existing['StackStatus']} (an earlier deploy failed): read its events "
+            f"in the CloudFormation console, then `make destroy STAGE={target.stage_name}` and deploy again"
         )
     return existing
 
 
-def data_bucket_exists(target: _Target, existing: dict[str, Any] | None, log: Log) -> bool:
+def data_bucket_exists(target: DeployTarget, existing: dict[str, Any] | None, log: Log) -> bool:
     """Whether the data bucket exists already: the live stack's parameter, else a bucket kept by destroy."""
     if existing:
         previous = {p["ParameterKey"]: p["ParameterValue"] for p in existing.get("Parameters", [])}
@@ -142,9 +145,7 @@ def endpoint_variant(sm: Any, stack: str, log: Log) -> str | None:
     return variant
 
 
-def upload_artifacts(
-    target: _Target, pkg: Package, expand: Callable[[dict[str, Any], dict[str, str]], dict[str, Any]] | None
-) -> tuple[str, str]:
+def upload_artifacts(target: DeployTarget, pkg: Package, expand: Expand | None) -> tuple[str, str]:
     """Upload the Lambda zip and the template that points at it; return the template body and its URL."""
     s3, artifacts = target.s3, target.artifacts_bucket
     _ensure_artifacts_bucket(s3, artifacts, target.region)
@@ -161,12 +162,14 @@ def upload_artifacts(
     return body, f"https://{artifacts}.s3.{target.region}.amazonaws.com/{template_key}"
 
 
-def upload_code(target: _Target, pkg: Package) -> None:
+def upload_code(target: DeployTarget, pkg: Package) -> None:
     """Upload ``sourcedir.tar.gz`` to the data bucket under its digest key."""
     target.s3.upload_file(str(pkg.sourcedir_path), target.data_bucket, pkg.sourcedir_key)
 
 
-def run_change_set(target: _Target, pkg: Package, body: str, template_url: str, *, update: bool, log: Log) -> None:
+def run_change_set(
+    target: DeployTarget, pkg: Package, body: str, template_url: str, *, update: bool, log: Log
+) -> None:
     """Create the change set, print it, execute it and wait for the stack (nothing to do: say so)."""
     from botocore.exceptions import WaiterError
 
@@ -196,7 +199,7 @@ def run_change_set(target: _Target, pkg: Package, body: str, template_url: str, 
         raise DeployError(f"stack {stack} did not deploy:\n" + "\n".join(failure_events(cfn, stack))) from exc
 
 
-def stack_outputs(target: _Target, log: Log) -> dict[str, Any]:
+def stack_outputs(target: DeployTarget, log: Log) -> dict[str, Any]:
     """The stack's outputs, printed one per line."""
     stacks = target.cfn.describe_stacks(StackName=target.stack)["Stacks"]
     outputs = {o["OutputKey"]: o["OutputValue"] for o in stacks[0].get("Outputs", [])}

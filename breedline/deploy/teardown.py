@@ -11,7 +11,12 @@ from typing import Any, Iterable
 
 from breedline.deploy.packaging import Log
 from breedline.deploy.stack import stack_exists
-from breedline.deploy.stage import artifacts_bucket_name, check_stack_name, data_bucket_name, default_stack_name
+from breedline.deploy.stage import (
+    artifacts_bucket_name,
+    check_stack_name,
+    data_bucket_name,
+    default_stack_name,
+)
 
 
 def destroy(
