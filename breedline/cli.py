@@ -29,7 +29,7 @@ from breedline.local.runtime import DEFAULT_STATE_DIR, RuntimeInfo, client_env
 
 
 def _settings() -> Any:
-    from breedline.packaging import REPO_ROOT
+    from breedline.build.paths import REPO_ROOT
 
     sys.path.insert(0, str(REPO_ROOT / "chalice_app"))
     from chalicelib.config import Settings  # type: ignore[import-not-found]

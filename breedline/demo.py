@@ -23,8 +23,8 @@ from typing import Any
 
 import requests
 
+from breedline.build.paths import REPO_ROOT
 from breedline.local.runtime import DEFAULT_STATE_DIR, RuntimeInfo
-from breedline.packaging import REPO_ROOT
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from breedline.packaging import REPO_ROOT, build_sourcedir
+from breedline.build.paths import REPO_ROOT
+from breedline.build.sourcedir import build_sourcedir
 
 from .aws import Dispatcher, MotoStandIns, create_alert_topic, create_data_bucket, create_tables, install_app_rules
 from .common import split_s3_uri
@@ -63,7 +64,7 @@ LOCAL_DEFAULTS: dict[str, str] = {
 def local_image_env(region: str) -> dict[str, str]:
     """Real image URIs from sagemaker-core (as deploy fills them); locally they only label the job."""
     try:
-        from breedline.images import resolve_images
+        from breedline.build.image_uris import resolve_images
 
         return resolve_images(region, training_instance_type="ml.m5.xlarge").as_env()
     except Exception as exc:  # the local runtime does not need them to run

@@ -1,8 +1,8 @@
 """Fixtures for the infrastructure tests: one ``chalice package`` per session.
 
 Why session-scoped: packaging copies the app, builds the Lambda zip and
-resolves the images (~5-10 s); every test reads the same artifact, which is
-also exactly what ``make deploy`` would upload.
+resolves the images, the slowest step of these tests; every test reads the
+same artifact, which is also exactly what ``make deploy`` would upload.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def template(packaged: deploy.Package) -> dict[str, Any]:
 def expanded(packaged: deploy.Package, template: dict[str, Any]) -> dict[str, Any]:
     """The template after the SAM transform, with a placeholder code location."""
     t = copy.deepcopy(template)
-    deploy._point_code_at(t, "artifacts-bucket", "lambda.zip")
+    deploy.point_code_at(t, "artifacts-bucket", "lambda.zip")
     return deploy.sam_to_cloudformation(t, packaged.parameters, REGION)
 
 

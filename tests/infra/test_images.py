@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from breedline.images import ENV_NAMES, ImageSet, parse_image_uri, resolve_images
+from breedline.build.image_uris import ENV_NAMES, ImageSet, parse_image_uri, resolve_images
 
 
 def test_images_follow_the_region_and_the_instance_type() -> None:

@@ -235,5 +235,5 @@ def test_failure_events_name_the_failed_resources() -> None:
     ]
     with Stubber(cfn) as stub:
         stub.add_response("describe_stack_events", {"StackEvents": events}, {"StackName": STACK})
-        lines = deploy._failure_events(cfn, STACK)
+        lines = deploy.failure_events(cfn, STACK)
     assert lines == ["  DataBucket (AWS::S3::Bucket): breedline-dev-data-... already exists"]

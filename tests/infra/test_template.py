@@ -102,7 +102,7 @@ def test_lambda_environment_points_at_the_stacks_resources(template: dict[str, A
         env = template["Resources"][fn]["Properties"]["Environment"]["Variables"]
         # function-level values win over Globals in SAM: none may shadow a stack value wrongly
         for name in set(env) & set(glob):
-            assert env[name] == deploy._stack_value(name, "breedline-dev", "123456789012", "us-east-1", packaged.stage), name
+            assert env[name] == deploy.stack_value(name, "breedline-dev", "123456789012", "us-east-1", packaged.stage), name
         assert env["BREEDLINE_TRAINING_IMAGE"] == packaged.images.training
         assert env["BREEDLINE_INFERENCE_IMAGE"] == packaged.images.inference
         assert env["BREEDLINE_DEBUGGER_RULE_IMAGE"] == packaged.images.debugger_rule

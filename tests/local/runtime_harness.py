@@ -18,9 +18,9 @@ from typing import Iterator
 
 import boto3
 
+from breedline.build.paths import REPO_ROOT
 from breedline.demo import stop_runtime
 from breedline.local.runtime import RuntimeInfo
-from breedline.packaging import REPO_ROOT
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ PER_CLASS = 20
 def test_upload_alone_drives_tuning_training_deployment_and_prediction(tmp_path: Path) -> None:
     import sys
 
-    from breedline.packaging import REPO_ROOT
+    from breedline.build.paths import REPO_ROOT
 
     sys.path.insert(0, str(REPO_ROOT / "ml_scripts"))
     import datasets  # type: ignore[import-not-found]
@@ -135,7 +135,7 @@ def cli(*args: str) -> str:
     import subprocess
     import sys
 
-    from breedline.packaging import REPO_ROOT
+    from breedline.build.paths import REPO_ROOT
 
     done = subprocess.run([sys.executable, "-m", "breedline", *args], cwd=REPO_ROOT, capture_output=True,
                           text=True, timeout=60)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import tarfile
 
-from breedline.packaging import ML_SCRIPTS, build_sourcedir, sha256
+from breedline.build.paths import ML_SCRIPTS
+from breedline.build.sourcedir import build_sourcedir, sha256
 
 
 def test_build_sourcedir_is_deterministic_and_clean(tmp_path):

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
+from breedline.build.paths import REPO_ROOT
 from breedline.demo import upload_dataset
 from breedline.local.aws import MotoStandIns, create_data_bucket
 from breedline.local.common import download_prefix
-from breedline.packaging import REPO_ROOT
 from local_standins import BUCKET  # type: ignore[import-not-found]
 
 

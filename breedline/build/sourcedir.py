@@ -13,8 +13,7 @@ import io
 import tarfile
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-ML_SCRIPTS = REPO_ROOT / "ml_scripts"
+from breedline.build.paths import ML_SCRIPTS
 
 #: Names never packed: caches and editor/test debris.
 _EXCLUDED_PARTS = {"__pycache__", ".pytest_cache", ".mypy_cache", ".ipynb_checkpoints", ".DS_Store"}
@@ -39,8 +38,8 @@ def build_sourcedir(dest: Path | str, source: Path | str = ML_SCRIPTS) -> Path:
     ``dest`` is a directory (the file is named ``sourcedir.tar.gz`` in it) or a
     path ending in ``.tar.gz``. Members sit at the archive root (``train.py``,
     not ``ml_scripts/train.py``), as SageMaker's ``sagemaker_submit_directory``
-    expects. Symlinks are stored as the file they point to, so that
-    ``metric_definitions.py`` is a real file in the archive.
+    expects. Symlinks are stored as the file they point to: the archive holds
+    only real files, whatever the checkout links.
     """
     source = Path(source)
     dest = Path(dest)

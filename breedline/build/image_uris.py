@@ -8,9 +8,12 @@ deploy time and write the answers into the stage's Lambda environment
 ``BREEDLINE_DEBUGGER_RULE_IMAGE``). ``sagemaker-core`` is never imported by the
 Lambda; only this deploy-time module uses it, and it works offline.
 
-Why PyTorch 2.6 / py312 by default: it is the newest version for which the
-SDK's configuration lists both a training and an inference image, and the ML
-scripts must run on the same torch in both (see DESIGN.md).
+Why PyTorch 2.6 / py312 by default: the SDK's bundled configuration lists
+training images up to a newer PyTorch, but inference images only up to 2.6
+(py312). A model that ``train.py`` saves in the training container is loaded
+by the serving scripts in the inference container, so both run the same
+version, the newest that has both; ``ml_scripts/`` therefore runs on torch 2.6
+and torchvision 0.21 as well as on the torch the checkout pins.
 """
 
 from __future__ import annotations

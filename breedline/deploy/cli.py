@@ -1,0 +1,108 @@
+"""The ``python -m breedline.deploy`` command line: ``deploy`` (or a dry run) and ``destroy``.
+
+Every failure a user can fix (a precondition, missing credentials, an AWS
+refusal) ends as one ``error:`` line and exit status 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import breedline.deploy
+from breedline.deploy.packaging import package, planned_change_set
+from breedline.deploy.stack import deploy
+from breedline.deploy.stage import DeployError
+from breedline.deploy.teardown import destroy
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from botocore.exceptions import ClientError, NoCredentialsError, ProfileNotFound
+
+    try:
+        region = _region(args.region)
+        if args.command == "deploy" and args.dry_run:
+            _dry_run(args, region)
+        elif args.command == "deploy":
+            deploy(args.stage, region=region, stack_name=args.stack_name, alert_email=args.alert_email,
+                   overrides=_parse_overrides(args.parameter))
+        else:
+            destroy(args.stage, region=region, stack_name=args.stack_name, delete_bucket=args.delete_bucket)
+    except DeployError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (NoCredentialsError, ProfileNotFound) as exc:
+        print(f"error: no usable AWS credentials ({exc}); see docs/aws.md, section 1", file=sys.stderr)
+        return 2
+    except ClientError as exc:
+        print(f"error: AWS refused {exc.operation_name}: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    description = (breedline.deploy.__doc__ or "").split("\n\n")[0]
+    parser = argparse.ArgumentParser(prog="python -m breedline.deploy", description=description)
+    sub = parser.add_subparsers(dest="command", required=True)
+    dep = sub.add_parser("deploy", help="package and deploy one stage")
+    dep.add_argument("--stage", default="dev")
+    dep.add_argument("--region")
+    dep.add_argument("--stack-name")
+    dep.add_argument("--alert-email", default=os.environ.get("BREEDLINE_ALERT_EMAIL", ""))
+    dep.add_argument("--parameter", action="append", default=[], metavar="Key=Value",
+                     help="override a stack parameter, e.g. ApiQuotaLimit=50000")
+    dep.add_argument("--dry-run", action="store_true", help="package and print the change set; no AWS calls")
+    dep.add_argument("--out-dir", type=Path)
+    dep.add_argument("--account-id", default="123456789012",
+                     help="dry run only: the account whose bucket name goes into the S3 event pattern")
+    des = sub.add_parser("destroy", help="delete the endpoints the pipeline created and the stack")
+    des.add_argument("--stage", default="dev")
+    des.add_argument("--region")
+    des.add_argument("--stack-name")
+    des.add_argument("--delete-bucket", action="store_true", help="also empty and delete the data bucket")
+    return parser
+
+
+def _dry_run(args: argparse.Namespace, region: str) -> None:
+    """Steps 1-4 only, then the change set that deploy would create, as JSON on stdout."""
+    pkg = package(
+        args.stage,
+        region=region,
+        account=args.account_id,
+        stack_name=args.stack_name,
+        out_dir=args.out_dir,
+        alert_email=args.alert_email,
+        overrides=_parse_overrides(args.parameter),
+        log=lambda msg: print(msg, file=sys.stderr),
+    )
+    print(json.dumps(planned_change_set(pkg), indent=2))
+    print(
+        "dry run: nothing was sent to AWS. Against an existing stack the change set would be an "
+        "UPDATE listing only the differences.",
+        file=sys.stderr,
+    )
+
+
+def _region(explicit: str | None) -> str:
+    region = explicit or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if not region:
+        import boto3
+
+        region = boto3.session.Session().region_name
+    if not region:
+        raise DeployError("no region: pass --region or set AWS_DEFAULT_REGION")
+    return region
+
+
+def _parse_overrides(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise DeployError(f"--parameter wants Key=Value, got {item!r}")
+        out[key] = value
+    return out

@@ -1,0 +1,165 @@
+"""The stack's template: merge template, generated tables, API auth, SAM expansion.
+
+``infra/breedline.yaml`` is the hand-written part; the DynamoDB tables are
+generated from the app's own definitions, the API auth is applied per stage
+to the Swagger that ``chalice package`` writes, and the SAM transform can be
+expanded locally for a dry run or for moto.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from samtranslator.yaml_helper import yaml_parse
+
+from breedline.build.paths import REPO_ROOT
+from breedline.deploy.stage import API_AUTH_MODES, DeployError
+
+MERGE_TEMPLATE = REPO_ROOT / "infra" / "breedline.yaml"
+
+#: Logical IDs of the generated tables, keyed like TABLE_DEFINITIONS / Settings.
+TABLE_RESOURCES = {"state_table": "StateTable", "idempotency_table": "IdempotencyTable"}
+#: Env var that carries each table's name (see chalicelib/config.py).
+TABLE_ENV = {"state_table": "BREEDLINE_STATE_TABLE", "idempotency_table": "BREEDLINE_IDEMPOTENCY_TABLE"}
+#: ``create_table`` keys copied as they are into the table's Properties.
+_TABLE_PASSTHROUGH = (
+    "KeySchema",
+    "AttributeDefinitions",
+    "BillingMode",
+    "ProvisionedThroughput",
+    "GlobalSecondaryIndexes",
+    "LocalSecondaryIndexes",
+    "StreamSpecification",
+)
+
+#: Routes that are never reachable with an API key alone.
+IAM_ONLY_PATHS = ("/status",)
+SECURITY_DEFINITIONS = {
+    "api_key": {"type": "apiKey", "name": "x-api-key", "in": "header"},
+    "sigv4": {"type": "apiKey", "name": "Authorization", "in": "header", "x-amazon-apigateway-authtype": "awsSigv4"},
+}
+#: What the template needs CloudFormation to accept: IAM roles, named ones, and the SAM transform.
+CAPABILITIES = ["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"]
+
+
+def table_resources(
+    definitions: dict[str, dict[str, Any]], ttl_attributes: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """CloudFormation tables from ``create_table`` kwargs (minus TableName), one per definition.
+
+    Why generated: the local runtime creates the same tables from the same
+    definitions, so the two can never disagree on keys or indexes.
+    """
+    resources: dict[str, Any] = {}
+    for key, kwargs in definitions.items():
+        if key not in TABLE_RESOURCES:
+            raise DeployError(f"TABLE_DEFINITIONS has {key!r}; infra knows {sorted(TABLE_RESOURCES)}")
+        unknown = set(kwargs) - set(_TABLE_PASSTHROUGH) - {"SSESpecification", "Tags", "TableClass"}
+        if unknown:
+            raise DeployError(f"TABLE_DEFINITIONS[{key!r}] has keys infra cannot map: {sorted(unknown)}")
+        props: dict[str, Any] = {k: copy.deepcopy(kwargs[k]) for k in _TABLE_PASSTHROUGH if k in kwargs}
+        props.setdefault("BillingMode", "PAY_PER_REQUEST")
+        props["TableName"] = {"Fn::Sub": "${AWS::StackName}-" + key.replace("_table", "")}
+        props["SSESpecification"] = {"SSEEnabled": True}
+        props["PointInTimeRecoverySpecification"] = {"PointInTimeRecoveryEnabled": True}
+        if key in (ttl_attributes or {}):
+            props["TimeToLiveSpecification"] = {"AttributeName": ttl_attributes[key], "Enabled": True}
+        if "TableClass" in kwargs:
+            props["TableClass"] = kwargs["TableClass"]
+        resources[TABLE_RESOURCES[key]] = {"Type": "AWS::DynamoDB::Table", "Properties": props}
+    return resources
+
+
+def table_definitions() -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """``chalicelib.state``'s TABLE_DEFINITIONS and TTL_ATTRIBUTES (the app owns both)."""
+    try:
+        from chalicelib import state
+    except ImportError as exc:
+        raise DeployError(f"chalicelib.state is not importable: {exc}") from exc
+    return state.TABLE_DEFINITIONS, dict(getattr(state, "TTL_ATTRIBUTES", {}))
+
+
+def build_merge_template() -> dict[str, Any]:
+    """``infra/breedline.yaml`` plus the generated tables and their env vars.
+
+    The YAML is read with SAM's own loader, which turns the short-form
+    intrinsics (``!Sub``, ``!Ref``, ``!GetAtt a.b``) into their JSON form.
+    """
+    template = yaml_parse(MERGE_TEMPLATE.read_text())
+    definitions, ttl = table_definitions()
+    template["Resources"].update(table_resources(definitions, ttl))
+    env = template["Globals"]["Function"]["Environment"]["Variables"]
+    for key, logical_id in TABLE_RESOURCES.items():
+        if key in definitions:
+            env[TABLE_ENV[key]] = {"Ref": logical_id}
+    return template
+
+
+def apply_api_auth(template: dict[str, Any], mode: str) -> dict[str, Any]:
+    """Protect every route of the packaged Swagger: API key or IAM; /status always IAM.
+
+    Why here and not in ``app.py``: the choice is per stage, and Chalice's
+    route decorators are the same for all stages.
+    """
+    if mode not in API_AUTH_MODES:
+        raise DeployError(f"unknown API auth {mode!r}")
+    api = template["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]
+    api.setdefault("securityDefinitions", {}).update(copy.deepcopy(SECURITY_DEFINITIONS))
+    default = [{"api_key": []}] if mode == "api_key" else [{"sigv4": []}]
+    for path, methods in api.get("paths", {}).items():
+        for method, operation in methods.items():
+            if not isinstance(operation, dict) or method == "options":
+                continue  # CORS preflight stays open, as browsers send it unsigned
+            operation["security"] = [{"sigv4": []}] if path in IAM_ONLY_PATHS else copy.deepcopy(default)
+    return template
+
+
+def point_code_at(template: dict[str, Any], bucket: str, key: str) -> None:
+    """Replace Chalice's local ``./deployment.zip`` with the uploaded object (what ``aws cloudformation package`` does)."""
+    for resource in template["Resources"].values():
+        props = resource.get("Properties", {})
+        if resource["Type"] == "AWS::Serverless::Function" and props.get("CodeUri") == "./deployment.zip":
+            props["CodeUri"] = f"s3://{bucket}/{key}"
+
+
+def sam_to_cloudformation(template: dict[str, Any], parameters: dict[str, str], region: str) -> dict[str, Any]:
+    """Expand the SAM transform locally, as CloudFormation does on the server.
+
+    Used by ``--dry-run`` to list the resources the change set would add, and by
+    the tests to create the stack in moto (which has no SAM transform).
+    """
+    import boto3
+    from samtranslator.parser.parser import Parser
+    from samtranslator.translator.translator import Translator
+
+    # Chalice gives every function its own role, so there are no managed-policy
+    # names to look up in IAM: the map stays empty and nothing leaves the machine.
+    translator = Translator({}, Parser(), boto_session=boto3.session.Session(region_name=region))
+    return translator.translate(copy.deepcopy(template), parameter_values=dict(parameters),
+                                get_managed_policy_map=lambda: {})
+
+
+def evaluate_conditions(template: dict[str, Any], parameters: dict[str, str]) -> dict[str, bool]:
+    """Evaluate the simple Equals/Not conditions this template uses (for the dry-run listing)."""
+    defaults = {k: str(v.get("Default", "")) for k, v in template.get("Parameters", {}).items()}
+    values = {**defaults, **parameters}
+
+    def ev(node: Any) -> Any:
+        if isinstance(node, dict) and len(node) == 1:
+            (key, arg), = node.items()
+            if key == "Ref":
+                return values.get(arg, arg)
+            if key == "Fn::Equals":
+                return str(ev(arg[0])) == str(ev(arg[1]))
+            if key == "Fn::Not":
+                return not ev(arg[0])
+            if key == "Fn::And":
+                return all(ev(a) for a in arg)
+            if key == "Fn::Or":
+                return any(ev(a) for a in arg)
+            if key == "Condition":
+                return ev(template["Conditions"][arg])
+        return node
+
+    return {name: bool(ev(expr)) for name, expr in template.get("Conditions", {}).items()}
