@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     from botocore.exceptions import ClientError, NoCredentialsError, ProfileNotFound
 
     try:
-        region = _region(args.region)
+        region = _region(args.region, dry_run=args.command == "deploy" and args.dry_run)
         if args.command == "deploy" and args.dry_run:
             _dry_run(args, region)
         elif args.command == "deploy":
@@ -87,12 +87,22 @@ def _dry_run(args: argparse.Namespace, region: str) -> None:
     )
 
 
-def _region(explicit: str | None) -> str:
+#: Region of a dry run when none is configured: a dry run calls no AWS API, so any
+#: region packages the same stack (only the image URIs and bucket names name it).
+DRY_RUN_REGION = "us-east-1"
+
+
+def _region(explicit: str | None, *, dry_run: bool = False) -> str:
+    """``--region``, else the environment, else the AWS config; a dry run falls back to :data:`DRY_RUN_REGION`."""
     region = explicit or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if not region:
         import boto3
 
         region = boto3.session.Session().region_name
+    if not region and dry_run:
+        print(f"dry run: no region configured; packaging for {DRY_RUN_REGION} (pass --region or REGION=)",
+              file=sys.stderr)
+        return DRY_RUN_REGION
     if not region:
         raise DeployError("no region: pass --region or set AWS_DEFAULT_REGION")
     return region

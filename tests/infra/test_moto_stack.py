@@ -237,3 +237,24 @@ def test_failure_events_name_the_failed_resources() -> None:
         stub.add_response("describe_stack_events", {"StackEvents": events}, {"StackName": STACK})
         lines = deploy.failure_events(cfn, STACK)
     assert lines == ["  DataBucket (AWS::S3::Bucket): breedline-dev-data-... already exists"]
+
+
+def test_a_dry_run_without_a_region_packages_for_the_documented_default(monkeypatch, tmp_path: Path, capsys) -> None:
+    """The README's ``make deploy STAGE=dev --dry-run`` names no region; a machine with none configured still works.
+
+    A real deploy without a region is still refused: it would create a stack somewhere nobody chose.
+    """
+    from breedline.deploy import cli
+
+    for name in ("AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    empty = tmp_path / "aws-config"
+    empty.write_text("")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
+
+    assert cli._region(None, dry_run=True) == cli.DRY_RUN_REGION == "us-east-1"
+    assert "no region configured" in capsys.readouterr().err
+    assert cli._region("eu-west-1", dry_run=True) == "eu-west-1"
+    with pytest.raises(deploy.DeployError, match="no region"):
+        cli._region(None)
