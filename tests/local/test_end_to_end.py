@@ -86,7 +86,7 @@ def test_upload_alone_drives_tuning_training_deployment_and_prediction(tmp_path:
         assert any("/events/" in k for k in keys), keys[:5]
 
         # The Debugger tensors read back with smdebug: train and valid CrossEntropyLoss.
-        from breedline import report
+        from breedline import job_report as report
 
         job_report = report.job_report(sm, s3, final["TrainingJobName"], tmp_path / "report")
         assert job_report.loss_points["train"] >= 2 and job_report.loss_points["valid"] >= 1

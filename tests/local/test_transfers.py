@@ -11,8 +11,8 @@ import time
 import pytest
 
 from breedline.demo import upload_dataset
-from breedline.local.aws import MotoStandIns, create_data_bucket
-from breedline.local.common import download_prefix
+from breedline.local.standins import MotoStandIns, create_data_bucket
+from breedline.local.s3_transfers import download_prefix
 from breedline.packaging import REPO_ROOT
 from local_standins import BUCKET  # type: ignore[import-not-found]
 
