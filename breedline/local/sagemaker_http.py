@@ -95,6 +95,7 @@ class LocalSageMakerApp:
         return response
 
     def invoke(self, request: Request, endpoint_name: str) -> Response:
+        """``InvokeEndpoint``: validated like the real call, forwarded to the endpoint's model server."""
         params: dict[str, Any] = {"EndpointName": endpoint_name, "Body": request.get_data()}
         if request.content_type:
             params["ContentType"] = request.headers["Content-Type"]
@@ -119,21 +120,25 @@ class LocalSageMakerApp:
             log.exception("InvokeEndpoint failed")
             return _error_response(ServiceError("InternalFailure", f"{type(exc).__name__}: {exc}", 500), rest=True)
         if not 200 <= status < 300:
-            text = body.decode("utf-8", "replace")
-            err = ServiceError(
-                "ModelError",
-                f'Received client error ({status}) from primary with message "{text}". '
-                f"See the endpoint's log in {self.backend.state_dir / 'endpoints' / endpoint_name} for more information.",
-                424,
-                OriginalStatusCode=status,
-                OriginalMessage=text,
-                LogStreamArn=f"arn:aws:logs:{self.backend.region}:{self.backend.account}:log-group:"
-                             f"/aws/sagemaker/Endpoints/{endpoint_name}",
-            )
-            return _error_response(err, rest=True)
+            return _error_response(self._model_error(endpoint_name, status, body), rest=True)
         response = Response(body, status=200, content_type=headers.get("Content-Type", "application/json"))
         response.headers["x-Amzn-Invoked-Production-Variant"] = variant
         return response
+
+
+    def _model_error(self, endpoint_name: str, status: int, body: bytes) -> ServiceError:
+        """A model's non-2xx answer as SageMaker's runtime reports it: ``ModelError``, HTTP 424."""
+        text = body.decode("utf-8", "replace")
+        return ServiceError(
+            "ModelError",
+            f'Received client error ({status}) from primary with message "{text}". '
+            f"See the endpoint's log in {self.backend.state_dir / 'endpoints' / endpoint_name} for more information.",
+            424,
+            OriginalStatusCode=status,
+            OriginalMessage=text,
+            LogStreamArn=f"arn:aws:logs:{self.backend.region}:{self.backend.account}:log-group:"
+                         f"/aws/sagemaker/Endpoints/{endpoint_name}",
+        )
 
 
 class LocalSageMakerServer:

@@ -33,11 +33,6 @@ PER_CLASS = 20
 
 
 def test_upload_alone_drives_tuning_training_deployment_and_prediction(tmp_path: Path) -> None:
-    import sys
-
-    from breedline.packaging import REPO_ROOT
-
-    sys.path.insert(0, str(REPO_ROOT / "ml_scripts"))
     import datasets  # type: ignore[import-not-found]
 
     started = time.monotonic()
