@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,7 @@ from breedline.local.runtime import DEFAULT_STATE_DIR, RuntimeInfo, client_env
 
 
 def _settings() -> Any:
-    from breedline.build.paths import REPO_ROOT
-
-    sys.path.insert(0, str(REPO_ROOT / "chalice_app"))
+    """The app's settings as the environment gives them (``chalicelib`` comes with the editable install)."""
     from chalicelib.config import Settings  # type: ignore[import-not-found]
 
     return Settings.from_env()
@@ -48,11 +45,11 @@ def connect(args: argparse.Namespace) -> tuple[str, RuntimeInfo | None]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from breedline.local.runtime import LocalRuntime
+    import logging
     import signal
     import threading
 
-    import logging
+    from breedline.local.runtime import LocalRuntime
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     stop = threading.Event()
@@ -132,27 +129,27 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import boto3
 
-    from breedline import report
+    from breedline import job_report
 
     connect(args)
     sm, s3 = boto3.client("sagemaker"), boto3.client("s3")
     out = Path(args.out)
     name = args.job
     try:
-        job, rows = report.tuning_trials(sm, name)
+        job, rows = job_report.tuning_trials(sm, name)
     except Exception:
         job = None
     if job is not None:
         objective = job["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]
         print(f"tuning job {name}: {job['HyperParameterTuningJobStatus']}; trials best first "
               f"({objective['Type']} {objective['MetricName']}):")
-        print(report.format_trials(rows, objective["MetricName"]))
+        print(job_report.format_trials(rows, objective["MetricName"]))
         best = job.get("BestTrainingJob", {}).get("TrainingJobName")
         if not best:
             return 0
         print(f"\nbest trial {best}:")
         name = best
-    print(report.format_job(report.job_report(sm, s3, name, out)))
+    print(job_report.format_job(job_report.job_report(sm, s3, name, out)))
     return 0
 
 

@@ -22,10 +22,24 @@ from typing import Any
 
 import requests
 
-from .common import ServiceError, download_prefix, extract_tarball, now, split_s3_uri
+from .s3_transfers import download_prefix, extract_tarball, split_s3_uri
+from .sagemaker_state import DETAIL_ENDPOINT
+from .sagemaker_wire import ServiceError, now
 
 log = logging.getLogger("runtime.endpoints")
 SERVE_SCRIPT = Path(__file__).with_name("serve_model.py")
+
+
+def serving_env(env: dict[str, str], model_dir: Path) -> dict[str, str]:
+    """``env`` with the model's ``code/`` first on ``PYTHONPATH``, as the serving container puts it.
+
+    The server runs with ``python -P`` (its own folder is not put on the path), so
+    ``code/`` comes first and ``inference.py`` imports its neighbours (``contract``
+    ...) from the model archive, not from the checkout.
+    """
+    code = str(model_dir / "code")
+    existing = env.get("PYTHONPATH")
+    return {**env, "PYTHONPATH": code + os.pathsep + existing if existing else code}
 
 
 class ModelServer:
@@ -43,8 +57,9 @@ class ModelServer:
     def start(self, timeout: float = 120.0) -> None:
         log_file = open(self.log_path, "a", encoding="utf-8")
         self.process = subprocess.Popen(
-            [sys.executable, str(SERVE_SCRIPT), str(self.model_dir)],
-            stdout=subprocess.PIPE, stderr=log_file, text=True, env=self.env, start_new_session=True,
+            [sys.executable, "-P", str(SERVE_SCRIPT), str(self.model_dir)],
+            stdout=subprocess.PIPE, stderr=log_file, text=True, env=serving_env(self.env, self.model_dir),
+            start_new_session=True,
         )
         log_file.close()
         assert self.process.stdout is not None
@@ -152,7 +167,7 @@ class EndpointHost:
             }
             if "FailureReason" in endpoint:
                 detail["FailureReason"] = endpoint["FailureReason"]
-        self.backend.emit("SageMaker Endpoint State Change", detail, detail["EndpointArn"])
+        self.backend.emit(DETAIL_ENDPOINT, detail, detail["EndpointArn"])
 
     def deploy(self, config_name: str, update: bool) -> None:
         self.deploy_thread = threading.Thread(target=self._deploy, args=(config_name, update),

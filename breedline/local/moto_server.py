@@ -7,9 +7,8 @@ request:
 
 - ``moto.backends.list_of_moto_modules`` lists moto's package folder and
   calls ``os.path.isdir`` on each of its ~170 entries, once per request,
-  inside the server's global lock. Measured: about half of moto's CPU time per
-  S3 request (1,000 PutObjects: 2.9 ms -> 1.6 ms of server CPU each). The
-  folder cannot change while the server runs, so it is listed once.
+  inside the server's global lock: a large share of moto's CPU time per S3
+  request. The folder cannot change while the server runs, so it is listed once.
 - ``moto.core.utils.camelcase_to_underscores`` (a character loop) runs for
   every queue attribute each time SQS computes a queue's attributes, which
   SendMessage and ReceiveMessage do per message; it is a pure function of a

@@ -21,7 +21,6 @@ import logging
 import os
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +29,10 @@ from typing import Any, Callable
 from breedline.build.paths import REPO_ROOT
 from breedline.build.sourcedir import build_sourcedir
 
-from .aws import Dispatcher, MotoStandIns, create_alert_topic, create_data_bucket, create_tables, install_app_rules
-from .common import split_s3_uri
-from .sagemaker import LocalSageMakerServer, SageMakerBackend, quiet_werkzeug
+from .s3_transfers import split_s3_uri
+from .sagemaker import SageMakerBackend
+from .sagemaker_http import LocalSageMakerServer, quiet_werkzeug
+from .standins import Dispatcher, MotoStandIns, create_alert_topic, create_data_bucket, create_tables, install_app_rules
 
 log = logging.getLogger("runtime.runtime")
 
@@ -40,25 +40,25 @@ CHALICE_DIR = REPO_ROOT / "chalice_app"
 DEFAULT_STATE_DIR = REPO_ROOT / ".breedline"
 REGION = "us-east-1"
 
-#: Settings that make the pipeline fit a 2-core laptop: the offline pretrained
-#: model, small images, few epochs and trials. Any of them can be overridden
-#: from the environment; ``BREEDLINE_LOCAL_*`` never reaches the app.
-LOCAL_DEFAULTS: dict[str, str] = {
-    "BREEDLINE_MODEL": "efficientnet_lite0",
-    "BREEDLINE_EPOCHS": "2",
-    "BREEDLINE_MAX_JOBS": "2",
-    "BREEDLINE_MAX_PARALLEL_JOBS": "2",
-    "BREEDLINE_BATCH_SIZES": "16,32",
-    "BREEDLINE_LEARNING_RATE_RANGE": "0.003,0.01",
-    "BREEDLINE_EXTRA_HYPERPARAMETERS": json.dumps({"image_size": "48", "trainable_blocks": "2", "num_workers": "0",
-                                                   "profile_steps": "3", "debug_save_interval": "5"}),
-    "BREEDLINE_QUIET_PERIOD_SECONDS": "30",
-    "BREEDLINE_ACCURACY_FLOOR": "0.5",
-    "BREEDLINE_TUNING_INSTANCE_TYPE": "ml.m5.xlarge",
-    "BREEDLINE_TRAINING_INSTANCE_TYPE": "ml.m5.xlarge",
-    "BREEDLINE_BAKE_SECONDS": "0",
-    "BREEDLINE_CANARY_PERCENT": "0",
-}
+#: The Chalice stage whose ``environment_variables`` configure the app in local mode.
+LOCAL_STAGE = "local"
+
+
+def local_settings(chalice_dir: Path = CHALICE_DIR, stage: str = LOCAL_STAGE) -> dict[str, str]:
+    """The app's configuration in local mode: the ``local`` stage of ``.chalice/config.json``.
+
+    Why that file: it is Chalice's own place for per-stage settings, so the
+    local values (the offline pretrained model, small images, few epochs and
+    trials: what fits a 2-core laptop) sit next to the ``dev`` stage's, in one
+    place. The top-level ``environment_variables`` and the stage's are merged
+    as Chalice merges them (the stage wins), by Chalice's own ``Config``.
+    :class:`LocalRuntime` lets any variable already in the environment win.
+    """
+    from chalice.config import Config
+
+    config_from_disk = json.loads((chalice_dir / ".chalice" / "config.json").read_text())
+    merged = Config(chalice_stage=stage, config_from_disk=config_from_disk).environment_variables
+    return {str(k): str(v) for k, v in merged.items()}
 
 
 def local_image_env(region: str) -> dict[str, str]:
@@ -77,9 +77,11 @@ def local_image_env(region: str) -> dict[str, str]:
 
 
 def load_app(chalice_dir: Path = CHALICE_DIR) -> Any:
-    """Import ``chalice_app/app.py`` as Lambda would (its folder is the code root)."""
-    if str(chalice_dir) not in sys.path:
-        sys.path.insert(0, str(chalice_dir))
+    """Import ``chalice_app/app.py`` as Lambda would, as the top-level module ``app``.
+
+    Its folder is the code root: ``chalicelib`` and ``contract`` are importable
+    from it through the project's editable install, as from the Lambda zip's root.
+    """
     if "app" in sys.modules and Path(getattr(sys.modules["app"], "__file__", "")).resolve() == \
             (chalice_dir / "app.py").resolve():
         return sys.modules["app"].app
@@ -157,30 +159,59 @@ class LocalRuntime:
 
     # ------------------------------------------------------------------ start
     def start(self) -> RuntimeInfo:
+        """Stand-ins, configuration, local SageMaker, AWS resources, then the app: in that order."""
         if self.fresh and self.state_dir.exists():
             import shutil
 
             shutil.rmtree(self.state_dir)
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
         quiet_werkzeug()
-        # Resolving the image URIs imports sagemaker-core (about 1.7 s here): do it
+        image_env = self._start_moto()
+        env, alert_queue = self._configure(image_env)
+        self._start_sagemaker()
+        from chalicelib.config import Settings  # type: ignore[import-not-found]
+
+        settings = Settings.from_env()
+        self._create_resources(settings)
+        api_url = self._start_app()
+        assert self.moto is not None and self.sagemaker is not None
+        self.info = RuntimeInfo(
+            aws_url=self.moto.url, sagemaker_url=self.sagemaker.url, api_url=api_url, region=REGION,
+            bucket=settings.bucket, state_dir=str(self.state_dir), alert_queue_url=alert_queue,
+            alert_topic_arn=env["BREEDLINE_ALERT_TOPIC_ARN"], pid=os.getpid(), env=env,
+        )
+        self.info.write(self.state_dir / "runtime.json")
+        return self.info
+
+    def _start_moto(self) -> dict[str, str]:
+        """Start the moto child; return the image URIs, resolved meanwhile."""
+        # Resolving the image URIs imports sagemaker-core, which takes a while: do it
         # while the moto child boots instead of after.
         with ThreadPoolExecutor(max_workers=1) as pool:
             images = pool.submit(local_image_env, REGION)
             self.moto = MotoStandIns(region=REGION, in_process=False,
                                      log_path=self.state_dir / "logs" / "moto.log")
-            image_env = images.result()
+            return images.result()
 
-        # Configuration first: the app reads it at import, as a Lambda cold start does.
-        # The operator's own BREEDLINE_* variables win over the laptop defaults.
-        env = {k: v for k, v in LOCAL_DEFAULTS.items() if k not in os.environ}
+    def _configure(self, image_env: dict[str, str]) -> tuple[dict[str, str], str]:
+        """Put the app's configuration into the environment; return it and the alert inbox's URL.
+
+        Configuration first: the app reads it at import, as a Lambda cold start does.
+        The operator's own variables win over the ``local`` stage's values.
+        """
+        assert self.moto is not None
+        env = {k: v for k, v in local_settings().items() if k not in os.environ}
         env.update({k: v for k, v in image_env.items() if not os.environ.get(k)})
         env.update(self.overrides)
         sqs, sns = self.moto.client("sqs"), self.moto.client("sns")
         topic, alert_queue = create_alert_topic(sns, sqs)
         env["BREEDLINE_ALERT_TOPIC_ARN"] = topic
         os.environ.update(env)
+        return env, alert_queue
 
+    def _start_sagemaker(self) -> None:
+        """The local SageMaker service; then point boto3 (the app's included) at the stand-ins."""
+        assert self.moto is not None
         backend = SageMakerBackend(self.state_dir, self.moto.client("s3"), self.moto.client("events"), REGION,
                                    job_threads=self.job_threads)
         self.sagemaker = LocalSageMakerServer(backend).start()
@@ -199,11 +230,9 @@ class LocalRuntime:
         os.environ.pop("AWS_PROFILE", None)
         os.environ.pop("AWS_SESSION_TOKEN", None)
 
-        if str(CHALICE_DIR) not in sys.path:
-            sys.path.insert(0, str(CHALICE_DIR))
-        from chalicelib.config import Settings  # type: ignore[import-not-found]
-
-        settings = Settings.from_env()
+    def _create_resources(self, settings: Any) -> None:
+        """What ``infra/`` creates in AWS: the data bucket, the tables, the uploaded ``sourcedir.tar.gz``."""
+        assert self.moto is not None
         s3 = self.moto.client("s3")
         create_data_bucket(s3, settings.bucket, REGION)
         try:
@@ -217,19 +246,15 @@ class LocalRuntime:
             create_data_bucket(s3, bucket, REGION)
         s3.upload_file(str(tarball), bucket, key)
 
+    def _start_app(self) -> str:
+        """Import the app, install its rules, start its dispatcher and its API; return the API's URL."""
+        assert self.moto is not None
         self.app = load_app()
         self._route_app_logs()
-        routes = install_app_rules(self.app, self.moto.client("events"), sqs)
+        routes = install_app_rules(self.app, self.moto.client("events"), self.moto.client("sqs"))
         self.dispatcher = Dispatcher(self.app, routes, self.moto.client("sqs"), REGION,
                                      schedule_period=self.schedule_period, on_invoke=self.on_invoke).start()
-        api_url = self._start_api()
-        self.info = RuntimeInfo(
-            aws_url=self.moto.url, sagemaker_url=self.sagemaker.url, api_url=api_url, region=REGION,
-            bucket=settings.bucket, state_dir=str(self.state_dir), alert_queue_url=alert_queue,
-            alert_topic_arn=topic, pid=os.getpid(), env=env,
-        )
-        self.info.write(self.state_dir / "runtime.json")
-        return self.info
+        return self._start_api()
 
     def _route_app_logs(self) -> None:
         """The app's JSON logs and EMF metrics go to ``logs/app.log``, as CloudWatch would keep them."""

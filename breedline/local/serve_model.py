@@ -9,7 +9,10 @@ anything else is a 500, as in the real container. It prints ``LISTENING <port>``
 once ready so the parent knows where it is.
 
 Why standalone: it must not import the ``breedline`` package, so the endpoint
-runs the model's own code and nothing else, like the container.
+runs the model's own code and nothing else, like the container. Its launcher
+(``endpoints.ModelServer``) puts ``MODEL_DIR/code`` first on ``PYTHONPATH`` and
+runs it with ``python -P``, as the container's toolkit puts the code folder on
+the path, so ``inference.py`` imports its neighbours from the model archive.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ def load_handler(model_dir: Path):
     entry = code / "inference.py"
     if not entry.is_file():
         raise SystemExit(f"no code/inference.py in {model_dir}: the model archive cannot serve on its own")
-    sys.path.insert(0, str(code))
     spec = importlib.util.spec_from_file_location("inference", entry)
     module = importlib.util.module_from_spec(spec)
     sys.modules["inference"] = module

@@ -24,29 +24,59 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .common import download_prefix, extract_tarball, make_tarball, now, split_s3_uri, upload_tree
+from contract import (
+    COMPLETED,
+    FAILED,
+    IN_PROGRESS,
+    STOPPED,
+    STOPPING,
+    TERMINAL_STATUSES,
+    TOOLKIT_PREFIX,
+    decode_hyperparameter,
+    parse_metrics,
+)
+
+from .s3_transfers import download_prefix, extract_tarball, make_tarball, split_s3_uri, upload_tree
+from .sagemaker_state import DETAIL_TRAINING
+from .sagemaker_wire import now
 
 log = logging.getLogger("runtime.training")
 
-
-def decode_hyperparameter(value: str) -> Any:
-    """SageMaker's toolkit JSON-decodes each value where it can (``"\\"train.py\\""`` -> ``train.py``)."""
-    try:
-        return json.loads(value)
-    except (json.JSONDecodeError, TypeError):
-        return value
+#: Secondary statuses that end a job (their transition gets an ``EndTime`` at once).
+FINAL_SECONDARY_STATUSES: tuple[str, ...] = (
+    *TERMINAL_STATUSES, "MaxRuntimeExceeded", "MaxWaitTimeExceeded", "Interrupted",
+)
 
 
 def cli_arguments(hyperparameters: dict[str, str]) -> list[str]:
     """Hyperparameters as the toolkit passes them: ``--name value``, never the ``sagemaker_*`` ones."""
     args: list[str] = []
     for name, raw in sorted(hyperparameters.items()):
-        if name.startswith("sagemaker_"):
+        if name.startswith(TOOLKIT_PREFIX):
             continue
         value = decode_hyperparameter(raw)
         text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
         args += [f"--{name}", text]
     return args
+
+
+def container_paths(ml: Path) -> dict[str, Path]:
+    """The container's ``/opt/ml`` folders under the job's own folder, created."""
+    paths = {
+        "input": ml / "input",
+        "data": ml / "input" / "data",
+        "config": ml / "input" / "config",
+        "model": ml / "model",
+        "output": ml / "output",
+        "output_data": ml / "output" / "data",
+        "checkpoints": ml / "checkpoints",
+        "code": ml / "code",
+        "debug": ml / "debug-output",
+        "logs": ml / "logs",
+    }
+    for path in paths.values():
+        path.mkdir(parents=True, exist_ok=True)
+    return paths
 
 
 class TrainingRun:
@@ -59,7 +89,7 @@ class TrainingRun:
         self.threads = threads
         self.process: subprocess.Popen | None = None
         self.stop_requested = threading.Event()
-        self.stop_reason = "Stopped"
+        self.stop_reason = STOPPED
         self.thread = threading.Thread(target=self._run, name=f"training-{name}", daemon=True)
         self.done = threading.Event()
         self.history: dict[str, list[float]] = {}
@@ -81,8 +111,7 @@ class TrainingRun:
             if transitions and "EndTime" not in transitions[-1]:
                 transitions[-1]["EndTime"] = stamp
             transitions.append({"Status": secondary, "StartTime": stamp, "StatusMessage": message})
-            if secondary in ("Completed", "Failed", "Stopped", "MaxRuntimeExceeded", "MaxWaitTimeExceeded",
-                             "Interrupted"):
+            if secondary in FINAL_SECONDARY_STATUSES:
                 transitions[-1]["EndTime"] = stamp
             job["SecondaryStatus"] = secondary
             if status is not None:
@@ -105,7 +134,7 @@ class TrainingRun:
             detail = {k: copy.deepcopy(job[k]) for k in keys if k in job}
             detail["Tags"] = self.backend.tag_dict(job["TrainingJobArn"])
             arn = job["TrainingJobArn"]
-        self.backend.emit("SageMaker Training Job State Change", detail, arn)
+        self.backend.emit(DETAIL_TRAINING, detail, arn)
 
     # ------------------------------------------------------------ control
     def start(self) -> None:
@@ -114,12 +143,12 @@ class TrainingRun:
     def join(self, timeout: float | None = None) -> None:
         self.thread.join(timeout)
 
-    def stop(self, quiet: bool = False, reason: str = "Stopped") -> None:
+    def stop(self, quiet: bool = False, reason: str = STOPPED) -> None:
         """Ask the job to stop: SIGTERM to the process group, SIGKILL after a grace period."""
         self.stop_reason = reason
         self.stop_requested.set()
-        if not quiet and self.job["TrainingJobStatus"] == "InProgress":
-            self.transition("Stopping", "Stopping the training job", status="Stopping")
+        if not quiet and self.job["TrainingJobStatus"] == IN_PROGRESS:
+            self.transition("Stopping", "Stopping the training job", status=STOPPING)
         self._terminate()
 
     def _terminate(self) -> None:
@@ -144,71 +173,91 @@ class TrainingRun:
             self._run_inner()
         except Exception as exc:  # any local failure is the job's failure, never a hang
             log.exception("training job %s failed in the runtime", self.name)
-            self._finish("Failed", f"ClientError: {type(exc).__name__}: {exc}")
+            self._finish(FAILED, f"ClientError: {type(exc).__name__}: {exc}")
         finally:
             self.done.set()
 
-    def _paths(self) -> dict[str, Path]:
-        ml = self.root
-        paths = {
-            "input": ml / "input",
-            "data": ml / "input" / "data",
-            "config": ml / "input" / "config",
-            "model": ml / "model",
-            "output": ml / "output",
-            "output_data": ml / "output" / "data",
-            "checkpoints": ml / "checkpoints",
-            "code": ml / "code",
-            "debug": ml / "debug-output",
-            "logs": ml / "logs",
-        }
-        for path in paths.values():
-            path.mkdir(parents=True, exist_ok=True)
-        return paths
-
     def _run_inner(self) -> None:
-        job = self.job
-        paths = self._paths()
-        s3 = self.backend.s3
+        """Downloading, Training, Uploading, then the end state: the job's whole life."""
+        paths = container_paths(self.root)
         with self.backend.lock:
-            job["TrainingStartTime"] = now()
+            self.job["TrainingStartTime"] = now()
         self.transition("Downloading", "Downloading input data")
-        hyper = dict(job.get("HyperParameters", {}))
-        # Channels, exactly as File mode lays them out.
+        hyper = dict(self.job.get("HyperParameters", {}))
+        input_config = self._download_channels(paths)
+        if input_config is None:
+            return
+        program = self._download_code(paths, hyper)
+        if program is None:
+            return
+        checkpoint = self.job.get("CheckpointConfig")
+        if checkpoint:
+            download_prefix(self.backend.s3, checkpoint["S3Uri"], paths["checkpoints"])
+        self._write_input_config(paths, hyper, input_config)
+        if self.stop_requested.is_set():
+            return self._finish(STOPPED)
+
+        self.transition("Training", "Training image download completed. Training in progress.")
+        returncode, stderr_tail = self._train(paths, hyper, program, input_config)
+        if self.stop_requested.is_set():
+            self._upload(paths, model=False)
+            return self._finish(STOPPED, secondary=self.stop_reason)
+        if returncode != 0:
+            failure_file = paths["output"] / "failure"
+            reason = failure_file.read_text().strip() if failure_file.is_file() else ""
+            reason = reason or stderr_tail or f"exit code {returncode}"
+            self._upload(paths, model=False)
+            return self._finish(FAILED, f"AlgorithmError: {reason[-1000:]}, exit code: {returncode}")
+        self.transition("Uploading", "Uploading generated training model")
+        self._upload(paths, model=True)
+        self._finish(COMPLETED)
+
+    def _download_channels(self, paths: dict[str, Path]) -> dict[str, dict] | None:
+        """Channels, exactly as File mode lays them out; the ``inputdataconfig.json`` entries, or None if failed."""
+        job = self.job
         input_config: dict[str, dict] = {}
         for channel in job.get("InputDataConfig", []):
             source = channel["DataSource"].get("S3DataSource")
             if source is None:
                 raise RuntimeError(f"channel {channel['ChannelName']}: only S3DataSource is supported locally")
-            count = download_prefix(s3, source["S3Uri"], paths["data"] / channel["ChannelName"],
+            count = download_prefix(self.backend.s3, source["S3Uri"], paths["data"] / channel["ChannelName"],
                                     cache=self.backend.state_dir / "cache" / "s3")
             if count == 0:
-                return self._finish("Failed", f"ClientError: No objects found under {source['S3Uri']} "
-                                              f"(channel {channel['ChannelName']})")
+                self._finish(FAILED, f"ClientError: No objects found under {source['S3Uri']} "
+                                     f"(channel {channel['ChannelName']})")
+                return None
             input_config[channel["ChannelName"]] = {
                 "TrainingInputMode": channel.get("InputMode", job["AlgorithmSpecification"].get("TrainingInputMode")),
                 "S3DistributionType": source.get("S3DataDistributionType", "FullyReplicated"),
                 "RecordWrapperType": channel.get("RecordWrapperType", "None"),
             }
+        return input_config
+
+    def _download_code(self, paths: dict[str, Path], hyper: dict[str, str]) -> str | None:
+        """Unpack the ``sagemaker_submit_directory`` tarball into ``code/``; the entry point, or None if failed."""
         submit = decode_hyperparameter(hyper.get("sagemaker_submit_directory", '""'))
         program = decode_hyperparameter(hyper.get("sagemaker_program", '""'))
         if not submit or not program:
-            return self._finish("Failed", "ClientError: script mode needs the hyperparameters sagemaker_program "
-                                          "and sagemaker_submit_directory")
+            self._finish(FAILED, "ClientError: script mode needs the hyperparameters sagemaker_program "
+                                 "and sagemaker_submit_directory")
+            return None
         archive = paths["input"] / "sourcedir.tar.gz"
         bucket, key = split_s3_uri(str(submit))
         try:
-            s3.download_file(bucket, key, str(archive))
+            self.backend.s3.download_file(bucket, key, str(archive))
         except Exception as exc:
-            return self._finish("Failed", f"ClientError: cannot download {submit}: {exc}")
+            self._finish(FAILED, f"ClientError: cannot download {submit}: {exc}")
+            return None
         extract_tarball(archive, paths["code"])
         if not (paths["code"] / str(program)).is_file():
-            return self._finish("Failed", f"ClientError: {program} is not in {submit}")
-        checkpoint = job.get("CheckpointConfig")
-        if checkpoint:
-            download_prefix(s3, checkpoint["S3Uri"], paths["checkpoints"])
+            self._finish(FAILED, f"ClientError: {program} is not in {submit}")
+            return None
+        return str(program)
 
-        # input/config, as the platform writes it.
+    def _write_input_config(self, paths: dict[str, Path], hyper: dict[str, str],
+                            input_config: dict[str, dict]) -> None:
+        """``input/config``, as the platform writes it."""
+        job = self.job
         (paths["config"] / "hyperparameters.json").write_text(json.dumps(hyper, indent=2))
         (paths["config"] / "inputdataconfig.json").write_text(json.dumps(input_config, indent=2))
         (paths["config"] / "resourceconfig.json").write_text(json.dumps(
@@ -224,26 +273,10 @@ class TrainingRun:
             (paths["config"] / "debughookconfig.json").write_text(json.dumps(hook, indent=2))
         if job.get("ProfilerConfig"):
             (paths["config"] / "profilerconfig.json").write_text(json.dumps(job["ProfilerConfig"], indent=2))
-        if self.stop_requested.is_set():
-            return self._finish("Stopped")
 
-        self.transition("Training", "Training image download completed. Training in progress.")
-        returncode, stderr_tail = self._train(paths, hyper, str(program), input_config)
-        if self.stop_requested.is_set():
-            self._upload(paths, model=False)
-            return self._finish("Stopped", secondary=self.stop_reason)
-        if returncode != 0:
-            failure_file = paths["output"] / "failure"
-            reason = failure_file.read_text().strip() if failure_file.is_file() else ""
-            reason = reason or stderr_tail or f"exit code {returncode}"
-            self._upload(paths, model=False)
-            return self._finish("Failed", f"AlgorithmError: {reason[-1000:]}, exit code: {returncode}")
-        self.transition("Uploading", "Uploading generated training model")
-        self._upload(paths, model=True)
-        self._finish("Completed")
-
-    def _train(self, paths: dict[str, Path], hyper: dict[str, str], program: str,
-               input_config: dict[str, dict]) -> tuple[int, str]:
+    def _environment(self, paths: dict[str, Path], hyper: dict[str, str], program: str,
+                     input_config: dict[str, dict]) -> dict[str, str]:
+        """The ``SM_*`` variables the training toolkit sets, over the runtime's own environment."""
         env = dict(os.environ)
         env.update({
             "SM_MODEL_DIR": str(paths["model"]),
@@ -253,7 +286,7 @@ class TrainingRun:
             "SM_INPUT_CONFIG_DIR": str(paths["config"]),
             "SM_CHANNELS": json.dumps(sorted(input_config)),
             "SM_HPS": json.dumps({k: decode_hyperparameter(v) for k, v in hyper.items()
-                                  if not k.startswith("sagemaker_")}),
+                                  if not k.startswith(TOOLKIT_PREFIX)}),
             "SM_USER_ENTRY_POINT": program,
             "SM_MODULE_DIR": hyper.get("sagemaker_submit_directory", ""),
             "SM_CURRENT_HOST": "algo-1",
@@ -273,12 +306,19 @@ class TrainingRun:
         # The job must not talk to the operator's AWS stand-ins by accident.
         for key in [k for k in env if k.startswith("AWS_ENDPOINT_URL")]:
             env.pop(key)
+        return env
+
+    def _train(self, paths: dict[str, Path], hyper: dict[str, str], program: str,
+               input_config: dict[str, dict]) -> tuple[int, str]:
+        """Run ``python <program> --name value ...`` in ``code/``; its exit code and last stderr line."""
+        env = self._environment(paths, hyper, program, input_config)
         command = [sys.executable, program, *cli_arguments(hyper)]
         (paths["logs"] / "command.json").write_text(json.dumps(command))
         stdout_log = open(paths["logs"] / "stdout.log", "w", encoding="utf-8")
         stderr_log = open(paths["logs"] / "stderr.log", "w", encoding="utf-8")
-        definitions = [(d["Name"], re.compile(d["Regex"]))
-                       for d in self.job["AlgorithmSpecification"].get("MetricDefinitions", [])]
+        definitions = self.job["AlgorithmSpecification"].get("MetricDefinitions", [])
+        for definition in definitions:  # a regex that does not compile fails the job before it starts
+            re.compile(definition["Regex"])
         stderr_lines: list[str] = []
         deadline = time.monotonic() + self.job["StoppingCondition"].get("MaxRuntimeInSeconds", 86400)
         try:
@@ -319,16 +359,20 @@ class TrainingRun:
                 return
             time.sleep(0.5)
 
-    def _parse_metrics(self, line: str, definitions: list[tuple[str, re.Pattern[str]]]) -> None:
-        """Apply the job's own MetricDefinitions; keep the latest value as SageMaker does."""
+    def _parse_metrics(self, line: str, definitions: list[dict[str, str]]) -> None:
+        """Apply the job's own MetricDefinitions; keep the latest value as SageMaker does.
+
+        One definition at a time, so a definition whose regex has no number to
+        capture is skipped without hiding the others on the same line.
+        """
         updates = {}
-        for name, pattern in definitions:
-            match = pattern.search(line)
-            if match:
-                try:
-                    updates[name] = float(match.group(1))
-                except (IndexError, ValueError):
-                    continue
+        for definition in definitions:
+            try:
+                values = parse_metrics(line, [definition]).get(definition["Name"])
+            except (IndexError, ValueError):
+                continue
+            if values:
+                updates[definition["Name"]] = values[0]
         if not updates:
             return
         stamp = now()
@@ -373,7 +417,7 @@ class TrainingRun:
         stamp = now()
         with self.backend.lock:
             job = self.job
-            if job["TrainingJobStatus"] in ("Completed", "Failed", "Stopped"):
+            if job["TrainingJobStatus"] in TERMINAL_STATUSES:
                 return
             job["TrainingEndTime"] = stamp
             job.setdefault("TrainingStartTime", stamp)
@@ -382,8 +426,8 @@ class TrainingRun:
             job["BillableTimeInSeconds"] = seconds
             if reason:
                 job["FailureReason"] = reason
-        message = {"Completed": "Training job completed", "Failed": reason or "Training job failed",
-                   "Stopped": "Training job stopped"}[status]
+        message = {COMPLETED: "Training job completed", FAILED: reason or "Training job failed",
+                   STOPPED: "Training job stopped"}[status]
         self.transition(secondary or status, message, status=status)
         log.info("training job %s %s%s", self.name, status, f": {reason}" if reason else "")
 

@@ -23,7 +23,10 @@ from typing import Any
 
 import optuna
 
-from .common import now
+from contract import COMPLETED, FAILED, IN_PROGRESS, STOPPED, STOPPING, TERMINAL_STATUSES
+
+from .sagemaker_state import DETAIL_TUNING
+from .sagemaker_wire import now
 
 log = logging.getLogger("runtime.tuning")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -85,7 +88,7 @@ class TuningRun:
         self.stop_requested.set()
         for job_name in list(self.trials):
             run = self.backend.runners.get(job_name)
-            if run is not None and self.backend.training_jobs[job_name]["TrainingJobStatus"] == "InProgress":
+            if run is not None and self.backend.training_jobs[job_name]["TrainingJobStatus"] == IN_PROGRESS:
                 run.stop(quiet=quiet)
 
     # --------------------------------------------------------------- events
@@ -99,7 +102,7 @@ class TuningRun:
             detail = {k: copy.deepcopy(job[k]) for k in keys if k in job}
             detail["Tags"] = self.backend.tag_dict(job["HyperParameterTuningJobArn"])
             arn = job["HyperParameterTuningJobArn"]
-        self.backend.emit("SageMaker HyperParameter Tuning Job State Change", detail, arn)
+        self.backend.emit(DETAIL_TUNING, detail, arn)
 
     # ------------------------------------------------------------ summaries
     def summaries(self) -> list[dict]:
@@ -124,7 +127,7 @@ class TuningRun:
                 summary["FinalHyperParameterTuningJobObjectiveMetric"] = {
                     "Type": objective["Type"], "MetricName": objective["MetricName"], "Value": value}
                 summary["ObjectiveStatus"] = "Succeeded"
-            elif trial["TrainingJobStatus"] in ("Failed", "Stopped", "Completed"):
+            elif trial["TrainingJobStatus"] in TERMINAL_STATUSES:
                 summary["ObjectiveStatus"] = "Failed"
             else:
                 summary["ObjectiveStatus"] = "Pending"
@@ -149,7 +152,7 @@ class TuningRun:
             self._run_inner()
         except Exception as exc:
             log.exception("tuning job %s failed in the runtime", self.name)
-            self._finish("Failed", f"{type(exc).__name__}: {exc}")
+            self._finish(FAILED, f"{type(exc).__name__}: {exc}")
 
     def _run_inner(self) -> None:
         config = self.job["HyperParameterTuningJobConfig"]
@@ -183,12 +186,12 @@ class TuningRun:
                 running[job_name] = trial
                 launched += 1
             finished = [n for n in running if self.backend.training_jobs[n]["TrainingJobStatus"]
-                        in ("Completed", "Failed", "Stopped")]
+                        in TERMINAL_STATUSES]
             for job_name in finished:
                 trial = running.pop(job_name)
                 run = self.backend.runners[job_name]
                 value = run.metric(objective["MetricName"]) \
-                    if self.backend.training_jobs[job_name]["TrainingJobStatus"] == "Completed" else None
+                    if self.backend.training_jobs[job_name]["TrainingJobStatus"] == COMPLETED else None
                 with self.backend.lock:
                     if value is not None and math.isfinite(value):
                         self.objective_values[job_name] = value
@@ -208,15 +211,13 @@ class TuningRun:
         with self.backend.lock:
             self._update_counters()
         if self.stop_requested.is_set():
-            return self._finish("Stopped")
+            return self._finish(STOPPED)
         if not self.objective_values:
-            return self._finish("Failed", "All training jobs failed or reported no objective metric "
+            return self._finish(FAILED, "All training jobs failed or reported no objective metric "
                                           f"{objective['MetricName']}")
-        self._finish("Completed")
+        self._finish(COMPLETED)
 
     def _launch(self, job_name: str, definition: dict, tuned: dict[str, str], threads: int) -> None:
-        from .training import TrainingRun
-
         request = {
             "TrainingJobName": job_name,
             "HyperParameters": {**definition.get("StaticHyperParameters", {}), **tuned},
@@ -245,14 +246,14 @@ class TuningRun:
         statuses = [self.backend.training_jobs[n]["TrainingJobStatus"] for n in self.trials]
         job = self.job
         job["TrainingJobStatusCounters"] = {
-            "Completed": statuses.count("Completed"),
-            "InProgress": statuses.count("InProgress") + statuses.count("Stopping"),
+            "Completed": statuses.count(COMPLETED),
+            "InProgress": statuses.count(IN_PROGRESS) + statuses.count(STOPPING),
             "RetryableError": 0,
-            "NonRetryableError": statuses.count("Failed"),
-            "Stopped": statuses.count("Stopped"),
+            "NonRetryableError": statuses.count(FAILED),
+            "Stopped": statuses.count(STOPPED),
         }
         succeeded = len(self.objective_values)
-        pending = statuses.count("InProgress") + statuses.count("Stopping")
+        pending = statuses.count(IN_PROGRESS) + statuses.count(STOPPING)
         job["ObjectiveStatusCounters"] = {"Succeeded": succeeded, "Pending": pending,
                                           "Failed": len(statuses) - succeeded - pending}
         job["LastModifiedTime"] = now()

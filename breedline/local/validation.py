@@ -18,7 +18,7 @@ from botocore.exceptions import ParamValidationError
 from botocore.model import OperationModel, ServiceModel, Shape
 from botocore.validate import validate_parameters
 
-from .common import ServiceError
+from .sagemaker_wire import ServiceError
 
 
 @lru_cache(maxsize=None)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from breedline.local.aws import MotoStandIns, create_data_bucket
-from breedline.local.sagemaker import LocalSageMakerServer, SageMakerBackend
+from breedline.local.standins import MotoStandIns, create_data_bucket
+from breedline.local.sagemaker import SageMakerBackend
+from breedline.local.sagemaker_http import LocalSageMakerServer
 from local_standins import BUCKET, make_sourcedir  # type: ignore[import-not-found]
 
 

@@ -114,7 +114,7 @@ def runtime_client(server: LocalSageMakerServer):
 
 def training_request(name: str, **hyper: str) -> dict:
     """A request shaped like the app's, pointing at the stand-in script."""
-    from metric_definitions import METRIC_DEFINITIONS
+    from contract import METRIC_DEFINITIONS
 
     hyperparameters = {
         "sagemaker_program": json.dumps("train.py"),

@@ -7,7 +7,7 @@ import time
 
 from chalice import Chalice, Rate
 
-from breedline.local.aws import Dispatcher, install_app_rules
+from breedline.local.standins import Dispatcher, install_app_rules
 
 
 def tiny_app() -> Chalice:

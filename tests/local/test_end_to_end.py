@@ -33,11 +33,6 @@ PER_CLASS = 20
 
 
 def test_upload_alone_drives_tuning_training_deployment_and_prediction(tmp_path: Path) -> None:
-    import sys
-
-    from breedline.build.paths import REPO_ROOT
-
-    sys.path.insert(0, str(REPO_ROOT / "ml_scripts"))
     import datasets  # type: ignore[import-not-found]
 
     started = time.monotonic()
@@ -86,7 +81,7 @@ def test_upload_alone_drives_tuning_training_deployment_and_prediction(tmp_path:
         assert any("/events/" in k for k in keys), keys[:5]
 
         # The Debugger tensors read back with smdebug: train and valid CrossEntropyLoss.
-        from breedline import report
+        from breedline import job_report as report
 
         job_report = report.job_report(sm, s3, final["TrainingJobName"], tmp_path / "report")
         assert job_report.loss_points["train"] >= 2 and job_report.loss_points["valid"] >= 1

@@ -12,8 +12,8 @@ import pytest
 
 from breedline.build.paths import REPO_ROOT
 from breedline.demo import upload_dataset
-from breedline.local.aws import MotoStandIns, create_data_bucket
-from breedline.local.common import download_prefix
+from breedline.local.standins import MotoStandIns, create_data_bucket
+from breedline.local.s3_transfers import download_prefix
 from local_standins import BUCKET  # type: ignore[import-not-found]
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from breedline.local.common import download_prefix, split_s3_uri
+from breedline.local.s3_transfers import download_prefix, split_s3_uri
 
 LOSS_TENSOR = "CrossEntropyLoss_output_0"
 

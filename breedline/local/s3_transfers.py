@@ -1,15 +1,14 @@
-"""Small helpers shared by the local SageMaker service's pieces.
+"""S3 transfers of the local SageMaker service: channels in, artifacts out, tarballs.
 
-Why a module of its own: the service, the training runner, the tuner and the
-endpoint host all need the same notion of an API error, of time and of S3
-paths, and none of them should import the others for it.
+Why a module of its own: training jobs, endpoints and the operator's report all
+move objects between local S3 and folders the same way (File mode's parallel
+copy, an ETag-keyed cache for channels, model.tar.gz packing), and none of them
+should import the others for it.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import json
 import os
 import shutil
 import tarfile
@@ -18,61 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from .sagemaker_wire import validation
 
 TRANSFER_THREADS = 8
 #: boto3's default multipart threshold: smaller objects come in one GET.
 SINGLE_GET_BYTES = 8 * 1024 * 1024
-
-
-class ServiceError(Exception):
-    """An error answered in SageMaker's JSON error format (``__type`` + ``message``)."""
-
-    def __init__(self, code: str, message: str, status: int = 400, **fields: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-        self.fields = fields
-
-
-def not_found(message: str) -> ServiceError:
-    return ServiceError("ResourceNotFound", message)
-
-
-def validation(message: str) -> ServiceError:
-    return ServiceError("ValidationException", message)
-
-
-def in_use(message: str) -> ServiceError:
-    return ServiceError("ResourceInUse", message)
-
-
-def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
-def to_epoch(value: dt.datetime) -> float:
-    return value.timestamp()
-
-
-def to_millis(value: dt.datetime) -> int:
-    return int(value.timestamp() * 1000)
-
-
-def wire_json(obj: Any) -> str:
-    """JSON for the SageMaker wire: timestamps as epoch seconds, as botocore parses them."""
-    return json.dumps(obj, default=lambda v: to_epoch(v) if isinstance(v, dt.datetime) else str(v))
-
-
-def event_json(obj: Any) -> Any:
-    """Copy of ``obj`` with timestamps as epoch milliseconds, as SageMaker's events carry them."""
-    if isinstance(obj, dt.datetime):
-        return to_millis(obj)
-    if isinstance(obj, dict):
-        return {k: event_json(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [event_json(v) for v in obj]
-    return obj
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:

@@ -1,0 +1,188 @@
+"""The local SageMaker account's resources: stores, tags, state-change events, the saved snapshot.
+
+Why one base for every operation: jobs, models and endpoints share one lock,
+one tag store and one way of telling the world that something changed. A
+change goes out twice: as the event SageMaker puts on EventBridge (``Source:
+aws.sagemaker``, the documented detail-types, times in epoch milliseconds),
+which is what drives the app's handlers, and as ``sagemaker.json``, a snapshot
+of every resource as Describe* returns it, so a run can be inspected afterwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from .sagemaker_wire import event_json, validation, wire_json
+
+log = logging.getLogger("runtime.sagemaker")
+
+#: The ``detail-type`` of each SageMaker state-change event.
+DETAIL_TRAINING = "SageMaker Training Job State Change"
+DETAIL_TUNING = "SageMaker HyperParameter Tuning Job State Change"
+DETAIL_ENDPOINT = "SageMaker Endpoint State Change"
+
+
+class BackendState:
+    """All resources of one local account and region, their tags, and how changes are announced."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        s3: Any,
+        events: Any | None,
+        region: str = "us-east-1",
+        account: str = "123456789012",
+        event_bus: str = "default",
+        job_threads: int | None = 1,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.s3 = s3
+        self.events = events
+        self.region = region
+        self.account = account
+        self.event_bus = event_bus
+        # Threads per training process (OMP_NUM_THREADS). One by default: spinning OpenMP
+        # threads on a busy machine slow an epoch down; None leaves torch's default.
+        self.job_threads = job_threads
+        self.lock = threading.RLock()
+        self.training_jobs: dict[str, dict] = {}
+        self.tuning_jobs: dict[str, dict] = {}
+        self.models: dict[str, dict] = {}
+        self.endpoint_configs: dict[str, dict] = {}
+        self.endpoints: dict[str, dict] = {}
+        self.tags: dict[str, list[dict]] = {}
+        self.runners: dict[str, Any] = {}  # job name -> TrainingRun / TuningRun
+        self.hosts: dict[str, Any] = {}  # endpoint name -> EndpointHost
+        self.emitted: list[dict] = []  # every event put, for tests and the report
+        self.listeners: list[Callable[[str, dict], None]] = []
+        self.closing = threading.Event()
+
+    # ------------------------------------------------------------------ helpers
+    def arn(self, kind: str, name: str) -> str:
+        return f"arn:aws:sagemaker:{self.region}:{self.account}:{kind}/{name.lower()}"
+
+    def job_dir(self, name: str) -> Path:
+        path = self.state_dir / "jobs" / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def tag_dict(self, arn: str) -> dict[str, str]:
+        return {t["Key"]: t["Value"] for t in self.tags.get(arn, [])}
+
+    @staticmethod
+    def _listing(items: list[dict], p: dict, name_key: str, status_key: str, sort_keys: dict[str, str]) -> list[dict]:
+        """A List* call's filters, sort order and page size (one page: no ``NextToken``)."""
+        if "NameContains" in p:
+            items = [i for i in items if p["NameContains"].lower() in i[name_key].lower()]
+        if "StatusEquals" in p:
+            items = [i for i in items if i[status_key] == p["StatusEquals"]]
+        for field, op in (("CreationTimeAfter", "gt"), ("CreationTimeBefore", "lt")):
+            if field in p:
+                bound = dt.datetime.fromtimestamp(float(p[field]), dt.timezone.utc)
+                items = [i for i in items if (i["CreationTime"] > bound if op == "gt" else i["CreationTime"] < bound)]
+        key = sort_keys.get(p.get("SortBy", "CreationTime"), "CreationTime")
+        reverse = p.get("SortOrder", "Descending" if key == "CreationTime" else "Ascending") == "Descending"
+        items = sorted(items, key=lambda i: (i.get(key) is None, i.get(key)), reverse=reverse)
+        if "MaxResults" in p:
+            items = items[: p["MaxResults"]]
+        return items
+
+    # ------------------------------------------------------------------- events
+    def emit(self, detail_type: str, detail: dict, resource_arn: str) -> None:
+        """Put one state-change event on the local EventBridge, as SageMaker does."""
+        body = event_json(detail)
+        record = {"detail-type": detail_type, "detail": body, "resources": [resource_arn]}
+        with self.lock:
+            self.emitted.append(record)
+            with open(self.state_dir / "events.jsonl", "a", encoding="utf-8") as out:
+                out.write(json.dumps(record) + "\n")
+        for listener in list(self.listeners):
+            try:
+                listener(detail_type, body)
+            except Exception:  # a progress printer must never break the service
+                log.exception("event listener failed")
+        if self.events is None:
+            return
+        try:
+            answer = self.events.put_events(
+                Entries=[
+                    {
+                        "Source": "aws.sagemaker",
+                        "DetailType": detail_type,
+                        "Detail": json.dumps(body),
+                        "Resources": [resource_arn],
+                        "EventBusName": self.event_bus,
+                    }
+                ]
+            )
+            if answer.get("FailedEntryCount"):
+                log.error("EventBridge refused %s: %s", detail_type, answer)
+        except Exception:
+            log.exception("could not put %s on EventBridge", detail_type)
+
+    # -------------------------------------------------------------------- state
+    def _save_state(self) -> None:
+        """Write a JSON snapshot of every resource, so a run can be inspected afterwards.
+
+        Snapshot and write happen under the backend lock: two threads sharing the
+        temporary file raced (one renamed it away under the other), and an older
+        snapshot could overwrite a newer one.
+        """
+        with self.lock:
+            snapshot = {
+                "training_jobs": self.training_jobs,
+                "tuning_jobs": self.tuning_jobs,
+                "models": self.models,
+                "endpoint_configs": self.endpoint_configs,
+                "endpoints": self.endpoints,
+                "tags": self.tags,
+            }
+            text = wire_json(snapshot)
+            tmp = self.state_dir / "sagemaker.json.tmp"
+            tmp.write_text(text)
+            tmp.replace(self.state_dir / "sagemaker.json")
+
+    def changed(self) -> None:
+        try:
+            self._save_state()
+        except Exception:
+            log.exception("could not save state")
+
+    # --------------------------------------------------------------------- tags
+    def _add_tags(self, arn: str, tags: list[dict] | None) -> None:
+        if not tags:
+            return
+        current = {t["Key"]: t for t in self.tags.get(arn, [])}
+        for tag in tags:
+            current[tag["Key"]] = {"Key": tag["Key"], "Value": tag.get("Value", "")}
+        self.tags[arn] = list(current.values())
+
+    def _known_arn(self, arn: str) -> bool:
+        collections = (self.training_jobs, self.tuning_jobs, self.models, self.endpoint_configs, self.endpoints)
+        keys = ("TrainingJobArn", "HyperParameterTuningJobArn", "ModelArn", "EndpointConfigArn", "EndpointArn")
+        return any(item.get(key) == arn for coll, key in zip(collections, keys) for item in coll.values())
+
+    def ListTags(self, p: dict) -> dict:
+        with self.lock:
+            if not self._known_arn(p["ResourceArn"]):
+                raise validation(f"Could not find resource {p['ResourceArn']}")
+            return {"Tags": copy.deepcopy(self.tags.get(p["ResourceArn"], []))}
+
+    def AddTags(self, p: dict) -> dict:
+        with self.lock:
+            if not self._known_arn(p["ResourceArn"]):
+                raise validation(f"Could not find resource {p['ResourceArn']}")
+            self._add_tags(p["ResourceArn"], p["Tags"])
+            return {"Tags": copy.deepcopy(self.tags[p["ResourceArn"]])}
+
+    def DeleteTags(self, p: dict) -> dict:
+        with self.lock:
+            self.tags[p["ResourceArn"]] = [t for t in self.tags.get(p["ResourceArn"], []) if t["Key"] not in p["TagKeys"]]
+        return {}
