@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
+from contract import CHANNELS
 
 #: Data set names become S3 prefixes, tag values and part of job names.
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -110,7 +110,7 @@ def validate_layout(
     Every broken rule becomes one human-readable reason.
     """
     base = f"{data_prefix}{dataset}/"
-    counts: dict[str, dict[str, int]] = {split: {} for split in SPLITS}
+    counts: dict[str, dict[str, int]] = {split: {} for split in CHANNELS}
     misplaced: list[str] = []
     not_images: list[str] = []
     empty: list[str] = []
@@ -146,7 +146,7 @@ def validate_layout(
             f"data set name {dataset!r} must be 1-128 characters of letters, digits, '.', '_' or '-'"
         )
     if unknown_splits:
-        reasons.append(f"unknown split folders {sorted(unknown_splits)}; expected only {list(SPLITS)}")
+        reasons.append(f"unknown split folders {sorted(unknown_splits)}; expected only {list(CHANNELS)}")
     if misplaced:
         reasons.append(f"{len(misplaced)} objects not at <split>/<class>/<file>: {_quote(misplaced)}")
     if not_images:
@@ -154,10 +154,10 @@ def validate_layout(
         reasons.append(f"{len(not_images)} files are not images ({allowed}): {_quote(not_images)}")
     if empty:
         reasons.append(f"{len(empty)} image files are empty: {_quote(empty)}")
-    for split in SPLITS:
+    for split in CHANNELS:
         if not counts[split]:
             reasons.append(f"split {split!r} has no images")
-    present = [s for s in SPLITS if counts[s]]
+    present = [s for s in CHANNELS if counts[s]]
     all_classes = sorted(set().union(*(counts[s].keys() for s in present))) if present else []
     for split in present:
         missing = sorted(set(all_classes) - set(counts[split]))

@@ -13,8 +13,6 @@ from chalicelib.decisions import (
     classify_training_job,
     classify_tuning_job,
     final_metric,
-    normalise_hyperparameters,
-    normalise_value,
     quality_gate,
     tags_to_dict,
 )
@@ -26,6 +24,7 @@ from chalicelib.predict import (
     sniff,
     validate_image_request,
 )
+from contract import unquote_hyperparameter, unquote_hyperparameters
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 100
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100
@@ -189,13 +188,13 @@ def test_tags_both_shapes():
     "raw, expected",
     [("32", "32"), ('"32"', "32"), (json.dumps(json.dumps("32")), "32"), ("0.001", "0.001"), (' "vgg11" ', "vgg11"), ('"', '"'), (64, "64")],
 )
-def test_normalise_value(raw, expected):
-    assert normalise_value(raw) == expected
+def test_unquote_hyperparameter(raw, expected):
+    assert unquote_hyperparameter(raw) == expected
 
 
-def test_normalise_hyperparameters_drops_sagemaker_keys():
+def test_unquote_hyperparameters_drops_sagemaker_keys():
     tuned = {"batch_size": '"64"', "learning_rate": "0.01", "sagemaker_program": '"train.py"'}
-    assert normalise_hyperparameters(tuned) == {"batch_size": "64", "learning_rate": "0.01"}
+    assert unquote_hyperparameters(tuned) == {"batch_size": "64", "learning_rate": "0.01"}
 
 
 # -- quality gate ---------------------------------------------------------------------------
