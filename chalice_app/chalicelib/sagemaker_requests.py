@@ -212,7 +212,7 @@ def create_training_job(
 ) -> dict[str, Any]:
     """CreateTrainingJob for the final model: best hyperparameters, Debugger, profiler, spot.
 
-    ``hyperparameters`` are the tuned values, already normalised; they override
+    ``hyperparameters`` are the tuned values, already unquoted; they override
     the static ones. Rules need the region's rule image; without one (local
     stage) the hook and profiler still run, the rule evaluations are left out.
     """

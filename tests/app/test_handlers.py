@@ -2,7 +2,7 @@
 
 S3, DynamoDB (state + idempotency) and SNS are moto's; SageMaker is the
 strict fake from app_helpers (or botocore's Stubber), because moto's
-SageMaker invents results (see DESIGN.md).
+SageMaker completes jobs at once with made-up results and lacks UpdateEndpoint.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """POST /predict: every error code, and a good image answered by a stubbed endpoint.
 
 The endpoint is a real botocore sagemaker-runtime client under Stubber (moto's
-runtime cannot take binary bodies, see DESIGN.md). The last tests feed the
+runtime cannot take binary bodies). The last tests feed the
 API Gateway sample events to the Lambda entry point itself (base64 bodies).
 """
 

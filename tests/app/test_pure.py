@@ -290,18 +290,10 @@ def test_error_codes_are_unique_and_never_500():
 
 
 def test_serving_backends_match_the_inference_script() -> None:
-    """The Lambda can't import ml_scripts, so the allowed values are written twice: keep them equal."""
-    import ast
-    from pathlib import Path
+    """The Lambda accepts exactly the serving backends the inference script does: both read contract's."""
+    import contract
 
     from chalicelib import config
 
-    source = (Path(__file__).resolve().parents[2] / "ml_scripts" / "inference.py").read_text()
-    assigned = {
-        node.target.id: ast.literal_eval(node.value)
-        for node in ast.parse(source).body
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None
-        and node.target.id in ("BACKENDS",)
-    }
-    assert assigned["BACKENDS"] == config.SERVING_BACKENDS
+    assert config.SERVING_BACKENDS is contract.SERVING_BACKENDS
     assert config.Settings.from_env({}).serving_backend == "auto"
