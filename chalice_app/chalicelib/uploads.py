@@ -53,11 +53,11 @@ def _bucket_and_key(event: S3EventBridgeNotificationEvent) -> tuple[str | None, 
     """
     try:
         bucket = event.detail.bucket.name
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, AttributeError):
         bucket = None
     try:
         key = event.detail.object.get("key") or ""
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, AttributeError):
         key = ""
     return bucket, key
 
