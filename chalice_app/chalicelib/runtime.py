@@ -3,8 +3,8 @@
 Why one module: the parsed settings, the state stores, the idempotency
 layers and the predict route's copy of the live model's name are caches that
 live as long as the Lambda's process. Keeping all of them here means there is
-exactly one of each, and :func:`reset` forgets every one of them (tests and
-the local runtime call it when the environment or the endpoints change).
+exactly one of each, and :func:`reset` forgets every one of them (tests call
+it between cases; anything that changes the endpoints under a live process may).
 
 Idempotency, two layers deep:
 
@@ -68,8 +68,9 @@ def store(s: Settings) -> StateStore:
 
 
 def reset() -> None:
-    """Forget clients, stores, idempotency layers and the live model's name (tests, endpoint changes)."""
+    """Forget every cache: clients, settings, stores, idempotency layers, the live model's name."""
     clients.reset()
+    _settings_cache.clear()
     _stores.clear()
     _idempotent_cache.clear()
     live_names.clear()
