@@ -4,7 +4,7 @@ Why one module: the parsed settings, the state stores, the idempotency
 layers and the predict route's copy of the live model's name are caches that
 live as long as the Lambda's process. Keeping all of them here means there is
 exactly one of each, and :func:`reset` forgets every one of them (tests call
-it between cases; anything that changes the endpoints under a live process may).
+it between cases, after changing the environment or the AWS endpoints).
 
 Idempotency, two layers deep:
 
