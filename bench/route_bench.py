@@ -153,7 +153,7 @@ def handler_time(section: Section, quick: bool) -> None:
     sys.stdout = _Discard()  # before the import: Powertools binds its handler to sys.stdout then
     try:
         import app as app_module  # chalice_app/app.py
-        from chalicelib import aws
+        from chalicelib import clients as aws
         from chalicelib import predict as predict_module
 
         app = app_module.app

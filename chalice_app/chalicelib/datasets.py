@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterable
 
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
+from contract import CHANNELS
 
 #: Data set names become S3 prefixes, tag values and part of job names.
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -93,6 +93,87 @@ def _quote(keys: list[str]) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
+@dataclass
+class _Sorted:
+    """A listing sorted into image counts per split and class, and the objects that break a rule."""
+
+    counts: dict[str, dict[str, int]]
+    misplaced: list[str] = field(default_factory=list)
+    not_images: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
+    unknown_splits: set[str] = field(default_factory=set)
+    digest_rows: list[str] = field(default_factory=list)
+
+
+def _sort_objects(objects: Iterable[ObjectRef], base: str, marker: str, image_extensions: tuple[str, ...]) -> _Sorted:
+    found = _Sorted(counts={split: {} for split in CHANNELS})
+    for obj in objects:
+        if not obj.key.startswith(base):
+            continue
+        relative = obj.key[len(base):]
+        if _ignored(relative, marker):
+            continue
+        parts = relative.split("/")
+        if len(parts) != 3 or not all(parts):
+            found.misplaced.append(relative)
+            continue
+        split, cls, filename = parts
+        if split not in found.counts:
+            found.unknown_splits.add(split)
+            continue
+        if not filename.lower().endswith(image_extensions):
+            found.not_images.append(relative)
+            continue
+        if obj.size == 0:
+            found.empty.append(relative)
+            continue
+        found.counts[split][cls] = found.counts[split].get(cls, 0) + 1
+        found.digest_rows.append(f"{relative}\t{obj.etag.strip(chr(34))}\t{obj.size}")
+    return found
+
+
+def _file_reasons(dataset: str, found: _Sorted, image_extensions: tuple[str, ...]) -> list[str]:
+    """What is wrong with the name and the individual objects."""
+    reasons: list[str] = []
+    if not valid_dataset_name(dataset):
+        reasons.append(
+            f"data set name {dataset!r} must be 1-128 characters of letters, digits, '.', '_' or '-'"
+        )
+    if found.unknown_splits:
+        reasons.append(f"unknown split folders {sorted(found.unknown_splits)}; expected only {list(CHANNELS)}")
+    if found.misplaced:
+        reasons.append(f"{len(found.misplaced)} objects not at <split>/<class>/<file>: {_quote(found.misplaced)}")
+    if found.not_images:
+        allowed = ", ".join(image_extensions)
+        reasons.append(f"{len(found.not_images)} files are not images ({allowed}): {_quote(found.not_images)}")
+    if found.empty:
+        reasons.append(f"{len(found.empty)} image files are empty: {_quote(found.empty)}")
+    return reasons
+
+
+def _class_reasons(counts: dict[str, dict[str, int]], min_images_per_class: int) -> tuple[list[str], list[str]]:
+    """What is wrong with the splits and classes, and every class seen (sorted)."""
+    reasons: list[str] = []
+    for split in CHANNELS:
+        if not counts[split]:
+            reasons.append(f"split {split!r} has no images")
+    present = [s for s in CHANNELS if counts[s]]
+    all_classes = sorted(set().union(*(counts[s].keys() for s in present))) if present else []
+    for split in present:
+        missing = sorted(set(all_classes) - set(counts[split]))
+        if missing:
+            reasons.append(f"split {split!r} lacks classes {_quote(missing)}")
+    if len(all_classes) == 1:
+        reasons.append("only one class: a classifier needs at least two")
+    for split in present:
+        few = sorted(c for c, n in counts[split].items() if n < min_images_per_class)
+        if few:
+            reasons.append(
+                f"split {split!r}: {len(few)} classes have fewer than {min_images_per_class} images: {_quote(few)}"
+            )
+    return reasons, all_classes
+
+
 def validate_layout(
     dataset: str,
     objects: Iterable[ObjectRef],
@@ -109,78 +190,18 @@ def validate_layout(
     only image files (by extension) and only at ``<split>/<class>/<file>``.
     Every broken rule becomes one human-readable reason.
     """
-    base = f"{data_prefix}{dataset}/"
-    counts: dict[str, dict[str, int]] = {split: {} for split in SPLITS}
-    misplaced: list[str] = []
-    not_images: list[str] = []
-    empty: list[str] = []
-    unknown_splits: set[str] = set()
-    digest_rows: list[str] = []
-
-    for obj in objects:
-        if not obj.key.startswith(base):
-            continue
-        relative = obj.key[len(base):]
-        if _ignored(relative, marker):
-            continue
-        parts = relative.split("/")
-        if len(parts) != 3 or not all(parts):
-            misplaced.append(relative)
-            continue
-        split, cls, filename = parts
-        if split not in counts:
-            unknown_splits.add(split)
-            continue
-        if not filename.lower().endswith(image_extensions):
-            not_images.append(relative)
-            continue
-        if obj.size == 0:
-            empty.append(relative)
-            continue
-        counts[split][cls] = counts[split].get(cls, 0) + 1
-        digest_rows.append(f"{relative}\t{obj.etag.strip(chr(34))}\t{obj.size}")
-
-    reasons: list[str] = []
-    if not valid_dataset_name(dataset):
-        reasons.append(
-            f"data set name {dataset!r} must be 1-128 characters of letters, digits, '.', '_' or '-'"
-        )
-    if unknown_splits:
-        reasons.append(f"unknown split folders {sorted(unknown_splits)}; expected only {list(SPLITS)}")
-    if misplaced:
-        reasons.append(f"{len(misplaced)} objects not at <split>/<class>/<file>: {_quote(misplaced)}")
-    if not_images:
-        allowed = ", ".join(image_extensions)
-        reasons.append(f"{len(not_images)} files are not images ({allowed}): {_quote(not_images)}")
-    if empty:
-        reasons.append(f"{len(empty)} image files are empty: {_quote(empty)}")
-    for split in SPLITS:
-        if not counts[split]:
-            reasons.append(f"split {split!r} has no images")
-    present = [s for s in SPLITS if counts[s]]
-    all_classes = sorted(set().union(*(counts[s].keys() for s in present))) if present else []
-    for split in present:
-        missing = sorted(set(all_classes) - set(counts[split]))
-        if missing:
-            reasons.append(f"split {split!r} lacks classes {_quote(missing)}")
-    if len(all_classes) == 1:
-        reasons.append("only one class: a classifier needs at least two")
-    for split in present:
-        few = sorted(c for c, n in counts[split].items() if n < min_images_per_class)
-        if few:
-            reasons.append(
-                f"split {split!r}: {len(few)} classes have fewer than {min_images_per_class} images: {_quote(few)}"
-            )
-
+    found = _sort_objects(objects, f"{data_prefix}{dataset}/", marker, image_extensions)
+    class_reasons, all_classes = _class_reasons(found.counts, min_images_per_class)
+    reasons = _file_reasons(dataset, found, image_extensions) + class_reasons
     digest = hashlib.sha256(dataset.encode())
-    for row in sorted(digest_rows):
+    for row in sorted(found.digest_rows):
         digest.update(b"\n" + row.encode())
     return LayoutReport(
         dataset=dataset,
         reasons=tuple(reasons),
         classes=tuple(all_classes),
-        counts=counts,
-        image_count=len(digest_rows),
+        counts=found.counts,
+        image_count=len(found.digest_rows),
         version=digest.hexdigest()[:16],
     )
 

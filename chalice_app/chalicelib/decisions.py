@@ -1,4 +1,4 @@
-"""Pure decisions on SageMaker events and results: is it ours, what was tuned, deploy or not.
+"""Pure decisions on SageMaker events and results: is it ours, how good is it, deploy or not.
 
 Why pure: each of these is a place where a wrong answer costs money (a
 deployment of a tuning trial, a worse model going live), so each is a small
@@ -7,7 +7,6 @@ function with its own tests, fed by the documented event shapes.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -21,8 +20,6 @@ TAG_VERSION = "breedline:version"
 STAGE_TUNING = "tuning"
 STAGE_TRAINING = "training"
 
-#: Statuses that end a job; the event rules match only these.
-TERMINAL_STATUSES: tuple[str, ...] = ("Completed", "Failed", "Stopped")
 #: The metric the quality gate reads from FinalMetricDataList.
 GATE_METRIC = "test_accuracy"
 
@@ -93,30 +90,6 @@ def classify_tuning_job(name: str, tags: Mapping[str, str], prefix: str) -> Rele
     if TAG_PIPELINE in tags or not name.startswith(prefix + "-"):
         return Relevance.FOREIGN
     return Relevance.LOOKUP
-
-
-def normalise_value(value: Any) -> str:
-    """Undo JSON quoting of a tuned value: ``'"\\"32\\""'`` -> ``'32'``.
-
-    SageMaker can return categorical values JSON-encoded, sometimes twice;
-    passing them on as-is would make ``int("\\"32\\"")`` fail in the container.
-    """
-    text = str(value).strip()
-    for _ in range(5):
-        if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
-            try:
-                decoded = json.loads(text)
-            except json.JSONDecodeError:
-                decoded = text[1:-1]
-            text = str(decoded).strip()
-        else:
-            break
-    return text
-
-
-def normalise_hyperparameters(values: Mapping[str, Any]) -> dict[str, str]:
-    """Normalise every tuned value; ``sagemaker_*`` keys are the caller's business and dropped."""
-    return {str(k): normalise_value(v) for k, v in values.items() if not str(k).startswith("sagemaker_")}
 
 
 def final_metric(metric_data: Iterable[Mapping[str, Any]], name: str = GATE_METRIC) -> float | None:

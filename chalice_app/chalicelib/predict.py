@@ -12,7 +12,7 @@ import base64
 import json
 from typing import Any, Mapping
 
-try:  # SIMD base64: ~50x faster than the stdlib on a 4 MB body (see decode_event_body)
+try:  # SIMD base64, far faster than the stdlib on a multi-megabyte body (see decode_event_body)
     import pybase64 as _fast_base64
 except ImportError:  # a Lambda zip built without it still works, at the stdlib's speed
     _fast_base64 = None
@@ -85,12 +85,12 @@ def decode_event_body(event: Mapping[str, Any]) -> bytes:
     """The body of an API Gateway proxy event, byte for byte what Chalice's ``Request.raw_body`` gives.
 
     Why not ``raw_body``: Chalice decodes with the stdlib's ``base64.b64decode``,
-    which takes ~11 ms of the route's ~15 ms for a 4 MB photo (API Gateway
-    sends binary bodies base64-encoded). pybase64 decodes canonical base64, the
-    only kind API Gateway produces, in ~0.2 ms. Anything it rejects goes to the
-    stdlib's lenient decoder, as in Chalice (it drops characters outside the
-    alphabet), so the bytes never differ; what neither can decode is a 400
-    ``not_an_image``, not an unexpected failure.
+    which is most of the route's time for a multi-megabyte photo (API Gateway
+    sends binary bodies base64-encoded; figures in docs/benchmarks.md). pybase64
+    decodes canonical base64, the only kind API Gateway produces, far faster.
+    Anything it rejects goes to the stdlib's lenient decoder, as in Chalice (it
+    drops characters outside the alphabet), so the bytes never differ; what
+    neither can decode is a 400 ``not_an_image``, not an unexpected failure.
     """
     body = event.get("body")
     if body is None:

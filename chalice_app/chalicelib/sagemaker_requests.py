@@ -8,12 +8,11 @@ Nothing in this module talks to AWS.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Mapping
 
+from contract import CHANNELS, METRIC_DEFINITIONS, METRIC_NAMES, TOOLKIT_PREFIX, encode_hyperparameter
+
 from chalicelib.config import Settings
-from chalicelib.datasets import SPLITS
-from chalicelib.metric_definitions import METRIC_DEFINITIONS, METRIC_NAMES
 
 #: Where the containers expect things (the SageMaker container contract).
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
@@ -67,10 +66,10 @@ def static_hyperparameters(settings: Settings, region: str) -> dict[str, str]:
     values.update(settings.extra_hyperparameters)
     values.update(
         {
-            "sagemaker_program": json.dumps(ENTRY_POINT),
-            "sagemaker_submit_directory": json.dumps(settings.sourcedir_uri),
-            "sagemaker_region": json.dumps(region),
-            "sagemaker_container_log_level": "20",
+            "sagemaker_program": encode_hyperparameter(ENTRY_POINT),
+            "sagemaker_submit_directory": encode_hyperparameter(settings.sourcedir_uri),
+            "sagemaker_region": encode_hyperparameter(region),
+            "sagemaker_container_log_level": encode_hyperparameter(20),
         }
     )
     return values
@@ -90,7 +89,7 @@ def input_channels(settings: Settings, dataset: str) -> list[dict[str, Any]]:
             },
             "InputMode": "File",
         }
-        for split in SPLITS
+        for split in CHANNELS
     ]
 
 
@@ -213,13 +212,13 @@ def create_training_job(
 ) -> dict[str, Any]:
     """CreateTrainingJob for the final model: best hyperparameters, Debugger, profiler, spot.
 
-    ``hyperparameters`` are the tuned values, already normalised; they override
+    ``hyperparameters`` are the tuned values, already unquoted; they override
     the static ones. Rules need the region's rule image; without one (local
     stage) the hook and profiler still run, the rule evaluations are left out.
     """
     values = static_hyperparameters(settings, region)
     values.setdefault("profile_steps", FINAL_PROFILE_STEPS)
-    values.update({k: str(v) for k, v in hyperparameters.items() if not k.startswith("sagemaker_")})
+    values.update({k: str(v) for k, v in hyperparameters.items() if not k.startswith(TOOLKIT_PREFIX)})
     request: dict[str, Any] = {
         "TrainingJobName": name,
         "HyperParameters": values,

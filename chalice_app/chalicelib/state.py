@@ -31,6 +31,8 @@ import time
 from decimal import Decimal
 from typing import Any, Iterable
 
+from contract import IN_PROGRESS
+
 TABLE_DEFINITIONS: dict[str, dict[str, Any]] = {
     "state_table": {
         "AttributeDefinitions": [
@@ -213,7 +215,7 @@ class StateStore:
             {":st": stage, ":d": dataset, ":v": version, ":s": status, ":r": reason, ":t": now},
             names={"#s": "status"},
         )
-        if status == "InProgress":
+        if status == IN_PROGRESS:
             self._update("LATEST", stage, "SET job = :j, dataset = :d, started_at = :t", {":j": name, ":d": dataset, ":t": now})
 
     def job(self, name: str) -> dict[str, Any] | None:

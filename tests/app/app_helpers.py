@@ -1,7 +1,7 @@
 """Test doubles for the Chalice app: a strict SageMaker, sample events, a tiny data set.
 
 Why a fake SageMaker and not moto's: moto's SageMaker completes jobs at once
-with made-up results and lacks UpdateEndpoint (see DESIGN.md). This fake
+with made-up results and lacks UpdateEndpoint. This fake
 checks every request against botocore's service model more strictly than
 botocore does (max lengths, patterns, enums, ranges), records it, and answers
 the describe calls with what each test sets up.

@@ -33,7 +33,6 @@ ENV = {
     "BREEDLINE_ENDPOINT_NAME": "breedline-classifier",
     "POWERTOOLS_METRICS_NAMESPACE": "Breedline",
     "POWERTOOLS_SERVICE_NAME": "breedline",
-    "POWERTOOLS_TRACE_DISABLED": "true",
 }
 
 
@@ -87,7 +86,7 @@ class Aws:
 
 @pytest.fixture
 def aws(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
-    from chalicelib import pipeline
+    from chalicelib import runtime
     from chalicelib.state import TABLE_DEFINITIONS
 
     with mock_aws():
@@ -104,14 +103,14 @@ def aws(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
         monkeypatch.setenv("BREEDLINE_ALERT_TOPIC_ARN", topic)
-        pipeline.reset()
+        runtime.reset()
         yield Aws(queue, topic)
-        pipeline.reset()
+        runtime.reset()
 
 
 @pytest.fixture
 def sagemaker(aws: Aws) -> FakeSageMaker:
-    from chalicelib import aws as aws_clients
+    from chalicelib import clients as aws_clients
 
     fake = FakeSageMaker()
     aws_clients.set_client("sagemaker", fake)

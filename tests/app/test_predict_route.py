@@ -1,7 +1,7 @@
 """POST /predict: every error code, and a good image answered by a stubbed endpoint.
 
 The endpoint is a real botocore sagemaker-runtime client under Stubber (moto's
-runtime cannot take binary bodies, see DESIGN.md). The last tests feed the
+runtime cannot take binary bodies). The last tests feed the
 API Gateway sample events to the Lambda entry point itself (base64 bodies).
 """
 
@@ -20,8 +20,9 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
 from app_helpers import load_event
-from chalicelib import aws as aws_clients
-from chalicelib import pipeline
+from chalicelib import api
+from chalicelib import clients as aws_clients
+from chalicelib.runtime import reset
 from chalicelib.predict import ALL_ERRORS
 
 JPEG = base64.b64decode(load_event("api_predict_jpeg.json")["body"])
@@ -35,12 +36,12 @@ ANSWER = {
 
 @pytest.fixture
 def runtime(env):
-    pipeline.reset()
+    reset()
     client = boto3.client("sagemaker-runtime", region_name="us-east-1")
     with Stubber(client) as stub:
         aws_clients.set_client("sagemaker-runtime", client)
         yield stub
-    pipeline.reset()
+    reset()
 
 
 @pytest.fixture
@@ -80,7 +81,7 @@ def test_good_jpeg_is_answered_by_the_endpoint(http, runtime):
 
 
 def test_good_png_is_forwarded_as_png(http, runtime, monkeypatch):
-    monkeypatch.setattr(pipeline, "store", lambda s: (_ for _ in ()).throw(RuntimeError("no table")))
+    monkeypatch.setattr(api, "store", lambda s: (_ for _ in ()).throw(RuntimeError("no table")))
     runtime.add_response(
         "invoke_endpoint",
         {"Body": body(json.dumps(ANSWER).encode())},
@@ -99,7 +100,7 @@ def test_stable_variant_reports_the_live_model_name(http, runtime, monkeypatch):
             reads.append(1)
             return {"model": "breedline-dogs-2-final"}
 
-    monkeypatch.setattr(pipeline, "store", lambda s: Store())
+    monkeypatch.setattr(api, "store", lambda s: Store())
     for _ in range(3):
         runtime.add_response("invoke_endpoint", {"Body": body(json.dumps(ANSWER).encode()), "InvokedProductionVariant": "AllTraffic"})
         assert post(http, JPEG, "image/jpeg")[1]["model"] == "breedline-dogs-2-final"
@@ -159,14 +160,14 @@ def test_unreachable_endpoint_is_a_502(http, env):
     try:
         assert post(http, JPEG, "image/jpeg") == (502, {"code": "endpoint_unreachable", "message": "The model endpoint did not answer (ReadTimeoutError)"})
     finally:
-        pipeline.reset()
+        reset()
 
 
 def test_an_unexpected_failure_is_json_not_a_500(http, env, monkeypatch):
     def broken(*args, **kwargs):
         raise KeyError("surprise")
 
-    monkeypatch.setattr(pipeline, "predict", broken)
+    monkeypatch.setattr(api, "predict", broken)
     status, payload = post(http, JPEG, "image/jpeg")
     assert status == 502 and payload["code"] == "internal_error"
 

@@ -13,8 +13,6 @@ from chalicelib.decisions import (
     classify_training_job,
     classify_tuning_job,
     final_metric,
-    normalise_hyperparameters,
-    normalise_value,
     quality_gate,
     tags_to_dict,
 )
@@ -26,6 +24,7 @@ from chalicelib.predict import (
     sniff,
     validate_image_request,
 )
+from contract import unquote_hyperparameter, unquote_hyperparameters
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 100
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100
@@ -189,13 +188,13 @@ def test_tags_both_shapes():
     "raw, expected",
     [("32", "32"), ('"32"', "32"), (json.dumps(json.dumps("32")), "32"), ("0.001", "0.001"), (' "vgg11" ', "vgg11"), ('"', '"'), (64, "64")],
 )
-def test_normalise_value(raw, expected):
-    assert normalise_value(raw) == expected
+def test_unquote_hyperparameter(raw, expected):
+    assert unquote_hyperparameter(raw) == expected
 
 
-def test_normalise_hyperparameters_drops_sagemaker_keys():
+def test_unquote_hyperparameters_drops_sagemaker_keys():
     tuned = {"batch_size": '"64"', "learning_rate": "0.01", "sagemaker_program": '"train.py"'}
-    assert normalise_hyperparameters(tuned) == {"batch_size": "64", "learning_rate": "0.01"}
+    assert unquote_hyperparameters(tuned) == {"batch_size": "64", "learning_rate": "0.01"}
 
 
 # -- quality gate ---------------------------------------------------------------------------
@@ -291,18 +290,10 @@ def test_error_codes_are_unique_and_never_500():
 
 
 def test_serving_backends_match_the_inference_script() -> None:
-    """The Lambda can't import ml_scripts, so the allowed values are written twice: keep them equal."""
-    import ast
-    from pathlib import Path
+    """The Lambda accepts exactly the serving backends the inference script does: both read contract's."""
+    import contract
 
     from chalicelib import config
 
-    source = (Path(__file__).resolve().parents[2] / "ml_scripts" / "inference.py").read_text()
-    assigned = {
-        node.target.id: ast.literal_eval(node.value)
-        for node in ast.parse(source).body
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None
-        and node.target.id in ("BACKENDS",)
-    }
-    assert assigned["BACKENDS"] == config.SERVING_BACKENDS
+    assert config.SERVING_BACKENDS is contract.SERVING_BACKENDS
     assert config.Settings.from_env({}).serving_backend == "auto"

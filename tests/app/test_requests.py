@@ -16,7 +16,7 @@ from chalicelib import naming
 from chalicelib import sagemaker_requests as build
 from chalicelib.config import Settings
 from chalicelib.decisions import pipeline_tags
-from chalicelib.metric_definitions import METRIC_DEFINITIONS
+from contract import METRIC_DEFINITIONS
 
 BASE = {
     "BREEDLINE_TRAINING_IMAGE": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.6.0-gpu-py312",

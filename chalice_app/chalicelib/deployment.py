@@ -1,0 +1,139 @@
+"""Deployment: the quality gate on a finished final job, then model, endpoint config and endpoint.
+
+A model goes live only when it beats the accuracy floor and the live model
+(:func:`chalicelib.decisions.quality_gate`). The first model creates the
+endpoint; later ones update it blue/green (:mod:`chalicelib.sagemaker_requests`
+builds the deployment guardrails). The live model's record in the state
+table is what ``/status``, ``/labels`` and the next gate read.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from chalicelib import clients, naming
+from chalicelib import sagemaker_requests as build
+from chalicelib.config import Settings
+from chalicelib.decisions import STAGE_TRAINING, final_metric, pipeline_tags, quality_gate
+from chalicelib.observability import GATE_REJECTIONS, MODEL_ACCURACY, MODELS_DEPLOYED, TRAINING_COMPLETED, logger
+from chalicelib.runtime import PipelineError, alert, client_error, count, idempotent, log_keys, settings, store
+from chalicelib.state import StateStore
+from contract import COMPLETED
+
+#: Tag stage value on models, endpoint configs and endpoints (jobs use tuning/training).
+STAGE_SERVING = "serving"
+#: Endpoint states in which UpdateEndpoint is refused; the deployment is retried.
+_BUSY_ENDPOINT = {"Creating", "Updating", "SystemUpdating", "RollingBack", "UpdateRollbackFailed", "Deleting"}
+
+
+@idempotent("deploy-if-better")
+def deploy_if_better(request: dict[str, Any], dataset: str, version: str) -> dict[str, Any]:
+    """Quality gate on DescribeTrainingJob's metrics, then model, config and endpoint."""
+    s = settings()
+    name = request["training_job"]
+    described = clients.client("sagemaker").describe_training_job(**build.describe_training_job(name))
+    if described.get("TrainingJobStatus") != COMPLETED:
+        return {"outcome": "ignored", "reason": f"DescribeTrainingJob says {described.get('TrainingJobStatus')}"}
+    state = store(s)
+    accuracy = final_metric(described.get("FinalMetricDataList") or [])
+    artifacts = (described.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+    state.record_job(name, stage=STAGE_TRAINING, dataset=dataset, version=version, status=COMPLETED)
+    count(TRAINING_COMPLETED)
+    if accuracy is not None:
+        count(MODEL_ACCURACY, accuracy, unit="None")
+    live = state.live_model()
+    live_accuracy = float(live["accuracy"]) if live and live.get("accuracy") is not None else None
+    decision = quality_gate(accuracy, live_accuracy, s.accuracy_floor)
+    if decision.deploy and not artifacts:
+        decision = type(decision)(False, "no ModelArtifacts in DescribeTrainingJob", accuracy)
+    log_keys(dataset, model=naming.model_name(name))
+    if not decision.deploy:
+        count(GATE_REJECTIONS)
+        state.record_job(
+            name, stage=STAGE_TRAINING, dataset=dataset, version=version, status=COMPLETED, reason=f"not deployed: {decision.reason}"
+        )
+        logger.warning("quality gate: not deployed", extra={"reason": decision.reason, "accuracy": accuracy, "live_accuracy": live_accuracy})
+        return {"outcome": "gate_rejected", "reason": decision.reason, "training_job": name}
+    logger.info("quality gate passed", extra={"reason": decision.reason})
+    return deploy(s, state, name=name, dataset=dataset, version=version, artifacts=str(artifacts), accuracy=float(accuracy or 0), live=live)
+
+
+def _create_once(call: Callable[..., Any], request: dict[str, Any]) -> bool:
+    """Create a model or endpoint config; an existing one of that name is fine (retries)."""
+    try:
+        call(**request)
+    except client_error() as exc:
+        if clients.error_code(exc) in ("ValidationException", "ResourceInUse") and "already exist" in clients.error_message(exc).lower():
+            return False
+        raise
+    return True
+
+
+def _not_found(exc: BaseException) -> bool:
+    message = clients.error_message(exc).lower()
+    return "could not find" in message or "not found" in message
+
+
+def _point_endpoint(s: Settings, sm: Any, config_name: str, model: str, tags: list[dict[str, str]]) -> str:
+    """CreateEndpoint, or a blue/green UpdateEndpoint to ``config_name``; returns what was done."""
+    try:
+        endpoint = sm.describe_endpoint(**build.describe_endpoint(s))
+    except client_error() as exc:
+        if not _not_found(exc):
+            raise
+        endpoint = None
+    if endpoint is None:
+        sm.create_endpoint(**build.create_endpoint(s, config_name=config_name, tags=tags))
+        return "created"
+    status = str(endpoint.get("EndpointStatus", ""))
+    if endpoint.get("EndpointConfigName") == config_name:
+        return "unchanged"
+    if status in _BUSY_ENDPOINT:
+        # Raising releases the idempotency record; Lambda's async retries try again later.
+        raise PipelineError(f"endpoint {s.endpoint_name} is {status}; deployment of {model} will be retried")
+    if status == "Failed":
+        alert(f"endpoint {s.endpoint_name} is Failed", {"model": model, "what_to_do": "delete the endpoint; the next model recreates it"})
+        raise PipelineError(f"endpoint {s.endpoint_name} is Failed")
+    sm.update_endpoint(**build.update_endpoint(s, config_name=config_name))
+    return "updated"
+
+
+def deploy(
+    s: Settings,
+    state: StateStore,
+    *,
+    name: str,
+    dataset: str,
+    version: str,
+    artifacts: str,
+    accuracy: float,
+    live: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """CreateModel, CreateEndpointConfig, then CreateEndpoint or a blue/green UpdateEndpoint."""
+    sm = clients.client("sagemaker")
+    tags = pipeline_tags(s.name_prefix, STAGE_SERVING, dataset, version)
+    model = naming.model_name(name)
+    config_name = naming.endpoint_config_name(model, build.serverless(s))
+    _create_once(sm.create_model, build.create_model(s, name=model, model_data_url=artifacts, region=clients.region(), tags=tags))
+    _create_once(sm.create_endpoint_config, build.create_endpoint_config(s, name=config_name, model_name=model, tags=tags))
+    action = _point_endpoint(s, sm, config_name, model, tags)
+    version_record = state.version(dataset, version) or {}
+    record = {
+        "model": model,
+        "training_job": name,
+        "accuracy": accuracy,
+        "labels": list(version_record.get("classes") or []),
+        "dataset": dataset,
+        "version": version,
+        "endpoint": s.endpoint_name,
+        "endpoint_config": config_name,
+        "serverless": build.serverless(s),
+        "deployed_at": int(time.time()),
+    }
+    previous = live.get("model") if live else None
+    if not state.set_live_model(record, previous):
+        logger.warning("live model changed while deploying; the record was not overwritten", extra={"model": model})
+    count(MODELS_DEPLOYED)
+    logger.info("model deployed", extra={"action": action, "accuracy": accuracy, "previous_model": previous})
+    return {"outcome": "deployed", "action": action, "model": model, "endpoint_config": config_name, "accuracy": accuracy}

@@ -1,0 +1,53 @@
+"""The EventBridge patterns of the event-driven Lambdas, built from configuration.
+
+Why built, not written: the bucket, data prefix and name prefix differ per
+stage, and ``chalice package`` loads ``app.py`` with the stage's environment,
+so the rules it creates match only this stage's objects and jobs. The local
+runtime reads the same patterns from ``app.event_sources``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalicelib.config import Settings
+from contract import TERMINAL_STATUSES
+
+
+def upload_pattern(s: Settings) -> dict[str, Any]:
+    """S3 "Object Created" through EventBridge, for the data bucket's data prefix only."""
+    return {
+        "source": ["aws.s3"],
+        "detail-type": ["Object Created"],
+        "detail": {
+            "bucket": {"name": [s.bucket]},
+            "object": {"key": [{"prefix": s.data_prefix}]},
+        },
+    }
+
+
+def tuning_pattern(s: Settings) -> dict[str, Any]:
+    """Terminal states of tuning jobs named with our prefix (tags are checked in the handler)."""
+    return {
+        "source": ["aws.sagemaker"],
+        "detail-type": ["SageMaker HyperParameter Tuning Job State Change"],
+        "detail": {
+            "HyperParameterTuningJobStatus": list(TERMINAL_STATUSES),
+            "HyperParameterTuningJobName": [{"prefix": f"{s.name_prefix}-"}],
+        },
+    }
+
+
+def training_pattern(s: Settings) -> dict[str, Any]:
+    """Terminal states of training jobs named with our prefix: final jobs and trials.
+
+    The handler tells them apart (tags), and ignores everything that is not a final job.
+    """
+    return {
+        "source": ["aws.sagemaker"],
+        "detail-type": ["SageMaker Training Job State Change"],
+        "detail": {
+            "TrainingJobStatus": list(TERMINAL_STATUSES),
+            "TrainingJobName": [{"prefix": f"{s.name_prefix}-"}],
+        },
+    }

@@ -1,0 +1,181 @@
+"""SageMaker job state changes: a tuning job's end starts the final training job; its end goes to the gate.
+
+Only jobs this pipeline launched count (tags decide, :mod:`chalicelib.decisions`);
+trials of our tuning jobs and foreign jobs are ignored. A Completed final
+training job is handed to :func:`chalicelib.deployment.deploy_if_better`;
+Failed or Stopped jobs are recorded and alerted once.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from chalicelib import clients, naming
+from chalicelib import sagemaker_requests as build
+from chalicelib.decisions import (
+    STAGE_TRAINING,
+    STAGE_TUNING,
+    TAG_DATASET,
+    TAG_VERSION,
+    Relevance,
+    classify_training_job,
+    classify_tuning_job,
+    pipeline_tags,
+    tags_to_dict,
+)
+from chalicelib.deployment import deploy_if_better
+from chalicelib.observability import TRAINING_FAILED, TRAINING_STARTED, TUNING_COMPLETED, TUNING_FAILED, logger
+from chalicelib.runtime import PipelineError, alert, client_error, count, idempotent, log_keys, settings, store
+from contract import COMPLETED, FAILED, IN_PROGRESS, STOPPED, unquote_hyperparameters
+
+if TYPE_CHECKING:  # imported by app.py on first use: the data classes cost the predict route's cold start
+    from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
+
+
+def _detail(event: EventBridgeEvent) -> dict[str, Any]:
+    """The event's ``detail``; an event without one has nothing to identify."""
+    try:
+        return event.detail or {}
+    except KeyError:
+        return {}
+
+
+def _lookup_tags(arn: str | None) -> dict[str, str]:
+    """ListTags, for events that came without tags."""
+    if not arn:
+        return {}
+    response = clients.client("sagemaker").list_tags(**build.list_tags(arn))
+    return tags_to_dict(response.get("Tags", []))
+
+
+def _identify_job(
+    detail: dict[str, Any], kind: str, classify: Callable[..., Relevance], name_prefix: str
+) -> tuple[str, str, dict[str, str], Relevance]:
+    """Name, status, tags and relevance of the job in a SageMaker state-change event.
+
+    ``kind`` is the field stem (``TrainingJob`` or ``HyperParameterTuningJob``). Tags
+    come from the event; only when they can't decide (``LOOKUP``) is ListTags called.
+    """
+    name = str(detail.get(f"{kind}Name", ""))
+    status = str(detail.get(f"{kind}Status", ""))
+    tags = tags_to_dict(detail.get("Tags"))
+    relevance = classify(name, tags, name_prefix)
+    if relevance is Relevance.LOOKUP:
+        tags = _lookup_tags(detail.get(f"{kind}Arn"))
+        relevance = classify(name, tags, name_prefix)
+    return name, status, tags, relevance
+
+
+# -- tuning jobs ------------------------------------------------------------------------
+def handle_tuning_event(event: EventBridgeEvent) -> dict[str, Any]:
+    """Tuning job state change: Completed starts the final job; Failed/Stopped alert."""
+    s = settings()
+    detail = _detail(event)
+    name, status, tags, relevance = _identify_job(detail, "HyperParameterTuningJob", classify_tuning_job, s.name_prefix)
+    if relevance is not Relevance.OURS:
+        logger.info("tuning job is not ours; ignored", extra={"tuning_job": name})
+        return {"outcome": "ignored", "relevance": relevance.value, "tuning_job": name}
+    dataset, version = tags.get(TAG_DATASET, ""), tags.get(TAG_VERSION, "")
+    log_keys(dataset, tuning_job=name, dataset_version=version)
+    if status == COMPLETED:
+        return _start_final_training(request={"tuning_job": name}, dataset=dataset, version=version)
+    if status in (FAILED, STOPPED):
+        reason = str(detail.get("FailureReason") or _tuning_failure_reason(name))
+        return _job_ended_badly(
+            request={"job": name, "status": status}, stage=STAGE_TUNING, dataset=dataset, version=version, reason=reason
+        )
+    return {"outcome": "ignored", "reason": f"status {status}", "tuning_job": name}
+
+
+def _tuning_failure_reason(name: str) -> str:
+    try:
+        described = clients.client("sagemaker").describe_hyper_parameter_tuning_job(**build.describe_tuning_job(name))
+        return str(described.get("FailureReason", ""))
+    except Exception:  # the alert matters more than its detail
+        logger.exception("could not read the tuning job's failure reason")
+        return ""
+
+
+@idempotent("start-final-training")
+def _start_final_training(request: dict[str, Any], dataset: str, version: str) -> dict[str, Any]:
+    """Read BestTrainingJob (never in the event) and start the final job with its hyperparameters."""
+    s = settings()
+    tuning = request["tuning_job"]
+    sm = clients.client("sagemaker")
+    described = sm.describe_hyper_parameter_tuning_job(**build.describe_tuning_job(tuning))
+    state = store(s)
+    best = described.get("BestTrainingJob") or {}
+    if not best.get("TrainingJobName"):
+        count(TUNING_FAILED)
+        state.record_job(tuning, stage=STAGE_TUNING, dataset=dataset, version=version, status=FAILED, reason="no best training job")
+        alert(f"tuning job {tuning} completed without a best training job", {"dataset": dataset, "tuning_job": tuning})
+        return {"outcome": "no_best_job", "tuning_job": tuning}
+    tuned = unquote_hyperparameters(best.get("TunedHyperParameters") or {})
+    objective = best.get("FinalHyperParameterTuningJobObjectiveMetric") or {}
+    count(TUNING_COMPLETED)
+    state.record_job(
+        tuning,
+        stage=STAGE_TUNING,
+        dataset=dataset,
+        version=version,
+        status=COMPLETED,
+        reason=f"best {best['TrainingJobName']} {objective.get('MetricName', '')}={objective.get('Value', '')}",
+    )
+    name = naming.training_job_name(tuning)
+    log_keys(dataset, training_job=name, best_trial=best["TrainingJobName"])
+    logger.info("starting final training job", extra={"hyperparameters": tuned, "objective": objective})
+    request_body = build.create_training_job(
+        s,
+        name=name,
+        dataset=dataset,
+        region=clients.region(),
+        hyperparameters=tuned,
+        tags=pipeline_tags(s.name_prefix, STAGE_TRAINING, dataset, version),
+    )
+    try:
+        sm.create_training_job(**request_body)
+    except client_error() as exc:
+        if clients.error_code(exc) == "ResourceInUse":
+            logger.info("final training job already exists")
+            return {"outcome": "already_started", "training_job": name}
+        count(TRAINING_FAILED)
+        alert(f"could not start training job {name}", {"dataset": dataset, "error": clients.error_message(exc)})
+        raise PipelineError(f"CreateTrainingJob {name}: {clients.error_message(exc)}") from exc
+    state.record_job(name, stage=STAGE_TRAINING, dataset=dataset, version=version, status=IN_PROGRESS)
+    count(TRAINING_STARTED)
+    return {"outcome": "started", "training_job": name, "hyperparameters": tuned}
+
+
+# -- training jobs and both kinds' bad ends ---------------------------------------------
+def handle_training_event(event: EventBridgeEvent) -> dict[str, Any]:
+    """Training job state change: only our final jobs count; Completed goes to the quality gate."""
+    s = settings()
+    detail = _detail(event)
+    name, status, tags, relevance = _identify_job(detail, "TrainingJob", classify_training_job, s.name_prefix)
+    if relevance is not Relevance.OURS:
+        logger.info("training job is not a final job of ours; ignored", extra={"training_job": name, "relevance": relevance.value})
+        return {"outcome": "ignored", "relevance": relevance.value, "training_job": name}
+    dataset, version = tags.get(TAG_DATASET, ""), tags.get(TAG_VERSION, "")
+    log_keys(dataset, training_job=name, dataset_version=version)
+    if status == COMPLETED:
+        return deploy_if_better(request={"training_job": name}, dataset=dataset, version=version)
+    if status in (FAILED, STOPPED):
+        return _job_ended_badly(
+            request={"job": name, "status": status},
+            stage=STAGE_TRAINING,
+            dataset=dataset,
+            version=version,
+            reason=str(detail.get("FailureReason", "")),
+        )
+    return {"outcome": "ignored", "reason": f"status {status}", "training_job": name}
+
+
+@idempotent("job-ended-badly")
+def _job_ended_badly(request: dict[str, Any], stage: str, dataset: str, version: str, reason: str) -> dict[str, Any]:
+    """Failed or Stopped: record, count, alert once; start nothing."""
+    s = settings()
+    job, status = request["job"], request["status"]
+    store(s).record_job(job, stage=stage, dataset=dataset, version=version, status=status, reason=reason)
+    count(TUNING_FAILED if stage == STAGE_TUNING else TRAINING_FAILED)
+    alert(f"{stage} job {job} {status.lower()}", {"dataset": dataset, "job": job, "status": status, "reason": reason})
+    return {"outcome": status.lower(), "job": job, "reason": reason}

@@ -1,1 +1,0 @@
-../../ml_scripts/metric_definitions.py
