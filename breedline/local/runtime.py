@@ -223,7 +223,6 @@ class LocalRuntime:
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_EC2_METADATA_DISABLED": "true",
-            "POWERTOOLS_TRACE_DISABLED": "true",
         })
         os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "breedline")
         os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Breedline")

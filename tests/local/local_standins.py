@@ -11,9 +11,13 @@ import io
 import json
 import tarfile
 import textwrap
+from typing import TYPE_CHECKING
 
 import boto3
 from botocore.config import Config
+
+if TYPE_CHECKING:
+    from breedline.local.sagemaker_http import LocalSageMakerServer
 
 
 BUCKET = "breedline-unit"
