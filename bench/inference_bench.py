@@ -29,9 +29,9 @@ BLOCK = 3
 
 def plain_pipeline(model: torch.nn.Module, meta: dict) -> Callable[[bytes], str]:
     """The baseline, start to finish, answering the same JSON the contract asks for."""
-    import common
+    import presets
 
-    transform = common.Preprocessing.from_meta(meta).plain_transform()
+    transform = presets.Preprocessing.from_meta(meta).plain_transform()
     names = meta["class_names"]
 
     def run(body: bytes) -> str:
@@ -47,9 +47,9 @@ def plain_pipeline(model: torch.nn.Module, meta: dict) -> Callable[[bytes], str]
 
 
 def plain_preprocess(meta: dict) -> Callable[[bytes], torch.Tensor]:
-    import common
+    import presets
 
-    transform = common.Preprocessing.from_meta(meta).plain_transform()
+    transform = presets.Preprocessing.from_meta(meta).plain_transform()
     return lambda body: transform(Image.open(io.BytesIO(body)).convert("RGB")).unsqueeze(0)
 
 
@@ -114,10 +114,10 @@ def agreement(fast_pre: Callable[[bytes], torch.Tensor], fast_forward: Callable[
 
 
 def digits_test_jpegs(work: Path, quick: bool) -> list[tuple[str, bytes]]:
-    import datasets as ml_datasets  # ml_scripts/datasets.py
+    from breedline import demo_digits
 
     out = work / "digits"
-    ml_datasets.write_digits(out, per_class=12 if quick else None)
+    demo_digits.write_digits(out, per_class=12 if quick else None)
     files = sorted((out / "test").rglob("*.jpg"))
     return [(str(p), p.read_bytes()) for p in files]
 
@@ -128,16 +128,16 @@ def draft_options(section: Section, inference: Any, served: Any, pre_plain: Call
 
     Decoding at 1/8 scale straight to ~256 px differs a little from an
     antialiased resize of the full image; a larger draft costs decode time and
-    buys agreement. Built from ``common``'s public functions.
+    buys agreement. Built from ``decoding``'s public functions.
     """
-    import common
+    import decoding
 
     prep = served.prep
     shipped = fast_preprocess(inference, served, "image/jpeg")
     for factor in range(1, inference.JPEG_DRAFT_GAP):
         def pre(body: bytes, factor: int = factor) -> torch.Tensor:
-            image = common.decode_for_size(body, factor * prep.resize_size)
-            square = common.resize_crop(image, prep.resize_size, prep.image_size)
+            image = decoding.decode_for_size(body, factor * prep.resize_size)
+            square = decoding.resize_crop(image, prep.resize_size, prep.image_size)
             return prep.normalise_uint8(np.asarray(square)).unsqueeze(0)
 
         same, total = agreement(pre, served.forward, pre_plain, plain_model, photo_bodies)

@@ -285,8 +285,7 @@ def run_demo(data: Path | None, dataset: str, state_dir: Path = DEFAULT_STATE_DI
         clock.stage_done("runtime start")
 
         if data is None:
-            sys.path.insert(0, str(REPO_ROOT / "ml_scripts"))
-            from datasets import write_digits  # type: ignore[import-not-found]
+            from breedline.demo_digits import write_digits
 
             data = state_dir / "demo-data" / dataset
             counts = write_digits(data, per_class=per_class, size=48)

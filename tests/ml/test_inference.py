@@ -12,7 +12,8 @@ import pytest
 import torch
 from PIL import Image
 
-import common
+import backbones
+import decoding
 import inference
 from ml_jobs import Job, photo_jpeg
 
@@ -126,7 +127,7 @@ def test_non_json_accept_is_refused(model, digit_jpeg: bytes) -> None:
 
 
 def _plain_top1(body: bytes, model: inference.LoadedModel) -> int:
-    x = model.prep.plain_transform()(common.load_rgb(body)).unsqueeze(0)
+    x = model.prep.plain_transform()(decoding.load_rgb(body)).unsqueeze(0)
     with torch.inference_mode():
         return int(model.module(x).argmax())
 
@@ -195,7 +196,7 @@ def test_auto_backend_serves_with_onnx_runtime_and_agrees_with_torch(trained_job
 def test_torch_backend_is_the_plain_model_call(trained_job: Job, monkeypatch) -> None:
     """channels-last + inference_mode changes no logit beyond float rounding."""
     served = _fresh_model(trained_job.model_dir, monkeypatch, "torch")
-    plain = common.build_model("efficientnet_lite0", len(served.class_names), image_size=served.prep.image_size,
+    plain = backbones.build_model("efficientnet_lite0", len(served.class_names), image_size=served.prep.image_size,
                                pretrained=False)
     plain.load_state_dict(torch.load(trained_job.model_dir / "model.pt", map_location="cpu", weights_only=True))
     x = torch.randn(3, 3, served.prep.image_size, served.prep.image_size, generator=torch.Generator().manual_seed(1))
