@@ -15,7 +15,7 @@ from PIL import Image
 import backbones
 import decoding
 import inference
-from ml_jobs import Job, photo_jpeg
+from ml_jobs import ML, ROOT, Job, photo_jpeg
 
 
 @pytest.fixture(scope="module")
@@ -148,15 +148,19 @@ def test_model_tarball_code_dir_serves_on_its_own(trained_job: Job, digit_jpeg: 
     """code/ is importable without the repo's ml_scripts on sys.path (as in the serving container)."""
     import subprocess
 
+    # The editable install's .pth puts the checkout's import roots on sys.path: take them off again.
     script = (
-        "import sys, json; sys.path[:0] = [sys.argv[1]]; import inference; "
+        "import sys, json; roots = set(sys.argv[4:]); "
+        "sys.path[:] = [sys.argv[1]] + [p for p in sys.path if p.rstrip('/') not in roots]; import inference; "
         "m = inference.model_fn(sys.argv[2]); "
         "print(inference.predict_bytes(open(sys.argv[3], 'rb').read(), 'image/jpeg', m))"
     )
     image = tmp_path / "x.jpg"
     image.write_bytes(digit_jpeg)
+    roots = [str(ROOT), str(ML), str(ROOT / "chalice_app")]
     result = subprocess.run(
-        [sys.executable, "-c", script, str(trained_job.model_dir / "code"), str(trained_job.model_dir), str(image)],
+        [sys.executable, "-c", script, str(trained_job.model_dir / "code"), str(trained_job.model_dir), str(image),
+         *roots],
         cwd=tmp_path, capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
