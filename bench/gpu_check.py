@@ -20,6 +20,12 @@ Only torch, torchvision, Pillow, numpy and scikit-learn are needed, which the
 device machine's image holds; the pretrained VGG11 weights can't be fetched
 there, so step 2 trains from a random-init weights file (the code path, not
 the accuracy, is what is checked).
+
+The ML modules are imported top-level (``import train``), as in the
+containers: the editable install's .pth file puts ``ml_scripts/`` and
+``chalice_app/`` on ``sys.path``. On a machine without the install, give them
+in the environment instead, run from the repo root:
+``PYTHONPATH=.:ml_scripts:chalice_app python -m bench.gpu_check --out FILE``.
 """
 
 from __future__ import annotations
@@ -38,14 +44,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import torch
+
+from bench.core import Row, Section, Stats
+
 ROOT = Path(__file__).resolve().parent.parent
-for _path in (ROOT, ROOT / "ml_scripts", ROOT / "chalice_app"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-import torch  # noqa: E402
-
-from bench.core import Row, Section, Stats  # noqa: E402
 
 RECORDED = Path(__file__).resolve().parent / "recorded"
 

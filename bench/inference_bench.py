@@ -287,7 +287,7 @@ def _run(section: Section, quick: bool, inference: Any, work: Path) -> None:
             batched = meta["class_names"][int(served.forward(fast_pre_jpeg(body)).argmax(1))]
             if batched != _label(fast_jpeg(body)):
                 section.notes.append(f"{arch}: the batched agreement check disagrees with predict_fn on one image.")
-        # vgg11's forward pass is ~20x efficientnet_lite0's: it checks every other image (a spread subset).
+        # vgg11's forward pass costs many times efficientnet_lite0's: it checks every other image (a spread subset).
         step_of = 2 if arch == "vgg11" else 1
         for name, bodies in (("digits test JPEGs", agreement_bodies[::step_of]),
                              ("resized sample photos", photo_bodies[::step_of])):
