@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from PIL import Image
 import backbones
 import decoding
 import inference
-from ml_jobs import ML, ROOT, Job, photo_jpeg
+from ml_jobs import Job, photo_jpeg
 
 
 @pytest.fixture(scope="module")
@@ -147,21 +148,25 @@ def test_fast_path_top1_agrees_with_plain_path(trained_job: Job, model) -> None:
 def test_model_tarball_code_dir_serves_on_its_own(trained_job: Job, digit_jpeg: bytes, tmp_path: Path) -> None:
     """code/ is importable without the repo's ml_scripts on sys.path (as in the serving container)."""
     import subprocess
+    import sysconfig
 
-    # The editable install's .pth puts the checkout's import roots on sys.path: take them off again.
+    # As the serving container does: code/ comes from PYTHONPATH. ``-S`` skips site-packages' .pth
+    # files (the editable install's would add the checkout's ml_scripts/), so the installed
+    # packages are given on PYTHONPATH after code/.
     script = (
-        "import sys, json; roots = set(sys.argv[4:]); "
-        "sys.path[:] = [sys.argv[1]] + [p for p in sys.path if p.rstrip('/') not in roots]; import inference; "
-        "m = inference.model_fn(sys.argv[2]); "
-        "print(inference.predict_bytes(open(sys.argv[3], 'rb').read(), 'image/jpeg', m))"
+        "import sys, json; import inference; "
+        "m = inference.model_fn(sys.argv[1]); "
+        "print(inference.predict_bytes(open(sys.argv[2], 'rb').read(), 'image/jpeg', m))"
     )
     image = tmp_path / "x.jpg"
     image.write_bytes(digit_jpeg)
-    roots = [str(ROOT), str(ML), str(ROOT / "chalice_app")]
+    installed = sysconfig.get_paths()
+    pythonpath = os.pathsep.join(dict.fromkeys([str(trained_job.model_dir / "code"), installed["purelib"],
+                                                 installed["platlib"]]))
     result = subprocess.run(
-        [sys.executable, "-c", script, str(trained_job.model_dir / "code"), str(trained_job.model_dir), str(image),
-         *roots],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"},
+        [sys.executable, "-S", "-c", script, str(trained_job.model_dir), str(image)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": pythonpath},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     answer = json.loads(result.stdout.strip().splitlines()[-1])
