@@ -202,6 +202,30 @@ def model_step_options(section: Section, arch: str, model: torch.nn.Module, x: t
                                 Stats.of(one), "s", baseline=Stats.of(samples["inference_mode"])))
 
 
+def agreement_rows(section: Section, arch: str, inference: Any, served: Any, served_torch: Any, meta: dict,
+                   pre_plain: Callable[[bytes], torch.Tensor], plain_model: torch.nn.Module,
+                   digit_bodies: list[bytes], photo_bodies: list[bytes]) -> None:
+    """Top-1 agreement of the shipped path (and of the torch backend) with the plain path, on many images."""
+    # First check that the batched check sees what the served path answers.
+    fast_pre_jpeg = fast_preprocess(inference, served, "image/jpeg")
+    fast_jpeg = fast_pipeline(inference, served, "image/jpeg")
+    for body in photo_bodies[:3]:
+        batched = meta["class_names"][int(served.forward(fast_pre_jpeg(body)).argmax(1))]
+        if batched != _label(fast_jpeg(body)):
+            section.notes.append(f"{arch}: the batched agreement check disagrees with predict_fn on one image.")
+    # vgg11's forward pass costs many times efficientnet_lite0's: it checks every other image (a spread subset).
+    step_of = 2 if arch == "vgg11" else 1
+    for name, bodies in (("digits test JPEGs", digit_bodies[::step_of]),
+                         ("resized sample photos", photo_bodies[::step_of])):
+        same, total = agreement(fast_pre_jpeg, served.forward, pre_plain, plain_model, bodies)
+        section.rows.append(Row("inference", f"{arch}: top-1 agreement as shipped ({served.backend}) vs plain, "
+                                f"{total} {name}", Stats.of([100.0 * same / total]), "%", target=">= 99%",
+                                met=100.0 * same / total >= 99.0, higher_is_better=True))
+    same, total = agreement(fast_pre_jpeg, served_torch.forward, pre_plain, plain_model, photo_bodies[::step_of])
+    section.rows.append(Row("inference", f"{arch}: top-1 agreement, torch backend vs plain, {total} resized "
+                            "sample photos", Stats.of([100.0 * same / total]), "%", higher_is_better=True))
+
+
 def run(section: Section, quick: bool) -> None:
     import inference  # ml_scripts/inference.py
 
@@ -280,24 +304,8 @@ def _run(section: Section, quick: bool, inference: Any, work: Path) -> None:
                                 block=BLOCK)
         section.rows.append(Row("inference", f"{arch}: of which model step, predict_fn(tensor) ({served.backend}) vs "
                                 "model(x) under no_grad", Stats.of(step["fast"]), "s", baseline=Stats.of(step["plain"])))
-        # Top-1 agreement on many images. First check that the batched check sees what the served path answers.
-        fast_pre_jpeg = fast_preprocess(inference, served, "image/jpeg")
-        fast_jpeg = fast_pipeline(inference, served, "image/jpeg")
-        for body in photo_bodies[:3]:
-            batched = meta["class_names"][int(served.forward(fast_pre_jpeg(body)).argmax(1))]
-            if batched != _label(fast_jpeg(body)):
-                section.notes.append(f"{arch}: the batched agreement check disagrees with predict_fn on one image.")
-        # vgg11's forward pass costs many times efficientnet_lite0's: it checks every other image (a spread subset).
-        step_of = 2 if arch == "vgg11" else 1
-        for name, bodies in (("digits test JPEGs", agreement_bodies[::step_of]),
-                             ("resized sample photos", photo_bodies[::step_of])):
-            same, total = agreement(fast_pre_jpeg, served.forward, pre_plain, plain_model, bodies)
-            section.rows.append(Row("inference", f"{arch}: top-1 agreement as shipped ({served.backend}) vs plain, "
-                                    f"{total} {name}", Stats.of([100.0 * same / total]), "%", target=">= 99%",
-                                    met=100.0 * same / total >= 99.0, higher_is_better=True))
-        same, total = agreement(fast_pre_jpeg, served_torch.forward, pre_plain, plain_model, photo_bodies[::step_of])
-        section.rows.append(Row("inference", f"{arch}: top-1 agreement, torch backend vs plain, {total} resized "
-                                "sample photos", Stats.of([100.0 * same / total]), "%", higher_is_better=True))
+        agreement_rows(section, arch, inference, served, served_torch, meta, pre_plain, plain_model,
+                       agreement_bodies, photo_bodies)
         if arch == "efficientnet_lite0":
             draft_options(section, inference, served, pre_plain, plain_model, photo_bodies, phone, repeat)
         model_step_options(section, arch, plain_model, x, repeat, served.session)
