@@ -131,7 +131,7 @@ def _torchvision_model(
     architecture: str, num_classes: int, pretrained: bool, pretrained_weights: str | None,
     trainable_blocks: int | None,
 ) -> nn.Module:
-    """vgg11 (features frozen, classifier trained) or resnet50 (the last ``trainable_blocks`` stages, default 0)."""
+    """vgg11 (features frozen, classifier trained) or resnet50 (its last ``trainable_blocks`` stages train)."""
     from torchvision import models
 
     state: dict[str, torch.Tensor] | None = None

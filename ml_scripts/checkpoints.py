@@ -67,7 +67,8 @@ def load_checkpoint(checkpoint_dir: Path, job_signature: dict[str, Any]) -> dict
         print(f"ignoring checkpoint {path}: it belongs to another model or data set", flush=True)
         return None
     best_path = checkpoint_dir / BEST_MODEL_FILE
-    state["best_state"] = torch.load(best_path, map_location="cpu", weights_only=True) if best_path.is_file() else None
+    best = torch.load(best_path, map_location="cpu", weights_only=True) if best_path.is_file() else None
+    state["best_state"] = best
     return state
 
 

@@ -88,8 +88,8 @@ def scan_dataset(
 ) -> dict[str, Split]:
     """Scan all three channels, keyed by ``contract.CHANNELS``; classes come from train."""
     train_split = scan_split(train)
-    splits = [train_split, scan_split(valid, train_split.class_names), scan_split(test, train_split.class_names)]
-    return dict(zip(CHANNELS, splits))
+    classes = train_split.class_names
+    return dict(zip(CHANNELS, [train_split, scan_split(valid, classes), scan_split(test, classes)]))
 
 
 class CachedImageDataset(torch.utils.data.Dataset):

@@ -46,7 +46,8 @@ from backbones import PretrainedWeightsError, build_model, count_parameters, par
 from checkpoints import Progress
 from contract import CHANNELS, format_metric
 from debugging import Debugger
-from image_folder import CachedImageDataset, DataSetError, Split, batch_to_model_input, collate_skip_bad, scan_dataset
+from image_folder import (CachedImageDataset, DataSetError, Split, batch_to_model_input, collate_skip_bad,
+                          scan_dataset)
 from job_config import Paths, cpu_count, gpu_allowed, parse_args, write_failure
 from presets import Preprocessing
 from profiling import StepProfiler
@@ -256,14 +257,15 @@ def build_datasets(splits: dict[str, Split], prep: Preprocessing, cpus: int) -> 
     print(f"decoded train+valid once in {time.perf_counter() - t0:.1f}s", flush=True)
     for name in ("train", "valid"):
         if len(datasets[name]) == 0:
-            raise DataSetError(f"no readable images in {splits[name].root} ({len(datasets[name].skipped)} skipped)")
+            skipped = len(datasets[name].skipped)
+            raise DataSetError(f"no readable images in {splits[name].root} ({skipped} skipped)")
     return datasets
 
 
 def build_loaders(
     args: argparse.Namespace, trainer: Trainer, datasets: dict[str, CachedImageDataset]
 ) -> dict[str, torch.utils.data.DataLoader]:
-    """On the CPU cached splits load in-process, the uncached test split with workers (default_num_workers)."""
+    """One loader per split: on the CPU cached splits load in-process, the test split with workers."""
     loaders = {name: trainer.loader(ds, shuffle=name == "train") for name, ds in datasets.items()}
     print("loader workers: " + ", ".join(f"{name}={loader.num_workers}" for name, loader in loaders.items())
           + ("" if args.num_workers is None else " (--num_workers)"), flush=True)
@@ -346,7 +348,7 @@ def save_model(
     metrics: dict[str, float],
     extra: dict[str, Any],
 ) -> None:
-    """``model.pt``, ``model_meta.json`` and ``code/`` (:data:`SERVING_FILES`): a model that serves on its own."""
+    """``model.pt``, ``model_meta.json`` and ``code/`` (:data:`SERVING_FILES`): it serves on its own."""
     import torchvision
 
     model_dir = paths.model_dir
@@ -373,8 +375,9 @@ def save_model(
 
 
 def test_and_save(
-    args: argparse.Namespace, paths: Paths, trainer: Trainer, run: Run, loaders: dict[str, torch.utils.data.DataLoader],
-    datasets: dict[str, CachedImageDataset], class_names: list[str], progress: Progress,
+    args: argparse.Namespace, paths: Paths, trainer: Trainer, run: Run,
+    loaders: dict[str, torch.utils.data.DataLoader], datasets: dict[str, CachedImageDataset],
+    class_names: list[str], progress: Progress,
 ) -> dict[str, float]:
     """The test split on the best weights, then the skipped-image report and the model directory."""
     if progress.best_state is not None:
