@@ -17,10 +17,8 @@ import traceback
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-# The code roots import the way they do at run time (see tests/conftest.py).
-for _path in (ROOT, ROOT / "ml_scripts", ROOT / "chalice_app"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+# The code roots (the repo, ml_scripts/, chalice_app/) are on sys.path through the editable
+# install's .pth file (pyproject.toml), so ``import train`` and ``import chalicelib`` work here.
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
@@ -87,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.manual_seed(0)
-    # On a shared, busy machine torch's OpenMP threads can stall each other badly (measured: a 10 ms
-    # model call taking 1-2 s at load average 5); the smoke run stays predictable with one thread.
+    # On a shared, busy machine torch's OpenMP threads can stall each other badly (docs/benchmarks.md);
+    # the smoke run stays predictable with one thread.
     threads = args.threads or (1 if args.quick else None)
     if threads:
         torch.set_num_threads(threads)

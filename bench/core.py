@@ -101,9 +101,9 @@ def time_calls(fn: Callable[[], object], repeat: int, warmup: int = 1) -> list[f
     """Wall seconds of ``repeat`` calls of ``fn`` after ``warmup`` untimed calls.
 
     The garbage collector runs once before the series and is off during it, so a
-    collection of someone else's garbage is not billed to ``fn`` (a full
-    collection costs ~0.1 s once torch and botocore are loaded: per call it
-    would dwarf a millisecond handler).
+    collection of someone else's garbage is not billed to ``fn`` (once torch and
+    botocore are loaded, a full collection per call would dwarf a millisecond
+    handler).
     """
     return time_interleaved({"fn": fn}, repeat, warmup)["fn"]
 
@@ -117,7 +117,7 @@ def time_interleaved(fns: dict[str, Callable[[], object]], repeat: int, warmup: 
     the absolute figures drift. With ``block`` > 1 each turn is one untimed call
     and then ``block`` timed ones, so every path is timed in its own steady
     state, as a dedicated server runs it: alternating call by call, a 12 MP
-    photo's fast path read ~11 ms slower after each plain call, whose full-size
+    photo's fast path reads slower after each plain call, whose full-size
     decode leaves the allocator and the caches cold for it.
     """
     for fn in fns.values():

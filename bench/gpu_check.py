@@ -20,6 +20,12 @@ Only torch, torchvision, Pillow, numpy and scikit-learn are needed, which the
 device machine's image holds; the pretrained VGG11 weights can't be fetched
 there, so step 2 trains from a random-init weights file (the code path, not
 the accuracy, is what is checked).
+
+The ML modules are imported top-level (``import train``), as in the
+containers: the editable install's .pth file puts ``ml_scripts/`` and
+``chalice_app/`` on ``sys.path``. On a machine without the install, give them
+in the environment instead, run from the repo root:
+``PYTHONPATH=.:ml_scripts:chalice_app python -m bench.gpu_check --out FILE``.
 """
 
 from __future__ import annotations
@@ -38,14 +44,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import torch
+
+from bench.core import Row, Section, Stats
+
 ROOT = Path(__file__).resolve().parent.parent
-for _path in (ROOT, ROOT / "ml_scripts", ROOT / "chalice_app"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-import torch  # noqa: E402
-
-from bench.core import Row, Section, Stats  # noqa: E402
 
 RECORDED = Path(__file__).resolve().parent / "recorded"
 
@@ -82,7 +85,7 @@ def training_step(device: str, arch: str, image_size: int, mixed: bool, channels
                   dropout: bool = True) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """train.py's training step as a function of one batch, returning its (detached) loss.
 
-    The model as ``common.build_model`` makes it, frozen BatchNorm statistics,
+    The model as ``backbones.build_model`` makes it, frozen BatchNorm statistics,
     cross-entropy, Adam, a GradScaler. ``mixed`` runs the forward pass under
     autocast (float16 on CUDA, bfloat16 on a CPU, where float16 autocast is not
     what anyone trains with); ``channels_last`` converts the model and each batch
@@ -90,15 +93,15 @@ def training_step(device: str, arch: str, image_size: int, mixed: bool, channels
     ``dropout=False`` zeroes dropout (compiled dropout draws other random masks).
     The seed is fixed, so two steps built alike start from the same weights.
     """
-    import common
+    import backbones
     import train
 
     torch.manual_seed(0)
     dev = torch.device(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = common.build_model(arch, num_classes, image_size=image_size, pretrained=False)
+    model = backbones.build_model(arch, num_classes, image_size=image_size, pretrained=False)
     model = model.to(dev, memory_format=memory_format)
-    common.set_train_mode(model)
+    backbones.set_train_mode(model)
     if not dropout:
         for module in model.modules():
             if isinstance(module, torch.nn.Dropout):
@@ -229,13 +232,14 @@ def compile_agreement(device: str, batch: int, image_size: int, steps: int) -> d
 
 def run_train(work: Path, device: str, epochs: int, image_size: int, extra: list[str]) -> dict[str, Any]:
     """train.py as SageMaker runs it, on the digits data, with the GPU visible."""
-    import datasets
     from torchvision import models
+
+    from breedline import demo_digits
 
     work.mkdir(parents=True, exist_ok=True)
     data = work.parent / "digits"
     if not data.is_dir():
-        datasets.main(["digits", str(data), "--per-class", "40", "--size", "64"])
+        demo_digits.main(["digits", str(data), "--per-class", "40", "--size", "64"])
     weights = work.parent / "vgg11-random.pt"
     if not weights.is_file():
         torch.manual_seed(0)
@@ -265,13 +269,13 @@ def run_train(work: Path, device: str, epochs: int, image_size: int, extra: list
 
 def run_inference(model_dir: Path, test_dir: Path) -> dict[str, Any]:
     """inference.py on the archive train.py wrote: CUDA serving against the same weights on the CPU."""
-    import common
+    import backbones
     import inference
 
     unpacked = model_dir  # what SageMaker tars into model.tar.gz and unpacks on the endpoint
     served = inference.model_fn(str(unpacked))
-    meta = common.read_meta(str(unpacked))
-    cpu = common.build_model(meta["architecture"], int(meta["num_classes"]),
+    meta = backbones.read_meta(str(unpacked))
+    cpu = backbones.build_model(meta["architecture"], int(meta["num_classes"]),
                              image_size=served.prep.image_size, pretrained=False)
     cpu.load_state_dict(torch.load(unpacked / "model.pt", map_location="cpu", weights_only=True))
     cpu.eval()

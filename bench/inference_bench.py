@@ -29,9 +29,9 @@ BLOCK = 3
 
 def plain_pipeline(model: torch.nn.Module, meta: dict) -> Callable[[bytes], str]:
     """The baseline, start to finish, answering the same JSON the contract asks for."""
-    import common
+    import presets
 
-    transform = common.Preprocessing.from_meta(meta).plain_transform()
+    transform = presets.Preprocessing.from_meta(meta).plain_transform()
     names = meta["class_names"]
 
     def run(body: bytes) -> str:
@@ -47,9 +47,9 @@ def plain_pipeline(model: torch.nn.Module, meta: dict) -> Callable[[bytes], str]
 
 
 def plain_preprocess(meta: dict) -> Callable[[bytes], torch.Tensor]:
-    import common
+    import presets
 
-    transform = common.Preprocessing.from_meta(meta).plain_transform()
+    transform = presets.Preprocessing.from_meta(meta).plain_transform()
     return lambda body: transform(Image.open(io.BytesIO(body)).convert("RGB")).unsqueeze(0)
 
 
@@ -114,10 +114,10 @@ def agreement(fast_pre: Callable[[bytes], torch.Tensor], fast_forward: Callable[
 
 
 def digits_test_jpegs(work: Path, quick: bool) -> list[tuple[str, bytes]]:
-    import datasets as ml_datasets  # ml_scripts/datasets.py
+    from breedline import demo_digits
 
     out = work / "digits"
-    ml_datasets.write_digits(out, per_class=12 if quick else None)
+    demo_digits.write_digits(out, per_class=12 if quick else None)
     files = sorted((out / "test").rglob("*.jpg"))
     return [(str(p), p.read_bytes()) for p in files]
 
@@ -128,16 +128,16 @@ def draft_options(section: Section, inference: Any, served: Any, pre_plain: Call
 
     Decoding at 1/8 scale straight to ~256 px differs a little from an
     antialiased resize of the full image; a larger draft costs decode time and
-    buys agreement. Built from ``common``'s public functions.
+    buys agreement. Built from ``decoding``'s public functions.
     """
-    import common
+    import decoding
 
     prep = served.prep
     shipped = fast_preprocess(inference, served, "image/jpeg")
     for factor in range(1, inference.JPEG_DRAFT_GAP):
         def pre(body: bytes, factor: int = factor) -> torch.Tensor:
-            image = common.decode_for_size(body, factor * prep.resize_size)
-            square = common.resize_crop(image, prep.resize_size, prep.image_size)
+            image = decoding.decode_for_size(body, factor * prep.resize_size)
+            square = decoding.resize_crop(image, prep.resize_size, prep.image_size)
             return prep.normalise_uint8(np.asarray(square)).unsqueeze(0)
 
         same, total = agreement(pre, served.forward, pre_plain, plain_model, photo_bodies)
@@ -200,6 +200,30 @@ def model_step_options(section: Section, arch: str, model: torch.nn.Module, x: t
             torch.set_num_threads(threads)
         section.rows.append(Row("inference", f"{arch}: model step option: 1 intra-op thread vs {threads} (inference_mode)",
                                 Stats.of(one), "s", baseline=Stats.of(samples["inference_mode"])))
+
+
+def agreement_rows(section: Section, arch: str, inference: Any, served: Any, served_torch: Any, meta: dict,
+                   pre_plain: Callable[[bytes], torch.Tensor], plain_model: torch.nn.Module,
+                   digit_bodies: list[bytes], photo_bodies: list[bytes]) -> None:
+    """Top-1 agreement of the shipped path (and of the torch backend) with the plain path, on many images."""
+    # First check that the batched check sees what the served path answers.
+    fast_pre_jpeg = fast_preprocess(inference, served, "image/jpeg")
+    fast_jpeg = fast_pipeline(inference, served, "image/jpeg")
+    for body in photo_bodies[:3]:
+        batched = meta["class_names"][int(served.forward(fast_pre_jpeg(body)).argmax(1))]
+        if batched != _label(fast_jpeg(body)):
+            section.notes.append(f"{arch}: the batched agreement check disagrees with predict_fn on one image.")
+    # vgg11's forward pass costs many times efficientnet_lite0's: it checks every other image (a spread subset).
+    step_of = 2 if arch == "vgg11" else 1
+    for name, bodies in (("digits test JPEGs", digit_bodies[::step_of]),
+                         ("resized sample photos", photo_bodies[::step_of])):
+        same, total = agreement(fast_pre_jpeg, served.forward, pre_plain, plain_model, bodies)
+        section.rows.append(Row("inference", f"{arch}: top-1 agreement as shipped ({served.backend}) vs plain, "
+                                f"{total} {name}", Stats.of([100.0 * same / total]), "%", target=">= 99%",
+                                met=100.0 * same / total >= 99.0, higher_is_better=True))
+    same, total = agreement(fast_pre_jpeg, served_torch.forward, pre_plain, plain_model, photo_bodies[::step_of])
+    section.rows.append(Row("inference", f"{arch}: top-1 agreement, torch backend vs plain, {total} resized "
+                            "sample photos", Stats.of([100.0 * same / total]), "%", higher_is_better=True))
 
 
 def run(section: Section, quick: bool) -> None:
@@ -280,24 +304,8 @@ def _run(section: Section, quick: bool, inference: Any, work: Path) -> None:
                                 block=BLOCK)
         section.rows.append(Row("inference", f"{arch}: of which model step, predict_fn(tensor) ({served.backend}) vs "
                                 "model(x) under no_grad", Stats.of(step["fast"]), "s", baseline=Stats.of(step["plain"])))
-        # Top-1 agreement on many images. First check that the batched check sees what the served path answers.
-        fast_pre_jpeg = fast_preprocess(inference, served, "image/jpeg")
-        fast_jpeg = fast_pipeline(inference, served, "image/jpeg")
-        for body in photo_bodies[:3]:
-            batched = meta["class_names"][int(served.forward(fast_pre_jpeg(body)).argmax(1))]
-            if batched != _label(fast_jpeg(body)):
-                section.notes.append(f"{arch}: the batched agreement check disagrees with predict_fn on one image.")
-        # vgg11's forward pass is ~20x efficientnet_lite0's: it checks every other image (a spread subset).
-        step_of = 2 if arch == "vgg11" else 1
-        for name, bodies in (("digits test JPEGs", agreement_bodies[::step_of]),
-                             ("resized sample photos", photo_bodies[::step_of])):
-            same, total = agreement(fast_pre_jpeg, served.forward, pre_plain, plain_model, bodies)
-            section.rows.append(Row("inference", f"{arch}: top-1 agreement as shipped ({served.backend}) vs plain, "
-                                    f"{total} {name}", Stats.of([100.0 * same / total]), "%", target=">= 99%",
-                                    met=100.0 * same / total >= 99.0, higher_is_better=True))
-        same, total = agreement(fast_pre_jpeg, served_torch.forward, pre_plain, plain_model, photo_bodies[::step_of])
-        section.rows.append(Row("inference", f"{arch}: top-1 agreement, torch backend vs plain, {total} resized "
-                                "sample photos", Stats.of([100.0 * same / total]), "%", higher_is_better=True))
+        agreement_rows(section, arch, inference, served, served_torch, meta, pre_plain, plain_model,
+                       agreement_bodies, photo_bodies)
         if arch == "efficientnet_lite0":
             draft_options(section, inference, served, pre_plain, plain_model, photo_bodies, phone, repeat)
         model_step_options(section, arch, plain_model, x, repeat, served.session)

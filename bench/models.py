@@ -24,33 +24,33 @@ def class_names(count: int = NUM_CLASSES) -> list[str]:
 
 
 def build(architecture: str, num_classes: int = NUM_CLASSES, image_size: int = 224, seed: int = 0) -> torch.nn.Module:
-    """The architecture as ``common.build_model`` makes it, in eval mode, seeded.
+    """The architecture as ``backbones.build_model`` makes it, in eval mode, seeded.
 
     efficientnet_lite0 gets the shipped ImageNet head back (``num_classes`` is then 1,000).
     """
-    import common
+    import backbones
 
     torch.manual_seed(seed)
     if architecture == "efficientnet_lite0":
-        model = common.build_model(architecture, 1000, image_size=image_size, pretrained=True)
-        state = torch.load(common.efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
+        model = backbones.build_model(architecture, 1000, image_size=image_size, pretrained=True)
+        state = torch.load(backbones.efficientnet_lite0_weights_path(), map_location="cpu", weights_only=True)
         model.load_state_dict(state)  # strict: backbone and the genuine ImageNet head
         return model.eval()
-    model = common.build_model(architecture, num_classes, image_size=image_size, pretrained=False)
+    model = backbones.build_model(architecture, num_classes, image_size=image_size, pretrained=False)
     return model.eval()
 
 
 def write_model_dir(model_dir: Path, architecture: str, num_classes: int = NUM_CLASSES, image_size: int = 224,
                     seed: int = 0) -> Path:
     """Write ``model.pt`` and ``model_meta.json`` the way train.py does, return the folder."""
-    import common
+    import presets
 
     model = build(architecture, num_classes, image_size, seed)
     if architecture == "efficientnet_lite0":
         num_classes = 1000
     model_dir.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), model_dir / "model.pt")
-    prep = common.Preprocessing(image_size=image_size)
+    prep = presets.Preprocessing(image_size=image_size)
     meta = {
         "architecture": architecture,
         "class_names": class_names(num_classes),
@@ -65,10 +65,10 @@ def write_model_dir(model_dir: Path, architecture: str, num_classes: int = NUM_C
 
 def load_plain(model_dir: Path) -> tuple[torch.nn.Module, dict]:
     """The baseline's model: built plainly and loaded from ``model.pt``, eval mode, nothing else."""
-    import common
+    import backbones
 
     meta = json.loads((model_dir / "model_meta.json").read_text(encoding="utf-8"))
-    model = common.build_model(meta["architecture"], len(meta["class_names"]), image_size=int(meta["image_size"]),
+    model = backbones.build_model(meta["architecture"], len(meta["class_names"]), image_size=int(meta["image_size"]),
                                pretrained=False)
     model.load_state_dict(torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True))
     return model.eval(), meta

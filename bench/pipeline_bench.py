@@ -1,11 +1,11 @@
 """Section 3: how many images per second the training input pipeline delivers.
 
 Fast path: exactly what ``train.py`` does for the train split.
-``common.CachedImageDataset`` decodes each image once per job at reduced size
+``image_folder.CachedImageDataset`` decodes each image once per job at reduced size
 into a uint8 cache of ``resize_size`` squares; each item is a uint8 random
 crop; ``Trainer.loader`` batches them with the worker count ``train.py``
 chooses for a cached split (``Trainer.num_workers``: 0, in-process, on a CPU);
-``common.batch_to_model_input`` turns each uint8 batch into the normalised
+``image_folder.batch_to_model_input`` turns each uint8 batch into the normalised
 float NCHW model input, once per batch. The timed loop ends with that float
 batch, so the figure includes the normalisation.
 
@@ -101,30 +101,31 @@ def measure(root: Path, epochs: int, image_size: int, threads: int | None, build
 
 
 def _measure(root: Path, epochs: int, image_size: int, builds: int) -> dict[str, Any]:
-    import common
+    import image_folder
+    import job_config
     import train
     from torchvision import datasets, transforms
 
-    cpus = train.cpu_count()
+    cpus = job_config.cpu_count()
     trainer = train.Trainer(
-        train.build_parser().parse_args(["--batch_size", str(BATCH_SIZE), "--seed", "0",
-                                         "--image_size", str(image_size)]), paths=None)
+        job_config.build_parser().parse_args(["--batch_size", str(BATCH_SIZE), "--seed", "0",
+                                              "--image_size", str(image_size)]), paths=None)
     prep = trainer.prep
-    split = common.scan_split(root)
+    split = image_folder.scan_split(root)
 
     # Fast path, as train.train() builds the train split's loader.
     # The one-off cache build, timed ``builds`` times (median): one build is one sample of a noisy machine.
     build_s = []
     for _ in range(max(1, builds)):
         t0 = time.perf_counter()
-        dataset = common.CachedImageDataset(split, prep, train=True, cache=True, threads=cpus)
+        dataset = image_folder.CachedImageDataset(split, prep, train=True, cache=True, threads=cpus)
         build_s.append(time.perf_counter() - t0)
     cache_s = statistics.median(build_s)
     workers = trainer.num_workers(dataset)
     loader = trainer.loader(dataset, shuffle=True)
 
     def finish(batch: torch.Tensor) -> torch.Tensor:
-        return common.batch_to_model_input(batch, prep, trainer.device, trainer.channels_last)
+        return image_folder.batch_to_model_input(batch, prep, trainer.device, trainer.channels_last)
 
     transform = transforms.Compose([
         transforms.Resize(prep.resize_size),
@@ -160,14 +161,14 @@ def _measure(root: Path, epochs: int, image_size: int, builds: int) -> dict[str,
 
 def _at_suite_threads(trainer: Any, dataset: Any, epochs: int, threads: int) -> dict[str, list[float]]:
     """train.py's loader again, with the suite's torch threads instead of a training job's."""
-    import common
+    import image_folder
 
     values = []
     with torch_threads(threads):
         loader = trainer.loader(dataset, shuffle=True)
         for epoch in range(max(2, epochs)):
             t0 = time.perf_counter()
-            seen = _drain(loader, lambda batch: common.batch_to_model_input(batch, trainer.prep))
+            seen = _drain(loader, lambda batch: image_folder.batch_to_model_input(batch, trainer.prep))
             if epoch:
                 values.append(seen / (time.perf_counter() - t0))
     return {f"train.py's loader with {threads} torch threads (batch normalisation multi-threaded in-process)": values}
@@ -176,7 +177,7 @@ def _at_suite_threads(trainer: Any, dataset: Any, epochs: int, threads: int) -> 
 def loader_options(trainer: Any, dataset: Any, finish: Callable[[torch.Tensor], Any], epochs: int,
                    decode_workers: int) -> dict[str, list[float]]:
     """Cache-hit images/s of other ways to feed the same cached split: worker counts, per-item floats."""
-    import common
+    import image_folder
 
     if not getattr(dataset, "cached", False):
         return {}
@@ -197,7 +198,7 @@ def loader_options(trainer: Any, dataset: Any, finish: Callable[[torch.Tensor], 
     float_items = _FloatItems(dataset)
     for workers in sorted({0, 1, decode_workers}):
         loader = torch.utils.data.DataLoader(float_items, batch_size=BATCH_SIZE, shuffle=True, num_workers=workers,
-                                             collate_fn=common.collate_skip_bad, persistent_workers=workers > 0)
+                                             collate_fn=image_folder.collate_skip_bad, persistent_workers=workers > 0)
         previous = " (what train.py did before)" if workers == decode_workers else ""
         out[f"float items normalised one by one, {workers} worker(s){previous}"] = rates(loader, None)
     return out
@@ -231,13 +232,13 @@ def _rows(section: Section, name: str, r: dict[str, Any]) -> None:
 
 
 def run(section: Section, quick: bool) -> None:
-    import datasets as ml_datasets  # ml_scripts/datasets.py
+    from breedline import demo_digits
 
     work = Path(tempfile.mkdtemp(prefix="bench-pipeline-"))
     epochs = 2 if quick else 4
     image_size = 64 if quick else 224
     digits = work / "digits"
-    ml_datasets.write_digits(digits, per_class=8 if quick else None)
+    demo_digits.write_digits(digits, per_class=8 if quick else None)
     count = 64 if quick else 1000
     generated = images.write_jpeg_dataset(work / "jpegs", count)
     section.notes.append(
@@ -246,7 +247,7 @@ def run(section: Section, quick: bool) -> None:
         f"scikit-image photos, quality 90); image_size {image_size}, batch {BATCH_SIZE}; {epochs} epochs each, "
         "train.py's loader and both baselines interleaved epoch by epoch; baseline epochs all count (its workers "
         "are persistent too). The fast path's figure ends with the normalised float batch "
-        "(common.batch_to_model_input on the CPU; on a GPU train.py moves the uint8 batch first and normalises "
+        "(image_folder.batch_to_model_input on the CPU; on a GPU train.py moves the uint8 batch first and normalises "
         "there). Its cache holds the centre square of side resize_size, so random crops come from that square "
         "rather than the whole resized image. Options reuse the same cache and count cache-hit epochs only."
     )

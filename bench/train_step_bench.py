@@ -1,6 +1,6 @@
 """Section 4: training steps per second on this CPU, per model, through train.py's own loop.
 
-Each model is built as ``train.py`` builds it (``common.build_model``: frozen
+Each model is built as ``train.py`` builds it (``backbones.build_model``: frozen
 backbone parts, new head) and trained with ``Trainer.run_epoch`` on batches
 already in memory, so the figure is the step itself (forward, loss, backward,
 Adam) without data loading. vgg11 and resnet50 are random-init (their
@@ -25,12 +25,14 @@ class _NoDebugger:
 
 def step_rates(arch: str, batch: int, steps: int, image_size: int, num_classes: int = 133) -> list[float]:
     """Images/s of each of ``steps`` training steps (after one warm-up step)."""
-    import common
+    import backbones
+    import job_config
     import train
 
     torch.manual_seed(0)
-    model = common.build_model(arch, num_classes, image_size=image_size, pretrained=arch == "efficientnet_lite0")
-    trainer = train.Trainer(train.build_parser().parse_args(["--batch_size", str(batch), "--seed", "0"]), paths=None)
+    model = backbones.build_model(arch, num_classes, image_size=image_size, pretrained=arch == "efficientnet_lite0")
+    args = job_config.build_parser().parse_args(["--batch_size", str(batch), "--seed", "0"])
+    trainer = train.Trainer(args, paths=None)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=1e-3)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
@@ -57,13 +59,15 @@ def debugger_overhead(section: Section, quick: bool) -> None:
     import tempfile
     from pathlib import Path
 
-    import common
+    import backbones
+    import debugging
+    import job_config
     import train
     from chalicelib import sagemaker_requests as reqs
 
     arch, batch, size = "efficientnet_lite0", 16, 64
     steps = 4 if quick else 2 * int(reqs.DEBUG_SAVE_INTERVAL) + 1  # covers two save steps
-    args = train.build_parser().parse_args(["--batch_size", str(batch), "--seed", "0"])
+    args = job_config.build_parser().parse_args(["--batch_size", str(batch), "--seed", "0"])
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, 10, (batch,))
     batches = [(x, y, 0)] * steps
@@ -79,9 +83,9 @@ def debugger_overhead(section: Section, quick: bool) -> None:
                     "CollectionConfigurations": [dict(c) for c in reqs.DEBUG_COLLECTIONS],
                 }), encoding="utf-8")
             torch.manual_seed(0)
-            model = common.build_model(arch, 10, image_size=size, pretrained=True)
+            model = backbones.build_model(arch, 10, image_size=size, pretrained=True)
             trainer = train.Trainer(args, paths=None)
-            debugger = train.Debugger(paths, args)
+            debugger = debugging.Debugger(paths, args)
             debugger.register(model, trainer.loss_fn)
             optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
             scaler = torch.amp.GradScaler("cuda", enabled=False)
@@ -98,10 +102,10 @@ def debugger_overhead(section: Section, quick: bool) -> None:
 def run(section: Section, quick: bool) -> None:
     batch, steps, size = (4, 2, 64) if quick else (16, 4, 224)
     for arch in ARCHITECTURES[-1:] if quick else ARCHITECTURES:
-        import common
+        import backbones
 
-        model = common.build_model(arch, 133, image_size=size, pretrained=arch == "efficientnet_lite0")
-        trainable, total = common.count_parameters(model)
+        model = backbones.build_model(arch, 133, image_size=size, pretrained=arch == "efficientnet_lite0")
+        trainable, total = backbones.count_parameters(model)
         del model
         section.rows.append(Row("train_step", f"{arch}, batch {batch}, {size} px, fp32 CPU",
                                 Stats.of(step_rates(arch, batch, steps, size)), "img/s", higher_is_better=True,

@@ -189,8 +189,7 @@ def announce_runtime(clock: Clock, info: RuntimeInfo) -> None:
 def prepare_data(clock: Clock, data: Path | None, dataset: str, state_dir: Path, per_class: int | None) -> Path:
     """The operator's data set, or the digits written as JPEGs under the state folder."""
     if data is None:
-        sys.path.insert(0, str(REPO_ROOT / "ml_scripts"))
-        from datasets import write_digits  # type: ignore[import-not-found]
+        from breedline.demo_digits import write_digits
 
         data = state_dir / "demo-data" / dataset
         counts = write_digits(data, per_class=per_class, size=48)

@@ -28,8 +28,11 @@ Fast paths, each checked against the plain path (full PIL decode, torchvision
   ``auto``): the module is exported in memory at load time and used only if its
   logits match torch's on a probe batch; otherwise torch runs it, channels-last
   under ``inference_mode``. ``BREEDLINE_SERVING_BACKEND=torch`` skips the export
-  (it adds seconds to a cold start: ~2 s for efficientnet_lite0, ~10 s for
-  vgg11 on a 2-core machine); ``onnx`` makes a failed export an error.
+  (it adds seconds to a cold start, docs/ml.md); ``onnx`` makes a failed export an error.
+
+Imports are top-level (``import contract``): ``train.py`` copies this file and
+the sibling modules it needs (``train.SERVING_FILES``) into ``code/``, which
+the serving container puts on ``sys.path``.
 """
 
 from __future__ import annotations
@@ -48,21 +51,21 @@ import torch
 from PIL import Image
 from torch import nn
 
-import common
+from backbones import build_model, read_meta
+from contract import SERVING_BACKENDS
+from decoding import ImageDecodeError, decode_for_size, resize_crop
+from presets import Preprocessing
 
 SUPPORTED_CONTENT_TYPES: frozenset[str] = frozenset({"image/jpeg", "image/png", "application/x-image"})
 DEFAULT_TOP_K = 5
 DEFAULT_MAX_IMAGE_BYTES = 6 * 1024 * 1024
 #: JPEGs decode to a shorter side of at least this many times the model's resize
-#: size. Measured with a real ImageNet classifier (efficientnet_lite0) on 200
-#: photos from thumbnail to 12 MP, top-1 agrees with the full decode on 193, 195,
-#: 197, 199 and 200 of them at gaps 1, 2, 3, 4 and 8: 4 is the smallest gap over
-#: the 99% the project asks for. A 12 MP photo decodes at 1/2 scale with 3 or 4
-#: (53 ms here), so 4 costs it nothing; the full decode takes 86 ms.
+#: size: the smallest gap whose top-1 agrees with the full decode on over 99% of
+#: photos from thumbnail to 12 MP, the project's target (docs/ml.md gives the
+#: agreement at each gap). A 12 MP photo still decodes at 1/2 scale with it.
 JPEG_DRAFT_GAP = 4
 #: Decode JPEGs at least this big before the model's own resize (raised by model_fn).
 _draft_short_side = 256 * JPEG_DRAFT_GAP
-BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx")
 DEFAULT_BACKEND = "auto"
 #: ONNX Runtime is used only if its logits match torch's this closely on the probe batch.
 ONNX_RTOL = 1e-3
@@ -87,7 +90,7 @@ class LoadedModel:
 
     module: nn.Module
     class_names: list[str]
-    prep: common.Preprocessing
+    prep: Preprocessing
     architecture: str
     device: torch.device
     #: "torch" or "onnx": what runs the network in predict_fn.
@@ -117,8 +120,8 @@ class ServingBackendError(RuntimeError):
 
 def _backend_setting() -> str:
     value = (os.environ.get("BREEDLINE_SERVING_BACKEND") or DEFAULT_BACKEND).strip().lower()
-    if value not in BACKENDS:
-        raise ServingBackendError(f"BREEDLINE_SERVING_BACKEND={value!r}: use one of {', '.join(BACKENDS)}")
+    if value not in SERVING_BACKENDS:
+        raise ServingBackendError(f"BREEDLINE_SERVING_BACKEND={value!r}: use one of {', '.join(SERVING_BACKENDS)}")
     return value
 
 
@@ -143,9 +146,8 @@ def onnx_session(module: nn.Module, image_size: int) -> tuple[Any, str]:
                 dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}}, dynamo=False,
             )
         options = onnxruntime.SessionOptions()
-        # ORT's worker threads spin after each run by default. Measured here (2 cores,
-        # efficientnet_lite0, batch 1): 7 ms per call without spinning against 10-12 ms
-        # with it, and a torch call in the same process after it 16 ms against 31 ms.
+        # ORT's worker threads spin after each run by default, which slows its own calls
+        # and a torch call in the same process after it on a small machine (docs/benchmarks.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
         (got,) = session.run(None, {ONNX_INPUT: probe.numpy()})
@@ -171,9 +173,9 @@ def model_fn(model_dir: str) -> LoadedModel:
     with _lock:
         if key in _models:
             return _models[key]
-        meta = common.read_meta(model_dir)
-        prep = common.Preprocessing.from_meta(meta)
-        module = common.build_model(
+        meta = read_meta(model_dir)
+        prep = Preprocessing.from_meta(meta)
+        module = build_model(
             meta["architecture"], int(meta["num_classes"]), image_size=prep.image_size, pretrained=False
         )
         state = torch.load(Path(model_dir) / "model.pt", map_location="cpu", weights_only=True)
@@ -233,10 +235,10 @@ def input_fn(body: bytes, content_type: str | None) -> Image.Image:
         with warnings.catch_warnings():
             # Between 1x and 2x Pillow's pixel limit Pillow only warns; we refuse.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return common.decode_for_size(body, _draft_short_side)
+            return decode_for_size(body, _draft_short_side)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InferenceInputError(f"image has too many pixels (decompression bomb protection): {exc}", 413) from exc
-    except common.ImageDecodeError as exc:
+    except ImageDecodeError as exc:
         raise InferenceInputError(f"could not decode the image: {exc}", 400) from exc
 
 
@@ -250,7 +252,7 @@ def _top_k() -> int:
 def preprocess(image: Image.Image, model: LoadedModel) -> torch.Tensor:
     """Fused resize + centre crop, then normalise: a (1, 3, S, S) float tensor."""
     prep = model.prep
-    square = common.resize_crop(image, prep.resize_size, prep.image_size)
+    square = resize_crop(image, prep.resize_size, prep.image_size)
     return prep.normalise_uint8(np.asarray(square)).unsqueeze(0)
 
 

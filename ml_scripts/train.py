@@ -2,17 +2,22 @@
 
 It follows SageMaker's script-mode container contract byte for byte, so the
 same file runs in AWS's PyTorch training containers and under the local
-runtime (see docs/ml.md for the full contract):
+runtime (see docs/ml.md for the full contract; :mod:`job_config` reads it):
 
-- channels ``train``, ``valid``, ``test`` in ``SM_CHANNEL_*`` (folder per class);
+- channels ``contract.CHANNELS`` (``train``, ``valid``, ``test``) in ``SM_CHANNEL_*`` (folder per class);
 - hyperparameters as CLI args and in ``$SM_INPUT_CONFIG_DIR/hyperparameters.json``
   (values may be JSON-quoted, ``sagemaker_*`` keys are the toolkit's, not ours);
 - the model to ``SM_MODEL_DIR``, other output to ``SM_OUTPUT_DATA_DIR``,
-  checkpoints to ``BREEDLINE_CHECKPOINT_DIR`` (``/opt/ml/checkpoints``);
-- metrics as ``name=value`` stdout lines from ``metric_definitions``;
+  checkpoints to ``BREEDLINE_CHECKPOINT_DIR`` (``/opt/ml/checkpoints``, :mod:`checkpoints`);
+- metrics as ``name=value`` stdout lines (``contract.format_metric``);
 - on failure a non-zero exit and the reason in ``$SM_OUTPUT_DIR/failure``.
 
-Imports are top-level (``import common``) because SageMaker makes the unpacked
+The shape is torchvision's classification reference: :func:`train_one_epoch`,
+:func:`evaluate` and :func:`main`, with the data set in :mod:`image_folder`,
+the models in :mod:`backbones`, Debugger in :mod:`debugging` and the step
+profiler in :mod:`profiling`.
+
+Imports are top-level (``import contract``) because SageMaker makes the unpacked
 source dir the working directory and puts it on ``sys.path``; running
 ``python ml_scripts/train.py`` does the same thing.
 """
@@ -23,12 +28,12 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import random
 import shutil
 import sys
 import time
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,124 +41,24 @@ import numpy as np
 import torch
 from torch import nn
 
-import common
-import metric_definitions
+import checkpoints
+from backbones import PretrainedWeightsError, build_model, count_parameters, parameter_groups, set_train_mode
+from checkpoints import Progress
+from contract import CHANNELS, format_metric
+from debugging import Debugger
+from image_folder import (CachedImageDataset, DataSetError, Split, batch_to_model_input, collate_skip_bad,
+                          scan_dataset)
+from job_config import Paths, cpu_count, gpu_allowed, parse_args, write_failure
+from presets import Preprocessing
+from profiling import StepProfiler
 
 HERE = Path(__file__).resolve().parent
-#: Files copied into ``model/code/`` so ``model.tar.gz`` serves on its own.
-SERVING_FILES: tuple[str, ...] = ("inference.py", "common.py", "metric_definitions.py")
+#: Files copied into ``model/code/`` so ``model.tar.gz`` serves on its own:
+#: ``inference.py`` and every sibling module it imports.
+SERVING_FILES: tuple[str, ...] = (
+    "inference.py", "backbones.py", "contract.py", "decoding.py", "image_folder.py", "presets.py",
+)
 SERVING_REQUIREMENTS = "serving_requirements.txt"
-
-
-# --------------------------------------------------------------------------- contract
-
-
-def env_path(name: str, default: str) -> Path:
-    return Path(os.environ.get(name) or default)
-
-
-class Paths:
-    """Every path the container contract defines, read once from the environment."""
-
-    def __init__(self) -> None:
-        self.train = env_path("SM_CHANNEL_TRAIN", "/opt/ml/input/data/train")
-        self.valid = env_path("SM_CHANNEL_VALID", "/opt/ml/input/data/valid")
-        self.test = env_path("SM_CHANNEL_TEST", "/opt/ml/input/data/test")
-        self.model_dir = env_path("SM_MODEL_DIR", "/opt/ml/model")
-        self.output_dir = env_path("SM_OUTPUT_DIR", "/opt/ml/output")
-        self.output_data_dir = env_path("SM_OUTPUT_DATA_DIR", str(self.output_dir / "data"))
-        self.config_dir = env_path("SM_INPUT_CONFIG_DIR", "/opt/ml/input/config")
-        self.checkpoint_dir = env_path("BREEDLINE_CHECKPOINT_DIR", "/opt/ml/checkpoints")
-
-
-def normalise_value(value: Any) -> str:
-    """Undo JSON quoting: ``'"\\"32\\""'`` -> ``'32'``.
-
-    SageMaker's tuner hands categorical values back JSON-encoded, sometimes
-    twice; hyperparameters.json holds every value as a JSON string.
-    """
-    while isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            break
-    return value if isinstance(value, str) else json.dumps(value)
-
-
-def _typed(kind: type) -> Any:
-    def convert(text: str) -> Any:
-        text = normalise_value(text)
-        if kind is int:
-            number = float(text)
-            if not number.is_integer():
-                raise ValueError(f"{text} is not a whole number")
-            return int(number)
-        return kind(text)
-
-    convert.__name__ = kind.__name__
-    return convert
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ValueError(f"invalid hyperparameters: {message}")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(description="Fine-tune a pretrained CNN on a folder-per-class image data set.")
-    p.add_argument("--learning_rate", type=_typed(float), default=1e-3)
-    p.add_argument("--batch_size", type=_typed(int), default=32)
-    p.add_argument("--epochs", type=_typed(int), default=5)
-    p.add_argument("--model", type=_typed(str), default=common.DEFAULT_ARCHITECTURE, choices=common.ARCHITECTURES)
-    p.add_argument("--pretrained_weights", type=_typed(str), default=None, help="local ImageNet weights file")
-    p.add_argument("--image_size", type=_typed(int), default=224)
-    p.add_argument("--patience", type=_typed(int), default=3, help="epochs without a better valid_loss")
-    p.add_argument("--weight_decay", type=_typed(float), default=0.0)
-    p.add_argument("--trainable_blocks", type=_typed(int), default=None, help="backbone stages to fine-tune")
-    p.add_argument("--debug_out", type=_typed(str), default=None, help="smdebug output dir without a JSON config")
-    p.add_argument("--debug_save_interval", type=_typed(int), default=10)
-    p.add_argument("--profile_steps", type=_typed(int), default=0)
-    p.add_argument("--num_workers", type=_typed(int), default=None)
-    p.add_argument("--seed", type=_typed(int), default=42)
-    p.add_argument(
-        "--channels_last", type=_typed(str), default="auto", choices=("auto", "true", "false"),
-        help="auto: only with CUDA; true also helps on CPU (1.8x for efficientnet_lite0 here)",
-    )
-    p.add_argument(
-        "--compile", type=_typed(str), default="false", choices=("false", "true"),
-        help="torch.compile the model: 1.65x the steps/s of AMP + channels-last for vgg11 at batch 256 on an "
-        "H200, after about 30 s of compiling per job (docs/benchmarks.md); off by default",
-    )
-    return p
-
-
-def hyperparameter_argv(config_dir: Path) -> list[str]:
-    """hyperparameters.json as CLI args (``sagemaker_*`` keys dropped)."""
-    path = config_dir / "hyperparameters.json"
-    if not path.is_file():
-        return []
-    with open(path, encoding="utf-8") as fh:
-        values = json.load(fh)
-    argv: list[str] = []
-    for key, value in values.items():
-        if not key.startswith("sagemaker_"):
-            argv += [f"--{key}", normalise_value(value)]
-    return argv
-
-
-def parse_args(argv: list[str], config_dir: Path) -> argparse.Namespace:
-    """File first, CLI second: argparse keeps the last value, so the CLI wins."""
-    args, unknown = build_parser().parse_known_args(hyperparameter_argv(config_dir) + argv)
-    if unknown:
-        print(f"ignoring unknown arguments: {' '.join(unknown)}", flush=True)
-    for name in ("learning_rate", "batch_size", "epochs", "image_size"):
-        if getattr(args, name) <= 0:
-            raise ValueError(f"invalid hyperparameters: --{name} must be positive, got {getattr(args, name)}")
-    return args
-
-
-def cpu_count() -> int:
-    return max(1, int(normalise_value(os.environ.get("SM_NUM_CPUS") or os.cpu_count() or 1)))
 
 
 def default_num_workers(cpus: int, cached: bool, cuda: bool = False) -> int:
@@ -163,8 +68,8 @@ def default_num_workers(cpus: int, cached: bool, cuda: bool = False) -> int:
     per job) trained on the CPU gets 0: the main process loads in-process.
     Nothing is left to decode, an item is a uint8 crop (a memcpy), so a worker
     process only adds work on the same cores the model needs: collating into
-    shared memory, pickling, waking the main process. Measured on 2 cores
-    (bench section 3): in-process loading is 1.6-2x as fast as one worker.
+    shared memory, pickling, waking the main process. Bench section 3
+    (docs/benchmarks.md) compares in-process loading with one worker.
 
     An uncached split (the test split, read once, or a data set over the
     cache limit) still decodes JPEGs per item, which parallelises; and with a
@@ -179,143 +84,16 @@ def default_num_workers(cpus: int, cached: bool, cuda: bool = False) -> int:
 
 
 def metric(name: str, value: float, epoch: int | None = None) -> None:
-    print(metric_definitions.format_metric(name, value, epoch), flush=True)
-
-
-def write_failure(paths: Paths, reason: str) -> None:
-    try:
-        paths.output_dir.mkdir(parents=True, exist_ok=True)
-        (paths.output_dir / "failure").write_text(reason + "\n", encoding="utf-8")
-    except OSError as exc:
-        print(f"could not write the failure file: {exc}", file=sys.stderr)
-
-
-# --------------------------------------------------------------------------- debugger
-
-
-class Debugger:
-    """smdebug if it imports and starts; a no-op that said so once if not.
-
-    smdebug is not in AWS's PyTorch 2.2+ containers and needs numpy<2; a broken
-    install must never cost a training run.
-    """
-
-    def __init__(self, paths: Paths, args: argparse.Namespace) -> None:
-        self.hook: Any = None
-        self.modes: Any = None
-        config = paths.config_dir / "debughookconfig.json"
-        if not config.is_file() and not args.debug_out:
-            return
-        try:
-            if int(np.__version__.split(".")[0]) >= 2:
-                raise RuntimeError(f"smdebug 1.0.34 needs numpy<2, found numpy {np.__version__}")
-            import smdebug.pytorch as smd
-
-            if config.is_file():
-                self.hook = smd.Hook.create_from_json_file(str(config))
-                where = f"{config}"
-            else:
-                self.hook = smd.Hook(
-                    out_dir=args.debug_out,
-                    save_config=smd.SaveConfig(save_interval=max(1, args.debug_save_interval)),
-                    include_collections=["losses"],
-                )
-                where = f"--debug_out {args.debug_out}"
-            self.modes = smd.modes
-            print(f"smdebug hook active ({where})", flush=True)
-        except Exception as exc:  # noqa: BLE001 - any failure: train without it, say so once
-            self.hook = None
-            print(f"smdebug unavailable, training without Debugger tensors: {type(exc).__name__}: {exc}", flush=True)
-
-    def register(self, model: nn.Module, loss_fn: nn.Module) -> None:
-        if self.hook is None:
-            return
-        try:
-            self.hook.register_module(model)
-            self.hook.register_loss(loss_fn)
-        except Exception as exc:  # noqa: BLE001
-            print(f"smdebug could not register the model, training without it: {exc}", flush=True)
-            self.hook = None
-
-    def set_mode(self, phase: str) -> None:
-        if self.hook is not None:
-            self.hook.set_mode({"train": self.modes.TRAIN, "valid": self.modes.EVAL, "test": self.modes.PREDICT}[phase])
-
-    def close(self) -> None:
-        if self.hook is not None:
-            with contextlib.suppress(Exception):
-                self.hook.close()
-
-
-# --------------------------------------------------------------------------- profiler
-
-
-class StepProfiler:
-    """torch.profiler over the first N training steps, plus our own data/compute split."""
-
-    def __init__(self, steps: int, out_dir: Path, cuda: bool) -> None:
-        from torch.profiler import ProfilerActivity, profile
-
-        self.steps = steps
-        self.out_dir = out_dir
-        self.data_s: list[float] = []
-        self.step_s: list[float] = []
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-        self.prof = profile(activities=activities, record_shapes=False)
-        self.prof.__enter__()
-        self.done = False
-
-    def record(self, data_seconds: float, step_seconds: float) -> None:
-        if self.done:
-            return
-        self.data_s.append(data_seconds)
-        self.step_s.append(step_seconds)
-        if len(self.step_s) >= self.steps:
-            self.finish()
-
-    def finish(self) -> None:
-        if self.done:
-            return
-        self.done = True
-        self.prof.__exit__(None, None, None)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        events = self.prof.key_averages()
-        top = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:15]
-        total = sum(self.data_s) + sum(self.step_s)
-        summary = {
-            "steps": len(self.step_s),
-            "step_time_mean_s": float(np.mean(self.step_s)) if self.step_s else None,
-            "data_loading_time_mean_s": float(np.mean(self.data_s)) if self.data_s else None,
-            "data_loading_share": (sum(self.data_s) / total) if total else None,
-            "top_operators": [
-                {
-                    "name": e.key,
-                    "calls": int(e.count),
-                    "self_cpu_time_ms": e.self_cpu_time_total / 1000.0,
-                    "cpu_time_total_ms": e.cpu_time_total / 1000.0,
-                }
-                for e in top
-            ],
-        }
-        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
-        self.prof.export_chrome_trace(str(self.out_dir / "trace.json"))
-        print(
-            f"profiler: {summary['steps']} steps, step {summary['step_time_mean_s']:.4f}s, "
-            f"data loading share {summary['data_loading_share']:.1%} -> {self.out_dir}",
-            flush=True,
-        )
-
-
-# --------------------------------------------------------------------------- training
+    print(format_metric(name, value, epoch), flush=True)
 
 
 def compiled(model: nn.Module) -> nn.Module:
     """``torch.compile`` of ``model`` (``--compile true``), which trains and evaluates exactly like it.
 
-    Opt-in because its worth depends on the job: on an H200 it took vgg11's
-    AMP + channels-last step from 11.5k to 19k img/s at batch 256, but each job
-    pays the compilation again (about 30 s there: train and eval modes, the last
-    short batch), and it was not measured with the final job's Debugger hooks.
+    Opt-in because its worth depends on the job: it speeds up GPU steps
+    (docs/benchmarks.md, section 4), but each job pays the compilation again
+    (train and eval modes, the last short batch), and it was not measured with
+    the final job's Debugger hooks.
     ``tests/ml`` checks that a compiled step gives the plain step's loss and weights.
     """
     print("torch.compile: the model is compiled on its first batches", flush=True)
@@ -323,17 +101,17 @@ def compiled(model: nn.Module) -> nn.Module:
 
 
 class Trainer:
-    def __init__(self, args: argparse.Namespace, paths: Paths) -> None:
+    """The device, loss and preprocessing of one job, its loaders, and the one loop over a split."""
+
+    def __init__(self, args: argparse.Namespace, paths: Paths | None) -> None:
         self.args = args
         self.paths = paths
-        gpus = normalise_value(os.environ.get("SM_NUM_GPUS") or "")
-        # SageMaker says how many GPUs the job was given; "0" means use none even if CUDA shows one.
-        self.cuda = torch.cuda.is_available() and (not gpus.strip() or int(float(gpus)) > 0)
+        self.cuda = torch.cuda.is_available() and gpu_allowed()
         self.device = torch.device("cuda" if self.cuda else "cpu")
         self.channels_last = args.channels_last == "true" or (args.channels_last == "auto" and self.cuda)
         self.loss_fn = nn.CrossEntropyLoss()
-        #: How uint8 batches become model input (``common.batch_to_model_input``).
-        self.prep = common.Preprocessing(image_size=args.image_size)
+        #: How uint8 batches become model input (``image_folder.batch_to_model_input``).
+        self.prep = Preprocessing(image_size=args.image_size)
 
     def autocast(self) -> Any:
         if self.cuda:
@@ -350,9 +128,10 @@ class Trainer:
         scaler: Any = None,
         profiler: StepProfiler | None = None,
     ) -> dict[str, float]:
+        """One pass over ``loader``: training steps when ``optimizer`` is given, else evaluation."""
         train = optimizer is not None
         if train:
-            common.set_train_mode(model)
+            set_train_mode(model)
         else:
             model.eval()
         debugger.set_mode(phase)
@@ -370,7 +149,7 @@ class Trainer:
             if len(labels) == 0:
                 continue
             # uint8 NHWC batches move as uint8 and are normalised on the device, once per batch.
-            images = common.batch_to_model_input(images, self.prep, self.device, self.channels_last)
+            images = batch_to_model_input(images, self.prep, self.device, self.channels_last)
             labels = labels.to(self.device, non_blocking=True)
             with grad, self.autocast():
                 logits = model(images)
@@ -389,7 +168,7 @@ class Trainer:
                     torch.cuda.synchronize()
                 profiler.record(t1 - t0, time.perf_counter() - t1)
         if seen == 0:
-            raise common.DataSetError(f"no readable images in the {phase} split ({skipped} skipped)")
+            raise DataSetError(f"no readable images in the {phase} split ({skipped} skipped)")
         return {"loss": total_loss / seen, "accuracy": correct / seen, "skipped": skipped, "seen": seen}
 
     def num_workers(self, dataset: torch.utils.data.Dataset) -> int:
@@ -411,11 +190,26 @@ class Trainer:
             batch_size=self.args.batch_size,
             shuffle=shuffle,
             num_workers=workers,
-            collate_fn=common.collate_skip_bad,
+            collate_fn=collate_skip_bad,
             pin_memory=self.cuda,
             persistent_workers=workers > 0,
             generator=generator,
         )
+
+
+@dataclass
+class Run:
+    """What the epoch loop works on, built once per job by :func:`prepare_run`."""
+
+    #: The module whose weights are checkpointed and saved, with their plain key names.
+    model: nn.Module
+    #: What runs the batches: ``model`` itself, or its compiled wrapper (which shares its parameters).
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    #: Each parameter group's rate before the cosine schedule (and before a resumed optimizer's).
+    base_lrs: list[float]
+    debugger: Debugger
 
 
 def cosine_factor(epoch: int, epochs: int) -> float:
@@ -426,36 +220,123 @@ def cosine_factor(epoch: int, epochs: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / max(1, epochs)))
 
 
-def _signature(args: argparse.Namespace, class_names: list[str]) -> dict[str, Any]:
-    """What must match for a checkpoint to belong to this job."""
-    return {"model": args.model, "class_names": class_names, "image_size": args.image_size}
+def train_one_epoch(
+    trainer: Trainer, run: Run, loader: torch.utils.data.DataLoader, epoch: int, profiler: StepProfiler | None
+) -> dict[str, float]:
+    """One pass over the train split at this epoch's cosine learning rate."""
+    for group, base in zip(run.optimizer.param_groups, run.base_lrs):
+        group["lr"] = base * cosine_factor(epoch, trainer.args.epochs)
+    return trainer.run_epoch(run.net, loader, "train", run.debugger, run.optimizer, run.scaler, profiler)
 
 
-def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+def evaluate(trainer: Trainer, run: Run, loader: torch.utils.data.DataLoader, phase: str) -> dict[str, float]:
+    """Loss and accuracy on the valid or test split, without gradients."""
+    return trainer.run_epoch(run.net, loader, phase, run.debugger)
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def load_splits(args: argparse.Namespace, paths: Paths, cpus: int) -> dict[str, Split]:
+    """Scan the channels (failing at once on a bad layout) and log what was found."""
+    splits = scan_dataset(*paths.channels.values())
+    counts = " ".join(f"{name}={len(splits[name])}" for name in CHANNELS)
+    print(
+        f"data: {len(splits['train'].class_names)} classes, {counts} images; model={args.model} "
+        f"image_size={args.image_size} cpus={cpus}",
+        flush=True,
+    )
+    return splits
 
 
-def load_checkpoint(paths: Paths, signature: dict[str, Any]) -> dict[str, Any] | None:
-    path = paths.checkpoint_dir / "checkpoint.pt"
-    if not path.is_file():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - a torn file from a killed job: start over, say so
-        print(f"ignoring unreadable checkpoint {path}: {exc}", flush=True)
-        return None
-    if state.get("signature") != signature:
-        print(f"ignoring checkpoint {path}: it belongs to another model or data set", flush=True)
-        return None
-    best_path = paths.checkpoint_dir / "best_model.pt"
-    state["best_state"] = torch.load(best_path, map_location="cpu", weights_only=True) if best_path.is_file() else None
-    return state
+def build_datasets(splits: dict[str, Split], prep: Preprocessing, cpus: int) -> dict[str, CachedImageDataset]:
+    """Train and valid are read every epoch: decode them once into a uint8 cache; test decodes on demand."""
+    t0 = time.perf_counter()
+    datasets = {
+        "train": CachedImageDataset(splits["train"], prep, train=True, cache=True, threads=cpus),
+        "valid": CachedImageDataset(splits["valid"], prep, train=False, cache=True, threads=cpus),
+        "test": CachedImageDataset(splits["test"], prep, train=False, cache=False),
+    }
+    print(f"decoded train+valid once in {time.perf_counter() - t0:.1f}s", flush=True)
+    for name in ("train", "valid"):
+        if len(datasets[name]) == 0:
+            skipped = len(datasets[name].skipped)
+            raise DataSetError(f"no readable images in {splits[name].root} ({skipped} skipped)")
+    return datasets
+
+
+def build_loaders(
+    args: argparse.Namespace, trainer: Trainer, datasets: dict[str, CachedImageDataset]
+) -> dict[str, torch.utils.data.DataLoader]:
+    """One loader per split: on the CPU cached splits load in-process, the test split with workers."""
+    loaders = {name: trainer.loader(ds, shuffle=name == "train") for name, ds in datasets.items()}
+    print("loader workers: " + ", ".join(f"{name}={loader.num_workers}" for name, loader in loaders.items())
+          + ("" if args.num_workers is None else " (--num_workers)"), flush=True)
+    return loaders
+
+
+def prepare_run(args: argparse.Namespace, paths: Paths, trainer: Trainer, model: nn.Module) -> Run:
+    """The model on its device, Adam over the parameter groups, the GradScaler, Debugger, ``--compile``."""
+    model = model.to(trainer.device)
+    if trainer.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(
+        parameter_groups(model, args.model, args.learning_rate), weight_decay=args.weight_decay
+    )
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    scaler = torch.amp.GradScaler("cuda", enabled=trainer.cuda)
+    debugger = Debugger(paths, args)
+    debugger.register(model, trainer.loss_fn)
+    # The compiled wrapper shares the module's parameters: checkpoints, best_state
+    # and model.pt still come from ``model`` and keep their plain key names.
+    net = compiled(model) if args.compile == "true" else model
+    return Run(model, net, optimizer, scaler, base_lrs, debugger)
+
+
+def fit(
+    args: argparse.Namespace, paths: Paths, trainer: Trainer, run: Run,
+    loaders: dict[str, torch.utils.data.DataLoader], progress: Progress, signature: dict[str, Any],
+) -> None:
+    """The epochs: train, validate, log the metrics, checkpoint, stop early when valid_loss stalls."""
+    start = progress.start_epoch
+    profiler = (
+        StepProfiler(args.profile_steps, paths.output_data_dir / "profiler", trainer.cuda)
+        if args.profile_steps > 0 and start <= args.epochs and not progress.finished
+        else None
+    )
+    for epoch in range(start, args.epochs + 1):
+        if progress.finished:
+            break
+        t_epoch = time.perf_counter()
+        tr = train_one_epoch(trainer, run, loaders["train"], epoch, profiler)
+        va = evaluate(trainer, run, loaders["valid"], "valid")
+        seconds = time.perf_counter() - t_epoch
+        metric("train_loss", tr["loss"], epoch)
+        metric("train_accuracy", tr["accuracy"], epoch)
+        metric("valid_loss", va["loss"], epoch)
+        metric("valid_accuracy", va["accuracy"], epoch)
+        metric("epoch_seconds", seconds, epoch)
+        progress.history.append({"epoch": epoch, "train_loss": tr["loss"], "valid_loss": va["loss"],
+                                 "valid_accuracy": va["accuracy"], "epoch_seconds": seconds})
+        checkpoints.record_epoch(paths.checkpoint_dir, progress, epoch, va["loss"], run.model, run.optimizer,
+                                 signature)
+        if progress.bad_epochs >= args.patience:
+            print(f"early stopping after epoch {epoch}: no better valid_loss for {progress.bad_epochs} epochs",
+                  flush=True)
+            break
+    if profiler is not None:
+        profiler.finish()
+
+
+def report_skipped(paths: Paths, skipped: dict[str, list[str]], test_skipped: int) -> dict[str, int]:
+    """Log and write ``skipped_images.json``: the unreadable files of each split; returns their counts."""
+    skipped = {**skipped, "test": [f"{test_skipped} file(s)"] if test_skipped else []}
+    counts = {name: (len(v) if name != "test" else test_skipped) for name, v in skipped.items()}
+    for name, count in counts.items():
+        if count:
+            print(f"skipped {count} unreadable image(s) in {name}: {skipped[name][:10]}", flush=True)
+    paths.output_data_dir.mkdir(parents=True, exist_ok=True)
+    (paths.output_data_dir / "skipped_images.json").write_text(
+        json.dumps({"counts": counts, "files": skipped}, indent=2), encoding="utf-8"
+    )
+    return counts
 
 
 def save_model(
@@ -463,10 +344,11 @@ def save_model(
     model_state: dict[str, torch.Tensor],
     args: argparse.Namespace,
     class_names: list[str],
-    prep: common.Preprocessing,
+    prep: Preprocessing,
     metrics: dict[str, float],
     extra: dict[str, Any],
 ) -> None:
+    """``model.pt``, ``model_meta.json`` and ``code/`` (:data:`SERVING_FILES`): it serves on its own."""
     import torchvision
 
     model_dir = paths.model_dir
@@ -492,149 +374,55 @@ def save_model(
     shutil.copyfile(HERE / SERVING_REQUIREMENTS, code / "requirements.txt")
 
 
-def train(args: argparse.Namespace, paths: Paths) -> dict[str, float]:
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    cpus = cpu_count()
-
-    splits = common.scan_dataset(paths.train, paths.valid, paths.test)
-    class_names = splits["train"].class_names
-    print(
-        f"data: {len(class_names)} classes, train={len(splits['train'])} valid={len(splits['valid'])} "
-        f"test={len(splits['test'])} images; model={args.model} image_size={args.image_size} cpus={cpus}",
-        flush=True,
-    )
-    trainer = Trainer(args, paths)
-    prep = trainer.prep
-    model = common.build_model(
-        args.model,
-        len(class_names),
-        image_size=args.image_size,
-        pretrained_weights=args.pretrained_weights,
-        trainable_blocks=args.trainable_blocks,
-    )
-    trainable, total = common.count_parameters(model)
-    print(f"model: {total:,} parameters, {trainable:,} trainable; device={trainer.device}", flush=True)
-
-    # Train and valid are read every epoch: decode them once into a uint8 cache.
-    t0 = time.perf_counter()
-    datasets = {
-        "train": common.CachedImageDataset(splits["train"], prep, train=True, cache=True, threads=cpus),
-        "valid": common.CachedImageDataset(splits["valid"], prep, train=False, cache=True, threads=cpus),
-        "test": common.CachedImageDataset(splits["test"], prep, train=False, cache=False),
-    }
-    print(f"decoded train+valid once in {time.perf_counter() - t0:.1f}s", flush=True)
-    skipped: dict[str, list[str]] = {name: list(ds.skipped) for name, ds in datasets.items()}
-    for name in ("train", "valid"):
-        if len(datasets[name]) == 0:
-            raise common.DataSetError(f"no readable images in {splits[name].root} ({len(skipped[name])} skipped)")
-    # On the CPU cached splits load in-process, the uncached test split with workers (default_num_workers).
-    loaders = {name: trainer.loader(ds, shuffle=name == "train") for name, ds in datasets.items()}
-    print("loader workers: " + ", ".join(f"{name}={loader.num_workers}" for name, loader in loaders.items())
-          + ("" if args.num_workers is None else " (--num_workers)"), flush=True)
-
-    model = model.to(trainer.device)
-    if trainer.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(
-        common.parameter_groups(model, args.model, args.learning_rate), weight_decay=args.weight_decay
-    )
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    scaler = torch.amp.GradScaler("cuda", enabled=trainer.cuda)
-    debugger = Debugger(paths, args)
-    debugger.register(model, trainer.loss_fn)
-    # The compiled wrapper shares the module's parameters: checkpoints, best_state
-    # and model.pt still come from ``model`` and keep their plain key names.
-    net = compiled(model) if args.compile == "true" else model
-
-    signature = _signature(args, class_names)
-    start_epoch, best_loss, best_epoch, bad_epochs, finished = 1, float("inf"), 0, 0, False
-    best_state: dict[str, torch.Tensor] | None = None
-    history: list[dict[str, float]] = []
-    checkpoint = load_checkpoint(paths, signature)
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        start_epoch = int(checkpoint["epoch"]) + 1
-        best_loss, best_epoch = float(checkpoint["best_valid_loss"]), int(checkpoint["best_epoch"])
-        bad_epochs = int(checkpoint["bad_epochs"])
-        # An early-stopped job stays stopped; one that ran out of epochs goes on if --epochs grew.
-        finished = bad_epochs >= args.patience
-        best_state, history = checkpoint["best_state"], list(checkpoint["history"])
-        print(f"resumed from checkpoint: epoch={checkpoint['epoch']} best_epoch={best_epoch}", flush=True)
-    paths.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-
-    profiler = (
-        StepProfiler(args.profile_steps, paths.output_data_dir / "profiler", trainer.cuda)
-        if args.profile_steps > 0 and start_epoch <= args.epochs and not finished
-        else None
-    )
-    epoch = start_epoch
-    for epoch in range(start_epoch, args.epochs + 1):
-        if finished:
-            break
-        t_epoch = time.perf_counter()
-        for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base * cosine_factor(epoch, args.epochs)
-        tr = trainer.run_epoch(net, loaders["train"], "train", debugger, optimizer, scaler, profiler)
-        va = trainer.run_epoch(net, loaders["valid"], "valid", debugger)
-        seconds = time.perf_counter() - t_epoch
-        metric("train_loss", tr["loss"], epoch)
-        metric("train_accuracy", tr["accuracy"], epoch)
-        metric("valid_loss", va["loss"], epoch)
-        metric("valid_accuracy", va["accuracy"], epoch)
-        metric("epoch_seconds", seconds, epoch)
-        history.append({"epoch": epoch, "train_loss": tr["loss"], "valid_loss": va["loss"],
-                        "valid_accuracy": va["accuracy"], "epoch_seconds": seconds})
-        if va["loss"] < best_loss:
-            best_loss, best_epoch, bad_epochs = va["loss"], epoch, 0
-            best_state = _cpu_state(model)
-            _save_atomic(best_state, paths.checkpoint_dir / "best_model.pt")
-        else:
-            bad_epochs += 1
-        _save_atomic(
-            {
-                "epoch": epoch, "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
-                "best_valid_loss": best_loss, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
-                "history": history, "signature": signature,
-            },
-            paths.checkpoint_dir / "checkpoint.pt",
-        )
-        if bad_epochs >= args.patience:
-            print(f"early stopping after epoch {epoch}: no better valid_loss for {bad_epochs} epochs", flush=True)
-            break
-    if profiler is not None:
-        profiler.finish()
-
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    te = trainer.run_epoch(net, loaders["test"], "test", debugger)
-    skipped["test"] = [f"{te['skipped']} file(s)"] if te["skipped"] else []
+def test_and_save(
+    args: argparse.Namespace, paths: Paths, trainer: Trainer, run: Run,
+    loaders: dict[str, torch.utils.data.DataLoader], datasets: dict[str, CachedImageDataset],
+    class_names: list[str], progress: Progress,
+) -> dict[str, float]:
+    """The test split on the best weights, then the skipped-image report and the model directory."""
+    if progress.best_state is not None:
+        run.model.load_state_dict(progress.best_state)
+    te = evaluate(trainer, run, loaders["test"], "test")
     metric("test_loss", te["loss"])
     metric("test_accuracy", te["accuracy"])
-    debugger.close()
-
-    counts = {name: (len(v) if name != "test" else te["skipped"]) for name, v in skipped.items()}
-    for name, count in counts.items():
-        if count:
-            print(f"skipped {count} unreadable image(s) in {name}: {skipped[name][:10]}", flush=True)
-    paths.output_data_dir.mkdir(parents=True, exist_ok=True)
-    (paths.output_data_dir / "skipped_images.json").write_text(
-        json.dumps({"counts": counts, "files": skipped}, indent=2), encoding="utf-8"
-    )
+    run.debugger.close()
+    counts = report_skipped(paths, {name: list(ds.skipped) for name, ds in datasets.items()}, te["skipped"])
+    history, best_epoch = progress.history, progress.best_epoch
     metrics = {
-        "best_valid_loss": best_loss,
+        "best_valid_loss": progress.best_loss,
         "valid_accuracy": next((h["valid_accuracy"] for h in history if h["epoch"] == best_epoch), float("nan")),
         "test_loss": te["loss"],
         "test_accuracy": te["accuracy"],
     }
     save_model(
-        paths, best_state or _cpu_state(model), args, class_names, prep, metrics,
+        paths, progress.best_state or checkpoints.cpu_state(run.model), args, class_names, trainer.prep, metrics,
         {"best_epoch": best_epoch, "epochs_run": len(history), "skipped_images": counts},
     )
     print(f"model saved to {paths.model_dir} (best epoch {best_epoch})", flush=True)
     return metrics
+
+
+def train(args: argparse.Namespace, paths: Paths) -> dict[str, float]:
+    """The whole job: data, model, epochs, test, model directory; returns the final metrics."""
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    cpus = cpu_count()
+    splits = load_splits(args, paths, cpus)
+    class_names = splits["train"].class_names
+    trainer = Trainer(args, paths)
+    model = build_model(args.model, len(class_names), image_size=args.image_size,
+                        pretrained_weights=args.pretrained_weights, trainable_blocks=args.trainable_blocks)
+    trainable, total = count_parameters(model)
+    print(f"model: {total:,} parameters, {trainable:,} trainable; device={trainer.device}", flush=True)
+    datasets = build_datasets(splits, trainer.prep, cpus)
+    loaders = build_loaders(args, trainer, datasets)
+    run = prepare_run(args, paths, trainer, model)
+    signature = checkpoints.signature(args, class_names)
+    progress = checkpoints.resume(paths.checkpoint_dir, signature, run.model, run.optimizer, args.patience)
+    paths.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    fit(args, paths, trainer, run, loaders, progress, signature)
+    return test_and_save(args, paths, trainer, run, loaders, datasets, class_names, progress)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -644,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         train(args, paths)
         return 0
     except Exception as exc:  # noqa: BLE001 - every failure: exit non-zero with the reason last on stderr
-        known = isinstance(exc, (common.DataSetError, common.PretrainedWeightsError, ValueError))
+        known = isinstance(exc, (DataSetError, PretrainedWeightsError, ValueError))
         reason = str(exc) if known else f"{type(exc).__name__}: {exc}"
         if not known:
             traceback.print_exc()

@@ -1,9 +1,14 @@
-"""Make the three code roots importable the way they are at run time.
+"""Put the three code roots first on the path, the way they are at run time.
+
+The editable install (``make venv``) already puts them on the path through its
+``.pth`` file (docs/architecture.md); this repeats them in front, so that
+``pytest`` run from a second checkout or git worktree imports that checkout's
+files rather than the installed one's.
 
 - ``ml_scripts/`` is the SageMaker ``source_dir``: its modules import each other
-  as top-level modules (``import common``), so it goes on ``sys.path`` itself.
+  as top-level modules (``import contract``).
 - ``chalice_app/`` is the Lambda root: ``app`` and ``chalicelib`` are top level.
-- The repo root carries ``breedline`` (local runtime, CLI, deploy helpers).
+- The repo root carries ``breedline`` (local runtime, CLI, deploy tool) and ``bench``.
 """
 
 import os

@@ -33,11 +33,11 @@ PER_CLASS = 20
 
 
 def test_upload_alone_drives_tuning_training_deployment_and_prediction(tmp_path: Path) -> None:
-    import datasets  # type: ignore[import-not-found]
+    from breedline.demo_digits import write_digits
 
     started = time.monotonic()
     data = tmp_path / "digits"
-    datasets.write_digits(data, per_class=PER_CLASS, size=32)
+    write_digits(data, per_class=PER_CLASS, size=32)
     with running_runtime(tmp_path / "state", E2E_ENV) as info:
         c = clients(info)
         s3, sm = c["s3"], c["sagemaker"]

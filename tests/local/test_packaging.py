@@ -17,7 +17,7 @@ def test_build_sourcedir_is_deterministic_and_clean(tmp_path):
     with tarfile.open(first) as tar:
         names = tar.getnames()
         members = {m.name: m for m in tar.getmembers()}
-    assert "train.py" in names and "inference.py" in names and "metric_definitions.py" in names
+    assert "train.py" in names and "inference.py" in names and "contract.py" in names
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
     assert all(m.isfile() and m.mtime == members["train.py"].mtime for m in members.values())
     assert names == sorted(names)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import datasets  # ml_scripts/ is on sys.path via tests/conftest.py
+from breedline import demo_digits
 from ml_jobs import HYPERPARAMETERS, Job
 
 
@@ -31,7 +31,7 @@ def one_torch_thread():
 def digits_small(tmp_path_factory) -> Path:
     """12 images per class (8 train / 2 valid / 2 test), 32 px."""
     out = tmp_path_factory.mktemp("digits_small")
-    datasets.write_digits(out, per_class=12, size=32)
+    demo_digits.write_digits(out, per_class=12, size=32)
     return out
 
 

@@ -101,3 +101,31 @@ def photo_jpeg(name: str, size: tuple[int, int] | None = None, quality: int = 90
     buf = io.BytesIO()
     photo.save(buf, "JPEG", quality=quality)
     return buf.getvalue()
+
+
+# Stated tolerance of the fast path (draft decoding + one fused resize) against
+# the plain path (full decode, Resize, CenterCrop, ToTensor, Normalize), in
+# normalised units (1.0 ~ 57 grey levels): mean |diff| and 99th percentile.
+FAST_PATH_MEAN_TOLERANCE = 0.05
+FAST_PATH_P99_TOLERANCE = 0.4
+
+
+def jpeg_bytes(image, **kwargs) -> bytes:
+    """``image`` saved as a quality-90 JPEG (``kwargs`` go to ``Image.save``, e.g. ``exif``)."""
+    buf = io.BytesIO()
+    image.save(buf, "JPEG", quality=90, **kwargs)
+    return buf.getvalue()
+
+
+def png_bytes(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def sample_photos() -> dict:
+    """Three scikit-image sample photos as PIL images, by name."""
+    from PIL import Image
+    from skimage import data
+
+    return {name: Image.fromarray(getattr(data, name)()) for name in ("chelsea", "astronaut", "coffee")}

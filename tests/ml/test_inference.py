@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-import common
+import backbones
+import decoding
 import inference
 from ml_jobs import Job, photo_jpeg
 
@@ -126,7 +128,7 @@ def test_non_json_accept_is_refused(model, digit_jpeg: bytes) -> None:
 
 
 def _plain_top1(body: bytes, model: inference.LoadedModel) -> int:
-    x = model.prep.plain_transform()(common.load_rgb(body)).unsqueeze(0)
+    x = model.prep.plain_transform()(decoding.load_rgb(body)).unsqueeze(0)
     with torch.inference_mode():
         return int(model.module(x).argmax())
 
@@ -146,17 +148,25 @@ def test_fast_path_top1_agrees_with_plain_path(trained_job: Job, model) -> None:
 def test_model_tarball_code_dir_serves_on_its_own(trained_job: Job, digit_jpeg: bytes, tmp_path: Path) -> None:
     """code/ is importable without the repo's ml_scripts on sys.path (as in the serving container)."""
     import subprocess
+    import sysconfig
 
+    # As the serving container does: code/ comes from PYTHONPATH. ``-S`` skips site-packages' .pth
+    # files (the editable install's would add the checkout's ml_scripts/), so the installed
+    # packages are given on PYTHONPATH after code/.
     script = (
-        "import sys, json; sys.path[:0] = [sys.argv[1]]; import inference; "
-        "m = inference.model_fn(sys.argv[2]); "
-        "print(inference.predict_bytes(open(sys.argv[3], 'rb').read(), 'image/jpeg', m))"
+        "import sys, json; import inference; "
+        "m = inference.model_fn(sys.argv[1]); "
+        "print(inference.predict_bytes(open(sys.argv[2], 'rb').read(), 'image/jpeg', m))"
     )
     image = tmp_path / "x.jpg"
     image.write_bytes(digit_jpeg)
+    installed = sysconfig.get_paths()
+    pythonpath = os.pathsep.join(dict.fromkeys([str(trained_job.model_dir / "code"), installed["purelib"],
+                                                 installed["platlib"]]))
     result = subprocess.run(
-        [sys.executable, "-c", script, str(trained_job.model_dir / "code"), str(trained_job.model_dir), str(image)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin"},
+        [sys.executable, "-S", "-c", script, str(trained_job.model_dir), str(image)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": pythonpath},
     )
     assert result.returncode == 0, result.stderr[-2000:]
     answer = json.loads(result.stdout.strip().splitlines()[-1])
@@ -195,7 +205,7 @@ def test_auto_backend_serves_with_onnx_runtime_and_agrees_with_torch(trained_job
 def test_torch_backend_is_the_plain_model_call(trained_job: Job, monkeypatch) -> None:
     """channels-last + inference_mode changes no logit beyond float rounding."""
     served = _fresh_model(trained_job.model_dir, monkeypatch, "torch")
-    plain = common.build_model("efficientnet_lite0", len(served.class_names), image_size=served.prep.image_size,
+    plain = backbones.build_model("efficientnet_lite0", len(served.class_names), image_size=served.prep.image_size,
                                pretrained=False)
     plain.load_state_dict(torch.load(trained_job.model_dir / "model.pt", map_location="cpu", weights_only=True))
     x = torch.randn(3, 3, served.prep.image_size, served.prep.image_size, generator=torch.Generator().manual_seed(1))

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 
-import common
-import metric_definitions
+import contract
+import debugging
+import image_folder
+import job_config
+import presets
 import train
 from ml_jobs import HYPERPARAMETERS, Job
 
@@ -24,17 +27,18 @@ def test_model_dir_serves_on_its_own(trained_job: Job) -> None:
     assert meta["class_names"] == [str(i) for i in range(10)]
     assert meta["image_size"] == 32  # from hyperparameters.json
     assert meta["hyperparameters"]["batch_size"] == 16  # JSON-quoted twice, normalised
-    assert meta["mean"] == list(common.IMAGENET_MEAN) and meta["std"] == list(common.IMAGENET_STD)
+    assert meta["mean"] == list(presets.IMAGENET_MEAN) and meta["std"] == list(presets.IMAGENET_STD)
     assert 0.0 <= meta["metrics"]["test_accuracy"] <= 1.0
     code = model_dir / "code"
-    for name in ("inference.py", "common.py", "metric_definitions.py", "requirements.txt"):
+    for name in ("inference.py", "backbones.py", "contract.py", "decoding.py", "image_folder.py", "presets.py",
+                 "requirements.txt"):
         assert (code / name).is_file() and not (code / name).is_symlink(), name
     assert "efficientnet-lite-pytorch" in (code / "requirements.txt").read_text()
 
 
 def test_metric_lines_parse_with_the_job_regexes(trained_job: Job) -> None:
     out = trained_job.result.stdout
-    metrics = metric_definitions.parse_metrics(out)
+    metrics = contract.parse_metrics(out)
     for name in ("train_loss", "train_accuracy", "valid_loss", "valid_accuracy", "epoch_seconds",
                  "test_loss", "test_accuracy"):
         assert len(metrics[name]) == 1, name
@@ -88,7 +92,7 @@ def test_second_run_resumes_from_the_checkpoint(trained_job: Job, tmp_path: Path
     result = job.run(["--epochs", "2"], hyperparameters=HYPERPARAMETERS)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from checkpoint: epoch=1" in result.stdout
-    metrics = metric_definitions.parse_metrics(result.stdout)
+    metrics = contract.parse_metrics(result.stdout)
     assert len(metrics["train_loss"]) == 1 and "epoch=2 train_loss=" in result.stdout
     assert "epoch=1 train_loss=" not in result.stdout
     assert (job.model_dir / "model.pt").is_file()
@@ -162,13 +166,13 @@ def test_hyperparameters_json_quoted_and_cli_precedence(tmp_path: Path) -> None:
     (tmp_path / "hyperparameters.json").write_text(json.dumps({
         "batch_size": '"\\"32\\""', "epochs": "4", "model": '"resnet50"', "sagemaker_region": '"us-east-1"',
     }))
-    args = train.parse_args(["--epochs", '"7"', "--learning_rate", "0.01"], tmp_path)
+    args = job_config.parse_args(["--epochs", '"7"', "--learning_rate", "0.01"], tmp_path)
     assert (args.batch_size, args.epochs, args.model, args.learning_rate) == (32, 7, "resnet50", 0.01)
-    assert train.normalise_value('"\\"32\\""') == "32"
-    assert train.normalise_value("plain") == "plain"
-    assert train.normalise_value(3) == "3"
+    assert contract.unquote_hyperparameter('"\\"32\\""') == "32"
+    assert contract.unquote_hyperparameter("plain") == "plain"
+    assert contract.unquote_hyperparameter(3) == "3"
     with pytest.raises(ValueError, match="invalid hyperparameters"):
-        train.parse_args(["--model", "alexnet"], tmp_path)
+        job_config.parse_args(["--model", "alexnet"], tmp_path)
 
 
 def test_training_survives_smdebug_failing_to_import(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys) -> None:
@@ -176,7 +180,7 @@ def test_training_survives_smdebug_failing_to_import(monkeypatch: pytest.MonkeyP
     monkeypatch.setitem(sys.modules, "smdebug.pytorch", None)
     monkeypatch.setenv("SM_INPUT_CONFIG_DIR", str(tmp_path))
     args = argparse.Namespace(debug_out=str(tmp_path / "debug"), debug_save_interval=1)
-    debugger = train.Debugger(train.Paths(), args)
+    debugger = debugging.Debugger(job_config.Paths(), args)
     assert debugger.hook is None
     debugger.set_mode("train")  # no-ops, no errors
     debugger.register(None, None)
@@ -192,20 +196,20 @@ def test_worker_count_follows_the_cache_and_the_cpus(monkeypatch: pytest.MonkeyP
     # With a GPU, workers overlap the GPU's work even for a cached split.
     assert [train.default_num_workers(c, cached=True, cuda=True) for c in (1, 2, 16, 96)] == [0, 1, 8, 8]
     monkeypatch.setenv("SM_NUM_CPUS", "16")
-    prep = common.Preprocessing(image_size=28)
-    split = common.scan_split(digits_small / "valid", [str(i) for i in range(10)])
-    cached = common.CachedImageDataset(split, prep, train=False, cache=True)
-    lazy = common.CachedImageDataset(split, prep, train=False, cache=False)
-    over_limit = common.CachedImageDataset(split, prep, train=False, cache=True, cache_limit_bytes=1)
-    trainer = train.Trainer(train.build_parser().parse_args(["--image_size", "28"]), None)
+    prep = presets.Preprocessing(image_size=28)
+    split = image_folder.scan_split(digits_small / "valid", [str(i) for i in range(10)])
+    cached = image_folder.CachedImageDataset(split, prep, train=False, cache=True)
+    lazy = image_folder.CachedImageDataset(split, prep, train=False, cache=False)
+    over_limit = image_folder.CachedImageDataset(split, prep, train=False, cache=True, cache_limit_bytes=1)
+    trainer = train.Trainer(job_config.build_parser().parse_args(["--image_size", "28"]), None)
     assert [trainer.num_workers(ds) for ds in (cached, lazy, over_limit)] == [0, 8, 8]
     assert trainer.loader(cached, shuffle=True).num_workers == 0
-    forced = train.Trainer(train.build_parser().parse_args(["--num_workers", "3"]), None)
+    forced = train.Trainer(job_config.build_parser().parse_args(["--num_workers", "3"]), None)
     assert [forced.num_workers(ds) for ds in (cached, lazy)] == [3, 3]
 
 
 def _trainer(*argv: str) -> train.Trainer:
-    return train.Trainer(train.build_parser().parse_args(["--image_size", "28", "--batch_size", "8", *argv]), None)
+    return train.Trainer(job_config.build_parser().parse_args(["--image_size", "28", "--batch_size", "8", *argv]), None)
 
 
 def test_training_batches_equal_torchvision_random_crops(digits_small: Path) -> None:
@@ -221,8 +225,8 @@ def test_training_batches_equal_torchvision_random_crops(digits_small: Path) -> 
 
     trainer = _trainer()
     prep = trainer.prep
-    split = common.scan_split(digits_small / "train")
-    dataset = common.CachedImageDataset(split, prep, train=True, cache=True)
+    split = image_folder.scan_split(digits_small / "train")
+    dataset = image_folder.CachedImageDataset(split, prep, train=True, cache=True)
     plain = T.Compose([T.RandomCrop(prep.image_size), T.ToTensor(), T.Normalize(prep.mean, prep.std)])
 
     class PlainSquares(torch.utils.data.Dataset):
@@ -235,7 +239,7 @@ def test_training_batches_equal_torchvision_random_crops(digits_small: Path) -> 
     torch.manual_seed(7)
     loader = trainer.loader(dataset, shuffle=True)  # what train.py builds: in-process for a cached split
     assert loader.num_workers == 0
-    fast = [(common.batch_to_model_input(x, prep, trainer.device, trainer.channels_last), y, bad)
+    fast = [(image_folder.batch_to_model_input(x, prep, trainer.device, trainer.channels_last), y, bad)
             for x, y, bad in loader]
     torch.manual_seed(7)
     generator = torch.Generator()
@@ -247,8 +251,8 @@ def test_training_batches_equal_torchvision_random_crops(digits_small: Path) -> 
         assert x.shape == x_ref.shape == (len(y), 3, 28, 28)
         assert float((x - x_ref).abs().max()) <= 1e-6
     # The crops really are random: two epochs differ.
-    again = [common.batch_to_model_input(x, prep) for x, _, _ in trainer.loader(dataset, shuffle=False)]
-    once_more = [common.batch_to_model_input(x, prep) for x, _, _ in trainer.loader(dataset, shuffle=False)]
+    again = [image_folder.batch_to_model_input(x, prep) for x, _, _ in trainer.loader(dataset, shuffle=False)]
+    once_more = [image_folder.batch_to_model_input(x, prep) for x, _, _ in trainer.loader(dataset, shuffle=False)]
     assert not all(torch.equal(a, b) for a, b in zip(again, once_more))
 
 
@@ -263,9 +267,9 @@ def test_uncached_split_through_workers_skips_and_counts_bad_images(
     data = tmp_path / "test"
     shutil.copytree(digits_small / "test", data)
     (data / "5" / "garbage.jpg").write_bytes(b"not a jpeg")
-    split = common.scan_split(data, [str(i) for i in range(10)])
+    split = image_folder.scan_split(data, [str(i) for i in range(10)])
     trainer = _trainer()
-    lazy = common.CachedImageDataset(split, trainer.prep, train=False, cache=False)
+    lazy = image_folder.CachedImageDataset(split, trainer.prep, train=False, cache=False)
     loader = trainer.loader(lazy, shuffle=False)
     assert loader.num_workers == 1
     images, seen, skipped = [], 0, 0
@@ -273,11 +277,11 @@ def test_uncached_split_through_workers_skips_and_counts_bad_images(
         skipped += bad
         seen += len(y)
         if len(y):
-            images.append(common.batch_to_model_input(x, trainer.prep))
+            images.append(image_folder.batch_to_model_input(x, trainer.prep))
     assert (seen, skipped) == (len(split) - 1, 1)
-    cached = common.CachedImageDataset(split, trainer.prep, train=False, cache=True)
+    cached = image_folder.CachedImageDataset(split, trainer.prep, train=False, cache=True)
     assert [Path(p).name for p in cached.skipped] == ["garbage.jpg"]
-    expected = [common.batch_to_model_input(x, trainer.prep) for x, _, _ in trainer.loader(cached, shuffle=False)]
+    expected = [image_folder.batch_to_model_input(x, trainer.prep) for x, _, _ in trainer.loader(cached, shuffle=False)]
     assert torch.equal(torch.cat(images), torch.cat(expected))
 
 
@@ -302,7 +306,7 @@ def test_compiled_training_steps_equal_the_plain_ones() -> None:
         def set_mode(self, phase: str) -> None:
             pass
 
-    trainer = train.Trainer(train.build_parser().parse_args(["--image_size", "16"]), paths=None)
+    trainer = train.Trainer(job_config.build_parser().parse_args(["--image_size", "16"]), paths=None)
     generator = torch.Generator().manual_seed(1)
     batches = [(torch.randint(0, 256, (6, 16, 16, 3), dtype=torch.uint8, generator=generator),
                 torch.randint(0, 4, (6,), generator=generator), 0) for _ in range(3)]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import datasets
-import metric_definitions
+import contract
+from breedline import demo_digits
 from ml_jobs import Job
 
 #: The command this test runs, also quoted in docs/ml.md.
@@ -20,12 +20,12 @@ ARGS = ["--model", "efficientnet_lite0", "--image_size", "64", "--batch_size", "
 
 
 def test_efficientnet_lite0_reaches_90_percent_on_digits(tmp_path: Path) -> None:
-    datasets.write_digits(tmp_path / "digits", size=64)
+    demo_digits.write_digits(tmp_path / "digits", size=64)
     job = Job(base=tmp_path / "job", data=tmp_path / "digits")
     started = time.perf_counter()
     result = job.run(ARGS, timeout=290)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    metrics = metric_definitions.parse_metrics(result.stdout)
+    metrics = contract.parse_metrics(result.stdout)
     print(f"test_accuracy={metrics['test_accuracy'][-1]:.4f} in {time.perf_counter() - started:.0f}s")
     assert metrics["test_accuracy"][-1] >= 0.90
     assert len(metrics["valid_loss"]) >= 1

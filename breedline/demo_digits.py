@@ -2,16 +2,17 @@
 
 No dog photos ship in any package and nothing can be downloaded here, so the
 1,797 real 8x8 digit scans from ``sklearn.datasets.load_digits`` are the small
-real data set for tests, the local pipeline and benchmarks. They are written in
-exactly the layout the pipeline expects (``{train,valid,test}/<class>/*.jpg``),
+real data set for tests, the local pipeline (``breedline demo``) and benchmarks.
+They are written in exactly the layout the pipeline expects
+(``{train,valid,test}/<class>/*.jpg``, the splits being ``contract.CHANNELS``),
 as RGB JPEGs upscaled to ``size`` pixels, dark ink on white paper.
 
 Usage (both work)::
 
-    python -m ml_scripts.datasets digits OUT_DIR [--per-class N] [--size PX]
-    python ml_scripts/datasets.py digits OUT_DIR [--per-class N] [--size PX]
+    python -m breedline.demo_digits digits OUT_DIR [--per-class N] [--size PX]
+    python breedline/demo_digits.py digits OUT_DIR [--per-class N] [--size PX]
 
-This module imports nothing from the other scripts, so it runs either way.
+It lives with the demo, not in ``ml_scripts/``: nothing in a training job needs it.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-SPLITS: tuple[str, ...] = ("train", "valid", "test")
+from contract import CHANNELS
+
 #: Fractions of each class going to train / valid / test.
 SPLIT_FRACTIONS: tuple[float, float, float] = (0.7, 0.15, 0.15)
 DEFAULT_SIZE = 64
@@ -32,7 +34,7 @@ DEFAULT_SIZE = 64
 def _split_indices(labels: np.ndarray, per_class: int | None, seed: int) -> dict[str, list[int]]:
     """Stratified and deterministic: per class, a seeded shuffle cut 70/15/15."""
     rng = np.random.default_rng(seed)
-    out: dict[str, list[int]] = {name: [] for name in SPLITS}
+    out: dict[str, list[int]] = {name: [] for name in CHANNELS}
     for label in np.unique(labels):
         idx = np.flatnonzero(labels == label)
         idx = idx[rng.permutation(len(idx))]
@@ -88,7 +90,7 @@ def write_digits(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ml_scripts.datasets", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m breedline.demo_digits", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="name", required=True)
     digits = sub.add_parser("digits", help="scikit-learn's digits as JPEG files")
     digits.add_argument("out_dir")
