@@ -190,6 +190,16 @@ def handler_time(section: Section, quick: bool) -> None:
         digest = time_calls(lambda: hashlib.sha256(body).hexdigest(), repeat=50)
     finally:
         sys.stdout = stdout
+    _handler_rows(section, body=body, small_body=small_body, first=first, first_stdlib=first_stdlib,
+                  timed=timed, small=small, decoded=decoded, digest=digest, per_request=per_request,
+                  fast_decoder=fast_decoder)
+
+
+def _handler_rows(section: Section, *, body: bytes, small_body: bytes, first: dict[str, Any],
+                  first_stdlib: dict[str, Any], timed: dict[str, list[float]], small: list[float],
+                  decoded: dict[str, list[float]], digest: list[float], per_request: dict[str, float],
+                  fast_decoder: Any) -> None:
+    """:func:`handler_time`'s figures as the section's rows and notes."""
     status, status_stdlib = first.get("statusCode"), first_stdlib.get("statusCode")
     stats, baseline = Stats.of(timed["shipped"]), Stats.of(timed["stdlib"])
     decoder = "pybase64" if fast_decoder is not None else "stdlib base64 (pybase64 is not installed)"
