@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from chalice import Chalice, IAMAuthorizer, Rate, Response
 
-from chalicelib import api, event_patterns, jobs, runtime, uploads
+from chalicelib import api, event_patterns, jobs, lambda_runtime, uploads
 from chalicelib.config import Settings
 from chalicelib.observability import flush, logger
 from chalicelib.predict import CONTENT_TYPES, PredictError
@@ -47,7 +47,7 @@ def _run(handler: str, event: Any, fn: Callable[..., Any], *args: Any) -> Any:
     logger.clear_state()
     logger.append_keys(handler=handler)
     context = getattr(event, "context", None)
-    runtime.set_lambda_context(context)
+    lambda_runtime.set_lambda_context(context)
     if context is not None and getattr(context, "aws_request_id", None):
         logger.append_keys(request_id=context.aws_request_id)
     try:

@@ -2,7 +2,7 @@
 
 Why apart from the pipeline steps: these run in the API handler, on every
 request, so they read settings and state through the per-process caches of
-:mod:`chalicelib.runtime` and never import boto3 before a request needs it.
+:mod:`chalicelib.lambda_runtime` and never import boto3 before a request needs it.
 Every predict failure is a :class:`chalicelib.predict.PredictError` with a
 stable code; ``app.py`` turns it into the JSON answer.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 
-from chalicelib import clients, runtime
+from chalicelib import clients, lambda_runtime
 from chalicelib import sagemaker_requests as build
 from chalicelib.config import Settings
 from chalicelib.observability import (
@@ -37,7 +37,7 @@ from chalicelib.predict import (
     shape_prediction,
     validate_image_request,
 )
-from chalicelib.runtime import settings, store
+from chalicelib.lambda_runtime import settings, store
 
 #: How long the predict route trusts its copy of the live model's name.
 LIVE_NAME_TTL_SECONDS = 60.0
@@ -94,13 +94,13 @@ def predict(body: bytes | None, content_type: str | None) -> dict[str, Any]:
 def live_model_name(s: Settings) -> str:
     """The live model's name for the ``model`` field when the variant name is fixed.
 
-    Cached per table for a minute (:data:`chalicelib.runtime.live_names`), so
+    Cached per table for a minute (:data:`chalicelib.lambda_runtime.live_names`), so
     the route reads DynamoDB at most once a minute; after a deployment the
     name may lag by that long. Any failure answers the endpoint name: a
     prediction never fails over its label.
     """
     now = time.monotonic()
-    cached = runtime.live_names.get(s.state_table)
+    cached = lambda_runtime.live_names.get(s.state_table)
     if cached and cached[0] > now:
         return cached[1]
     try:
@@ -109,7 +109,7 @@ def live_model_name(s: Settings) -> str:
     except Exception:
         logger.exception("could not read the live model's name")
         name = s.endpoint_name
-    runtime.live_names[s.state_table] = (now + LIVE_NAME_TTL_SECONDS, name)
+    lambda_runtime.live_names[s.state_table] = (now + LIVE_NAME_TTL_SECONDS, name)
     return name
 
 

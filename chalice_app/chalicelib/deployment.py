@@ -17,7 +17,7 @@ from chalicelib import sagemaker_requests as build
 from chalicelib.config import Settings
 from chalicelib.decisions import STAGE_TRAINING, final_metric, pipeline_tags, quality_gate
 from chalicelib.observability import GATE_REJECTIONS, MODEL_ACCURACY, MODELS_DEPLOYED, TRAINING_COMPLETED, logger
-from chalicelib.runtime import PipelineError, alert, client_error, count, idempotent, log_keys, settings, store
+from chalicelib.lambda_runtime import PipelineError, alert, client_error, count, idempotent, log_keys, settings, store
 from chalicelib.state import StateStore
 from contract import COMPLETED
 

@@ -25,7 +25,7 @@ from chalicelib.decisions import (
 )
 from chalicelib.deployment import deploy_if_better
 from chalicelib.observability import TRAINING_FAILED, TRAINING_STARTED, TUNING_COMPLETED, TUNING_FAILED, logger
-from chalicelib.runtime import PipelineError, alert, client_error, count, idempotent, log_keys, settings, store
+from chalicelib.lambda_runtime import PipelineError, alert, client_error, count, idempotent, log_keys, settings, store
 from contract import COMPLETED, FAILED, IN_PROGRESS, STOPPED, unquote_hyperparameters
 
 if TYPE_CHECKING:  # imported by app.py on first use: the data classes cost the predict route's cold start

@@ -18,7 +18,7 @@ from chalicelib.config import Settings
 from chalicelib.datasets import ObjectRef, dataset_of_key, is_marker, quiet_period_elapsed, validate_layout
 from chalicelib.decisions import STAGE_TUNING, pipeline_tags
 from chalicelib.observability import DATASETS_ACCEPTED, DATASETS_REJECTED, TUNING_FAILED, TUNING_STARTED, UPLOADS_SEEN, logger
-from chalicelib.runtime import PipelineError, alert, client_error, count, idempotent, log_keys, settings, store
+from chalicelib.lambda_runtime import PipelineError, alert, client_error, count, idempotent, log_keys, settings, store
 from contract import IN_PROGRESS
 
 if TYPE_CHECKING:  # imported by app.py on first use: the data classes cost the predict route's cold start

@@ -86,7 +86,7 @@ class Aws:
 
 @pytest.fixture
 def aws(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
-    from chalicelib import runtime
+    from chalicelib import lambda_runtime
     from chalicelib.state import TABLE_DEFINITIONS
 
     with mock_aws():
@@ -103,9 +103,9 @@ def aws(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn)
         monkeypatch.setenv("BREEDLINE_ALERT_TOPIC_ARN", topic)
-        runtime.reset()
+        lambda_runtime.reset()
         yield Aws(queue, topic)
-        runtime.reset()
+        lambda_runtime.reset()
 
 
 @pytest.fixture

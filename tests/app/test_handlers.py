@@ -16,7 +16,7 @@ from botocore.stub import ANY, Stubber
 
 from app_helpers import completed_training, completed_tuning, load_event
 from chalicelib import clients as aws_clients
-from chalicelib import naming, runtime
+from chalicelib import naming, lambda_runtime
 from chalicelib.state import StateStore
 
 TUNING_EVENT = load_event("tuning_completed.json")
@@ -268,7 +268,7 @@ def test_start_training_failure_is_alerted_and_retried(client, sagemaker, aws, m
         return original(operation, name_key, params)
 
     monkeypatch.setattr(sagemaker, "_answer", quota)
-    with pytest.raises(runtime.PipelineError):
+    with pytest.raises(lambda_runtime.PipelineError):
         invoke(client, "on_tuning_state_change", TUNING_EVENT)
     assert "service limit" in aws.alerts()[0]["message"]["error"]
     monkeypatch.setattr(sagemaker, "_answer", original)  # quota raised: Lambda's retry succeeds
@@ -393,7 +393,7 @@ def test_busy_endpoint_defers_the_deployment_to_a_retry(client, sagemaker, aws, 
     seed_version(env)
     sagemaker.endpoint = {"EndpointName": "breedline-classifier", "EndpointConfigName": "old-rt", "EndpointStatus": "Updating"}
     sagemaker.training[FINAL] = completed_training(FINAL, 0.83)
-    with pytest.raises(runtime.PipelineError, match="Updating"):
+    with pytest.raises(lambda_runtime.PipelineError, match="Updating"):
         invoke(client, "on_training_state_change", load_event("training_completed.json"))
     assert state(env).live_model() is None
     sagemaker.endpoint["EndpointStatus"] = "InService"

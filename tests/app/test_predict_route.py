@@ -22,7 +22,7 @@ from botocore.stub import Stubber
 from app_helpers import load_event
 from chalicelib import api
 from chalicelib import clients as aws_clients
-from chalicelib.runtime import reset
+from chalicelib.lambda_runtime import reset
 from chalicelib.predict import ALL_ERRORS
 
 JPEG = base64.b64decode(load_event("api_predict_jpeg.json")["body"])
