@@ -89,3 +89,12 @@ def test_an_unexpected_failure_is_a_500(service, trained_job: Job, digit_jpeg: b
     monkeypatch.setattr(sys.modules["inference"], "_top_k", lambda: 1 / 0)
     status, _, answer = _call(service, trained_job, digit_jpeg, "image/jpeg")
     assert status == 500 and b"ZeroDivisionError" in answer
+
+
+def test_the_container_codes_are_the_predict_api_codes() -> None:
+    """The codes inference.py sends are the API's client-error codes, with the same status."""
+    import inference
+    from chalicelib.predict import ALL_ERRORS
+
+    sent = set(inference.ERROR_CODES.items()) | {(400, "empty_body"), (400, "not_an_image")}
+    assert sent <= {(status, code) for status, code in ALL_ERRORS if 400 <= status < 500}
