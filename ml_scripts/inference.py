@@ -11,7 +11,9 @@ this file as ``code/inference.py`` inside ``model.tar.gz`` and calls:
 
 Bad input raises :class:`InferenceInputError` with an HTTP ``status_code``
 (415 unsupported type, 413 too large or a decompression bomb, 400 empty or
-undecodable), never a wrong answer. Pillow's pixel limit stays on.
+undecodable, 406 an answer type other than JSON), never a wrong answer. In the
+container it is a ``sagemaker_inference`` toolkit error, so the toolkit answers
+that status with the JSON error body as the first line. Pillow's pixel limit stays on.
 
 Environment: ``BREEDLINE_TOP_K`` (default 5), ``BREEDLINE_MAX_IMAGE_BYTES``
 (default 6 MiB, SageMaker's real-time payload limit), ``BREEDLINE_SERVING_BACKEND``
@@ -43,6 +45,7 @@ import os
 import threading
 import warnings
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -72,16 +75,51 @@ ONNX_RTOL = 1e-3
 ONNX_ATOL = 1e-4
 
 
-class InferenceInputError(ValueError):
-    """A request the endpoint refuses; ``status_code`` is the HTTP status to answer."""
+try:  # the serving containers ship the toolkit; its error class is what sets the HTTP status
+    from sagemaker_inference.errors import BaseInferenceToolkitError as _ToolkitError
+except ImportError:  # anywhere else (the bench, a plain venv) the scripts still run
 
-    def __init__(self, message: str, status_code: int = 400) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status_code = status_code
+    class _ToolkitError(Exception):  # type: ignore[no-redef]
+        """The toolkit's error contract (``status_code``, ``message``, ``phrase``) without the toolkit."""
+
+        def __init__(self, status_code: int, message: str, phrase: str) -> None:
+            self.status_code = status_code
+            self.message = message
+            self.phrase = phrase
+            super().__init__(status_code, message, phrase)
+
+
+#: The stable error code of each refusal, the same words the predict API answers with.
+ERROR_CODES: dict[int, str] = {
+    400: "undecodable_image",
+    406: "not_acceptable",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+class InferenceInputError(_ToolkitError, ValueError):
+    """A request the endpoint refuses; ``status_code`` is the HTTP status to answer.
+
+    Why a toolkit error: the serving toolkit's Transformer answers any other
+    exception with a 500, which the Lambda turns into a 502 and the endpoint's
+    server-error alarm counts. Its ``message`` is the whole client body:
+    the toolkit answers ``message``, a newline, then the trace, so the first
+    line is this JSON (``{"code", "message", "status_code"}``).
+    """
+
+    def __init__(self, message: str, status_code: int = 400, code: str | None = None) -> None:
+        self.detail = message
+        self.code = code or ERROR_CODES.get(status_code, "bad_request")
+        body = json.dumps({"code": self.code, "message": message, "status_code": status_code})
+        super().__init__(status_code, body, HTTPStatus(status_code).phrase)
+
+    def __str__(self) -> str:
+        return self.detail
 
     def to_json(self) -> str:
-        return json.dumps({"error": self.message, "status_code": self.status_code})
+        """The JSON error body (one line), as the client gets it first."""
+        return self.message
 
 
 @dataclass
@@ -226,9 +264,9 @@ def input_fn(body: bytes, content_type: str | None) -> Image.Image:
     if isinstance(body, (bytearray, memoryview)):
         body = bytes(body)
     if not isinstance(body, bytes):
-        raise InferenceInputError("the request body must be the raw image bytes", 400)
+        raise InferenceInputError("the request body must be the raw image bytes", 400, "not_an_image")
     if not body:
-        raise InferenceInputError("empty request body: send the image bytes", 400)
+        raise InferenceInputError("empty request body: send the image bytes", 400, "empty_body")
     if len(body) > _max_bytes():
         raise InferenceInputError(f"image of {len(body)} bytes exceeds the {_max_bytes()} byte limit", 413)
     try:

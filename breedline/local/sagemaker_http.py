@@ -6,7 +6,8 @@ Why one server: boto3's ``sagemaker`` client speaks JSON 1.1 (``POST /`` with
 ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`` both point here. Errors come back in
 SageMaker's shape (``__type`` + ``message``, HTTP 400), so boto3 raises the
 same ClientErrors as against AWS; a model's non-2xx answer becomes
-``ModelError`` (HTTP 424), as SageMaker's runtime answers it.
+``ModelError`` (HTTP 424, with ``OriginalStatusCode`` and ``OriginalMessage``),
+as SageMaker's runtime answers it.
 """
 
 from __future__ import annotations
@@ -127,11 +128,17 @@ class LocalSageMakerApp:
 
 
     def _model_error(self, endpoint_name: str, status: int, body: bytes) -> ServiceError:
-        """A model's non-2xx answer as SageMaker's runtime reports it: ``ModelError``, HTTP 424."""
+        """A model's non-2xx answer as SageMaker's runtime reports it: ``ModelError``, HTTP 424.
+
+        ``OriginalStatusCode`` is the container's status and ``OriginalMessage`` its
+        whole body (through the serving toolkit: the error's message, a newline and
+        the trace), which the app's predict route reads.
+        """
         text = body.decode("utf-8", "replace")
+        side = "client" if 400 <= status < 500 else "server"
         return ServiceError(
             "ModelError",
-            f'Received client error ({status}) from primary with message "{text}". '
+            f'Received {side} error ({status}) from primary with message "{text}". '
             f"See the endpoint's log in {self.backend.state_dir / 'endpoints' / endpoint_name} for more information.",
             424,
             OriginalStatusCode=status,

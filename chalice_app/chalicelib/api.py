@@ -32,6 +32,7 @@ from chalicelib.predict import (
     MODEL_NOT_DEPLOYED,
     PredictError,
     decode_event_body,
+    error_original_message,
     error_status,
     map_invoke_error,
     shape_prediction,
@@ -83,7 +84,8 @@ def predict(body: bytes | None, content_type: str | None) -> dict[str, Any]:
         payload = response["Body"].read()
     except ClientError as exc:
         original = error_status(exc.response) or error_status(exc.response.get("Error", {}))
-        raise map_invoke_error(clients.error_code(exc), clients.error_message(exc), original) from exc
+        text = error_original_message(exc.response) or error_original_message(exc.response.get("Error", {}))
+        raise map_invoke_error(clients.error_code(exc), clients.error_message(exc), original, text) from exc
     except BotoCoreError as exc:
         raise PredictError(ENDPOINT_UNREACHABLE, f"The model endpoint did not answer ({type(exc).__name__})") from exc
     variant = str(response.get("InvokedProductionVariant") or "")

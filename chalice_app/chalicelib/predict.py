@@ -31,6 +31,8 @@ PAYLOAD_TOO_LARGE = (413, "payload_too_large")
 EMPTY_BODY = (400, "empty_body")
 NOT_AN_IMAGE = (400, "not_an_image")
 UNDECODABLE_IMAGE = (400, "undecodable_image")
+NOT_ACCEPTABLE = (406, "not_acceptable")
+MODEL_REJECTED_REQUEST = (400, "model_rejected_request")
 MODEL_NOT_DEPLOYED = (503, "model_not_deployed")
 ENDPOINT_NOT_READY = (503, "endpoint_not_ready")
 ENDPOINT_BUSY = (503, "endpoint_busy")
@@ -46,6 +48,8 @@ ALL_ERRORS: tuple[tuple[int, str], ...] = (
     EMPTY_BODY,
     NOT_AN_IMAGE,
     UNDECODABLE_IMAGE,
+    NOT_ACCEPTABLE,
+    MODEL_REJECTED_REQUEST,
     MODEL_NOT_DEPLOYED,
     ENDPOINT_NOT_READY,
     ENDPOINT_BUSY,
@@ -137,20 +141,49 @@ def validate_image_request(content_type: str | None, body: bytes | None, max_byt
     return kind
 
 
-def map_invoke_error(code: str, message: str, original_status: int | None = None) -> PredictError:
+#: The model container's refusals by status, when its body names no code of ours.
+_MODEL_REFUSALS: dict[int, tuple[tuple[int, str], str]] = {
+    400: (UNDECODABLE_IMAGE, "The model could not decode the image"),
+    406: (NOT_ACCEPTABLE, "The model cannot answer in the requested type"),
+    413: (PAYLOAD_TOO_LARGE, "The model refused the image as too large"),
+    415: (UNSUPPORTED_MEDIA_TYPE, "The model refused the image type"),
+}
+
+
+def model_refusal(original_status: int, original_message: str | None) -> PredictError:
+    """A model container's 4xx as the API's 4xx: the client's bad image, never a 502.
+
+    The serving toolkit answers an error's message, a newline, then the trace;
+    our inference.py makes that first line ``{"code", "message", "status_code"}``.
+    Its ``code`` is kept when it is one of the API's client-error codes (and its
+    message with it); otherwise the status alone decides.
+    """
+    first_line = (original_message or "").split("\n", 1)[0]
+    try:
+        sent = json.loads(first_line)
+    except ValueError:
+        sent = None
+    if isinstance(sent, dict):
+        known = {code: (status, code) for status, code in ALL_ERRORS if 400 <= status < 500}
+        error = known.get(str(sent.get("code")))
+        if error is not None:
+            return PredictError(error, str(sent.get("message") or error[1]))
+    error, message = _MODEL_REFUSALS.get(original_status, (MODEL_REJECTED_REQUEST, ""))
+    return PredictError(error, message or f"The model refused this request ({original_status})")
+
+
+def map_invoke_error(
+    code: str, message: str, original_status: int | None = None, original_message: str | None = None
+) -> PredictError:
     """Turn an InvokeEndpoint ClientError into the API's error.
 
-    A ModelError carries the container's own status (our inference code
-    answers 400/413/415 for bad images): pass those through as client errors,
-    everything else the model does wrong is a 502.
+    A ModelError carries the container's own status and body (``OriginalStatusCode``,
+    ``OriginalMessage``): a 4xx is the client's request refused by our inference
+    code (:func:`model_refusal`), anything else the model does wrong is a 502.
     """
     if code == "ModelError":
-        if original_status == 400:
-            return PredictError(UNDECODABLE_IMAGE, "The model could not decode the image")
-        if original_status == 413:
-            return PredictError(PAYLOAD_TOO_LARGE, "The model refused the image as too large")
-        if original_status == 415:
-            return PredictError(UNSUPPORTED_MEDIA_TYPE, "The model refused the image type")
+        if original_status is not None and 400 <= original_status < 500:
+            return model_refusal(original_status, original_message)
         return PredictError(MODEL_ERROR, f"The model failed on this request ({original_status or 'no status'})")
     lowered = message.lower()
     if code in ("ValidationError", "ValidationException"):
@@ -185,3 +218,9 @@ def error_status(error: Mapping[str, Any]) -> int | None:
         return int(error.get("OriginalStatusCode"))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return None
+
+
+def error_original_message(error: Mapping[str, Any]) -> str | None:
+    """``OriginalMessage`` of a botocore ModelError response (the container's body), if any."""
+    value = error.get("OriginalMessage")
+    return value if isinstance(value, str) else None

@@ -133,6 +133,11 @@ ENDPOINT_ERRORS = [
         (dict(service_error_code="ModelError", service_message="Received client error (400)", http_status_code=424, modeled_fields={"OriginalStatusCode": 400, "OriginalMessage": "cannot identify image file"}), 400, "undecodable_image"),
         (dict(service_error_code="ModelError", service_message="Received client error (413)", http_status_code=424, modeled_fields={"OriginalStatusCode": 413}), 413, "payload_too_large"),
         (dict(service_error_code="ModelError", service_message="Received server error (500)", http_status_code=424, modeled_fields={"OriginalStatusCode": 500, "OriginalMessage": "CUDA error"}), 502, "model_error"),
+        # The serving toolkit's body: inference.py's JSON error, a newline, the trace. Its code is kept.
+        (dict(service_error_code="ModelError", service_message="Received client error (400)", http_status_code=424, modeled_fields={"OriginalStatusCode": 400, "OriginalMessage": '{"code": "empty_body", "message": "empty request body", "status_code": 400}\nTraceback (most recent call last):\n  ...'}), 400, "empty_body"),
+        (dict(service_error_code="ModelError", service_message="Received client error (415)", http_status_code=424, modeled_fields={"OriginalStatusCode": 415, "OriginalMessage": '{"code": "unsupported_media_type", "message": "no", "status_code": 415}\nTraceback'}), 415, "unsupported_media_type"),
+        (dict(service_error_code="ModelError", service_message="Received client error (406)", http_status_code=424, modeled_fields={"OriginalStatusCode": 406, "OriginalMessage": "cannot answer in text/csv"}), 406, "not_acceptable"),
+        (dict(service_error_code="ModelError", service_message="Received client error (404)", http_status_code=424, modeled_fields={"OriginalStatusCode": 404, "OriginalMessage": "not found"}), 400, "model_rejected_request"),
         (dict(service_error_code="InternalFailure", service_message="boom", http_status_code=500), 502, "model_error"),
 ]
 #: Codes produced by the dedicated tests below the tables.

@@ -262,6 +262,8 @@ def test_validate_image_request_accepts_and_normalises():
         ("ModelError", "x", 413, (413, "payload_too_large")),
         ("ModelError", "x", 415, (415, "unsupported_media_type")),
         ("ModelError", "x", 500, (502, "model_error")),
+        ("ModelError", "x", 406, (406, "not_acceptable")),
+        ("ModelError", "x", 409, (400, "model_rejected_request")),
         ("ValidationError", "Endpoint breedline-classifier of account 123456789012 not found.", None, (503, "model_not_deployed")),
         ("ValidationError", "Endpoint is in Creating state", None, (503, "endpoint_not_ready")),
         ("ModelNotReadyException", "loading", None, (503, "endpoint_not_ready")),
@@ -272,6 +274,29 @@ def test_validate_image_request_accepts_and_normalises():
 def test_map_invoke_error(code, message, original, expected):
     error = map_invoke_error(code, message, original)
     assert (error.status, error.code) == expected
+
+
+@pytest.mark.parametrize(
+    "status, original_message, expected, message",
+    [
+        # inference.py's body through the serving toolkit: its JSON, a newline, the trace.
+        (400, '{"code": "undecodable_image", "message": "could not decode the image: truncated", "status_code": 400}'
+              "\nTraceback (most recent call last):\n  File ...", (400, "undecodable_image"),
+         "could not decode the image: truncated"),
+        (400, '{"code": "empty_body", "message": "empty request body", "status_code": 400}\nTraceback',
+         (400, "empty_body"), "empty request body"),
+        (413, '{"code": "payload_too_large", "message": "too many pixels", "status_code": 413}\n',
+         (413, "payload_too_large"), "too many pixels"),
+        # A code that is not one of the API's client codes is not passed on; the status decides.
+        (415, '{"code": "internal_error", "message": "x"}\nTraceback', (415, "unsupported_media_type"),
+         "The model refused the image type"),
+        (400, "cannot identify image file", (400, "undecodable_image"), "The model could not decode the image"),
+    ],
+)
+def test_model_refusals_keep_the_container_code(status, original_message, expected, message):
+    error = map_invoke_error("ModelError", "Received client error", status, original_message)
+    assert (error.status, error.code, error.message) == (*expected, message)
+    assert "Traceback" not in json.dumps(error.body())
 
 
 def test_shape_prediction():

@@ -67,10 +67,12 @@ STANDIN_INFERENCE = textwrap.dedent('''
     """Stand-in inference.py: answers with the model's first class name and a version tag."""
     import json, os, pathlib
 
-    class InferenceInputError(ValueError):
+    from sagemaker_inference.errors import BaseInferenceToolkitError
+
+    class InferenceInputError(BaseInferenceToolkitError):
+        """As ml_scripts/inference.py's: a toolkit error, so the serving toolkit answers its status."""
         def __init__(self, message, status_code=400):
-            super().__init__(message)
-            self.status_code = status_code
+            super().__init__(status_code, message, "Bad Request")
 
     def model_fn(model_dir):
         # As ml_scripts/inference.py does: a log line on stdout before the server says LISTENING.

@@ -110,6 +110,35 @@ def test_bad_input_raises_with_status(name, body, content_type, status, digit_jp
     assert Image.MAX_IMAGE_PIXELS is not None  # the limit stays on
 
 
+def test_input_errors_are_toolkit_errors_with_a_json_body() -> None:
+    """In the container the toolkit answers a refusal's status only for its own error class."""
+    errors = pytest.importorskip("sagemaker_inference.errors")
+    error = inference.InferenceInputError("could not decode the image: x", 400)
+    assert isinstance(error, errors.BaseInferenceToolkitError) and isinstance(error, ValueError)
+    assert (error.status_code, error.phrase, str(error)) == (400, "Bad Request", "could not decode the image: x")
+    assert json.loads(error.message) == {"code": "undecodable_image", "message": "could not decode the image: x",
+                                         "status_code": 400}
+    assert json.loads(inference.InferenceInputError("no", 415).to_json())["code"] == "unsupported_media_type"
+
+
+def test_input_errors_work_without_the_toolkit(tmp_path: Path) -> None:
+    """Where sagemaker_inference is not installed (a plain venv, the bench) the same error still works."""
+    import subprocess
+
+    script = (
+        "import sys, json; sys.modules['sagemaker_inference'] = None; import inference; "
+        "e = inference.InferenceInputError('too big', 413); "
+        "print(json.dumps([e.status_code, e.phrase, json.loads(e.to_json()), str(e), "
+        "type(e).__mro__[1].__module__]))"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=Path(inference.__file__).parent,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    status, phrase, body, text, base_module = json.loads(result.stdout.strip().splitlines()[-1])
+    assert (status, phrase, text, base_module) == (413, "Request Entity Too Large", "too big", "inference")
+    assert body == {"code": "payload_too_large", "message": "too big", "status_code": 413}
+
+
 def test_body_size_limit(monkeypatch, digit_jpeg: bytes) -> None:
     monkeypatch.setenv("BREEDLINE_MAX_IMAGE_BYTES", str(len(digit_jpeg) - 1))
     with pytest.raises(inference.InferenceInputError) as info:
