@@ -72,7 +72,7 @@ def http(endpoint, monkeypatch, tmp_path):
     """The app's predict route (chalice.test.Client) pointed at the local SageMaker runtime."""
     from chalice.test import Client
 
-    from chalicelib import clients, runtime
+    from chalicelib import clients, lambda_runtime
 
     env = {
         "AWS_DEFAULT_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
@@ -85,13 +85,13 @@ def http(endpoint, monkeypatch, tmp_path):
     }
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    runtime.reset()
+    lambda_runtime.reset()
     clients.reset()
     import app as chalice_app
 
     with Client(chalice_app.app, project_dir=str(tmp_path)) as client:
         yield client.http
-    runtime.reset()
+    lambda_runtime.reset()
     clients.reset()
 
 
