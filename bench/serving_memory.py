@@ -43,7 +43,8 @@ def peak_mib():
 import torch, inference
 imported = peak_mib()
 model = inference.model_fn(sys.argv[1])
-print(json.dumps({"after_imports_mib": round(imported), "peak_mib": round(peak_mib()), "backend": model.backend}))
+print(json.dumps({"after_imports_mib": round(imported), "peak_mib": round(peak_mib()),
+                  "backend": model.backend}))
 """
 
 
@@ -57,7 +58,8 @@ def measure(architecture: str, backend: str, threads: int) -> dict[str, object]:
         proc = subprocess.run([sys.executable, "-c", _MEASURE, model_dir], check=True, env=env,
                               capture_output=True, text=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    return {"architecture": architecture, "requested_backend": backend, "model_pt_mib": round(size_mib), **result}
+    return {"architecture": architecture, "requested_backend": backend, "model_pt_mib": round(size_mib),
+            **result}
 
 
 def main(argv: list[str] | None = None) -> int:

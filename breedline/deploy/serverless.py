@@ -43,11 +43,11 @@ def check_serverless_memory(settings: Any) -> None:
     need = MODEL_MEMORY_MB.get(model)
     if need is None:
         raise DeployError(
-            f"model {model!r} has no measured Serverless Inference memory size in breedline/deploy/serverless.py; "
-            f"measure it with python -m bench.serving_memory {model}"
+            f"model {model!r} has no measured Serverless Inference memory size in "
+            f"breedline/deploy/serverless.py; measure it with python -m bench.serving_memory {model}"
         )
     if memory < need:
         raise DeployError(
-            f"BREEDLINE_SERVERLESS_MEMORY_MB={memory} is too small for model {model}: it needs at least {need} MB "
-            "to load on a serverless endpoint (docs/aws.md, section 5)"
+            f"BREEDLINE_SERVERLESS_MEMORY_MB={memory} is too small for model {model}: "
+            f"it needs at least {need} MB to load on a serverless endpoint (docs/aws.md, section 5)"
         )

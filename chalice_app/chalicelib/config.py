@@ -129,8 +129,8 @@ def body_limit(name: str, raw: str) -> int:
         raise ValueError(f"{name}={raw!r} must be a positive number of bytes")
     if value > largest_body_bytes():
         raise ValueError(
-            f"{name}={value} cannot reach the predict function: its base64 ({base64_length(value)} bytes) plus "
-            f"{EVENT_ALLOWANCE_BYTES} bytes for the rest of the API Gateway event exceeds Lambda's "
+            f"{name}={value} cannot reach the predict function: its base64 ({base64_length(value)} bytes) "
+            f"plus {EVENT_ALLOWANCE_BYTES} bytes for the rest of the API Gateway event exceeds Lambda's "
             f"{LAMBDA_PAYLOAD_BYTES}-byte synchronous payload; use at most {largest_body_bytes()}"
         )
     return value
@@ -141,7 +141,9 @@ def serverless_memory(name: str, raw: str) -> int:
     value = integer(name, raw)
     if value != 0 and value not in SERVERLESS_MEMORY_SIZES:
         sizes = ", ".join(str(size) for size in SERVERLESS_MEMORY_SIZES)
-        raise ValueError(f"{name}={value} is not a Serverless Inference memory size: use 0 (instances) or one of {sizes}")
+        raise ValueError(
+            f"{name}={value} is not a Serverless Inference memory size: use 0 (instances) or one of {sizes}"
+        )
     return value
 
 
@@ -229,14 +231,15 @@ class Settings:
         """Refuse combinations that AWS would refuse later, far from their cause."""
         if not self.variant_name and self.serverless_memory_mb == 0:
             raise ValueError(
-                "BREEDLINE_VARIANT_NAME is empty (each variant named after its model), but an instance endpoint is "
-                "updated blue/green with deployment guardrails (canary, bake, BREEDLINE_ROLLBACK_ALARMS), which "
-                "SageMaker allows only when the new config keeps the old variant name; set a fixed name such as "
-                "AllTraffic, or deploy serverless (BREEDLINE_SERVERLESS_MEMORY_MB), which takes no guardrails"
+                "BREEDLINE_VARIANT_NAME is empty (each variant named after its model), but an instance "
+                "endpoint is updated blue/green with deployment guardrails (canary, bake, "
+                "BREEDLINE_ROLLBACK_ALARMS), which SageMaker allows only when the new config keeps the old "
+                "variant name; set a fixed name such as AllTraffic, or deploy serverless "
+                "(BREEDLINE_SERVERLESS_MEMORY_MB), which takes no guardrails"
             )
 
     def image_limit(self) -> int:
-        """The predict route's body limit: BREEDLINE_MAX_IMAGE_BYTES, within Serverless Inference's payload there.
+        """The predict route's body limit: BREEDLINE_MAX_IMAGE_BYTES, within a serverless endpoint's payload.
 
         Why here: the InvokeEndpoint body is the image itself, so on a serverless
         endpoint a body over :data:`SERVERLESS_PAYLOAD_BYTES` would come back as
