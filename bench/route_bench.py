@@ -271,12 +271,21 @@ def import_time(section: Section, quick: bool) -> None:
 
 
 def package_size(section: Section) -> None:
+    """The dev stage's zip as make deploy builds it: a raw ``chalice package`` of chalice_app/ refuses."""
+    from breedline.deploy.packaging import prepare_build_copy, resolve_stage_images
+    from breedline.deploy.stage import load_stage
+
     chalice = Path(sys.executable).with_name("chalice")
     out = Path(tempfile.mkdtemp(prefix="bench-package-"))
     try:
+        stage = load_stage("dev", APP_DIR)
+        images = resolve_stage_images(stage, "us-east-1", log=lambda _msg: None)
+        build_app, _ = prepare_build_copy(out, APP_DIR, stage, images, stack="breedline-dev",
+                                          account="123456789012", region="us-east-1", log=lambda _msg: None)
         env = dict(os.environ, AWS_DEFAULT_REGION="us-east-1")
-        proc = subprocess.run([str(chalice), "package", "--pkg-format", "cloudformation", str(out / "pkg")],
-                              cwd=APP_DIR, env=env, capture_output=True, text=True, timeout=600)
+        proc = subprocess.run([str(chalice), "package", "--stage", "dev", "--pkg-format", "cloudformation",
+                               str(out / "pkg")], cwd=build_app, env=env, capture_output=True, text=True,
+                              timeout=600)
         if proc.returncode != 0:
             raise RuntimeError(f"chalice package failed: {(proc.stderr or proc.stdout).strip()[-500:]}")
         zip_path = out / "pkg" / "deployment.zip"

@@ -30,6 +30,13 @@ for _type in CONTENT_TYPES:
         app.api.binary_types.append(_type)
 
 _BOOT = Settings.from_env()
+if _BOOT.needs_make_deploy:
+    raise RuntimeError(
+        "BREEDLINE_NEEDS_MAKE_DEPLOY is set: this stage of chalice_app/.chalice/config.json is filled in "
+        "by make deploy (the stack's bucket, role, tables, name prefix and image URIs), so a raw chalice "
+        "package or chalice deploy would build a stack that cannot work. Run make deploy STAGE=<stage> "
+        "(add DRY_RUN=1 to only package it)."
+    )
 _STATE_UNAVAILABLE = {"code": "state_unavailable", "message": "Pipeline state cannot be read right now"}
 
 

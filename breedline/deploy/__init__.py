@@ -31,6 +31,8 @@ create, resource by resource, with the parameters.
 
 Modules: :mod:`~breedline.deploy.stage` (the stage's settings and names),
 :mod:`~breedline.deploy.template` (merge template, tables, API auth, SAM),
+:mod:`~breedline.deploy.serverless` (a serverless memory size the model cannot
+load in is refused before step 1, as are settings the Lambda would refuse),
 :mod:`~breedline.deploy.packaging` (steps 1-4), :mod:`~breedline.deploy.stack`
 (step 5), :mod:`~breedline.deploy.teardown` (destroy) and
 :mod:`~breedline.deploy.cli`.

@@ -23,7 +23,9 @@ from breedline.build.image_uris import ImageSet, resolve_images
 from breedline.build.lambda_app import keep_deps_cache, make_build_copy
 from breedline.build.paths import APP_DIR, BUILD_DIR
 from breedline.build.sourcedir import build_sourcedir
+from breedline.deploy.serverless import check_serverless_memory
 from breedline.deploy.stage import (
+    NEEDS_MAKE_DEPLOY,
     DeployError,
     Stage,
     check_policy_prefixes,
@@ -31,6 +33,7 @@ from breedline.deploy.stage import (
     data_bucket_name,
     default_stack_name,
     load_stage,
+    stage_settings,
     with_slash,
 )
 from breedline.deploy.template import (
@@ -114,6 +117,7 @@ def package(
     stage = load_stage(stage_name, app_dir)
     stack = check_stack_name(stack_name or default_stack_name(stage_name))
     check_policy_prefixes(stage, app_dir)
+    check_serverless_memory(stage_settings(stage))
     out = Path(out_dir) if out_dir else BUILD_ROOT / stack
     out.mkdir(parents=True, exist_ok=True)
 
@@ -196,8 +200,11 @@ def stage_environment(
     Three stack-owned names go back in with the stack's values: ``app.py``
     builds its EventBridge patterns (bucket name, data prefix, job-name
     prefix) when Chalice loads it for packaging, with this environment.
+    The ``BREEDLINE_NEEDS_MAKE_DEPLOY`` marker goes: this environment is the
+    one the marker asks for, so the build copy's ``app.py`` loads.
     """
     env = dict(stage.raw.get("stages", {}).get(stage.name, {}).get("environment_variables", {}))
+    env.pop(NEEDS_MAKE_DEPLOY, None)
     removed = sorted(
         name for name in env
         if name in STACK_OWNED_VARIABLES and env[name] != stack_value(name, stack, account, region, stage)
@@ -228,7 +235,7 @@ def _write_build_config(build_app: Path, stage: Stage, env: dict[str, str]) -> N
     config = copy.deepcopy(stage.raw)
     top_env = config.get("environment_variables", {})
     for name in list(top_env):
-        if name in STACK_OWNED_VARIABLES:
+        if name in STACK_OWNED_VARIABLES or name == NEEDS_MAKE_DEPLOY:
             del top_env[name]
     config["stages"][stage.name]["environment_variables"] = env
     (build_app / ".chalice" / "config.json").write_text(json.dumps(config, indent=2) + "\n")

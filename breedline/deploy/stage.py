@@ -72,6 +72,25 @@ def load_stage(stage: str, app_dir: Path = APP_DIR) -> Stage:
     return Stage(name=stage, environment=env, api_auth=auth, api_gateway_stage=api_stage, raw=config)
 
 
+#: Set in config.json's AWS stages so that a raw ``chalice package`` refuses to run
+#: (``app.py``); the build copy's environment leaves it out (:mod:`breedline.deploy.packaging`).
+NEEDS_MAKE_DEPLOY = "BREEDLINE_NEEDS_MAKE_DEPLOY"
+
+
+def stage_settings(stage: Stage) -> Any:
+    """The stage's :class:`chalicelib.config.Settings`, or a one-line DeployError naming the bad variable.
+
+    Why before anything is built: the Lambda parses the same settings at cold
+    start, and ``chalice package`` would fail on them with a traceback.
+    """
+    from chalicelib.config import Settings
+
+    try:
+        return Settings.from_env(stage.environment)
+    except ValueError as exc:
+        raise DeployError(f"stage {stage.name}: {exc}") from exc
+
+
 def default_stack_name(stage: str) -> str:
     return f"breedline-{stage}"
 

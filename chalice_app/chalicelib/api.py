@@ -75,7 +75,7 @@ def answer_predict(event: dict[str, Any], content_type: str | None) -> tuple[dic
 def predict(body: bytes | None, content_type: str | None) -> dict[str, Any]:
     """Validate, InvokeEndpoint, shape the answer; every failure is a PredictError."""
     s = settings()
-    kind = validate_image_request(content_type, body, s.max_image_bytes)
+    kind = validate_image_request(content_type, body, s.image_limit())
     client = clients.client("sagemaker-runtime")
     from botocore.exceptions import BotoCoreError, ClientError
 

@@ -25,6 +25,16 @@ from contract import SERVING_BACKENDS
 #: Accepted values of BREEDLINE_API_AUTH.
 API_AUTH_MODES: tuple[str, ...] = ("api_key", "iam", "none")
 
+# Service quotas the predict route must fit in (docs/app.md, "Body limits", cites and adds them up).
+#: Lambda's synchronous invocation payload: the whole API Gateway proxy event, body base64-encoded.
+LAMBDA_PAYLOAD_BYTES = 6 * 1024 * 1024
+#: Room kept in that payload for every field of the proxy event but the body (headers twice, context).
+EVENT_ALLOWANCE_BYTES = 64 * 1024
+#: Serverless Inference's InvokeEndpoint payload, read in decimal bytes (the smaller reading of AWS's unit).
+SERVERLESS_PAYLOAD_BYTES = 4_000_000
+#: Serverless Inference's memory sizes (ProductionVariantServerlessConfig.MemorySizeInMB).
+SERVERLESS_MEMORY_SIZES: tuple[int, ...] = (1024, 2048, 3072, 4096, 5120, 6144)
+
 
 @dataclass(frozen=True)
 class Variable:
@@ -102,6 +112,41 @@ def json_object(name: str, raw: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in value.items()}
 
 
+def base64_length(size: int) -> int:
+    """Characters of the padded base64 of ``size`` bytes, as API Gateway encodes a binary body."""
+    return 4 * ((size + 2) // 3)
+
+
+def largest_body_bytes() -> int:
+    """The largest body whose base64 plus :data:`EVENT_ALLOWANCE_BYTES` fits :data:`LAMBDA_PAYLOAD_BYTES`."""
+    return (LAMBDA_PAYLOAD_BYTES - EVENT_ALLOWANCE_BYTES) // 4 * 3
+
+
+def body_limit(name: str, raw: str) -> int:
+    """A body limit the predict route can reach: a larger body would fail in Lambda, not get our 413."""
+    value = integer(name, raw)
+    if value < 1:
+        raise ValueError(f"{name}={raw!r} must be a positive number of bytes")
+    if value > largest_body_bytes():
+        raise ValueError(
+            f"{name}={value} cannot reach the predict function: its base64 ({base64_length(value)} bytes) "
+            f"plus {EVENT_ALLOWANCE_BYTES} bytes for the rest of the API Gateway event exceeds Lambda's "
+            f"{LAMBDA_PAYLOAD_BYTES}-byte synchronous payload; use at most {largest_body_bytes()}"
+        )
+    return value
+
+
+def serverless_memory(name: str, raw: str) -> int:
+    """0 (instance-backed endpoint) or one of AWS's Serverless Inference memory sizes."""
+    value = integer(name, raw)
+    if value != 0 and value not in SERVERLESS_MEMORY_SIZES:
+        sizes = ", ".join(str(size) for size in SERVERLESS_MEMORY_SIZES)
+        raise ValueError(
+            f"{name}={value} is not a Serverless Inference memory size: use 0 (instances) or one of {sizes}"
+        )
+    return value
+
+
 def minutes(name: str, raw: str) -> int:
     """A schedule period: at least one minute."""
     return max(1, integer(name, raw))
@@ -164,8 +209,8 @@ class Settings:
     endpoint_name: str = setting("BREEDLINE_ENDPOINT_NAME", "breedline-classifier", "Name of the endpoint the predict API calls.")
     endpoint_instance_type: str = setting("BREEDLINE_ENDPOINT_INSTANCE_TYPE", "ml.m5.large", "Endpoint instance type (real-time inference).")
     endpoint_instance_count: int = setting("BREEDLINE_ENDPOINT_INSTANCE_COUNT", "1", "Initial instance count of the endpoint.", integer)
-    variant_name: str = setting("BREEDLINE_VARIANT_NAME", "AllTraffic", "Production variant name. A fixed name lets endpoint autoscaling survive model updates; empty names each variant after its model.")
-    serverless_memory_mb: int = setting("BREEDLINE_SERVERLESS_MEMORY_MB", "0", "If > 0, deploy as Serverless Inference with this memory (1024-6144) instead of instances.", integer)
+    variant_name: str = setting("BREEDLINE_VARIANT_NAME", "AllTraffic", "Production variant name, kept by every model: blue/green updates (canary, bake, auto-rollback) and endpoint autoscaling need the same name across updates. Empty names each variant after its model, which only a serverless endpoint accepts (it takes no blue/green guardrails).")
+    serverless_memory_mb: int = setting("BREEDLINE_SERVERLESS_MEMORY_MB", "0", "0 deploys on instances; 1024, 2048, 3072, 4096, 5120 or 6144 deploys as Serverless Inference with that memory (make deploy refuses a size too small for BREEDLINE_MODEL, docs/aws.md), and caps the predict body at its 4,000,000-byte payload.", serverless_memory)
     serverless_max_concurrency: int = setting("BREEDLINE_SERVERLESS_MAX_CONCURRENCY", "5", "Serverless Inference MaxConcurrency.", integer)
     accuracy_floor: float = setting("BREEDLINE_ACCURACY_FLOOR", "0.5", "Quality gate: test_accuracy a model must exceed to be deployed at all.", number)
     rollback_alarms: tuple[str, ...] = setting("BREEDLINE_ROLLBACK_ALARMS", "", "Comma-separated CloudWatch alarm names for blue/green auto-rollback.", comma_list)
@@ -174,11 +219,35 @@ class Settings:
     bake_seconds: int = setting("BREEDLINE_BAKE_SECONDS", "300", "Blue/green wait before the rest of the traffic shifts and before old fleet termination.", integer)
     # Predict API
     top_k: int = setting("BREEDLINE_TOP_K", "5", "How many label/probability pairs the predict API returns.", integer)
-    max_image_bytes: int = setting("BREEDLINE_MAX_IMAGE_BYTES", "4718592", "Largest accepted image body (4.5 MiB: a 6 MB Lambda payload after base64).", integer)
+    max_image_bytes: int = setting("BREEDLINE_MAX_IMAGE_BYTES", "4500000", "Largest accepted image body, in bytes. API Gateway hands it to Lambda base64-encoded inside the event, and Lambda takes at most 6 MiB (6,291,456 bytes): the default's base64 is 6,000,000 bytes, leaving 291,456 for headers and the rest of the event. A value whose base64 leaves under 64 KiB is refused (at most 4,669,440; docs/app.md). A serverless endpoint lowers it to 4,000,000.", body_limit)
     api_auth: str = setting("BREEDLINE_API_AUTH", "api_key", "Auth of POST /predict: api_key (usage plan), iam or none. /status and /labels use iam when this is none (read when the app is packaged).", one_of(API_AUTH_MODES))
+    # Packaging
+    needs_make_deploy: bool = setting("BREEDLINE_NEEDS_MAKE_DEPLOY", "false", "true in the AWS stages of config.json: the stack fills in their bucket, role, tables, name prefix and image URIs, so app.py refuses to load with it and a raw chalice package or deploy stops; make deploy's build copy removes it.", flag)
     # Observability (read by Powertools itself; listed so they are documented and validated per stage)
     service_name: str = setting("POWERTOOLS_SERVICE_NAME", "breedline", "Service name on every log line and metric.")
     metrics_namespace: str = setting("POWERTOOLS_METRICS_NAMESPACE", "Breedline", "CloudWatch namespace of the EMF metrics.")
+
+    def __post_init__(self) -> None:
+        """Refuse combinations that AWS would refuse later, far from their cause."""
+        if not self.variant_name and self.serverless_memory_mb == 0:
+            raise ValueError(
+                "BREEDLINE_VARIANT_NAME is empty (each variant named after its model), but an instance "
+                "endpoint is updated blue/green with deployment guardrails (canary, bake, "
+                "BREEDLINE_ROLLBACK_ALARMS), which SageMaker allows only when the new config keeps the old "
+                "variant name; set a fixed name such as AllTraffic, or deploy serverless "
+                "(BREEDLINE_SERVERLESS_MEMORY_MB), which takes no guardrails"
+            )
+
+    def image_limit(self) -> int:
+        """The predict route's body limit: BREEDLINE_MAX_IMAGE_BYTES, within a serverless endpoint's payload.
+
+        Why here: the InvokeEndpoint body is the image itself, so on a serverless
+        endpoint a body over :data:`SERVERLESS_PAYLOAD_BYTES` would come back as
+        SageMaker's validation error instead of the route's 413.
+        """
+        if self.serverless_memory_mb > 0:
+            return min(self.max_image_bytes, SERVERLESS_PAYLOAD_BYTES)
+        return self.max_image_bytes
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":

@@ -12,7 +12,7 @@ from typing import Any, Mapping
 
 from contract import CHANNELS, METRIC_DEFINITIONS, METRIC_NAMES, TOOLKIT_PREFIX, encode_hyperparameter
 
-from chalicelib.config import Settings
+from chalicelib.config import SERVERLESS_MEMORY_SIZES, Settings
 
 #: Where the containers expect things (the SageMaker container contract).
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
@@ -45,7 +45,6 @@ DEBUG_COLLECTIONS: tuple[dict[str, Any], ...] = (
     },
 )
 PROFILER_RULE = "ProfilerReport"
-SERVERLESS_MEMORY_SIZES = (1024, 2048, 3072, 4096, 5120, 6144)
 
 
 def s3_uri(settings: Settings, key: str) -> str:
@@ -315,6 +314,9 @@ def deployment_config(settings: Settings) -> dict[str, Any] | None:
     Serverless endpoints take no DeploymentConfig. A canary needs a fleet of at
     least two instances (it is at most half the fleet), so one instance shifts
     all at once, still blue/green with the bake time and the rollback alarms.
+    SageMaker's guardrails also need the new config to keep the old variant's
+    name, which is why :class:`Settings` refuses per-model variant names on
+    instance endpoints: every config sent with this policy has the fixed name.
     """
     if serverless(settings):
         return None

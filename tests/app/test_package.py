@@ -1,8 +1,10 @@
 """Packaging: `chalice package` to CloudFormation, cfn-lint, zip size; rules match the sample events.
 
-What is packaged is the Lambda build copy (``breedline.build.lambda_app``), the
-same copy the deploy tool packages. Slowest module of the app tests (a few
-seconds): it runs the real chalice CLI and cfn-lint as subprocesses.
+What is packaged is the Lambda build copy with the stage's environment
+(``breedline.deploy.packaging.prepare_build_copy``), the same copy the deploy
+tool packages; a raw ``chalice package`` of ``chalice_app/`` itself refuses.
+Slowest module of the app tests (a few seconds): it runs the real chalice CLI
+and cfn-lint as subprocesses.
 """
 
 from __future__ import annotations
@@ -19,18 +21,24 @@ import pytest
 from moto import mock_aws
 
 from app_helpers import EVENTS, ROOT, load_event
-from breedline.build.lambda_app import keep_deps_cache, make_build_copy
+from breedline.build.lambda_app import keep_deps_cache
+from breedline.deploy.packaging import prepare_build_copy, resolve_stage_images
+from breedline.deploy.stage import data_bucket_name, load_stage
 
 APP_DIR = ROOT / "chalice_app"
 BIN = Path(sys.executable).parent
 ZIP_LIMIT = 10 * 1024 * 1024  # issue 6: the deployment zip stays under 10 MB
+STACK, ACCOUNT, REGION = "breedline-dev", "123456789012", "us-east-1"
 
 
 @pytest.fixture(scope="module")
 def packaged(tmp_path_factory) -> Path:
     """``chalice package`` of the Lambda build copy, the same copy the deploy tool packages."""
     root = tmp_path_factory.mktemp("package")
-    build_app = make_build_copy(root / "app", APP_DIR)
+    stage = load_stage("dev", APP_DIR)
+    images = resolve_stage_images(stage, REGION, log=lambda _msg: None)
+    build_app, _ = prepare_build_copy(root, APP_DIR, stage, images, stack=STACK, account=ACCOUNT, region=REGION,
+                                      log=lambda _msg: None)
     out = root / "out"
     env = {**os.environ, "AWS_DEFAULT_REGION": "us-east-1"}
     result = subprocess.run(
@@ -71,7 +79,29 @@ def test_template_has_every_function_and_rule(packaged):
         "Object Created", "SageMaker HyperParameter Tuning Job State Change", "SageMaker Training Job State Change",
     }
     env = resources["OnDatasetUpload"]["Properties"]["Environment"]["Variables"]
-    assert env["BREEDLINE_BUCKET"] == "breedline-data-dev"
+    # issue 12: the S3 rule watches the bucket the stack creates, not config.json's placeholder
+    assert env["BREEDLINE_BUCKET"] == data_bucket_name(STACK, ACCOUNT, REGION)
+    assert "BREEDLINE_NEEDS_MAKE_DEPLOY" not in env
+
+
+def test_a_raw_chalice_package_of_the_dev_stage_refuses_and_points_at_make_deploy(tmp_path):
+    """Issue 12: config.json's dev stage alone would package a stack watching a bucket it never creates."""
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [str(BIN / "chalice"), "package", "--stage", "dev", str(out)],
+        cwd=APP_DIR, env={**os.environ, "AWS_DEFAULT_REGION": REGION}, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    last_line = (result.stdout + result.stderr).strip().splitlines()[-1]
+    assert "BREEDLINE_NEEDS_MAKE_DEPLOY is set" in last_line and "make deploy STAGE=" in last_line
+    assert not out.exists()
+
+
+def test_only_the_aws_stages_carry_the_make_deploy_marker():
+    config = json.loads((APP_DIR / ".chalice" / "config.json").read_text())
+    assert "BREEDLINE_NEEDS_MAKE_DEPLOY" not in config.get("environment_variables", {})
+    assert config["stages"]["dev"]["environment_variables"]["BREEDLINE_NEEDS_MAKE_DEPLOY"] == "true"
+    assert "BREEDLINE_NEEDS_MAKE_DEPLOY" not in config["stages"]["local"]["environment_variables"]
 
 
 def test_cfn_lint_passes(packaged):

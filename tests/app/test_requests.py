@@ -35,7 +35,8 @@ VARIANTS = {
     "canary_fleet": {"BREEDLINE_ENDPOINT_INSTANCE_COUNT": "3", "BREEDLINE_CANARY_PERCENT": "25"},
     "no_alarms": {"BREEDLINE_ROLLBACK_ALARMS": ""},
     "extra_hyperparameters": {"BREEDLINE_EXTRA_HYPERPARAMETERS": json.dumps({"image_size": 160, "patience": 2})},
-    "per_model_variant": {"BREEDLINE_VARIANT_NAME": ""},
+    # issue 12: per-model variant names only where no guardrails go (serverless); instances refuse them
+    "per_model_variant": {"BREEDLINE_VARIANT_NAME": "", "BREEDLINE_SERVERLESS_MEMORY_MB": "4096"},
     "cpu_instances": {"BREEDLINE_TUNING_INSTANCE_TYPE": "ml.m5.xlarge", "BREEDLINE_TRAINING_INSTANCE_TYPE": "ml.c5.2xlarge"},
 }
 DATASET, VERSION = "Stanford_Dogs.v2-with-a-rather-long-name", "0123456789abcdef"
@@ -177,8 +178,42 @@ def test_model_serves_inference_py_from_the_tarball():
 def test_variant_name_is_stable_or_per_model():
     (variant,) = all_requests(settings())["CreateEndpointConfig"]["ProductionVariants"]
     assert variant["VariantName"] == "AllTraffic"
-    (variant,) = all_requests(settings(BREEDLINE_VARIANT_NAME=""))["CreateEndpointConfig"]["ProductionVariants"]
+    per_model = settings(BREEDLINE_VARIANT_NAME="", BREEDLINE_SERVERLESS_MEMORY_MB="4096")
+    (variant,) = all_requests(per_model)["CreateEndpointConfig"]["ProductionVariants"]
     assert variant["VariantName"] == variant["ModelName"]
+
+
+def test_per_model_variant_names_are_refused_where_updates_send_guardrails():
+    """Issue 12: SageMaker's deployment guardrails need the new config to keep the old variant name."""
+    with pytest.raises(ValueError, match="BREEDLINE_VARIANT_NAME is empty .* keeps the old variant name"):
+        settings(BREEDLINE_VARIANT_NAME="")
+    with pytest.raises(ValueError, match="BREEDLINE_VARIANT_NAME is empty"):
+        settings(BREEDLINE_VARIANT_NAME="", BREEDLINE_ROLLBACK_ALARMS="", BREEDLINE_CANARY_PERCENT="0")
+
+
+def _endpoint_configs_of_two_models(s: Settings) -> tuple[dict, dict]:
+    first, second = (naming.model_name(f"breedline-dogs-{n}-final") for n in (1, 2))
+    configs = tuple(
+        build.create_endpoint_config(s, name=naming.endpoint_config_name(m, build.serverless(s)), model_name=m, tags=[])
+        for m in (first, second)
+    )
+    for config in configs:
+        validate_request("sagemaker", "CreateEndpointConfig", config)
+    return configs
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_an_update_with_guardrails_always_keeps_the_variant_name(variant):
+    """Every configuration that parses: an UpdateEndpoint with a DeploymentConfig moves between configs whose
+    production variant has the same name, as the guardrails' exclusions require (docs/aws.md)."""
+    s = settings(**VARIANTS[variant])
+    old, new = _endpoint_configs_of_two_models(s)
+    update = build.update_endpoint(s, config_name=new["EndpointConfigName"])
+    validate_request("sagemaker", "UpdateEndpoint", update)
+    if "DeploymentConfig" in update:
+        assert [v["VariantName"] for v in old["ProductionVariants"]] == [v["VariantName"] for v in new["ProductionVariants"]]
+    else:
+        assert build.serverless(s)
 
 
 def test_endpoint_config_instances_or_serverless():
