@@ -24,7 +24,7 @@ from app_helpers import load_event
 from chalicelib import clients as aws_clients
 from chalicelib import config
 from chalicelib.config import Settings
-from chalicelib.runtime import reset
+from chalicelib.lambda_runtime import reset
 
 ANSWER = {"label": "corgi", "probability": 0.91, "top_k": [{"label": "corgi", "probability": 0.91}]}
 #: Headers a real request carries besides the sample event's: SigV4 (IAM auth) and CloudFront's (edge API).
