@@ -30,7 +30,7 @@ DETAIL_ENDPOINT = "SageMaker Endpoint State Change"
 
 #: Events whose times AWS's documented examples write as strings of epoch
 #: milliseconds (``"CreationTime": "1583831889050"``); the endpoint example
-#: writes numbers. Sources: docs/aws.md, "Events and their times".
+#: writes numbers. Sources: events/README.md.
 TIMES_AS_TEXT: frozenset[str] = frozenset({DETAIL_TRAINING, DETAIL_TUNING})
 
 
