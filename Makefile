@@ -37,7 +37,7 @@ CVENV := .venv-containers
 CPY := $(CVENV)/bin/python
 CPIP := PIP_CONSTRAINT=/dev/null $(CVENV)/bin/pip
 CSTAMP := $(CVENV)/.installed
-CONTAINERS_PYTHON ?= $(shell .ci/python312)
+CONTAINERS_PYTHON ?= $(shell .ci/python312 2>/dev/null)
 
 $(CSTAMP): requirements-containers.txt ml_scripts/requirements.txt ml_scripts/serving_requirements.txt pyproject.toml
 	@test -n "$(CONTAINERS_PYTHON)" || { echo "make test-containers: no Python 3.12 (see .ci/python312); set CONTAINERS_PYTHON=/path/to/python3.12" >&2; exit 2; }
