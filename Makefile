@@ -1,5 +1,7 @@
 # Breedline: every entry point sets itself up on a fresh clone.
 #   make test   - create .venv, install the pins, run the whole test suite
+#   make test-containers - the ML scripts on the AWS containers' versions, through
+#                 AWS's own training and serving toolkits (.venv-containers)
 #   make demo   - run the whole pipeline locally (upload -> tune -> train -> deploy -> predict)
 #   make bench  - benchmarks; they print figures and never fail on a slow machine
 
@@ -13,7 +15,7 @@ PIP := PIP_CONSTRAINT=/dev/null $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test demo bench bench-quick clean
+.PHONY: venv test test-containers demo bench bench-quick clean
 
 venv: $(STAMP)
 
@@ -27,6 +29,28 @@ $(STAMP): requirements.txt pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The container-matched environment (requirements-containers.txt): Python 3.12,
+# torch 2.6, sagemaker-training and sagemaker-pytorch-inference, on the Python
+# 3.12 that .ci/python312 finds; CONTAINERS_PYTHON=... picks another.
+CVENV := .venv-containers
+CPY := $(CVENV)/bin/python
+CPIP := PIP_CONSTRAINT=/dev/null $(CVENV)/bin/pip
+CSTAMP := $(CVENV)/.installed
+CONTAINERS_PYTHON ?= $(shell .ci/python312 2>/dev/null)
+
+$(CSTAMP): requirements-containers.txt ml_scripts/requirements.txt ml_scripts/serving_requirements.txt pyproject.toml
+	@test -n "$(CONTAINERS_PYTHON)" || { echo "make test-containers: no Python 3.12 (see .ci/python312); set CONTAINERS_PYTHON=/path/to/python3.12" >&2; exit 2; }
+	test -x $(CPY) || $(CONTAINERS_PYTHON) -m venv $(CVENV)
+	$(CPIP) install --disable-pip-version-check -q -r requirements-containers.txt
+	$(CPIP) install --disable-pip-version-check -q --no-deps -e .
+	$(CVENV)/bin/pip check
+	touch $(CSTAMP)
+
+# tests/containers is not in the default testpaths (it needs the toolkits).
+test-containers: $(CSTAMP)
+	$(CVENV)/bin/pip check
+	$(CPY) -m pytest tests/ml tests/containers $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(PY) -m breedline demo $(if $(DATA),--data $(DATA),)

@@ -3,7 +3,8 @@
 Why one base for every operation: jobs, models and endpoints share one lock,
 one tag store and one way of telling the world that something changed. A
 change goes out twice: as the event SageMaker puts on EventBridge (``Source:
-aws.sagemaker``, the documented detail-types, times in epoch milliseconds),
+aws.sagemaker``, the documented detail-types, times in epoch milliseconds
+spelled as AWS's examples spell them: :func:`event_detail`),
 which is what drives the app's handlers, and as ``sagemaker.json``, a snapshot
 of every resource as Describe* returns it, so a run can be inspected afterwards.
 """
@@ -18,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-from .sagemaker_wire import event_json, validation, wire_json
+from .sagemaker_wire import to_millis, validation, wire_json
 
 log = logging.getLogger("runtime.sagemaker")
 
@@ -26,6 +27,28 @@ log = logging.getLogger("runtime.sagemaker")
 DETAIL_TRAINING = "SageMaker Training Job State Change"
 DETAIL_TUNING = "SageMaker HyperParameter Tuning Job State Change"
 DETAIL_ENDPOINT = "SageMaker Endpoint State Change"
+
+#: Events whose times AWS's documented examples write as strings of epoch
+#: milliseconds (``"CreationTime": "1583831889050"``); the endpoint example
+#: writes numbers. Sources: events/README.md.
+TIMES_AS_TEXT: frozenset[str] = frozenset({DETAIL_TRAINING, DETAIL_TUNING})
+
+
+def event_detail(detail_type: str, detail: Any) -> Any:
+    """``detail`` as SageMaker puts it on EventBridge: every time in epoch milliseconds,
+    a string for training and tuning jobs and a number for endpoints, as in AWS's examples.
+
+    Why not one spelling: the app must survive the events AWS really sends, and
+    the local runtime is how the tests see them.
+    """
+    if isinstance(detail, dt.datetime):
+        millis = to_millis(detail)
+        return str(millis) if detail_type in TIMES_AS_TEXT else millis
+    if isinstance(detail, dict):
+        return {k: event_detail(detail_type, v) for k, v in detail.items()}
+    if isinstance(detail, list):
+        return [event_detail(detail_type, v) for v in detail]
+    return detail
 
 
 class BackendState:
@@ -97,7 +120,7 @@ class BackendState:
     # ------------------------------------------------------------------- events
     def emit(self, detail_type: str, detail: dict, resource_arn: str) -> None:
         """Put one state-change event on the local EventBridge, as SageMaker does."""
-        body = event_json(detail)
+        body = event_detail(detail_type, detail)
         record = {"detail-type": detail_type, "detail": body, "resources": [resource_arn]}
         with self.lock:
             self.emitted.append(record)

@@ -50,14 +50,3 @@ def to_millis(value: dt.datetime) -> int:
 def wire_json(obj: Any) -> str:
     """JSON for the SageMaker wire: timestamps as epoch seconds, as botocore parses them."""
     return json.dumps(obj, default=lambda v: to_epoch(v) if isinstance(v, dt.datetime) else str(v))
-
-
-def event_json(obj: Any) -> Any:
-    """Copy of ``obj`` with timestamps as epoch milliseconds, as SageMaker's events carry them."""
-    if isinstance(obj, dt.datetime):
-        return to_millis(obj)
-    if isinstance(obj, dict):
-        return {k: event_json(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [event_json(v) for v in obj]
-    return obj

@@ -276,7 +276,11 @@ class TrainingRun:
 
     def _environment(self, paths: dict[str, Path], hyper: dict[str, str], program: str,
                      input_config: dict[str, dict]) -> dict[str, str]:
-        """The ``SM_*`` variables the training toolkit sets, over the runtime's own environment."""
+        """The ``SM_*`` variables the training toolkit sets, over the runtime's own environment.
+
+        ``TRAINING_JOB_NAME`` is the platform's; tests/containers checks these
+        against what ``sagemaker-training`` itself gives the script.
+        """
         env = dict(os.environ)
         env.update({
             "SM_MODEL_DIR": str(paths["model"]),
@@ -288,12 +292,11 @@ class TrainingRun:
             "SM_HPS": json.dumps({k: decode_hyperparameter(v) for k, v in hyper.items()
                                   if not k.startswith(TOOLKIT_PREFIX)}),
             "SM_USER_ENTRY_POINT": program,
-            "SM_MODULE_DIR": hyper.get("sagemaker_submit_directory", ""),
+            "SM_MODULE_DIR": str(decode_hyperparameter(hyper.get("sagemaker_submit_directory", '""'))),
             "SM_CURRENT_HOST": "algo-1",
             "SM_HOSTS": json.dumps(["algo-1"]),
             "SM_NUM_GPUS": "0",
             "SM_NUM_CPUS": str(os.cpu_count() or 1),
-            "SM_TRAINING_JOB_NAME": self.name,
             "TRAINING_JOB_NAME": self.name,
             "BREEDLINE_CHECKPOINT_DIR": str(paths["checkpoints"]),
             "PYTHONUNBUFFERED": "1",

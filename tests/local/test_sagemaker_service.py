@@ -111,7 +111,11 @@ def test_training_job_runs_the_script_under_the_container_contract(local_sagemak
     events = [e for e in local_sagemaker.backend.emitted if e["detail"].get("TrainingJobName") == "unit-train-1"]
     assert [e["detail"]["SecondaryStatus"] for e in events][-1] == "Completed"
     assert events[-1]["detail"]["Tags"] == {"breedline:stage": "training"}
-    assert isinstance(events[-1]["detail"]["CreationTime"], int)  # epoch millis, as AWS's events
+    # Epoch milliseconds as strings, as AWS's documented training-job event spells them.
+    detail = events[-1]["detail"]
+    for key in ("CreationTime", "TrainingStartTime", "TrainingEndTime", "LastModifiedTime"):
+        assert isinstance(detail[key], str) and detail[key].isdigit(), (key, detail[key])
+    assert all(isinstance(t["StartTime"], str) for t in detail["SecondaryStatusTransitions"])
     listed = sm.list_training_jobs(NameContains="unit-train")["TrainingJobSummaries"]
     assert [j["TrainingJobName"] for j in listed] == ["unit-train-1"]
 
@@ -205,6 +209,7 @@ def test_tuning_job_runs_trials_and_picks_the_best(local_sagemaker, strategy):
                      if e["detail-type"].startswith("SageMaker HyperParameter")]
     assert tuning_events[-1]["HyperParameterTuningJobStatus"] == "Completed"
     assert "BestTrainingJob" not in tuning_events[-1]
+    assert tuning_events[-1]["CreationTime"].isdigit()  # a string, as AWS's tuning-job example
 
 
 def deploy(sm, job_name: str, suffix: str, endpoint: str, update: bool = False):
@@ -283,6 +288,9 @@ def test_endpoint_serves_maps_errors_and_swaps_without_dropping(local_sagemaker)
     statuses = [e["detail"]["EndpointStatus"] for e in local_sagemaker.backend.emitted
                 if e["detail-type"] == "SageMaker Endpoint State Change"]
     assert statuses == ["CREATING", "IN_SERVICE", "UPDATING", "IN_SERVICE"]
+    endpoint_events = [e["detail"] for e in local_sagemaker.backend.emitted
+                       if e["detail-type"] == "SageMaker Endpoint State Change"]
+    assert isinstance(endpoint_events[-1]["CreationTime"], int)  # a number, as AWS's endpoint example
     assert [e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]] == ["unit-ep"]
 
 
