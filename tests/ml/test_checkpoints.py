@@ -39,7 +39,6 @@ def test_trials_sharing_a_checkpoint_prefix_each_train_from_scratch(tmp_path: Pa
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
         shutil.copytree(job.checkpoint_dir, prefix, dirs_exist_ok=True)
         runs[name] = (job, result, learning_rate)
-    assert sorted(p.name for p in prefix.iterdir()) == [TRIAL_A, TRIAL_B]
     valid_losses = []
     for job, result, learning_rate in runs.values():
         assert "resumed from checkpoint" not in result.stdout
@@ -50,6 +49,7 @@ def test_trials_sharing_a_checkpoint_prefix_each_train_from_scratch(tmp_path: Pa
         assert meta["metrics"]["best_valid_loss"] == pytest.approx(metrics["valid_loss"][0], abs=1e-6)
         valid_losses.append(metrics["valid_loss"][0])
     assert valid_losses[0] != valid_losses[1]
+    assert sorted(p.name for p in prefix.iterdir()) == [TRIAL_A, TRIAL_B]  # one folder per trial
 
 
 def test_a_checkpoint_from_another_data_set_version_is_ignored(
