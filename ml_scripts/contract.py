@@ -7,7 +7,8 @@ and serving scripts can import this module as they run there
 operator CLI and the benchmarks import it from the checkout. One definition
 of each word, so the parts cannot drift apart:
 
-- the data channels (one per split) and the job statuses that end a job;
+- the data channels (one per split), the pretrained-weights channel, and the
+  job statuses that end a job;
 - the training metrics: their names, the stdout line ``train.py`` prints for
   each and the ``MetricDefinitions`` regexes SageMaker parses them with;
 - the hyperparameter codec: how values are quoted on the way into a job and
@@ -28,6 +29,9 @@ from typing import Any
 #: The splits of a data set, which are also the training job's input channels
 #: (``SM_CHANNEL_TRAIN`` ...), in the order they are created and listed.
 CHANNELS: tuple[str, ...] = ("train", "valid", "test")
+#: The optional input channel that carries one pretrained weights file
+#: (``SM_CHANNEL_PRETRAINED``): not a data split, so not in :data:`CHANNELS`.
+PRETRAINED_CHANNEL = "pretrained"
 
 # -- job statuses -----------------------------------------------------------------------
 COMPLETED = "Completed"

@@ -3,11 +3,13 @@
 Everything here comes from the environment or ``hyperparameters.json``
 (see docs/ml.md for the full contract):
 
-- channels (``contract.CHANNELS``) in ``SM_CHANNEL_<NAME>`` (folder per class);
+- channels (``contract.CHANNELS``) in ``SM_CHANNEL_<NAME>`` (folder per class), and the
+  optional ``contract.PRETRAINED_CHANNEL`` with one weights file (:func:`use_pretrained_channel`);
 - hyperparameters as CLI args and in ``$SM_INPUT_CONFIG_DIR/hyperparameters.json``
   (values may be JSON-quoted, ``sagemaker_*`` keys are the toolkit's, not ours);
 - the model to ``SM_MODEL_DIR``, other output to ``SM_OUTPUT_DATA_DIR``,
-  checkpoints to ``BREEDLINE_CHECKPOINT_DIR`` (``/opt/ml/checkpoints``);
+  checkpoints under ``BREEDLINE_CHECKPOINT_DIR`` (``/opt/ml/checkpoints``), in a folder
+  named after the training job (:meth:`Paths.job_checkpoint_dir`);
 - on failure the reason in ``$SM_OUTPUT_DIR/failure`` (:func:`write_failure`).
 """
 
@@ -16,12 +18,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from backbones import ARCHITECTURES, DEFAULT_ARCHITECTURE
-from contract import CHANNELS, unquote_hyperparameter, unquote_hyperparameters
+from contract import CHANNELS, PRETRAINED_CHANNEL, unquote_hyperparameter, unquote_hyperparameters
+
+#: CreateTrainingJob's pattern for ``TrainingJobName``: the job's checkpoint folder is named after it.
+JOB_NAME_PATTERN = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
+#: Arguments that change what a job records or how fast it runs, never what it learns:
+#: a restarted job may differ in them and still resume (:func:`run_hyperparameters`).
+RUN_NEUTRAL_ARGUMENTS: frozenset[str] = frozenset(
+    {"debug_out", "debug_save_interval", "profile_steps", "num_workers", "channels_last", "compile"}
+)
 
 
 def env_path(name: str, default: str) -> Path:
@@ -40,7 +51,51 @@ class Paths:
         self.output_dir = env_path("SM_OUTPUT_DIR", "/opt/ml/output")
         self.output_data_dir = env_path("SM_OUTPUT_DATA_DIR", str(self.output_dir / "data"))
         self.config_dir = env_path("SM_INPUT_CONFIG_DIR", "/opt/ml/input/config")
+        #: ``CheckpointConfig.LocalPath``: SageMaker copies the whole ``S3Uri`` prefix here at job start.
         self.checkpoint_dir = env_path("BREEDLINE_CHECKPOINT_DIR", "/opt/ml/checkpoints")
+        #: The pretrained-weights channel's folder, or None when the job has no such channel.
+        self.pretrained_dir: Path | None = _channel_if_present(PRETRAINED_CHANNEL)
+
+    def job_checkpoint_dir(self) -> Path:
+        """This job's own checkpoint folder: ``<checkpoint dir>/<training job name>/``.
+
+        Why: every trial of a tuning job gets the same ``CheckpointConfig``
+        (the tuning job's definition is one static request), so SageMaker
+        copies all earlier trials' checkpoints into each new trial. In a folder
+        of its own, a spot restart of a job resumes that job and never another
+        trial. Outside a training job (no job name) it is the checkpoint dir itself.
+        """
+        name = training_job_name()
+        return self.checkpoint_dir if name is None else self.checkpoint_dir / name
+
+
+def _channel_if_present(name: str) -> Path | None:
+    """``SM_CHANNEL_<NAME>`` (set for each channel of the job), else the default folder if it exists."""
+    value = os.environ.get(f"SM_CHANNEL_{name.upper()}")
+    if value:
+        return Path(value)
+    default = Path(f"/opt/ml/input/data/{name}")
+    return default if default.is_dir() else None
+
+
+def training_job_name() -> str | None:
+    """The training job's name, None outside a job.
+
+    ``TRAINING_JOB_NAME`` is set by SageMaker in every training container (the
+    training toolkit reads its ``job_name`` from it); ``SM_TRAINING_ENV``'s
+    ``job_name`` is the toolkit's copy of it. A spot restart keeps the name.
+    """
+    name = os.environ.get("TRAINING_JOB_NAME") or ""
+    if not name:
+        try:
+            name = str(json.loads(os.environ.get("SM_TRAINING_ENV") or "{}").get("job_name") or "")
+        except (json.JSONDecodeError, AttributeError):
+            name = ""
+    if not name:
+        return None
+    if not JOB_NAME_PATTERN.fullmatch(name):
+        raise ValueError(f"TRAINING_JOB_NAME={name!r} is not a SageMaker training job name")
+    return name
 
 
 def _typed(kind: type) -> Any:
@@ -112,6 +167,45 @@ def parse_args(argv: list[str], config_dir: Path) -> argparse.Namespace:
         if getattr(args, name) <= 0:
             raise ValueError(f"invalid hyperparameters: --{name} must be positive, got {getattr(args, name)}")
     return args
+
+
+def run_hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
+    """Every parsed argument that changes what the job learns, by name (for the checkpoint signature).
+
+    Derived from the parser, so a new hyperparameter counts unless it is
+    listed in :data:`RUN_NEUTRAL_ARGUMENTS`. ``pretrained_weights`` is a path;
+    the signature identifies the file itself (:func:`checkpoints.weights_file`).
+    """
+    return {
+        name: value for name, value in sorted(vars(args).items())
+        if name not in RUN_NEUTRAL_ARGUMENTS and name != "pretrained_weights"
+    }
+
+
+def use_pretrained_channel(args: argparse.Namespace, paths: Paths) -> None:
+    """``--pretrained_weights`` from the pretrained channel's one file, unless given explicitly.
+
+    The channel comes from ``BREEDLINE_PRETRAINED_WEIGHTS_URI``: one S3 object,
+    so the job needs no internet for vgg11's or resnet50's weights. The
+    channel is an S3 key prefix, so more than one file means the URI also
+    matched other keys; we refuse to guess.
+    """
+    if paths.pretrained_dir is None:
+        return
+    if args.pretrained_weights:
+        print(f"--pretrained_weights {args.pretrained_weights} given: "
+              f"the {PRETRAINED_CHANNEL} channel is unused", flush=True)
+        return
+    files = sorted(p for p in paths.pretrained_dir.rglob("*") if p.is_file())
+    if len(files) != 1:
+        found = ", ".join(str(p.relative_to(paths.pretrained_dir)) for p in files[:5]) or "nothing"
+        raise ValueError(
+            f"the {PRETRAINED_CHANNEL} channel {paths.pretrained_dir} must hold exactly one weights file, "
+            f"found {len(files)} ({found}): point BREEDLINE_PRETRAINED_WEIGHTS_URI at one object "
+            f"whose key is not the start of another key"
+        )
+    args.pretrained_weights = str(files[0])
+    print(f"pretrained weights from the {PRETRAINED_CHANNEL} channel: {files[0]}", flush=True)
 
 
 def cpu_count() -> int:

@@ -4,11 +4,12 @@ It follows SageMaker's script-mode container contract byte for byte, so the
 same file runs in AWS's PyTorch training containers and under the local
 runtime (see docs/ml.md for the full contract; :mod:`job_config` reads it):
 
-- channels ``contract.CHANNELS`` (``train``, ``valid``, ``test``) in ``SM_CHANNEL_*`` (folder per class);
+- channels ``contract.CHANNELS`` (``train``, ``valid``, ``test``) in ``SM_CHANNEL_*`` (folder per class),
+  and optionally ``SM_CHANNEL_PRETRAINED`` with the ``--pretrained_weights`` file;
 - hyperparameters as CLI args and in ``$SM_INPUT_CONFIG_DIR/hyperparameters.json``
   (values may be JSON-quoted, ``sagemaker_*`` keys are the toolkit's, not ours);
 - the model to ``SM_MODEL_DIR``, other output to ``SM_OUTPUT_DATA_DIR``,
-  checkpoints to ``BREEDLINE_CHECKPOINT_DIR`` (``/opt/ml/checkpoints``, :mod:`checkpoints`);
+  checkpoints to ``BREEDLINE_CHECKPOINT_DIR/<job name>/`` (``/opt/ml/checkpoints``, :mod:`checkpoints`);
 - metrics as ``name=value`` stdout lines (``contract.format_metric``);
 - on failure a non-zero exit and the reason in ``$SM_OUTPUT_DIR/failure``.
 
@@ -48,7 +49,8 @@ from contract import CHANNELS, format_metric
 from debugging import Debugger
 from image_folder import (CachedImageDataset, DataSetError, Split, batch_to_model_input, collate_skip_bad,
                           scan_dataset)
-from job_config import Paths, cpu_count, gpu_allowed, parse_args, write_failure
+from job_config import (Paths, cpu_count, gpu_allowed, parse_args, run_hyperparameters,
+                        use_pretrained_channel, write_failure)
 from presets import Preprocessing
 from profiling import StepProfiler
 
@@ -295,7 +297,7 @@ def fit(
     loaders: dict[str, torch.utils.data.DataLoader], progress: Progress, signature: dict[str, Any],
 ) -> None:
     """The epochs: train, validate, log the metrics, checkpoint, stop early when valid_loss stalls."""
-    start = progress.start_epoch
+    start, folder = progress.start_epoch, paths.job_checkpoint_dir()
     profiler = (
         StepProfiler(args.profile_steps, paths.output_data_dir / "profiler", trainer.cuda)
         if args.profile_steps > 0 and start <= args.epochs and not progress.finished
@@ -315,8 +317,7 @@ def fit(
         metric("epoch_seconds", seconds, epoch)
         progress.history.append({"epoch": epoch, "train_loss": tr["loss"], "valid_loss": va["loss"],
                                  "valid_accuracy": va["accuracy"], "epoch_seconds": seconds})
-        checkpoints.record_epoch(paths.checkpoint_dir, progress, epoch, va["loss"], run.model, run.optimizer,
-                                 signature)
+        checkpoints.record_epoch(folder, progress, epoch, va["loss"], run.model, run.optimizer, signature)
         if progress.bad_epochs >= args.patience:
             print(f"early stopping after epoch {epoch}: no better valid_loss for {progress.bad_epochs} epochs",
                   flush=True)
@@ -418,9 +419,10 @@ def train(args: argparse.Namespace, paths: Paths) -> dict[str, float]:
     datasets = build_datasets(splits, trainer.prep, cpus)
     loaders = build_loaders(args, trainer, datasets)
     run = prepare_run(args, paths, trainer, model)
-    signature = checkpoints.signature(args, class_names)
-    progress = checkpoints.resume(paths.checkpoint_dir, signature, run.model, run.optimizer, args.patience)
-    paths.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    signature = checkpoints.signature(run_hyperparameters(args), splits, run.model, args.pretrained_weights)
+    checkpoint_dir = paths.job_checkpoint_dir()
+    progress = checkpoints.resume(checkpoint_dir, signature, run.model, run.optimizer, args.patience)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
     fit(args, paths, trainer, run, loaders, progress, signature)
     return test_and_save(args, paths, trainer, run, loaders, datasets, class_names, progress)
 
@@ -429,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     paths = Paths()
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv, paths.config_dir)
+        use_pretrained_channel(args, paths)
         train(args, paths)
         return 0
     except Exception as exc:  # noqa: BLE001 - every failure: exit non-zero with the reason last on stderr

@@ -228,8 +228,8 @@ class TuningRun:
                     "RetryStrategy"):
             if key in definition:
                 request[key] = copy.deepcopy(definition[key])
-        if "CheckpointConfig" in request:  # each trial its own checkpoints, as SageMaker does
-            request["CheckpointConfig"]["S3Uri"] = request["CheckpointConfig"]["S3Uri"].rstrip("/") + f"/{job_name}"
+        # CheckpointConfig too is copied as it is: AWS documents no per-trial checkpoint prefix, so every
+        # trial gets the same S3Uri (train.py keeps each job's checkpoints in a folder named after the job).
         with self.backend.lock:
             self.tuned[job_name] = tuned
             self.trials[job_name] = None

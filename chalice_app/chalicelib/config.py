@@ -187,6 +187,7 @@ class Settings:
     image_extensions: tuple[str, ...] = setting("BREEDLINE_IMAGE_EXTENSIONS", ".jpg,.jpeg,.png", "File extensions accepted as images (case-insensitive).", extensions)
     # Model and tuning
     model: str = setting("BREEDLINE_MODEL", "vgg11", "Architecture passed to train.py --model.")
+    pretrained_weights_uri: str = setting("BREEDLINE_PRETRAINED_WEIGHTS_URI", "", "S3 URI of one pretrained weights file (a state dict of the model's architecture) in the data bucket, under code/ (the SageMaker role reads it there). Every job gets it as the pretrained input channel and train.py uses it as --pretrained_weights, so no job downloads weights. Empty: vgg11 and resnet50 fetch theirs from the torchvision hub at job start (needs internet), efficientnet_lite0 uses its packaged file.")
     epochs: int = setting("BREEDLINE_EPOCHS", "5", "Epochs per training job (early stopping may end sooner).", integer)
     learning_rate_range: tuple[float, float] = setting("BREEDLINE_LEARNING_RATE_RANGE", "0.0001,0.1", "Continuous range for learning_rate (min,max).", float_range)
     learning_rate_scaling: str = setting("BREEDLINE_LEARNING_RATE_SCALING", "Logarithmic", "ScalingType of the learning-rate range.")

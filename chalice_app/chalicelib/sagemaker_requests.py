@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from contract import CHANNELS, METRIC_DEFINITIONS, METRIC_NAMES, TOOLKIT_PREFIX, encode_hyperparameter
+from contract import (CHANNELS, METRIC_DEFINITIONS, METRIC_NAMES, PRETRAINED_CHANNEL, TOOLKIT_PREFIX,
+                      encode_hyperparameter)
 
 from chalicelib.config import SERVERLESS_MEMORY_SIZES, Settings
 
@@ -74,22 +75,49 @@ def static_hyperparameters(settings: Settings, region: str) -> dict[str, str]:
     return values
 
 
+def _file_channel(name: str, uri: str) -> dict[str, Any]:
+    """A File-mode channel: SageMaker copies every object under ``uri`` to ``/opt/ml/input/data/<name>``."""
+    return {
+        "ChannelName": name,
+        "DataSource": {
+            "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}
+        },
+        "InputMode": "File",
+    }
+
+
+def pretrained_channel(settings: Settings) -> dict[str, Any] | None:
+    """The ``pretrained`` channel with the one file of ``BREEDLINE_PRETRAINED_WEIGHTS_URI``; None when unset.
+
+    Why a channel: SageMaker copies it into the container before train.py
+    starts (which uses it as ``--pretrained_weights``), so a job without
+    internet access (a VPC without NAT, network isolation) still has its
+    weights. It must be in the data bucket, outside the data sets: the
+    execution role reads only that bucket, and a key under the data prefix
+    would be taken for a data set upload.
+    """
+    uri = settings.pretrained_weights_uri
+    if not uri:
+        return None
+    bucket = f"s3://{settings.bucket}/"
+    key = uri[len(bucket):] if uri.startswith(bucket) else ""
+    if not key or key.endswith("/") or key.startswith(settings.data_prefix):
+        raise ValueError(
+            f"BREEDLINE_PRETRAINED_WEIGHTS_URI={uri!r} must name one object in the data bucket outside "
+            f"{settings.data_prefix}, e.g. {bucket}code/weights/<file>"
+        )
+    return _file_channel(PRETRAINED_CHANNEL, uri)
+
+
 def input_channels(settings: Settings, dataset: str) -> list[dict[str, Any]]:
-    """One File-mode channel per split, named as train.py reads them (SM_CHANNEL_TRAIN ...)."""
-    return [
-        {
-            "ChannelName": split,
-            "DataSource": {
-                "S3DataSource": {
-                    "S3DataType": "S3Prefix",
-                    "S3Uri": s3_uri(settings, f"{settings.data_prefix}{dataset}/{split}/"),
-                    "S3DataDistributionType": "FullyReplicated",
-                }
-            },
-            "InputMode": "File",
-        }
-        for split in CHANNELS
+    """One channel per split, named as train.py reads them (SM_CHANNEL_TRAIN ...), and the pretrained one if set."""
+    channels = [
+        _file_channel(split, s3_uri(settings, f"{settings.data_prefix}{dataset}/{split}/")) for split in CHANNELS
     ]
+    pretrained = pretrained_channel(settings)
+    if pretrained is not None:
+        channels.append(pretrained)
+    return channels
 
 
 def _algorithm(settings: Settings) -> dict[str, Any]:
@@ -113,7 +141,12 @@ def _resources(instance_type: str, settings: Settings) -> dict[str, Any]:
 
 
 def _spot(settings: Settings, checkpoint_owner: str) -> dict[str, Any]:
-    """Managed spot and the checkpoints that let an interrupted job resume."""
+    """Managed spot and the checkpoints that let an interrupted job resume.
+
+    The tuning job's one definition gives every trial the same prefix
+    (``jobs/<tuning>/checkpoints/``); train.py keeps each job's checkpoints in
+    a folder named after the job, so a trial resumes only itself.
+    """
     if not settings.use_spot:
         return {"EnableManagedSpotTraining": False}
     return {

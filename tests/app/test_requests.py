@@ -16,7 +16,7 @@ from chalicelib import naming
 from chalicelib import sagemaker_requests as build
 from chalicelib.config import Settings
 from chalicelib.decisions import pipeline_tags
-from contract import METRIC_DEFINITIONS
+from contract import CHANNELS, METRIC_DEFINITIONS, PRETRAINED_CHANNEL
 
 BASE = {
     "BREEDLINE_TRAINING_IMAGE": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.6.0-gpu-py312",
@@ -38,7 +38,9 @@ VARIANTS = {
     # issue 12: per-model variant names only where no guardrails go (serverless); instances refuse them
     "per_model_variant": {"BREEDLINE_VARIANT_NAME": "", "BREEDLINE_SERVERLESS_MEMORY_MB": "4096"},
     "cpu_instances": {"BREEDLINE_TUNING_INSTANCE_TYPE": "ml.m5.xlarge", "BREEDLINE_TRAINING_INSTANCE_TYPE": "ml.c5.2xlarge"},
+    "pretrained_weights": {"BREEDLINE_PRETRAINED_WEIGHTS_URI": "s3://breedline-data/code/weights/vgg11-8a719046.pth"},
 }
+WEIGHTS_URI = VARIANTS["pretrained_weights"]["BREEDLINE_PRETRAINED_WEIGHTS_URI"]
 DATASET, VERSION = "Stanford_Dogs.v2-with-a-rather-long-name", "0123456789abcdef"
 
 
@@ -137,6 +139,36 @@ def test_training_job_contents():
     assert request["EnableManagedSpotTraining"] is True
     assert request["CheckpointConfig"]["S3Uri"].endswith(f"{request['TrainingJobName']}/checkpoints/")
     assert request["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
+
+
+def test_pretrained_weights_reach_every_job_as_their_own_channel():
+    """Set: the tuning trials and the final job both get the ``pretrained`` channel; unset: neither does."""
+    requests = all_requests(settings(BREEDLINE_PRETRAINED_WEIGHTS_URI=WEIGHTS_URI))
+    for config in (requests["CreateHyperParameterTuningJob"]["TrainingJobDefinition"]["InputDataConfig"],
+                   requests["CreateTrainingJob"]["InputDataConfig"]):
+        assert [c["ChannelName"] for c in config] == [*CHANNELS, PRETRAINED_CHANNEL]
+        source = config[-1]["DataSource"]["S3DataSource"]
+        assert source == {"S3DataType": "S3Prefix", "S3Uri": WEIGHTS_URI, "S3DataDistributionType": "FullyReplicated"}
+        assert config[-1]["InputMode"] == "File"
+    plain = all_requests(settings())
+    for config in (plain["CreateHyperParameterTuningJob"]["TrainingJobDefinition"]["InputDataConfig"],
+                   plain["CreateTrainingJob"]["InputDataConfig"]):
+        assert [c["ChannelName"] for c in config] == list(CHANNELS)
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "s3://another-bucket/code/weights/vgg11.pth",  # the execution role cannot read it
+        "s3://breedline-data/code/weights/",  # a folder, not one file
+        "s3://breedline-data/",
+        "https://download.pytorch.org/models/vgg11-8a719046.pth",
+        "s3://breedline-data/datasets/vgg11.pth",  # would be taken for a data set upload
+    ],
+)
+def test_pretrained_weights_outside_the_data_bucket_are_refused(uri):
+    with pytest.raises(ValueError, match="BREEDLINE_PRETRAINED_WEIGHTS_URI=.* must name one object in the data bucket"):
+        all_requests(settings(BREEDLINE_PRETRAINED_WEIGHTS_URI=uri))
 
 
 def test_tuned_values_override_static_but_not_sagemaker_keys():

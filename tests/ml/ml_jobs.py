@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,6 +22,8 @@ class Job:
     base: Path
     data: Path
     result: subprocess.CompletedProcess | None = None
+    #: More of the container's variables, e.g. ``TRAINING_JOB_NAME`` or ``SM_CHANNEL_PRETRAINED``.
+    environment: dict[str, str] = field(default_factory=dict)
 
     @property
     def config_dir(self) -> Path:
@@ -44,7 +46,8 @@ class Job:
         return self.base / "checkpoints"
 
     def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "BREEDLINE_"))}
+        own = ("SM_", "BREEDLINE_", "TRAINING_JOB_NAME")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(own)}
         env.update(
             {
                 "SM_CHANNEL_TRAIN": str(self.data / "train"),
@@ -60,6 +63,7 @@ class Job:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        env.update(self.environment)
         return env
 
     def run(self, args: list[str], hyperparameters: dict[str, str] | None = None, timeout: int = 240):

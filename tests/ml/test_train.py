@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import checkpoints
 import contract
 import debugging
 import image_folder
@@ -77,11 +78,34 @@ def test_debugger_tensors_read_back(trained_job: Job) -> None:
     assert 0.0 < value < 20.0
 
 
-def test_second_run_resumes_from_the_checkpoint(trained_job: Job, tmp_path: Path) -> None:
-    """A restarted (spot) job picks up after the last finished epoch; Debugger from the JSON config."""
-    job = Job(base=tmp_path / "job", data=trained_job.data)
-    shutil.copytree(trained_job.checkpoint_dir, job.checkpoint_dir)
+class Preempted(BaseException):
+    """A spot interruption: the process ends right after a checkpoint is written (``main`` lets it pass)."""
+
+
+def test_a_restart_of_the_same_job_resumes_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, digits_small):
+    """A restarted (spot) job picks up after its last finished epoch, from its own folder.
+
+    Its first life stops after epoch 1 of 2; the second is the same job (name,
+    hyperparameters, data), as SageMaker restarts it, with Debugger from the JSON config.
+    """
+    name = "breedline-digits-final"
+    job = Job(base=tmp_path / "job", data=digits_small, environment={"TRAINING_JOB_NAME": name})
     job.config_dir.mkdir(parents=True)
+    (job.config_dir / "hyperparameters.json").write_text(json.dumps(HYPERPARAMETERS))
+    _paths(monkeypatch, job)
+    record_epoch = checkpoints.record_epoch
+
+    def record_then_stop(*args, **kwargs) -> None:
+        record_epoch(*args, **kwargs)
+        raise Preempted
+
+    monkeypatch.setattr(checkpoints, "record_epoch", record_then_stop)
+    with pytest.raises(Preempted):
+        train.main(["--epochs", "2"])
+    monkeypatch.setattr(checkpoints, "record_epoch", record_epoch)
+    assert (job.checkpoint_dir / name / "checkpoint.pt").is_file()
+    assert not (job.checkpoint_dir / "checkpoint.pt").exists()
+
     debug_dir = tmp_path / "debug-from-json"
     (job.config_dir / "debughookconfig.json").write_text(json.dumps({
         "LocalPath": str(debug_dir),
@@ -92,10 +116,12 @@ def test_second_run_resumes_from_the_checkpoint(trained_job: Job, tmp_path: Path
     result = job.run(["--epochs", "2"], hyperparameters=HYPERPARAMETERS)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from checkpoint: epoch=1" in result.stdout
+    assert "ignoring checkpoint" not in result.stdout
     metrics = contract.parse_metrics(result.stdout)
     assert len(metrics["train_loss"]) == 1 and "epoch=2 train_loss=" in result.stdout
     assert "epoch=1 train_loss=" not in result.stdout
     assert (job.model_dir / "model.pt").is_file()
+    assert json.loads((job.model_dir / "model_meta.json").read_text())["epochs_run"] == 2
 
     from smdebug import modes
     from smdebug.trials import create_trial
@@ -109,8 +135,9 @@ def test_second_run_resumes_from_the_checkpoint(trained_job: Job, tmp_path: Path
 
 
 def _paths(monkeypatch: pytest.MonkeyPatch, job: Job) -> None:
+    monkeypatch.delenv("TRAINING_JOB_NAME", raising=False)
     for key, value in job.env().items():
-        if key.startswith(("SM_", "BREEDLINE_")):
+        if key.startswith(("SM_", "BREEDLINE_", "TRAINING_JOB_NAME")):
             monkeypatch.setenv(key, value)
 
 
