@@ -82,15 +82,10 @@ def training_job_name() -> str | None:
     """The training job's name, None outside a job.
 
     ``TRAINING_JOB_NAME`` is set by SageMaker in every training container (the
-    training toolkit reads its ``job_name`` from it); ``SM_TRAINING_ENV``'s
-    ``job_name`` is the toolkit's copy of it. A spot restart keeps the name.
+    training toolkit reads its ``job_name`` from it, and the local runtime sets
+    it too). A spot restart keeps the name.
     """
     name = os.environ.get("TRAINING_JOB_NAME") or ""
-    if not name:
-        try:
-            name = str(json.loads(os.environ.get("SM_TRAINING_ENV") or "{}").get("job_name") or "")
-        except (json.JSONDecodeError, AttributeError):
-            name = ""
     if not name:
         return None
     if not JOB_NAME_PATTERN.fullmatch(name):

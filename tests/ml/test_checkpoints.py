@@ -175,8 +175,6 @@ def test_each_job_keeps_its_checkpoints_in_a_folder_named_after_it(monkeypatch: 
     monkeypatch.delenv("TRAINING_JOB_NAME", raising=False)
     monkeypatch.delenv("SM_TRAINING_ENV", raising=False)
     assert job_config.Paths().job_checkpoint_dir() == tmp_path  # outside a training job
-    monkeypatch.setenv("SM_TRAINING_ENV", json.dumps({"job_name": TRIAL_B, "hosts": ["algo-1"]}))
-    assert job_config.Paths().job_checkpoint_dir() == tmp_path / TRIAL_B  # the toolkit's copy of the name
     monkeypatch.setenv("TRAINING_JOB_NAME", TRIAL_A)
     assert job_config.Paths().job_checkpoint_dir() == tmp_path / TRIAL_A  # what SageMaker sets wins
     monkeypatch.setenv("TRAINING_JOB_NAME", "../elsewhere")
