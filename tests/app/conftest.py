@@ -8,6 +8,7 @@ from typing import Any, Iterator
 
 import boto3
 import pytest
+from botocore.stub import Stubber
 from moto import mock_aws
 
 from app_helpers import FakeSageMaker
@@ -126,3 +127,17 @@ def client(aws: Aws, tmp_path: Path) -> Iterator[Any]:
 
     with Client(chalice_app.app, project_dir=str(tmp_path)) as test_client:
         yield test_client
+
+
+@pytest.fixture
+def runtime(env: dict[str, str]) -> Iterator[Stubber]:
+    """A Stubber on the ``sagemaker-runtime`` client the predict route calls; the app's caches reset around it."""
+    from chalicelib import clients as aws_clients
+    from chalicelib.lambda_runtime import reset
+
+    reset()
+    client = boto3.client("sagemaker-runtime", region_name="us-east-1")
+    with Stubber(client) as stub:
+        aws_clients.set_client("sagemaker-runtime", client)
+        yield stub
+    reset()

@@ -15,16 +15,13 @@ import json
 import random
 from types import SimpleNamespace
 
-import boto3
 import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
 from app_helpers import load_event
-from chalicelib import clients as aws_clients
 from chalicelib import config
 from chalicelib.config import Settings
-from chalicelib.lambda_runtime import reset
 
 ANSWER = {"label": "corgi", "probability": 0.91, "top_k": [{"label": "corgi", "probability": 0.91}]}
 #: Headers a real request carries besides the sample event's: SigV4 (IAM auth) and CloudFront's (edge API).
@@ -77,14 +74,10 @@ def lambda_call(event: dict) -> tuple[int, dict]:
 
 
 @pytest.fixture
-def runtime(env, monkeypatch):
+def runtime(runtime: Stubber, monkeypatch: pytest.MonkeyPatch) -> Stubber:
+    """conftest's stubbed runtime, under the default body limit (settings are read on the first request)."""
     monkeypatch.delenv("BREEDLINE_MAX_IMAGE_BYTES", raising=False)
-    reset()
-    client = boto3.client("sagemaker-runtime", region_name="us-east-1")
-    with Stubber(client) as stub:
-        aws_clients.set_client("sagemaker-runtime", client)
-        yield stub
-    reset()
+    return runtime
 
 
 def expect_invoke(stub: Stubber, data: bytes) -> None:

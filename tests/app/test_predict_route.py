@@ -13,11 +13,9 @@ import json
 import random
 from types import SimpleNamespace
 
-import boto3
 import pytest
 from botocore.exceptions import ReadTimeoutError
 from botocore.response import StreamingBody
-from botocore.stub import Stubber
 
 from app_helpers import load_event
 from chalicelib import api
@@ -32,16 +30,6 @@ ANSWER = {
     "probability": 0.91,
     "top_k": [{"label": "corgi", "probability": 0.91}, {"label": "beagle", "probability": 0.06}],
 }
-
-
-@pytest.fixture
-def runtime(env):
-    reset()
-    client = boto3.client("sagemaker-runtime", region_name="us-east-1")
-    with Stubber(client) as stub:
-        aws_clients.set_client("sagemaker-runtime", client)
-        yield stub
-    reset()
 
 
 @pytest.fixture
