@@ -7,8 +7,8 @@ its variable name, default, meaning and parser (:func:`setting`), so parsing
 table (:func:`markdown_table`) all come from the same place;
 ``tests/test_readme.py`` fails when the README drifts.
 
-Per-stage values live in ``chalice_app/.chalice/config.json`` (AWS) and in the
-local runtime's environment (local mode). Container and rule image URIs are
+Per-stage values live in ``chalice_app/.chalice/config.json``; its ``local``
+stage is the single source of the local runtime's values. Container and rule image URIs are
 filled at configure/deploy time from ``sagemaker-core``'s ``image_uris``; they
 are never hand-written here.
 """
