@@ -95,34 +95,15 @@ def resolve_images(
     from sagemaker.core import image_uris
     from sagemaker.core.debugger.debugger import get_rule_container_image_uri
 
-    training = image_uris.retrieve(
-        framework="pytorch",
-        region=region,
-        version=framework_version,
-        py_version=py_version,
-        instance_type=training_instance_type,
-        image_scope="training",
-    )
+    pytorch = {"framework": "pytorch", "region": region, "version": framework_version, "py_version": py_version}
+    training = image_uris.retrieve(**pytorch, instance_type=training_instance_type, image_scope="training")
     if serverless_memory_mb > 0:
         from sagemaker.core.serverless_inference_config import ServerlessInferenceConfig
 
-        inference = image_uris.retrieve(
-            framework="pytorch",
-            region=region,
-            version=framework_version,
-            py_version=py_version,
-            image_scope="inference",
-            serverless_inference_config=ServerlessInferenceConfig(memory_size_in_mb=serverless_memory_mb),
-        )
+        serverless = ServerlessInferenceConfig(memory_size_in_mb=serverless_memory_mb)
+        inference = image_uris.retrieve(**pytorch, image_scope="inference", serverless_inference_config=serverless)
     else:
-        inference = image_uris.retrieve(
-            framework="pytorch",
-            region=region,
-            version=framework_version,
-            py_version=py_version,
-            instance_type=endpoint_instance_type,
-            image_scope="inference",
-        )
+        inference = image_uris.retrieve(**pytorch, instance_type=endpoint_instance_type, image_scope="inference")
     # Every built-in rule (LossNotDecreasing, Overfit, ..., ProfilerReport) runs in
     # the same per-region rule image; the name only matters for the detailed profiler.
     rule = get_rule_container_image_uri("LossNotDecreasing", region)
