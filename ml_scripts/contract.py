@@ -13,7 +13,9 @@ of each word, so the parts cannot drift apart:
   each and the ``MetricDefinitions`` regexes SageMaker parses them with;
 - the hyperparameter codec: how values are quoted on the way into a job and
   unquoted on the way out of the tuner and into ``train.py``;
-- the serving backends the model container accepts.
+- the serving backends the model container accepts;
+- the Debugger modes, the in-job rules, their metric lines and the files the
+  final job writes about them.
 
 Standard library only: this runs in the Lambda, in the containers (any
 Python 3.11+) and on the operator's machine.
@@ -48,6 +50,43 @@ TERMINAL_STATUSES: tuple[str, ...] = (COMPLETED, FAILED, STOPPED)
 #: ``torch``, or ``onnx`` (fail rather than fall back).
 SERVING_BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx")
 
+# -- debugging --------------------------------------------------------------------------
+#: Where Debugger's hooks and rules run (``BREEDLINE_DEBUGGER``): ``in_job`` (the
+#: open-source smdebug library inside the training job; the request carries no
+#: Debugger service configuration), ``service`` (SageMaker Debugger, for accounts
+#: that have it), ``auto`` (``service``, retried once as ``in_job`` when
+#: CreateTrainingJob is refused for a Debugger reason) or ``off``.
+DEBUGGER_MODES: tuple[str, ...] = ("in_job", "service", "auto", "off")
+#: The hyperparameter that tells ``train.py`` which of ``in_job``, ``service`` or
+#: ``off`` the job runs under (``auto`` is resolved before the request is sent).
+DEBUGGER_HYPERPARAMETER = "debugger"
+#: The built-in Debugger rules the final job evaluates, in either mode.
+RULE_NAMES: tuple[str, ...] = (
+    "LossNotDecreasing",
+    "Overfit",
+    "Overtraining",
+    "VanishingGradient",
+    "PoorWeightInitialization",
+)
+#: Files of the final job's output (``SM_OUTPUT_DATA_DIR``, which becomes
+#: ``output.tar.gz``): the in-job rule results, the smdebug trial's tensors and
+#: the profiler's folder (``summary.json``, ``profiler-report.html``, traces).
+RULES_FILE = "rules.json"
+TENSORS_DIR = "tensors"
+PROFILER_DIR = "profiler"
+PROFILER_REPORT_FILE = "profiler-report.html"
+
+
+def rule_metric_name(rule: str) -> str:
+    """The metric a rule's result is reported as: ``rule_LossNotDecreasing`` (1 = issue found, 0 = none)."""
+    if rule not in RULE_NAMES:
+        raise ValueError(f"unknown rule {rule!r}; add it to RULE_NAMES first")
+    return f"rule_{rule}"
+
+
+#: One metric per rule, beside the training metrics.
+RULE_METRIC_NAMES: tuple[str, ...] = tuple(rule_metric_name(r) for r in RULE_NAMES)
+
 # -- metrics ----------------------------------------------------------------------------
 #: Metric names, in the order train.py reports them.
 METRIC_NAMES: tuple[str, ...] = (
@@ -64,7 +103,7 @@ _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 
 #: SageMaker ``MetricDefinitions``: a name and a regex with one capture group.
 METRIC_DEFINITIONS: list[dict[str, str]] = [
-    {"Name": name, "Regex": rf"\b{name}={_NUMBER}"} for name in METRIC_NAMES
+    {"Name": name, "Regex": rf"\b{name}={_NUMBER}"} for name in METRIC_NAMES + RULE_METRIC_NAMES
 ]
 
 
@@ -73,7 +112,7 @@ def format_metric(name: str, value: float, epoch: int | None = None) -> str:
 
     One metric per line keeps every regex independent of the others.
     """
-    if name not in METRIC_NAMES:
+    if name not in METRIC_NAMES and name not in RULE_METRIC_NAMES:
         raise ValueError(f"unknown metric {name!r}; add it to METRIC_NAMES first")
     prefix = "" if epoch is None else f"epoch={epoch} "
     return f"{prefix}{name}={float(value):.6f}"
