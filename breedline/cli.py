@@ -131,7 +131,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     from breedline import job_report
 
-    connect(args)
+    _, info = connect(args)
     sm, s3 = boto3.client("sagemaker"), boto3.client("s3")
     out = Path(args.out)
     name = args.job
@@ -149,7 +149,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             return 0
         print(f"\nbest trial {best}:")
         name = best
-    print(job_report.format_job(job_report.job_report(sm, s3, name, out)))
+    print(job_report.format_job(job_report.job_report(sm, s3, name, out, state_dir=info.state_dir if info else None)))
     return 0
 
 

@@ -303,5 +303,11 @@ def print_report(sm: Any, s3: Any, watcher: Watcher, state_dir: Path, clock: Clo
         print(job_report.format_trials(rows, objective["MetricName"]))
     if watcher.final_name:
         print(f"\nFinal training job {watcher.final_name}:")
-        print(job_report.format_job(job_report.job_report(sm, s3, watcher.final_name, state_dir / "report")))
+        report = job_report.job_report(sm, s3, watcher.final_name, state_dir / "report", state_dir=state_dir)
+        print(job_report.format_job(report))
+        opened = [f"  loss plot        {report.loss_curve}"] if report.loss_curve else []
+        if "profiler report" in report.links:
+            opened.append(f"  profiler report  {report.links['profiler report']}")
+        if opened:
+            print("\nOpen in a browser or viewer:\n" + "\n".join(opened))
     print("=" * 100)

@@ -1,9 +1,12 @@
-"""What a training or tuning job did: metrics, loss curve, profiler summary, rule results.
+"""What a training or tuning job did: metrics, loss plot, profiler summary and report, rule results.
 
 Why it reads only through boto3 (DescribeTrainingJob, S3): the same report
-works on a local run and on a real account. The loss curve comes from the
-Debugger tensors (``CrossEntropyLoss_output_0`` in TRAIN and EVAL mode) read
-with ``smdebug.trials``, as the seed's notebook plotted them.
+works on a local run and on a real account. The final job's output
+(``output.tar.gz``) carries the in-job rule results, the smdebug tensors and
+the profiler's folder; ``model.tar.gz`` carries ``model_meta.json`` with the
+per-epoch history the loss plot draws (:mod:`breedline.loss_plot`). The rule
+table comes from :mod:`breedline.job_rules`. A job without any of these
+files still gets a report: each missing part becomes a note.
 """
 
 from __future__ import annotations
@@ -14,9 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contract import PROFILER_DIR, PROFILER_REPORT_FILE, RULE_METRIC_NAMES, RULES_FILE, TENSORS_DIR
+
+from breedline import loss_plot
+from breedline.job_rules import RuleTable, format_rules, rule_table
 from breedline.local.s3_transfers import download_prefix, split_s3_uri
 
-LOSS_TENSOR = "CrossEntropyLoss_output_0"
+#: Where the profiler's TensorBoard trace and scalars lie inside the job's output
+#: (``SM_OUTPUT_DATA_DIR/tensorboard``); ``tensorboard --logdir`` reads it after download.
+TENSORBOARD_DIR = "tensorboard"
 
 
 @dataclass
@@ -39,11 +48,22 @@ class JobReport:
     hyperparameters: dict[str, str]
     seconds: float | None
     artifacts: dict[str, str] = field(default_factory=dict)
-    loss_curve: Path | None = None
-    loss_points: dict[str, int] = field(default_factory=dict)
+    loss_plot: loss_plot.LossPlot | None = None
     profiler: dict[str, Any] | None = None
-    rules: list[dict[str, str]] = field(default_factory=list)
+    #: ``profiler report`` (the HTML file on disk), ``profiler report in S3``, ``tensorboard`` (a folder).
+    links: dict[str, str] = field(default_factory=dict)
+    rule_table: RuleTable | None = None
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def loss_curve(self) -> Path | None:
+        """The loss plot's PNG, when one was drawn."""
+        return self.loss_plot.png if self.loss_plot else None
+
+    @property
+    def loss_points(self) -> dict[str, int]:
+        """How many points each drawn series has (``train``, ``valid``, ``test``, ``train per step``)."""
+        return {key: len(x) for key, (x, _) in self.loss_plot.series.items()} if self.loss_plot else {}
 
 
 def tuning_trials(sm: Any, tuning_name: str) -> tuple[dict, list[TrialRow]]:
@@ -75,50 +95,141 @@ def _download(s3: Any, uri: str, target: Path) -> Path | None:
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         s3.download_file(bucket, key, str(target))
-    except Exception:
+    except Exception:  # noqa: BLE001 - a missing object (no profiler, an older job) is a normal state
         return None
     return target
 
 
-def plot_loss(debug_dir: Path, png: Path, title: str) -> dict[str, int]:
-    """Plot train and valid CrossEntropyLoss from Debugger tensors; return the points per mode."""
-    import os
-
-    os.environ.setdefault("SMDEBUG_LOG_LEVEL", "error")  # keep smdebug's INFO lines out of the report
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from smdebug.core.modes import ModeKeys
-    from smdebug.trials import create_trial
-
-    trial = create_trial(str(debug_dir))
-    names = trial.tensor_names(regex="CrossEntropyLoss")
-    if not names:
-        raise ValueError(f"no CrossEntropyLoss tensor in {debug_dir}")
-    tensor = trial.tensor(names[0])
-    fig, ax = plt.subplots(figsize=(7, 4))
-    points: dict[str, int] = {}
-    for mode, label in ((ModeKeys.TRAIN, "train"), (ModeKeys.EVAL, "valid")):
-        steps = tensor.steps(mode=mode)
-        values = [float(tensor.value(step, mode=mode)) for step in steps]
-        points[label] = len(steps)
-        if steps:
-            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, label=f"{label} CrossEntropyLoss")
-    ax.set_xlabel("step (per mode)")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return points
+def _extract_output(report: JobReport, s3: Any, output_uri: str, out: Path) -> Path | None:
+    """``output.tar.gz`` downloaded and unpacked into ``out/output``; None (and a note) when unreadable."""
+    archive = _download(s3, output_uri, out / "output.tar.gz")
+    if archive is None:
+        return None
+    target = out / "output"
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(target, filter="data")
+    except (tarfile.TarError, OSError) as exc:
+        report.notes.append(f"output data unreadable ({output_uri}): {exc}")
+        return None
+    return target
 
 
-def job_report(sm: Any, s3: Any, name: str, out_dir: Path) -> JobReport:
-    """Collect metrics, artifacts, loss curve and profiler summary of one training job."""
+def _model_meta(report: JobReport, s3: Any, model_uri: str | None, out: Path) -> dict[str, Any]:
+    """``model_meta.json`` from ``model.tar.gz`` (only that member is read); {} when there is none."""
+    archive = _download(s3, model_uri, out / "model.tar.gz") if model_uri else None
+    if archive is None:
+        return {}
+    try:
+        with tarfile.open(archive) as tar:
+            member = next((m for m in tar.getmembers() if m.name.lstrip("./") == "model_meta.json"), None)
+            handle = tar.extractfile(member) if member is not None else None
+            meta = json.loads(handle.read()) if handle is not None else {}
+    except (tarfile.TarError, OSError, ValueError) as exc:
+        report.notes.append(f"model_meta.json unreadable in {model_uri}: {exc}")
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def job_log(state_dir: Path | None, name: str) -> tuple[str, str] | None:
+    """The job's stdout and where it lies: the local runtime keeps it in ``jobs/<job>/logs/stdout.log``."""
+    if state_dir is None:
+        return None
+    path = Path(state_dir) / "jobs" / name / "logs" / "stdout.log"
+    if not path.is_file():
+        return None
+    return path.read_text(encoding="utf-8", errors="replace"), str(path)
+
+
+def _tensors_dir(report: JobReport, s3: Any, job: dict[str, Any], output: Path | None, out: Path) -> Path | None:
+    """The smdebug trial: ``tensors/`` of the output (in_job), else DebugHookConfig's S3 path (service)."""
+    if output is not None and (output / TENSORS_DIR).is_dir():
+        return output / TENSORS_DIR
+    debug = job.get("DebugHookConfig")
+    if not debug or not debug.get("S3OutputPath"):
+        return None
+    debug_uri = debug["S3OutputPath"].rstrip("/") + f"/{report.name}/debug-output"
+    report.artifacts["debugger tensors"] = debug_uri
+    try:
+        if download_prefix(s3, debug_uri, out / "debug-output"):
+            return out / "debug-output"
+    except Exception as exc:  # noqa: BLE001 - a missing prefix or denied read costs only the step line
+        report.notes.append(f"Debugger tensors unreadable ({debug_uri}): {exc}")
+        return None
+    report.notes.append(f"no Debugger tensors under {debug_uri}")
+    return None
+
+
+def _epochs(report: JobReport, meta: dict[str, Any], log: tuple[str, str] | None) -> loss_plot.EpochSeries | None:
+    """Per-epoch losses from the model's history, else from the job log's metric lines (older artifacts)."""
+    epochs = loss_plot.epochs_from_meta(meta)
+    if epochs is None and log is not None:
+        epochs = loss_plot.epochs_from_log(log[0], f"metric lines in {log[1]}")
+    if epochs is not None and epochs.test_loss is None:
+        epochs.test_loss = report.metrics.get("test_loss")
+    return epochs
+
+
+def _plot(report: JobReport, meta: dict[str, Any], log: tuple[str, str] | None, tensors: Path | None,
+          out: Path) -> None:
+    """The per-epoch loss plot, with the per-step line when the tensors hold enough steps."""
+    epochs = _epochs(report, meta, log)
+    if epochs is None:
+        report.notes.append("loss plot unavailable: no history in model_meta.json and no job log with "
+                            "epoch metric lines")
+        return
+    steps = None
+    if tensors is not None:
+        try:
+            values = loss_plot.train_steps(tensors)
+            per_epoch = loss_plot.steps_per_epoch_from_log(log[0], report.hyperparameters.get("batch_size")) \
+                if log else None
+            steps = loss_plot.step_series(*values, epochs, per_epoch)
+        except Exception as exc:  # noqa: BLE001 - unreadable tensors cost only the faint per-step line
+            report.notes.append(f"per-step train loss unavailable: {exc}")
+    report.loss_plot = loss_plot.plot_losses(epochs, steps, out / "loss.png", f"{report.name}: loss per epoch")
+    report.artifacts["loss plot"] = str(out / "loss.png")
+
+
+def _profiler(report: JobReport, output: Path, output_uri: str) -> None:
+    """The script's profiler summary, its HTML report and the TensorBoard folder, when the output has them."""
+    folder = output / PROFILER_DIR
+    summary = folder / "summary.json"
+    if summary.is_file():
+        try:
+            report.profiler = json.loads(summary.read_text())
+        except ValueError as exc:
+            report.notes.append(f"profiler summary unreadable ({summary}): {exc}")
+        report.artifacts["profiler summary"] = str(summary)
+    if (folder / "trace.json").is_file():
+        report.artifacts["profiler trace (chrome://tracing)"] = str(folder / "trace.json")
+    html = folder / PROFILER_REPORT_FILE
+    if html.is_file():
+        report.links["profiler report"] = html.resolve().as_uri()
+        report.links["profiler report in S3"] = f"{output_uri} (member {PROFILER_DIR}/{PROFILER_REPORT_FILE})"
+    if (output / TENSORBOARD_DIR).is_dir():
+        report.links["tensorboard"] = f"tensorboard --logdir {(output / TENSORBOARD_DIR).resolve()}"
+
+
+def _rules(report: JobReport, job: dict[str, Any], output: Path | None, output_uri: str) -> None:
+    """The rule table from ``rules.json`` (in_job), the service's statuses or the ``rule_*`` metrics."""
+    data = None
+    path = output / RULES_FILE if output is not None else None
+    if path is not None and path.is_file():
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as exc:
+            report.notes.append(f"{RULES_FILE} unreadable ({path}): {exc}")
+        report.artifacts["rule results"] = str(path)
+    report.rule_table = rule_table(data, output_uri, report.metrics, job)
+
+
+def job_report(sm: Any, s3: Any, name: str, out_dir: Path, state_dir: Path | None = None) -> JobReport:
+    """Collect metrics, artifacts, loss plot, profiler summary and rule results of one training job.
+
+    ``state_dir`` is the local runtime's folder: the job's stdout there is the
+    loss plot's fallback source when ``model_meta.json`` has no history.
+    """
     job = sm.describe_training_job(TrainingJobName=name)
     seconds = None
     if job.get("TrainingStartTime") and job.get("TrainingEndTime"):
@@ -130,8 +241,6 @@ def job_report(sm: Any, s3: Any, name: str, out_dir: Path) -> JobReport:
         metrics={m["MetricName"]: float(m["Value"]) for m in job.get("FinalMetricDataList", [])},
         hyperparameters={k: v for k, v in job.get("HyperParameters", {}).items() if not k.startswith("sagemaker_")},
         seconds=seconds,
-        rules=[{"rule": r.get("RuleConfigurationName", ""), "status": r.get("RuleEvaluationStatus", "")}
-               for r in job.get("DebugRuleEvaluationStatuses", []) + job.get("ProfilerRuleEvaluationStatuses", [])],
     )
     out = out_dir / name
     model = job.get("ModelArtifacts", {}).get("S3ModelArtifacts")
@@ -139,41 +248,18 @@ def job_report(sm: Any, s3: Any, name: str, out_dir: Path) -> JobReport:
         report.artifacts["model"] = model
     output_uri = job["OutputDataConfig"]["S3OutputPath"].rstrip("/") + f"/{name}/output/output.tar.gz"
     report.artifacts["output data"] = output_uri
-    debug = job.get("DebugHookConfig")
-    if debug:
-        debug_uri = debug["S3OutputPath"].rstrip("/") + f"/{name}/debug-output"
-        report.artifacts["debugger tensors"] = debug_uri
-        local_debug = out / "debug-output"
-        try:
-            count = download_prefix(s3, debug_uri, local_debug)
-            if count:
-                report.loss_points = plot_loss(local_debug, out / "loss.png", f"{name}: CrossEntropyLoss")
-                report.loss_curve = out / "loss.png"
-            else:
-                report.notes.append(f"no Debugger tensors under {debug_uri}")
-        except Exception as exc:
-            report.notes.append(f"loss curve unavailable: {exc}")
-    # The script's own profiler summary travels in output.tar.gz (SM_OUTPUT_DATA_DIR/profiler).
-    archive = _download(s3, output_uri, out / "output.tar.gz")
-    if archive is not None:
-        with tarfile.open(archive) as tar:
-            tar.extractall(out / "output", filter="data")
-        summary = out / "output" / "profiler" / "summary.json"
-        if summary.is_file():
-            report.profiler = json.loads(summary.read_text())
-            report.artifacts["profiler summary"] = str(summary)
-            trace = out / "output" / "profiler" / "trace.json"
-            if trace.is_file():
-                report.artifacts["profiler trace (chrome://tracing)"] = str(trace)
+    output = _extract_output(report, s3, output_uri, out)
+    if output is not None:
+        _profiler(report, output, output_uri)
+    _plot(report, _model_meta(report, s3, model, out), job_log(state_dir, name),
+          _tensors_dir(report, s3, job, output, out), out)
+    _rules(report, job, output, output_uri)
     if job.get("ProfilerConfig", {}).get("S3OutputPath"):
         report.artifacts["profiler output"] = job["ProfilerConfig"]["S3OutputPath"].rstrip("/") + \
             f"/{name}/profiler-output"
     if job.get("CheckpointConfig"):
         report.artifacts["checkpoints"] = job["CheckpointConfig"]["S3Uri"]
-    if report.loss_curve:
-        report.artifacts["loss curve"] = str(report.loss_curve)
     return report
-
 
 def format_trials(rows: list[TrialRow], metric: str) -> str:
     if not rows:
@@ -189,7 +275,19 @@ def format_trials(rows: list[TrialRow], metric: str) -> str:
     return "\n".join("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in lines)
 
 
+def format_loss_plot(plot: loss_plot.LossPlot) -> list[str]:
+    """Where the plot is, what it shows and where its numbers come from."""
+    e = plot.epochs
+    shown = f"{len(e.epochs)} epochs of train and valid loss"
+    if "test" in plot.series:
+        shown += f", test loss at epoch {e.test_epoch}"
+    if plot.steps is not None:
+        shown += f", {len(plot.steps.steps)} train steps (faint)"
+    return [f"  loss plot  {plot.png}", f"             {shown}; per-epoch values from {e.source}"]
+
+
 def format_job(report: JobReport) -> str:
+    """The report of one training job, as ``report JOB`` and the demo print it."""
     lines = [f"  job        {report.name}  ({report.status}"
              + (f", {report.seconds:.0f} s)" if report.seconds else ")")]
     if report.failure_reason:
@@ -198,21 +296,21 @@ def format_job(report: JobReport) -> str:
         lines.append("  hyperparameters  " + ", ".join(f"{k}={v.strip(chr(34))}"
                                                        for k, v in sorted(report.hyperparameters.items())))
     if report.metrics:
-        lines.append("  metrics    " + ", ".join(f"{k}={v:.4f}" for k, v in report.metrics.items()))
-    if report.loss_curve:
-        lines.append(f"  loss curve {report.loss_curve}  (train points: {report.loss_points.get('train', 0)}, "
-                     f"valid points: {report.loss_points.get('valid', 0)})")
+        lines.append("  metrics    " + ", ".join(f"{k}={v:.4f}" for k, v in report.metrics.items()
+                                                   if k not in RULE_METRIC_NAMES))
+    if report.loss_plot:
+        lines += format_loss_plot(report.loss_plot)
     if report.profiler:
         p = report.profiler
         lines.append(f"  profiler   {p.get('steps')} steps, mean step {p.get('step_time_mean_s', 0):.3f} s, "
                      f"data loading {100 * p.get('data_loading_share', 0):.1f}% of step time")
         for op in p.get("top_operators", [])[:5]:
-            lines.append(f"             {op['name']:<32} {op.get('self_cpu_time_ms', 0):9.1f} ms self CPU "
+            lines.append(f"             {op.get('name', '?'):<32} {op.get('self_cpu_time_ms', 0):9.1f} ms self CPU "
                          f"({op.get('calls')} calls)")
-    if report.rules:
-        lines.append("  Debugger rules  " + ", ".join(f"{r['rule']}: {r['status']}" for r in report.rules))
-    else:
-        lines.append("  Debugger rules  none evaluated (the local runtime does not run rule containers)")
+    for what in ("profiler report", "profiler report in S3", "tensorboard"):
+        if what in report.links:
+            lines.append(f"  {what:<22} {report.links[what]}")
+    lines += format_rules(report.rule_table)
     for note in report.notes:
         lines.append(f"  note       {note}")
     lines.append("  artifacts")
