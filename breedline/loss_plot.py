@@ -189,7 +189,7 @@ def plot_losses(epochs: EpochSeries, steps: StepSeries | None, png: Path, title:
         (lines["test"],) = ax.plot([epochs.test_epoch], [epochs.test_loss], color="tab:green", marker="*",
                                    markersize=14, linestyle="none",
                                    label=f"test loss (weights of epoch {epochs.test_epoch})")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("epoch" if steps is None else "epoch (the per-step line: each step at its fraction of an epoch)")
     ax.set_ylabel("CrossEntropyLoss")
     ax.set_xticks(epochs.epochs if len(epochs.epochs) <= 20 else ax.get_xticks())
     ax.set_xlim(0 if steps is not None else min(epochs.epochs) - 0.25, max(epochs.epochs) + 0.25)

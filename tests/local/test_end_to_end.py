@@ -83,7 +83,8 @@ def test_upload_alone_drives_tuning_training_deployment_and_prediction(tmp_path:
         # The Debugger tensors read back with smdebug: train and valid CrossEntropyLoss.
         from breedline import job_report as report
 
-        job_report = report.job_report(sm, s3, final["TrainingJobName"], tmp_path / "report")
+        job_report = report.job_report(sm, s3, final["TrainingJobName"], tmp_path / "report",
+                                       state_dir=tmp_path / "state")
         assert job_report.loss_points["train"] >= 2 and job_report.loss_points["valid"] >= 1
         assert job_report.loss_curve is not None and job_report.loss_curve.stat().st_size > 1000
         assert job_report.profiler is not None and job_report.profiler["steps"] == 2
