@@ -139,8 +139,18 @@ def steps_per_epoch_from_log(text: str, batch_size: Any) -> float | None:
 
 
 def train_steps(trial_dir: Path) -> tuple[list[int], list[float]]:
-    """The saved TRAIN-mode steps of the loss tensor and their values (smdebug)."""
+    """The saved TRAIN-mode steps of the loss tensor and their values (smdebug).
+
+    A trial whose hook never closed (a killed job: no ``training_job_end.ts``)
+    or that has no collections file is refused at once: smdebug would wait for
+    the job to write them, and the report would hang on a job that ended.
+    """
     import os
+
+    if not (trial_dir / "training_job_end.ts").is_file():
+        raise ValueError(f"the smdebug trial in {trial_dir} has no training_job_end.ts (the hook did not close)")
+    if not any((trial_dir / "collections").glob("*/*_collections.json")):
+        raise ValueError(f"the smdebug trial in {trial_dir} has no collections file")
 
     os.environ.setdefault("SMDEBUG_LOG_LEVEL", "error")  # keep smdebug's INFO lines out of the report
     from smdebug.core.modes import ModeKeys

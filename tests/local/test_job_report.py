@@ -316,3 +316,18 @@ def test_a_job_without_any_of_these_files_still_reports(moto_stack, tmp_path):
     assert report.loss_plot is None and report.rule_table is None and not report.links
     assert "Debugger rules  none evaluated" in text and "loss plot unavailable" in text
     assert "valid_loss=0.4000" in text
+
+
+def test_an_unclosed_smdebug_trial_costs_only_the_step_line(moto_stack, tmp_path):
+    """A killed job's tensors (no ``training_job_end.ts``) would make smdebug wait forever: refused at once."""
+    s3, name, prefix = moto_stack.client("s3"), "job-killed", "t-killed"
+    partial = tmp_path / "partial"
+    (partial / "events" / "000000000000").mkdir(parents=True)
+    (partial / "events" / "000000000000" / "000000000000_worker_0.tfevents").write_bytes(b"\x00")
+    put_job(s3, name, prefix, {"model_meta.json": meta(history=HISTORY)}, {TENSORS_DIR: partial})
+
+    report = job_report.job_report(FakeSageMaker(described(name, prefix, {})), s3, name, tmp_path / "r")
+
+    assert report.loss_plot is not None and report.loss_plot.steps is None
+    assert report.loss_plot.series["valid"][1] == pytest.approx([h["valid_loss"] for h in HISTORY])
+    assert any("training_job_end.ts" in note for note in report.notes)
