@@ -331,3 +331,23 @@ def test_an_unclosed_smdebug_trial_costs_only_the_step_line(moto_stack, tmp_path
     assert report.loss_plot is not None and report.loss_plot.steps is None
     assert report.loss_plot.series["valid"][1] == pytest.approx([h["valid_loss"] for h in HISTORY])
     assert any("training_job_end.ts" in note for note in report.notes)
+
+
+def test_the_demos_final_report_reads_the_job_log_and_links_the_html_report(moto_stack, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from breedline.demo import print_report
+
+    s3, name, prefix = moto_stack.client("s3"), "job-demo", "t-demo"
+    put_job(s3, name, prefix, {"model_meta.json": meta()},
+            {f"{PROFILER_DIR}/{PROFILER_REPORT_FILE}": b"<html><body>report</body></html>"})
+    log = job_log(HISTORY, TEST_LOSS)
+    write_stdout(tmp_path / "state", name, log)
+
+    print_report(FakeSageMaker(described(name, prefix, {})), s3, SimpleNamespace(tuning_name=None, final_name=name),
+                 tmp_path / "state", None)
+
+    printed = capsys.readouterr().out
+    html = (tmp_path / "state" / "report" / name / "output" / PROFILER_DIR / PROFILER_REPORT_FILE).resolve()
+    assert "Open in a browser or viewer" in printed and f"profiler report  {html.as_uri()}" in printed
+    assert "per-epoch values from metric lines in" in printed and str(tmp_path / "state" / "report" / name) in printed
