@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contract import PROFILER_DIR, PROFILER_REPORT_FILE, RULE_METRIC_NAMES, RULES_FILE, TENSORS_DIR
+from contract import (
+    PROFILER_DIR,
+    PROFILER_REPORT_FILE,
+    RULE_METRIC_NAMES,
+    RULES_FILE,
+    TENSORS_DIR,
+    TERMINAL_STATUSES,
+)
 
 from breedline import loss_plot
 from breedline.job_rules import RuleTable, format_rules, rule_table
@@ -181,7 +188,7 @@ def _plot(report: JobReport, meta: dict[str, Any], log: tuple[str, str] | None, 
     steps = None
     if tensors is not None:
         try:
-            values = loss_plot.train_steps(tensors)
+            values = loss_plot.train_steps(tensors, job_ended=report.status in TERMINAL_STATUSES)
             per_epoch = loss_plot.steps_per_epoch_from_log(log[0], report.hyperparameters.get("batch_size")) \
                 if log else None
             steps = loss_plot.step_series(*values, epochs, per_epoch)

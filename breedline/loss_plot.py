@@ -138,20 +138,25 @@ def steps_per_epoch_from_log(text: str, batch_size: Any) -> float | None:
     return float(math.ceil(int(match.group(1)) / size))
 
 
-def train_steps(trial_dir: Path) -> tuple[list[int], list[float]]:
-    """The saved TRAIN-mode steps of the loss tensor and their values (smdebug).
+def train_steps(trial_dir: Path, job_ended: bool) -> tuple[list[int], list[float]]:
+    """The saved TRAIN-mode steps of the loss tensor and their values (smdebug), from a local copy of a trial.
 
-    A trial whose hook never closed (a killed job: no ``training_job_end.ts``)
-    or that has no collections file is refused at once: smdebug would wait for
-    the job to write them, and the report would hang on a job that ended.
+    smdebug reads a trial as still being written until it finds
+    ``training_job_end.ts``, and then waits for more steps (or, without a
+    collections file, forever). Under SageMaker the hook never writes that
+    file (smdebug leaves the end to the job's status), so for a job that has
+    ended the marker is written into this downloaded copy; a running job's
+    trial is refused, as is one without a collections file.
     """
     import os
 
-    if not (trial_dir / "training_job_end.ts").is_file():
-        raise ValueError(f"the smdebug trial in {trial_dir} has no training_job_end.ts (the hook did not close)")
     if not any((trial_dir / "collections").glob("*/*_collections.json")):
         raise ValueError(f"the smdebug trial in {trial_dir} has no collections file")
-
+    end_marker = trial_dir / "training_job_end.ts"
+    if not end_marker.is_file():
+        if not job_ended:
+            raise ValueError("the job is still running; its smdebug trial is incomplete")
+        end_marker.write_text("")
     os.environ.setdefault("SMDEBUG_LOG_LEVEL", "error")  # keep smdebug's INFO lines out of the report
     from smdebug.core.modes import ModeKeys
     from smdebug.trials import create_trial

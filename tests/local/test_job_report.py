@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -259,7 +260,7 @@ def test_service_mode_reads_rule_statuses_and_tensors_from_debug_hook_config(mot
     s3, name, prefix = moto_stack.client("s3"), "job-service", "t-service"
     folder, train_values = trial
     for path in folder.rglob("*"):
-        if path.is_file():
+        if path.is_file() and path.name != "training_job_end.ts":  # under SageMaker the hook never writes it
             s3.upload_file(str(path), BUCKET, f"{prefix}/debug/{name}/debug-output/{path.relative_to(folder)}")
     put_job(s3, name, prefix, {"model_meta.json": meta(history=HISTORY)}, None)
     job = described(name, prefix, {}, DebugHookConfig={"S3OutputPath": f"s3://{BUCKET}/{prefix}/debug"},
@@ -318,19 +319,20 @@ def test_a_job_without_any_of_these_files_still_reports(moto_stack, tmp_path):
     assert "valid_loss=0.4000" in text
 
 
-def test_an_unclosed_smdebug_trial_costs_only_the_step_line(moto_stack, tmp_path):
-    """A killed job's tensors (no ``training_job_end.ts``) would make smdebug wait forever: refused at once."""
-    s3, name, prefix = moto_stack.client("s3"), "job-killed", "t-killed"
-    partial = tmp_path / "partial"
-    (partial / "events" / "000000000000").mkdir(parents=True)
-    (partial / "events" / "000000000000" / "000000000000_worker_0.tfevents").write_bytes(b"\x00")
-    put_job(s3, name, prefix, {"model_meta.json": meta(history=HISTORY)}, {TENSORS_DIR: partial})
+def test_a_running_jobs_trial_costs_only_the_step_line(moto_stack, tmp_path, trial):
+    """Without ``training_job_end.ts`` smdebug would wait for a running job: refused at once, nothing written."""
+    s3, name, prefix = moto_stack.client("s3"), "job-running", "t-running"
+    copy = tmp_path / "copy"
+    shutil.copytree(trial[0], copy, ignore=shutil.ignore_patterns("training_job_end.ts"))
+    put_job(s3, name, prefix, {"model_meta.json": meta(history=HISTORY)}, {TENSORS_DIR: copy})
+    job = described(name, prefix, {}, TrainingJobStatus="InProgress")
 
-    report = job_report.job_report(FakeSageMaker(described(name, prefix, {})), s3, name, tmp_path / "r")
+    report = job_report.job_report(FakeSageMaker(job), s3, name, tmp_path / "r")
 
     assert report.loss_plot is not None and report.loss_plot.steps is None
     assert report.loss_plot.series["valid"][1] == pytest.approx([h["valid_loss"] for h in HISTORY])
-    assert any("training_job_end.ts" in note for note in report.notes)
+    assert any("still running" in note for note in report.notes)
+    assert not (tmp_path / "r" / name / "output" / TENSORS_DIR / "training_job_end.ts").exists()
 
 
 def test_the_demos_final_report_reads_the_job_log_and_links_the_html_report(moto_stack, tmp_path, capsys):
