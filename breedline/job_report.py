@@ -171,7 +171,7 @@ def _epochs(report: JobReport, meta: dict[str, Any], log: tuple[str, str] | None
     """Per-epoch losses from the model's history, else from the job log's metric lines (older artifacts)."""
     epochs = loss_plot.epochs_from_meta(meta)
     if epochs is None and log is not None:
-        epochs = loss_plot.epochs_from_log(log[0], f"metric lines in {log[1]}")
+        epochs = loss_plot.epochs_from_log(*log)
     if epochs is not None and epochs.test_loss is None:
         epochs.test_loss = report.metrics.get("test_loss")
     return epochs
@@ -290,7 +290,8 @@ def format_loss_plot(plot: loss_plot.LossPlot) -> list[str]:
         shown += f", test loss at epoch {e.test_epoch}"
     if plot.steps is not None:
         shown += f", {len(plot.steps.steps)} train steps (faint)"
-    return [f"  loss plot  {plot.png}", f"             {shown}; per-epoch values from {e.source}"]
+    origin = f" ({e.origin})" if e.origin else ""
+    return [f"  loss plot  {plot.png}", f"             {shown}; per-epoch values from {e.source}{origin}"]
 
 
 def format_job(report: JobReport) -> str:

@@ -42,6 +42,8 @@ class EpochSeries:
     test_loss: float | None = None
     #: Where the test marker sits: the epoch whose weights the test split was scored on.
     test_epoch: int | None = None
+    #: The file the values were read from, when it is not inside the model (the job log).
+    origin: str | None = None
 
 
 @dataclass
@@ -101,7 +103,7 @@ def epochs_from_meta(meta: dict[str, Any], test_loss: float | None = None) -> Ep
                        test_loss, _best_epoch(epochs, valid, meta.get("best_epoch")))
 
 
-def epochs_from_log(text: str, source: str) -> EpochSeries | None:
+def epochs_from_log(text: str, origin: str) -> EpochSeries | None:
     """The ``epoch=N train_loss=...`` lines of a job's stdout, parsed with the contract's metric regexes.
 
     A line without ``epoch=`` carries a final value (``test_loss``). An epoch
@@ -122,8 +124,8 @@ def epochs_from_log(text: str, source: str) -> EpochSeries | None:
     if not epochs:
         return None
     valid = [per_epoch[e].get("valid_loss", float("nan")) for e in epochs]
-    return EpochSeries(epochs, [per_epoch[e].get("train_loss", float("nan")) for e in epochs], valid, source,
-                       test_loss, _best_epoch(epochs, valid, None))
+    return EpochSeries(epochs, [per_epoch[e].get("train_loss", float("nan")) for e in epochs], valid,
+                       "the job log's metric lines", test_loss, _best_epoch(epochs, valid, None), origin)
 
 
 def steps_per_epoch_from_log(text: str, batch_size: Any) -> float | None:

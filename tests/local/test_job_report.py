@@ -205,7 +205,8 @@ def test_loss_plot_falls_back_to_the_log_and_skips_a_short_step_line(moto_stack,
                                    state_dir=tmp_path / "state")
 
     plot = report.loss_plot
-    assert plot is not None and plot.epochs.source.endswith("stdout.log")
+    assert plot is not None and plot.epochs.source == "the job log's metric lines"
+    assert plot.epochs.origin == str(tmp_path / "state" / "jobs" / name / "logs" / "stdout.log")
     assert_plot_equals_metric_lines(plot, log)
     assert plot.series["valid"][1][1] == pytest.approx(HISTORY[1]["valid_loss"], abs=1e-6)
     assert plot.series["test"][0] == [2.0]  # lowest valid loss, as train.py picks the weights it tests
@@ -352,4 +353,4 @@ def test_the_demos_final_report_reads_the_job_log_and_links_the_html_report(moto
     printed = capsys.readouterr().out
     html = (tmp_path / "state" / "report" / name / "output" / PROFILER_DIR / PROFILER_REPORT_FILE).resolve()
     assert "Open in a browser or viewer" in printed and f"profiler report  {html.as_uri()}" in printed
-    assert "per-epoch values from metric lines in" in printed and str(tmp_path / "state" / "report" / name) in printed
+    assert "per-epoch values from the job log's metric lines (" in printed and str(tmp_path / "state" / "report" / name) in printed
