@@ -68,6 +68,14 @@ class JobReport:
         return self.loss_plot.png if self.loss_plot else None
 
     @property
+    def rules(self) -> list[dict[str, str]]:
+        """The rule table as plain rows (``rule``, ``issue_found``, ``where``, ``source``), for machine readers."""
+        if self.rule_table is None:
+            return []
+        return [{"rule": r.rule, "issue_found": r.issue_found, "where": r.where, "source": self.rule_table.source}
+                for r in self.rule_table.rows]
+
+    @property
     def loss_points(self) -> dict[str, int]:
         """How many points each drawn series has (``train``, ``valid``, ``test``, ``train per step``)."""
         return {key: len(x) for key, (x, _) in self.loss_plot.series.items()} if self.loss_plot else {}

@@ -238,6 +238,8 @@ def test_rule_table_from_rules_json_reads_an_error_rule_and_missing_keys(moto_st
     assert (rows["VanishingGradient"].issue_found, rows["VanishingGradient"].where) == \
         ("error", "no gradients collection in the trial")
     assert rows["Overtraining"].issue_found == "unknown" and rows["?"].issue_found == "unknown"
+    assert report.rules[0] == {"rule": "LossNotDecreasing", "issue_found": "yes", "where": rows["LossNotDecreasing"].where,
+                               "source": table.source}
     text = job_report.format_job(report)
     assert f"Debugger rules  (source: {RULES_FILE} in s3://" in text
     assert "rule_LossNotDecreasing" not in text.split("metrics", 1)[1].split("\n", 1)[0]  # the table shows it
