@@ -12,7 +12,6 @@ files still gets a report: each missing part becomes a note.
 from __future__ import annotations
 
 import json
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +21,11 @@ from contract import (
     PROFILER_REPORT_FILE,
     RULE_METRIC_NAMES,
     RULES_FILE,
-    TENSORS_DIR,
     TERMINAL_STATUSES,
 )
 
-from breedline import loss_plot
+from breedline import job_artifacts, loss_plot
 from breedline.job_rules import RuleTable, format_rules, rule_table
-from breedline.local.s3_transfers import download_prefix, split_s3_uri
 
 #: Where the profiler's TensorBoard trace and scalars lie inside the job's output
 #: (``SM_OUTPUT_DATA_DIR/tensorboard``); ``tensorboard --logdir`` reads it after download.
@@ -103,76 +100,6 @@ def tuning_trials(sm: Any, tuning_name: str) -> tuple[dict, list[TrialRow]]:
                              dict(s.get("TunedHyperParameters", {})), seconds))
     rows.sort(key=lambda r: (r.objective is None, (r.objective or 0.0) * (1 if minimize else -1)))
     return job, rows
-
-
-def _download(s3: Any, uri: str, target: Path) -> Path | None:
-    bucket, key = split_s3_uri(uri)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        s3.download_file(bucket, key, str(target))
-    except Exception:  # noqa: BLE001 - a missing object (no profiler, an older job) is a normal state
-        return None
-    return target
-
-
-def _extract_output(report: JobReport, s3: Any, output_uri: str, out: Path) -> Path | None:
-    """``output.tar.gz`` downloaded and unpacked into ``out/output``; None (and a note) when unreadable."""
-    archive = _download(s3, output_uri, out / "output.tar.gz")
-    if archive is None:
-        return None
-    target = out / "output"
-    try:
-        with tarfile.open(archive) as tar:
-            tar.extractall(target, filter="data")
-    except (tarfile.TarError, OSError) as exc:
-        report.notes.append(f"output data unreadable ({output_uri}): {exc}")
-        return None
-    return target
-
-
-def _model_meta(report: JobReport, s3: Any, model_uri: str | None, out: Path) -> dict[str, Any]:
-    """``model_meta.json`` from ``model.tar.gz`` (only that member is read); {} when there is none."""
-    archive = _download(s3, model_uri, out / "model.tar.gz") if model_uri else None
-    if archive is None:
-        return {}
-    try:
-        with tarfile.open(archive) as tar:
-            member = next((m for m in tar.getmembers() if m.name.lstrip("./") == "model_meta.json"), None)
-            handle = tar.extractfile(member) if member is not None else None
-            meta = json.loads(handle.read()) if handle is not None else {}
-    except (tarfile.TarError, OSError, ValueError) as exc:
-        report.notes.append(f"model_meta.json unreadable in {model_uri}: {exc}")
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
-def job_log(state_dir: Path | None, name: str) -> tuple[str, str] | None:
-    """The job's stdout and where it lies: the local runtime keeps it in ``jobs/<job>/logs/stdout.log``."""
-    if state_dir is None:
-        return None
-    path = Path(state_dir) / "jobs" / name / "logs" / "stdout.log"
-    if not path.is_file():
-        return None
-    return path.read_text(encoding="utf-8", errors="replace"), str(path)
-
-
-def _tensors_dir(report: JobReport, s3: Any, job: dict[str, Any], output: Path | None, out: Path) -> Path | None:
-    """The smdebug trial: ``tensors/`` of the output (in_job), else DebugHookConfig's S3 path (service)."""
-    if output is not None and (output / TENSORS_DIR).is_dir():
-        return output / TENSORS_DIR
-    debug = job.get("DebugHookConfig")
-    if not debug or not debug.get("S3OutputPath"):
-        return None
-    debug_uri = debug["S3OutputPath"].rstrip("/") + f"/{report.name}/debug-output"
-    report.artifacts["debugger tensors"] = debug_uri
-    try:
-        if download_prefix(s3, debug_uri, out / "debug-output"):
-            return out / "debug-output"
-    except Exception as exc:  # noqa: BLE001 - a missing prefix or denied read costs only the step line
-        report.notes.append(f"Debugger tensors unreadable ({debug_uri}): {exc}")
-        return None
-    report.notes.append(f"no Debugger tensors under {debug_uri}")
-    return None
 
 
 def _epochs(report: JobReport, meta: dict[str, Any], log: tuple[str, str] | None) -> loss_plot.EpochSeries | None:
@@ -263,11 +190,12 @@ def job_report(sm: Any, s3: Any, name: str, out_dir: Path, state_dir: Path | Non
         report.artifacts["model"] = model
     output_uri = job["OutputDataConfig"]["S3OutputPath"].rstrip("/") + f"/{name}/output/output.tar.gz"
     report.artifacts["output data"] = output_uri
-    output = _extract_output(report, s3, output_uri, out)
+    output = job_artifacts.extract_output(s3, output_uri, out, report.notes)
     if output is not None:
         _profiler(report, output, output_uri)
-    _plot(report, _model_meta(report, s3, model, out), job_log(state_dir, name),
-          _tensors_dir(report, s3, job, output, out), out)
+    tensors = job_artifacts.tensors_dir(s3, job, output, out, report.notes, report.artifacts)
+    _plot(report, job_artifacts.model_meta(s3, model, out, report.notes), job_artifacts.job_log(state_dir, name),
+          tensors, out)
     _rules(report, job, output, output_uri)
     if job.get("ProfilerConfig", {}).get("S3OutputPath"):
         report.artifacts["profiler output"] = job["ProfilerConfig"]["S3OutputPath"].rstrip("/") + \
