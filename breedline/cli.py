@@ -259,10 +259,44 @@ def report_data(sm: Any, s3: Any, name: str, out: Path) -> dict[str, Any]:
         if not best:
             return data
         name = best
-    report = job_report.job_report(sm, s3, name, out)
+    report = reuse_earlier_download(job_report.job_report(sm, s3, name, out), out / name)
     data["training"] = dataclasses.asdict(report)
     data["training"]["loss_curve"] = str(report.loss_curve) if report.loss_curve else None
     return data
+
+
+def reuse_earlier_download(report: Any, folder: Path) -> Any:
+    """Fill the loss curve and profiler summary from an earlier report's download in ``folder``.
+
+    Why: a runtime reloaded with ``up --keep-state`` has the jobs but not the
+    S3 objects (moto kept them in memory), while the run's ``report/<job>/``
+    still holds the Debugger tensors and profiler output the demo downloaded.
+    """
+    from breedline import job_report
+
+    tensors, summary = folder / "debug-output", folder / "output" / "profiler" / "summary.json"
+    reused = []
+    if report.loss_curve is None and tensors.is_dir() and any(p.is_file() for p in tensors.rglob("*")):
+        try:
+            report.loss_points = job_report.plot_loss(tensors, folder / "loss.png", f"{report.name}: CrossEntropyLoss")
+        except Exception as exc:  # noqa: BLE001 - smdebug's errors vary; the rest of the report stands
+            report.notes.append(f"loss curve unavailable from {tensors}: {exc}")
+            return _reuse_profiler(report, summary, reused)
+        report.loss_curve = folder / "loss.png"
+        report.artifacts["loss curve"] = str(report.loss_curve)
+        report.notes = [n for n in report.notes if not n.startswith(("no Debugger tensors", "loss curve unavailable"))]
+        reused.append("Debugger tensors")
+    return _reuse_profiler(report, summary, reused)
+
+
+def _reuse_profiler(report: Any, summary: Path, reused: list[str]) -> Any:
+    if report.profiler is None and summary.is_file():
+        report.profiler = json.loads(summary.read_text())
+        report.artifacts["profiler summary"] = str(summary)
+        reused.append("profiler summary")
+    if reused:
+        report.notes.append(f"{' and '.join(reused)} read from this run's earlier download in {summary.parents[2]}")
+    return report
 
 
 def format_report(data: dict[str, Any]) -> str:

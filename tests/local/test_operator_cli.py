@@ -276,3 +276,21 @@ def test_without_a_runtime_each_command_says_what_to_run_in_one_line(no_aws, tmp
 def test_predict_of_a_missing_image_is_one_line(no_aws, tmp_path, capsys):
     assert cli.main(["predict", str(tmp_path / "nope.jpg"), "--state-dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == f"breedline predict: no image file {tmp_path / 'nope.jpg'}"
+
+
+def test_a_reloaded_report_reuses_the_runs_earlier_download(tmp_path, monkeypatch):
+    from breedline import job_report
+
+    folder = tmp_path / "report" / "job-final"
+    (folder / "debug-output" / "events").mkdir(parents=True)
+    (folder / "debug-output" / "events" / "0.tfevents").write_bytes(b"x")
+    (folder / "output" / "profiler").mkdir(parents=True)
+    (folder / "output" / "profiler" / "summary.json").write_text(json.dumps({"steps": 3}))
+    plotted = []
+    monkeypatch.setattr(job_report, "plot_loss", lambda d, png, title: plotted.append(d) or {"train": 4, "valid": 1})
+    empty = job_report.JobReport(name="job-final", status="Completed", failure_reason=None, metrics={},
+                                 hyperparameters={}, seconds=None, notes=["no Debugger tensors under s3://b/x"])
+    report = cli.reuse_earlier_download(empty, folder)
+    assert plotted == [folder / "debug-output"] and report.loss_curve == folder / "loss.png"
+    assert report.loss_points == {"train": 4, "valid": 1} and report.profiler == {"steps": 3}
+    assert report.notes == [f"Debugger tensors and profiler summary read from this run's earlier download in {folder}"]
