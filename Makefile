@@ -2,7 +2,8 @@
 #   make test   - create .venv, install the pins, run the whole test suite
 #   make test-containers - the ML scripts on the AWS containers' versions, through
 #                 AWS's own training and serving toolkits (.venv-containers)
-#   make demo   - run the whole pipeline locally (upload -> tune -> train -> deploy -> predict)
+#   make demo   - run the whole pipeline locally (upload -> tune -> train -> deploy -> predict);
+#                 DATA=folder, ARGS=--keep-running (see the demo target)
 #   make bench  - benchmarks; they print figures and never fail on a slow machine
 
 SHELL := /bin/bash
@@ -52,8 +53,11 @@ test-containers: $(CSTAMP)
 	$(CVENV)/bin/pip check
 	$(CPY) -m pytest tests/ml tests/containers $(PYTEST_ARGS)
 
+# make demo DATA=folder ARGS="--keep-running --per-class 0": DATA is your data set,
+# ARGS goes to `python -m breedline demo` as is (python -m breedline demo --help).
+# Each run writes .breedline/runs/<UTC time>/; .breedline/latest is the newest.
 demo: $(STAMP)
-	$(PY) -m breedline demo $(if $(DATA),--data $(DATA),)
+	$(PY) -m breedline demo $(if $(DATA),--data $(DATA),) $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench

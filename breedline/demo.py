@@ -25,7 +25,7 @@ from contract import FAILED, STOPPED
 
 from breedline.build.paths import REPO_ROOT
 from breedline.demo_progress import Clock, Watcher, drain_alerts, say
-from breedline.local.runtime import DEFAULT_STATE_DIR, RuntimeInfo
+from breedline.local.runtime import DEFAULT_STATE_DIR, LATEST_LINK, RUNS_DIR, RuntimeInfo, new_run_dir
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
@@ -34,11 +34,33 @@ SINGLE_PUT_BYTES = 8 * 1024 * 1024
 UPLOAD_THREADS = 4
 
 
-def start_runtime(state_dir: Path, timeout: float = 180.0) -> tuple[subprocess.Popen, RuntimeInfo]:
-    """Start ``python -m breedline up`` and wait until it has written ``runtime.json``."""
+def is_state_root(path: Path) -> bool:
+    """Whether ``path`` holds runs (``runs/``, ``latest``) rather than being one run's folder."""
+    path = Path(path)
+    return path.resolve() == DEFAULT_STATE_DIR.resolve() or (path / RUNS_DIR).is_dir() or \
+        (path / LATEST_LINK).is_symlink()
+
+
+def run_state_dir(state_dir: Path | None) -> Path:
+    """The folder a new run writes to: a new ``runs/<time>/`` under a state root, else ``state_dir`` itself.
+
+    Why: each demo used to delete the previous run's ``.breedline/``. Now the
+    default (and any folder that already holds runs) gets a new run folder and
+    its ``latest`` link; an explicit folder of one run (a benchmark's, a
+    test's) is emptied first, as before, so what is in it is this run's alone.
+    """
+    if state_dir is None or is_state_root(state_dir):
+        return new_run_dir(DEFAULT_STATE_DIR if state_dir is None else Path(state_dir))
+    state_dir = Path(state_dir)
     if state_dir.exists():
         shutil.rmtree(state_dir)
-    (state_dir / "logs").mkdir(parents=True)
+    state_dir.mkdir(parents=True)
+    return state_dir
+
+
+def start_runtime(state_dir: Path, timeout: float = 180.0) -> tuple[subprocess.Popen, RuntimeInfo]:
+    """Start ``python -m breedline up`` on the (new, empty) run folder ``state_dir``; wait for ``runtime.json``."""
+    (state_dir / "logs").mkdir(parents=True, exist_ok=True)
     log = open(state_dir / "logs" / "runtime.log", "w")
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
@@ -57,7 +79,7 @@ def start_runtime(state_dir: Path, timeout: float = 180.0) -> tuple[subprocess.P
             raise RuntimeError(f"the local runtime exited with {child.returncode}:\n{tail}")
         time.sleep(0.3)
     stop_runtime(child)
-    raise RuntimeError("the local runtime did not start in time; see .breedline/logs/runtime.log")
+    raise RuntimeError(f"the local runtime did not start in time; see {state_dir / 'logs' / 'runtime.log'}")
 
 
 def stop_runtime(child: subprocess.Popen, timeout: float = 60) -> bool:
@@ -124,11 +146,11 @@ def _interrupt(signum: int, frame: Any) -> None:
 DEMO_PER_CLASS = 100
 
 
-def run_demo(data: Path | None, dataset: str, state_dir: Path = DEFAULT_STATE_DIR, predictions: int = 6,
+def run_demo(data: Path | None, dataset: str, state_dir: Path | None = None, predictions: int = 6,
              timeout: float = 900.0, keep_running: bool = False, per_class: int | None = DEMO_PER_CLASS) -> int:
-    """The demo; returns the process exit code."""
+    """The demo; returns the process exit code. ``state_dir``: see :func:`run_state_dir`."""
     clock = Clock()
-    state_dir = Path(state_dir).resolve()
+    state_dir = run_state_dir(state_dir).resolve()
     # `timeout`, CI and process managers send SIGTERM: treat it as Ctrl-C so the runtime is stopped.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)  # also when started in the background with SIGINT ignored

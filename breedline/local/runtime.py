@@ -7,10 +7,13 @@ decorators, its handlers run when their events arrive, and the local SageMaker
 service emits the events real SageMaker would. Nothing here calls a pipeline
 step directly: an upload is the only trigger.
 
-``.breedline/`` (or ``--state-dir``) holds everything a run leaves behind:
-``runtime.json`` (where each service listens), ``sagemaker.json`` (every job,
-model and endpoint), ``jobs/<job>/`` (the container folders and logs),
-``endpoints/<name>/`` and ``logs/``.
+A run's state folder holds everything it leaves behind: ``runtime.json``
+(where each service listens), ``sagemaker.json`` (every job, model and
+endpoint), ``jobs/<job>/`` (the container folders and logs),
+``endpoints/<name>/`` and ``logs/``. By default each run gets a folder of its
+own, ``.breedline/runs/<UTC time>/``, and ``.breedline/latest`` links to the
+newest (:func:`new_run_dir`), so a demo never deletes the one before it; every
+command that reads state follows that link (:func:`resolve_state_dir`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,16 +36,60 @@ from breedline.build.sourcedir import build_sourcedir
 from .s3_transfers import split_s3_uri
 from .sagemaker import SageMakerBackend
 from .sagemaker_http import LocalSageMakerServer, quiet_werkzeug
+from .sagemaker_restore import restore_state
 from .standins import Dispatcher, MotoStandIns, create_alert_topic, create_data_bucket, create_tables, install_app_rules
 
 log = logging.getLogger("runtime.runtime")
 
 CHALICE_DIR = REPO_ROOT / "chalice_app"
+#: The default state root: runs under ``runs/``, the newest one linked as ``latest``.
 DEFAULT_STATE_DIR = REPO_ROOT / ".breedline"
+RUNS_DIR = "runs"
+LATEST_LINK = "latest"
 REGION = "us-east-1"
 
 #: The Chalice stage whose ``environment_variables`` configure the app in local mode.
 LOCAL_STAGE = "local"
+
+
+def new_run_dir(root: Path = DEFAULT_STATE_DIR, stamp: float | None = None) -> Path:
+    """Create ``root/runs/<UTC time>/`` and point ``root/latest`` at it; return the new folder.
+
+    Why a folder per run: the operator reads an earlier run's jobs, logs and
+    report after the next demo has started. The link is replaced atomically
+    (a new link renamed over the old), so a reader sees the old run or the new
+    one, never none. Two runs in the same second get ``-2``, ``-3``, ...
+    """
+    runs = Path(root) / RUNS_DIR
+    runs.mkdir(parents=True, exist_ok=True)
+    base = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if stamp is None else stamp))
+    run, n = runs / base, 1
+    while True:
+        try:
+            run.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+            run = runs / f"{base}-{n}"
+    link = Path(root) / LATEST_LINK
+    tmp = Path(root) / f".{LATEST_LINK}.{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(Path(RUNS_DIR) / run.name)
+    tmp.replace(link)
+    return run
+
+
+def resolve_state_dir(path: Path) -> Path:
+    """The run folder that ``path`` names: its ``latest`` link's target when it has one, else ``path``.
+
+    ``.breedline`` itself (the default) and a folder laid out as before runs
+    existed (``runtime.json`` at its top) both work.
+    """
+    link = Path(path) / LATEST_LINK
+    if link.is_symlink() and link.resolve().is_dir():
+        return link.resolve()
+    return Path(path)
 
 
 def local_settings(chalice_dir: Path = CHALICE_DIR, stage: str = LOCAL_STAGE) -> dict[str, str]:
@@ -112,10 +160,13 @@ class RuntimeInfo:
 
     @classmethod
     def read(cls, state_dir: Path) -> "RuntimeInfo | None":
-        path = Path(state_dir) / "runtime.json"
+        path = resolve_state_dir(Path(state_dir)) / "runtime.json"
         if not path.is_file():
             return None
-        info = cls(**json.loads(path.read_text()))
+        try:
+            info = cls(**json.loads(path.read_text()))
+        except (ValueError, TypeError):  # half-written or from another version: it names no runtime we can use
+            return None
         try:
             os.kill(info.pid, 0)
         except OSError:
@@ -214,6 +265,8 @@ class LocalRuntime:
         assert self.moto is not None
         backend = SageMakerBackend(self.state_dir, self.moto.client("s3"), self.moto.client("events"), REGION,
                                    job_threads=self.job_threads)
+        if not self.fresh:  # `up --keep-state`: the jobs, models and configs of the run in this folder
+            restore_state(backend, self.state_dir / "sagemaker.json")
         self.sagemaker = LocalSageMakerServer(backend).start()
         os.environ.update({
             "AWS_ENDPOINT_URL": self.moto.url,
