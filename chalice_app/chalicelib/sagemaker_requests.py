@@ -237,9 +237,10 @@ def debugger_config(settings: Settings, mode: str) -> dict[str, Any]:
 
     ``service``: hook, built-in rules (with the region's rule image), system
     profiler and its ProfilerReport rule. ``in_job`` and ``off``: no hook, no
-    rules, and ``ProfilerConfig.DisableProfiler``, because leaving ProfilerConfig
-    out is not enough: SageMaker's own SDK sends ``DisableProfiler`` to keep
-    the default system monitoring off (docs/aws.md, "Debugger").
+    rules, and ``ProfilerConfig.DisableProfiler``: the API does not promise
+    that an absent ProfilerConfig keeps SageMaker's default system monitoring
+    off, and SageMaker's own SDK sends ``DisableProfiler`` instead of relying
+    on it (docs/aws.md, section 4.2).
     """
     if mode != "service":
         return {"ProfilerConfig": {"DisableProfiler": True}}
