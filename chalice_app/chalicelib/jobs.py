@@ -167,7 +167,7 @@ def _create_final_job(sm: Any, *, name: str, dataset: str, hyperparameters: dict
         alert(
             f"{name}: in_job, Debugger refused",
             {"dataset": dataset, "training_job": name, "error_code": code, "error": message,
-             "what_to_do": "set BREEDLINE_DEBUGGER=in_job for this account (docs/aws.md, Debugger)"},
+             "what_to_do": "set BREEDLINE_DEBUGGER=in_job for this account (docs/aws.md, section 4.2)"},
         )
     sm.create_training_job(**request("in_job"))
     return "in_job"
