@@ -28,6 +28,8 @@ class JobOperations(BackendState):
             if name in self.training_jobs:
                 raise in_use(f"Training job {name} already exists")
             check_training_request(p)
+            if self.debugger_service == "closed":
+                check_debugger_request(p, self.account)
             arn = self.arn("training-job", name)
             created = now()
             job = copy.deepcopy(p)
@@ -187,6 +189,31 @@ def check_training_request(p: dict) -> None:
     wait = p["StoppingCondition"].get("MaxWaitTimeInSeconds")
     if wait is not None and wait < p["StoppingCondition"].get("MaxRuntimeInSeconds", 86400):
         raise validation("MaxWaitTimeInSeconds must be >= MaxRuntimeInSeconds")
+
+
+#: The CreateTrainingJob fields that ask for the Debugger service (ProfilerConfig unless it turns the profiler off).
+DEBUGGER_FIELDS: tuple[str, ...] = ("DebugHookConfig", "DebugRuleConfigurations", "ProfilerRuleConfigurations",
+                                    "TensorBoardOutputConfig")
+
+
+def check_debugger_request(p: dict, account: str) -> None:
+    """Refuse Debugger in an account without it, the way the app expects AWS to (docs/aws.md, "Debugger").
+
+    What AWS really answers is not documented. The shape chosen is the one
+    SageMaker uses for a field it will not take: ``ValidationException``, HTTP
+    400, a message that names Debugger and the fields. ``ProfilerConfig`` with
+    only ``DisableProfiler: true`` is the documented way to turn monitoring
+    off and is accepted.
+    """
+    asked = [f for f in DEBUGGER_FIELDS if p.get(f)]
+    profiler = p.get("ProfilerConfig")
+    if profiler and not profiler.get("DisableProfiler"):
+        asked.append("ProfilerConfig")
+    if asked:
+        raise validation(
+            f"Amazon SageMaker Debugger is not available to account {account}: it closed to new customers on "
+            f"2026-07-30. Remove {', '.join(asked)} from the request, or set ProfilerConfig.DisableProfiler to true."
+        )
 
 
 def check_tuning_request(p: dict) -> None:

@@ -15,6 +15,7 @@ import copy
 import datetime as dt
 import json
 import logging
+import os
 import threading
 from pathlib import Path
 from typing import Any, Callable
@@ -27,6 +28,22 @@ log = logging.getLogger("runtime.sagemaker")
 DETAIL_TRAINING = "SageMaker Training Job State Change"
 DETAIL_TUNING = "SageMaker HyperParameter Tuning Job State Change"
 DETAIL_ENDPOINT = "SageMaker Endpoint State Change"
+
+#: Whether the local account has the SageMaker Debugger service: ``open`` (an account
+#: from before Debugger closed to new customers on 2026-07-30) or ``closed`` (one
+#: opened after, which CreateTrainingJob answers as :func:`.sagemaker_jobs.check_debugger_request`
+#: says). Read from the runtime's environment, so ``breedline up`` can play either.
+DEBUGGER_SERVICE_VARIABLE = "BREEDLINE_LOCAL_DEBUGGER_SERVICE"
+DEBUGGER_SERVICE_STATES: tuple[str, ...] = ("open", "closed")
+
+
+def debugger_service_from_env() -> str:
+    """``open`` or ``closed`` from :data:`DEBUGGER_SERVICE_VARIABLE`; anything else is a clear error."""
+    value = os.environ.get(DEBUGGER_SERVICE_VARIABLE, "open").strip().lower()
+    if value not in DEBUGGER_SERVICE_STATES:
+        raise ValueError(f"{DEBUGGER_SERVICE_VARIABLE}={value!r} must be one of {', '.join(DEBUGGER_SERVICE_STATES)}")
+    return value
+
 
 #: Events whose times AWS's documented examples write as strings of epoch
 #: milliseconds (``"CreationTime": "1583831889050"``); the endpoint example
@@ -63,6 +80,7 @@ class BackendState:
         account: str = "123456789012",
         event_bus: str = "default",
         job_threads: int | None = 1,
+        debugger_service: str | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -74,6 +92,10 @@ class BackendState:
         # Threads per training process (OMP_NUM_THREADS). One by default: spinning OpenMP
         # threads on a busy machine slow an epoch down; None leaves torch's default.
         self.job_threads = job_threads
+        # "closed": an account without Debugger (see DEBUGGER_SERVICE_VARIABLE); None reads the environment.
+        self.debugger_service = debugger_service or debugger_service_from_env()
+        if self.debugger_service not in DEBUGGER_SERVICE_STATES:
+            raise ValueError(f"debugger_service={self.debugger_service!r} must be one of {DEBUGGER_SERVICE_STATES}")
         self.lock = threading.RLock()
         self.training_jobs: dict[str, dict] = {}
         self.tuning_jobs: dict[str, dict] = {}

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 
-from contract import SERVING_BACKENDS
+from contract import DEBUGGER_MODES, SERVING_BACKENDS
 
 #: Accepted values of BREEDLINE_API_AUTH.
 API_AUTH_MODES: tuple[str, ...] = ("api_key", "iam", "none")
@@ -206,6 +206,9 @@ class Settings:
     use_spot: bool = setting("BREEDLINE_USE_SPOT", "true", "Managed spot training (with checkpoints) for tuning and training.", flag)
     max_runtime_seconds: int = setting("BREEDLINE_MAX_RUNTIME_SECONDS", "7200", "StoppingCondition.MaxRuntimeInSeconds.", integer)
     max_wait_seconds: int = setting("BREEDLINE_MAX_WAIT_SECONDS", "14400", "StoppingCondition.MaxWaitTimeInSeconds (spot only, >= max runtime).", integer)
+    # Debugger (issue 14): where hooks and rules run, and what a rule that found an issue does
+    debugger: str = setting("BREEDLINE_DEBUGGER", "in_job", "Where the final job's Debugger hooks and rules run: in_job (smdebug inside the job; the request carries no Debugger service configuration and turns SageMaker's system profiler off), service (SageMaker Debugger, for accounts that have it), auto (service; retried once as in_job, with one alert, when CreateTrainingJob is refused for a Debugger reason) or off. docs/aws.md says how to pick.", one_of(DEBUGGER_MODES))
+    rules_block_deploy: bool = setting("BREEDLINE_RULES_BLOCK_DEPLOY", "false", "true: a final job whose Debugger rules found an issue is not deployed. false: each such rule is alerted and logged, and the quality gate alone decides.", flag)
     # Deployment
     endpoint_name: str = setting("BREEDLINE_ENDPOINT_NAME", "breedline-classifier", "Name of the endpoint the predict API calls.")
     endpoint_instance_type: str = setting("BREEDLINE_ENDPOINT_INSTANCE_TYPE", "ml.m5.large", "Endpoint instance type (real-time inference).")

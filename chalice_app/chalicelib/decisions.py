@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Iterable, Mapping
 
+from contract import RULE_NAMES, rule_metric_name
+
 TAG_PIPELINE = "breedline:pipeline"
 TAG_STAGE = "breedline:stage"
 TAG_DATASET = "breedline:dataset"
@@ -131,3 +133,54 @@ def quality_gate(new_accuracy: float | None, live_accuracy: float | None, floor:
         )
     against = "no live model" if live_accuracy is None else f"live {live_accuracy:.4f}"
     return GateDecision(True, f"{GATE_METRIC} {new_accuracy:.4f} beats floor {floor:.4f} and {against}", new_accuracy)
+
+
+# -- Debugger (issue 14) ------------------------------------------------------------------
+#: Error codes under which AWS plausibly refuses a request for the Debugger service
+#: itself: the request is well formed, but this account may not use the feature
+#: (ValidationException, the usual answer to a field SageMaker will not take) or
+#: this role may not (AccessDeniedException; AccessDenied is its older spelling).
+#: Quotas (ResourceLimitExceeded), throttling and name clashes are never Debugger's.
+DEBUGGER_REFUSAL_CODES: frozenset[str] = frozenset({"ValidationException", "AccessDeniedException", "AccessDenied"})
+#: What such a message names: the service, or one of the request's Debugger fields.
+_DEBUGGER_WORDS = re.compile(
+    r"debugger|debug[ _-]?hook|debug[ _-]?rule|profiler|rule[ _-]?(evaluat|configuration)|\brules?\b",
+    re.IGNORECASE,
+)
+
+
+def debugger_refusal(code: str, message: str) -> bool:
+    """Was CreateTrainingJob refused because of its Debugger configuration? (``auto`` then retries in_job.)
+
+    Nobody can say what an account opened after Debugger closed (2026-07-30)
+    gets back, so this reads both halves of the error: a code under which a
+    feature or permission is refused (:data:`DEBUGGER_REFUSAL_CODES`) and a
+    message that names Debugger, its hook, its rules or the profiler. Either
+    half alone is not enough: a ValidationException about an instance type
+    must fail as before, and so must a quota error that happens to say "rule".
+    """
+    return code in DEBUGGER_REFUSAL_CODES and bool(_DEBUGGER_WORDS.search(message or ""))
+
+
+#: RuleEvaluationStatus of a service rule that found an issue.
+ISSUES_FOUND = "IssuesFound"
+
+
+def triggered_rules(described: Mapping[str, Any]) -> list[str]:
+    """The Debugger rules that found an issue in a finished job, in :data:`contract.RULE_NAMES` order.
+
+    Two sources, so every mode is read the same way: the ``rule_<Rule>``
+    metric lines train.py prints for its in-job rules (in FinalMetricDataList,
+    1 = issue found) and, for ``service`` jobs, DebugRuleEvaluationStatuses.
+    A service rule still evaluating when the job completes is not waited for.
+    """
+    found: set[str] = set()
+    for rule in RULE_NAMES:
+        value = final_metric(described.get("FinalMetricDataList") or [], rule_metric_name(rule))
+        if value is not None and value >= 0.5:
+            found.add(rule)
+    for status in described.get("DebugRuleEvaluationStatuses") or []:
+        if status.get("RuleEvaluationStatus") == ISSUES_FOUND:
+            found.add(str(status.get("RuleConfigurationName", "")))
+    known = [rule for rule in RULE_NAMES if rule in found]
+    return known + sorted(found - set(known) - {""})

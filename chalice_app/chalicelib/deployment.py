@@ -15,11 +15,11 @@ from typing import Any, Callable
 from chalicelib import clients, naming
 from chalicelib import sagemaker_requests as build
 from chalicelib.config import Settings
-from chalicelib.decisions import STAGE_TRAINING, final_metric, pipeline_tags, quality_gate
+from chalicelib.decisions import STAGE_TRAINING, final_metric, pipeline_tags, quality_gate, triggered_rules
 from chalicelib.observability import GATE_REJECTIONS, MODEL_ACCURACY, MODELS_DEPLOYED, TRAINING_COMPLETED, logger
 from chalicelib.lambda_runtime import PipelineError, alert, client_error, count, idempotent, log_keys, settings, store
 from chalicelib.state import StateStore
-from contract import COMPLETED
+from contract import COMPLETED, DEBUGGER_HYPERPARAMETER
 
 #: Tag stage value on models, endpoint configs and endpoints (jobs use tuning/training).
 STAGE_SERVING = "serving"
@@ -48,15 +48,40 @@ def deploy_if_better(request: dict[str, Any], dataset: str, version: str) -> dic
     if decision.deploy and not artifacts:
         decision = type(decision)(False, "no ModelArtifacts in DescribeTrainingJob", accuracy)
     log_keys(dataset, model=naming.model_name(name))
+    blocked = _report_rules(s, described, name, dataset)
+    outcome = "rules_blocked" if decision.deploy and blocked else "gate_rejected"
+    if decision.deploy and blocked:
+        decision = type(decision)(False, blocked, accuracy)
     if not decision.deploy:
         count(GATE_REJECTIONS)
         state.record_job(
             name, stage=STAGE_TRAINING, dataset=dataset, version=version, status=COMPLETED, reason=f"not deployed: {decision.reason}"
         )
         logger.warning("quality gate: not deployed", extra={"reason": decision.reason, "accuracy": accuracy, "live_accuracy": live_accuracy})
-        return {"outcome": "gate_rejected", "reason": decision.reason, "training_job": name}
+        return {"outcome": outcome, "reason": decision.reason, "training_job": name}
     logger.info("quality gate passed", extra={"reason": decision.reason})
     return deploy(s, state, name=name, dataset=dataset, version=version, artifacts=str(artifacts), accuracy=float(accuracy or 0), live=live)
+
+
+def _report_rules(s: Settings, described: dict[str, Any], name: str, dataset: str) -> str:
+    """Alert and log each Debugger rule that found an issue; the reason not to deploy, or "" to go on.
+
+    Why alert per rule: each names a different problem (a loss that does not
+    fall, overfitting, vanishing gradients), and operators route on the
+    subject. ``BREEDLINE_RULES_BLOCK_DEPLOY`` decides whether they also stop
+    the deployment; by default they only alert.
+    """
+    rules = triggered_rules(described)
+    mode = str((described.get("HyperParameters") or {}).get(DEBUGGER_HYPERPARAMETER, ""))
+    for rule in rules:
+        logger.warning("Debugger rule found an issue", extra={"rule": rule, "training_job": name, "debugger": mode})
+        alert(f"Debugger rule {rule} found an issue in {name}", {
+            "dataset": dataset, "training_job": name, "rule": rule, "debugger": mode,
+            "blocks_deployment": s.rules_block_deploy,
+        })
+    if rules and s.rules_block_deploy:
+        return f"Debugger rules found issues: {', '.join(rules)} (BREEDLINE_RULES_BLOCK_DEPLOY)"
+    return ""
 
 
 def _create_once(call: Callable[..., Any], request: dict[str, Any]) -> bool:

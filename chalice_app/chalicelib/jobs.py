@@ -20,6 +20,7 @@ from chalicelib.decisions import (
     Relevance,
     classify_training_job,
     classify_tuning_job,
+    debugger_refusal,
     pipeline_tags,
     tags_to_dict,
 )
@@ -124,16 +125,9 @@ def _start_final_training(request: dict[str, Any], dataset: str, version: str) -
     name = naming.training_job_name(tuning)
     log_keys(dataset, training_job=name, best_trial=best["TrainingJobName"])
     logger.info("starting final training job", extra={"hyperparameters": tuned, "objective": objective})
-    request_body = build.create_training_job(
-        s,
-        name=name,
-        dataset=dataset,
-        region=clients.region(),
-        hyperparameters=tuned,
-        tags=pipeline_tags(s.name_prefix, STAGE_TRAINING, dataset, version),
-    )
+    tags = pipeline_tags(s.name_prefix, STAGE_TRAINING, dataset, version)
     try:
-        sm.create_training_job(**request_body)
+        mode = _create_final_job(sm, name=name, dataset=dataset, hyperparameters=tuned, tags=tags)
     except client_error() as exc:
         if clients.error_code(exc) == "ResourceInUse":
             logger.info("final training job already exists")
@@ -141,9 +135,42 @@ def _start_final_training(request: dict[str, Any], dataset: str, version: str) -
         count(TRAINING_FAILED)
         alert(f"could not start training job {name}", {"dataset": dataset, "error": clients.error_message(exc)})
         raise PipelineError(f"CreateTrainingJob {name}: {clients.error_message(exc)}") from exc
-    state.record_job(name, stage=STAGE_TRAINING, dataset=dataset, version=version, status=IN_PROGRESS)
+    state.record_job(name, stage=STAGE_TRAINING, dataset=dataset, version=version, status=IN_PROGRESS, debugger=mode)
     count(TRAINING_STARTED)
-    return {"outcome": "started", "training_job": name, "hyperparameters": tuned}
+    return {"outcome": "started", "training_job": name, "hyperparameters": tuned, "debugger": mode}
+
+
+def _create_final_job(sm: Any, *, name: str, dataset: str, hyperparameters: dict[str, str], tags: list[dict[str, str]]) -> str:
+    """CreateTrainingJob in the configured Debugger mode; returns the mode the job really runs with.
+
+    ``auto`` sends ``service`` first. Refused for a Debugger reason
+    (:func:`chalicelib.decisions.debugger_refusal`), it alerts once, naming the
+    job and AWS's answer, and sends the same job as ``in_job``. Any other error,
+    and any error of the retry, propagates unchanged.
+    """
+    s = settings()
+    first = build.request_debugger_mode(s.debugger)
+
+    def request(mode: str) -> dict[str, Any]:
+        return build.create_training_job(
+            s, name=name, dataset=dataset, region=clients.region(), hyperparameters=hyperparameters, tags=tags, debugger=mode
+        )
+
+    try:
+        sm.create_training_job(**request(first))
+        return first
+    except client_error() as exc:
+        code, message = clients.error_code(exc), clients.error_message(exc)
+        if s.debugger != "auto" or not debugger_refusal(code, message):
+            raise
+        logger.warning("SageMaker refused the Debugger service; retrying in_job", extra={"error_code": code, "error": message})
+        alert(
+            f"{name}: in_job, Debugger refused",
+            {"dataset": dataset, "training_job": name, "error_code": code, "error": message,
+             "what_to_do": "set BREEDLINE_DEBUGGER=in_job for this account (docs/aws.md, section 4.2)"},
+        )
+    sm.create_training_job(**request("in_job"))
+    return "in_job"
 
 
 # -- training jobs and both kinds' bad ends ---------------------------------------------

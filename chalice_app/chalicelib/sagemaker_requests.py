@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from contract import (CHANNELS, METRIC_DEFINITIONS, METRIC_NAMES, PRETRAINED_CHANNEL, TOOLKIT_PREFIX,
-                      encode_hyperparameter)
+from contract import (CHANNELS, DEBUGGER_HYPERPARAMETER, DEBUGGER_MODES, METRIC_DEFINITIONS, METRIC_NAMES,
+                      PRETRAINED_CHANNEL, RULE_NAMES, TOOLKIT_PREFIX, encode_hyperparameter)
 
 from chalicelib.config import SERVERLESS_MEMORY_SIZES, Settings
 
@@ -28,14 +28,6 @@ DEBUG_SAVE_INTERVAL = "10"
 PROFILING_INTERVAL_MS = 500
 #: Steps train.py profiles in the final job (--profile_steps); overridable via extra hyperparameters.
 FINAL_PROFILE_STEPS = "10"
-#: Built-in Debugger rules of the final job; each invoked by name in the rule image.
-DEBUGGER_RULES: tuple[str, ...] = (
-    "LossNotDecreasing",
-    "Overfit",
-    "Overtraining",
-    "VanishingGradient",
-    "PoorWeightInitialization",
-)
 #: Tensor collections those rules read (as smdebug's rule configs declare them).
 DEBUG_COLLECTIONS: tuple[dict[str, Any], ...] = (
     {"CollectionName": "losses", "CollectionParameters": {"save_interval": DEBUG_SAVE_INTERVAL}},
@@ -233,33 +225,26 @@ def _rule(name: str, image: str) -> dict[str, Any]:
     return {"RuleConfigurationName": name, "RuleEvaluatorImage": image, "RuleParameters": {"rule_to_invoke": name}}
 
 
-def create_training_job(
-    settings: Settings,
-    *,
-    name: str,
-    dataset: str,
-    region: str,
-    hyperparameters: Mapping[str, str],
-    tags: list[dict[str, str]],
-) -> dict[str, Any]:
-    """CreateTrainingJob for the final model: best hyperparameters, Debugger, profiler, spot.
+def request_debugger_mode(mode: str) -> str:
+    """The mode a request is built for: ``auto`` tries ``service`` first (``jobs`` retries it as ``in_job``)."""
+    if mode not in DEBUGGER_MODES:
+        raise ValueError(f"BREEDLINE_DEBUGGER={mode!r} must be one of {', '.join(DEBUGGER_MODES)}")
+    return "service" if mode == "auto" else mode
 
-    ``hyperparameters`` are the tuned values, already unquoted; they override
-    the static ones. Rules need the region's rule image; without one (local
-    stage) the hook and profiler still run, the rule evaluations are left out.
+
+def debugger_config(settings: Settings, mode: str) -> dict[str, Any]:
+    """The Debugger part of CreateTrainingJob for a resolved mode (``service``, ``in_job`` or ``off``).
+
+    ``service``: hook, built-in rules (with the region's rule image), system
+    profiler and its ProfilerReport rule. ``in_job`` and ``off``: no hook, no
+    rules, and ``ProfilerConfig.DisableProfiler``: the API does not promise
+    that an absent ProfilerConfig keeps SageMaker's default system monitoring
+    off, and SageMaker's own SDK sends ``DisableProfiler`` instead of relying
+    on it (docs/aws.md, section 4.2).
     """
-    values = static_hyperparameters(settings, region)
-    values.setdefault("profile_steps", FINAL_PROFILE_STEPS)
-    values.update({k: str(v) for k, v in hyperparameters.items() if not k.startswith(TOOLKIT_PREFIX)})
-    request: dict[str, Any] = {
-        "TrainingJobName": name,
-        "HyperParameters": values,
-        "AlgorithmSpecification": {**_algorithm(settings), "EnableSageMakerMetricsTimeSeries": True},
-        "RoleArn": settings.role_arn,
-        "InputDataConfig": input_channels(settings, dataset),
-        "OutputDataConfig": {"S3OutputPath": s3_uri(settings, settings.output_prefix)},
-        "ResourceConfig": _resources(settings.training_instance_type, settings),
-        "StoppingCondition": _stopping(settings),
+    if mode != "service":
+        return {"ProfilerConfig": {"DisableProfiler": True}}
+    config: dict[str, Any] = {
         "DebugHookConfig": {
             "LocalPath": TENSORS_LOCAL_PATH,
             # SageMaker appends "<job>/debug-output" itself, as it does for model output.
@@ -272,11 +257,48 @@ def create_training_job(
             "S3OutputPath": s3_uri(settings, settings.output_prefix),
             "ProfilingIntervalInMilliseconds": PROFILING_INTERVAL_MS,
         },
-        "Tags": tags,
     }
     if settings.debugger_rule_image:
-        request["DebugRuleConfigurations"] = [_rule(r, settings.debugger_rule_image) for r in DEBUGGER_RULES]
-        request["ProfilerRuleConfigurations"] = [_rule(PROFILER_RULE, settings.debugger_rule_image)]
+        config["DebugRuleConfigurations"] = [_rule(r, settings.debugger_rule_image) for r in RULE_NAMES]
+        config["ProfilerRuleConfigurations"] = [_rule(PROFILER_RULE, settings.debugger_rule_image)]
+    return config
+
+
+def create_training_job(
+    settings: Settings,
+    *,
+    name: str,
+    dataset: str,
+    region: str,
+    hyperparameters: Mapping[str, str],
+    tags: list[dict[str, str]],
+    debugger: str | None = None,
+) -> dict[str, Any]:
+    """CreateTrainingJob for the final model: best hyperparameters, Debugger mode, profiler, spot.
+
+    ``hyperparameters`` are the tuned values, already unquoted; they override
+    the static ones. ``debugger`` is the mode to build (default
+    ``BREEDLINE_DEBUGGER``, ``auto`` meaning ``service``); train.py learns it
+    from the ``debugger`` hyperparameter. Service rules need the region's rule
+    image; without one (local stage) the hook and profiler still run.
+    """
+    mode = request_debugger_mode(debugger or settings.debugger)
+    values = static_hyperparameters(settings, region)
+    values.setdefault("profile_steps", FINAL_PROFILE_STEPS)
+    values.update({k: str(v) for k, v in hyperparameters.items() if not k.startswith(TOOLKIT_PREFIX)})
+    values[DEBUGGER_HYPERPARAMETER] = mode
+    request: dict[str, Any] = {
+        "TrainingJobName": name,
+        "HyperParameters": values,
+        "AlgorithmSpecification": {**_algorithm(settings), "EnableSageMakerMetricsTimeSeries": True},
+        "RoleArn": settings.role_arn,
+        "InputDataConfig": input_channels(settings, dataset),
+        "OutputDataConfig": {"S3OutputPath": s3_uri(settings, settings.output_prefix)},
+        "ResourceConfig": _resources(settings.training_instance_type, settings),
+        "StoppingCondition": _stopping(settings),
+        **debugger_config(settings, mode),
+        "Tags": tags,
+    }
     request.update(_spot(settings, name))
     return request
 

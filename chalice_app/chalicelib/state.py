@@ -204,15 +204,21 @@ class StateStore:
         return self._get(f"DATASET#{dataset}", f"VERSION#{version}")
 
     # -- jobs -----------------------------------------------------------------
-    def record_job(self, name: str, *, stage: str, dataset: str, version: str, status: str, reason: str = "") -> None:
-        """Create or update a job's record; a new job also becomes the stage's latest."""
+    def record_job(
+        self, name: str, *, stage: str, dataset: str, version: str, status: str, reason: str = "", debugger: str = ""
+    ) -> None:
+        """Create or update a job's record; a new job also becomes the stage's latest.
+
+        ``debugger``: the Debugger mode the job really runs with (``auto`` may fall back), kept once set.
+        """
         now = int(time.time())
+        extra = {":dbg": debugger} if debugger else {}
         self._update(
             f"JOB#{name}",
             "JOB",
             "SET stage = :st, dataset = :d, version = :v, #s = :s, reason = :r, updated_at = :t, "
-            "created_at = if_not_exists(created_at, :t)",
-            {":st": stage, ":d": dataset, ":v": version, ":s": status, ":r": reason, ":t": now},
+            "created_at = if_not_exists(created_at, :t)" + (", debugger = :dbg" if debugger else ""),
+            {":st": stage, ":d": dataset, ":v": version, ":s": status, ":r": reason, ":t": now, **extra},
             names={"#s": "status"},
         )
         if status == IN_PROGRESS:

@@ -168,7 +168,10 @@ def test_tuning_completed_starts_the_final_training_job(client, sagemaker, aws, 
     assert request["HyperParameters"]["learning_rate"] == "0.0031622776601683794"
     assert {t["Key"]: t["Value"] for t in request["Tags"]}["breedline:stage"] == "training"
     assert request["ResourceConfig"]["InstanceType"] == "ml.g4dn.xlarge"
-    assert len(request["DebugRuleConfigurations"]) == 5 and request["ProfilerRuleConfigurations"]
+    # BREEDLINE_DEBUGGER's default, in_job: no Debugger service configuration, the system profiler off
+    assert request["HyperParameters"]["debugger"] == "in_job"
+    assert not {"DebugHookConfig", "DebugRuleConfigurations", "ProfilerRuleConfigurations"} & set(request)
+    assert request["ProfilerConfig"] == {"DisableProfiler": True}
     assert request["EnableManagedSpotTraining"] and request["CheckpointConfig"]
     jobs = state(env).latest_jobs()
     assert jobs["training"]["name"] == FINAL and jobs["training"]["status"] == "InProgress"
@@ -203,9 +206,8 @@ def test_tuning_completed_with_botocore_stubber(client, aws, env):
             {"TrainingJobArn": f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{FINAL}"},
             {k: ANY for k in (
                 "TrainingJobName", "HyperParameters", "AlgorithmSpecification", "RoleArn", "InputDataConfig",
-                "OutputDataConfig", "ResourceConfig", "StoppingCondition", "DebugHookConfig", "ProfilerConfig",
-                "Tags", "DebugRuleConfigurations", "ProfilerRuleConfigurations", "EnableManagedSpotTraining",
-                "CheckpointConfig",
+                "OutputDataConfig", "ResourceConfig", "StoppingCondition", "ProfilerConfig",
+                "Tags", "EnableManagedSpotTraining", "CheckpointConfig",
             )},
         )
         aws_clients.set_client("sagemaker", real)

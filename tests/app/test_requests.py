@@ -16,7 +16,7 @@ from chalicelib import naming
 from chalicelib import sagemaker_requests as build
 from chalicelib.config import Settings
 from chalicelib.decisions import pipeline_tags
-from contract import CHANNELS, METRIC_DEFINITIONS, PRETRAINED_CHANNEL
+from contract import CHANNELS, METRIC_DEFINITIONS, PRETRAINED_CHANNEL, RULE_NAMES
 
 BASE = {
     "BREEDLINE_TRAINING_IMAGE": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.6.0-gpu-py312",
@@ -39,6 +39,12 @@ VARIANTS = {
     "per_model_variant": {"BREEDLINE_VARIANT_NAME": "", "BREEDLINE_SERVERLESS_MEMORY_MB": "4096"},
     "cpu_instances": {"BREEDLINE_TUNING_INSTANCE_TYPE": "ml.m5.xlarge", "BREEDLINE_TRAINING_INSTANCE_TYPE": "ml.c5.2xlarge"},
     "pretrained_weights": {"BREEDLINE_PRETRAINED_WEIGHTS_URI": "s3://breedline-data/code/weights/vgg11-8a719046.pth"},
+    # issue 14: every Debugger mode, and the service without a rule image
+    "debugger_in_job": {"BREEDLINE_DEBUGGER": "in_job"},
+    "debugger_service": {"BREEDLINE_DEBUGGER": "service"},
+    "debugger_auto": {"BREEDLINE_DEBUGGER": "auto"},
+    "debugger_off": {"BREEDLINE_DEBUGGER": "off"},
+    "debugger_service_no_rule_image": {"BREEDLINE_DEBUGGER": "service", "BREEDLINE_DEBUGGER_RULE_IMAGE": ""},
 }
 WEIGHTS_URI = VARIANTS["pretrained_weights"]["BREEDLINE_PRETRAINED_WEIGHTS_URI"]
 DATASET, VERSION = "Stanford_Dogs.v2-with-a-rather-long-name", "0123456789abcdef"
@@ -121,7 +127,7 @@ def test_tuning_job_contents():
 
 
 def test_training_job_contents():
-    request = all_requests(settings())["CreateTrainingJob"]
+    request = all_requests(settings(BREEDLINE_DEBUGGER="service"))["CreateTrainingJob"]
     assert request["ResourceConfig"]["InstanceType"] == "ml.g4dn.xlarge"
     assert request["HyperParameters"]["batch_size"] == "64" and request["HyperParameters"]["learning_rate"] == "0.003"
     assert json.loads(request["HyperParameters"]["sagemaker_program"]) == "train.py"
@@ -188,7 +194,7 @@ def test_spot_off_drops_wait_time_and_checkpoints():
 
 
 def test_without_rule_image_hooks_stay_and_rules_go():
-    request = all_requests(settings(BREEDLINE_DEBUGGER_RULE_IMAGE=""))["CreateTrainingJob"]
+    request = all_requests(settings(BREEDLINE_DEBUGGER="service", BREEDLINE_DEBUGGER_RULE_IMAGE=""))["CreateTrainingJob"]
     assert "DebugHookConfig" in request and "ProfilerConfig" in request
     assert "DebugRuleConfigurations" not in request and "ProfilerRuleConfigurations" not in request
 
@@ -300,3 +306,46 @@ def test_hyperband_gets_its_strategy_config():
 def test_misconfiguration_fails_loudly(overrides):
     with pytest.raises(ValueError):
         all_requests(settings(**overrides))
+
+
+# -- issue 14: the Debugger modes --------------------------------------------------------------
+SERVICE_FIELDS = {"DebugHookConfig", "DebugRuleConfigurations", "ProfilerRuleConfigurations"}
+
+
+@pytest.mark.parametrize("mode", ["in_job", "off"])
+def test_in_job_and_off_carry_no_debugger_service_configuration(mode):
+    """Only the documented switch that keeps SageMaker's default system monitoring off remains."""
+    request = all_requests(settings(BREEDLINE_DEBUGGER=mode))["CreateTrainingJob"]
+    validate_request("sagemaker", "CreateTrainingJob", request)
+    assert not SERVICE_FIELDS & set(request)
+    assert request["ProfilerConfig"] == {"DisableProfiler": True}
+    assert request["HyperParameters"]["debugger"] == mode
+    assert "TensorBoardOutputConfig" not in request
+
+
+@pytest.mark.parametrize("mode", ["service", "auto"])
+def test_service_and_auto_send_todays_request_and_tell_train_py_service(mode):
+    request = all_requests(settings(BREEDLINE_DEBUGGER=mode))["CreateTrainingJob"]
+    assert SERVICE_FIELDS <= set(request)
+    assert request["HyperParameters"]["debugger"] == "service"
+    assert [r["RuleConfigurationName"] for r in request["DebugRuleConfigurations"]] == list(RULE_NAMES)
+    assert "DisableProfiler" not in request["ProfilerConfig"]
+
+
+def test_an_explicit_mode_overrides_the_setting_and_tuned_values_cannot_change_it():
+    s = settings(BREEDLINE_DEBUGGER="auto")
+    request = build.create_training_job(s, name="breedline-x-final", dataset="d", region="us-east-1",
+                                        hyperparameters={"debugger": "service"}, tags=[], debugger="in_job")
+    assert request["HyperParameters"]["debugger"] == "in_job" and "DebugHookConfig" not in request
+    with pytest.raises(ValueError, match="BREEDLINE_DEBUGGER='smdebug' must be one of in_job, service, auto, off"):
+        build.create_training_job(s, name="breedline-x-final", dataset="d", region="us-east-1",
+                                  hyperparameters={}, tags=[], debugger="smdebug")
+
+
+def test_debugger_settings_parse_and_refuse_unknown_modes():
+    s = settings()
+    assert s.debugger == "in_job" and s.rules_block_deploy is False
+    assert settings(BREEDLINE_RULES_BLOCK_DEPLOY="true").rules_block_deploy is True
+    with pytest.raises(ValueError, match="BREEDLINE_DEBUGGER='Service' must be one of in_job, service, auto, off"):
+        settings(BREEDLINE_DEBUGGER="Service")
+

@@ -103,7 +103,8 @@ def trial_request() -> dict:
 def final_request() -> dict:
     return sagemaker_requests.create_training_job(
         settings(), name="final", dataset="digits", region="us-east-1",
-        hyperparameters={**TINY, "learning_rate": "0.01", "batch_size": "8"}, tags=[])
+        hyperparameters={**TINY, "learning_rate": "0.01", "batch_size": "8"}, tags=[],
+        debugger="service")  # the hook from debughookconfig.json, as SageMaker Debugger configures it
 
 
 def model_tarball(base: Path) -> Path:

@@ -28,6 +28,8 @@ E2E_ENV = {
     "BREEDLINE_EXTRA_HYPERPARAMETERS": json.dumps({"image_size": "32", "trainable_blocks": "2", "num_workers": "0",
                                                    "profile_steps": "2", "debug_save_interval": "2"}),
     "BREEDLINE_ACCURACY_FLOOR": "0.3",
+    # the Debugger service's hook and S3 layout, which this test reads back (tests/local/test_debugger_modes.py: all modes)
+    "BREEDLINE_DEBUGGER": "service",
 }
 PER_CLASS = 20
 
