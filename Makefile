@@ -1,5 +1,6 @@
 # Breedline: every entry point sets itself up on a fresh clone.
-#   make test   - create .venv, install the pins, run the whole test suite
+#   make test   - create .venv, install the pins, run the test suite
+#   make test-e2e - the slow end-to-end pipeline runs (one per Debugger mode)
 #   make test-containers - the ML scripts on the AWS containers' versions, through
 #                 AWS's own training and serving toolkits (.venv-containers)
 #   make demo   - run the whole pipeline locally (upload -> tune -> train -> deploy -> predict);
@@ -16,7 +17,7 @@ PIP := PIP_CONSTRAINT=/dev/null $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-containers demo bench bench-quick clean
+.PHONY: venv test test-e2e test-containers demo bench bench-quick clean
 
 venv: $(STAMP)
 
@@ -29,7 +30,12 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
+
+# The slow end-to-end runs (pytest's e2e marker: the whole pipeline once per
+# Debugger mode); CI runs them after make test.
+test-e2e: $(STAMP)
+	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 
 # The container-matched environment (requirements-containers.txt): Python 3.12,
 # torch 2.6, sagemaker-training and sagemaker-pytorch-inference, on the Python

@@ -101,6 +101,7 @@ def _job_record(info, name: str) -> dict:
     return {k: next(iter(v.values())) for k, v in item.items()}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("case", sorted(MODES))
 def test_the_pipeline_deploys_in_every_debugger_mode(case, digits, tmp_path):
     env, ran_as = MODES[case]
