@@ -151,7 +151,7 @@ def settle_dataset(dataset: str, trigger: str) -> dict[str, Any]:
     s = settings()
     listed_at = time.time()
     objects = list_dataset(s, dataset)
-    layout = dict(data_prefix=s.data_prefix, marker=s.ready_marker, image_extensions=s.image_extensions)
+    layout = {"data_prefix": s.data_prefix, "marker": s.ready_marker, "image_extensions": s.image_extensions}
     sample = sniff_sample(objects, dataset=dataset, limit=s.sniff_max_objects, **layout)
     unreadable, sniffed = sniff_objects(s, sample)
     report = validate_layout(
@@ -255,11 +255,11 @@ def check_quiet(now: float | None = None) -> list[dict[str, Any]]:
 
 
 def _upload_epoch(value: Any) -> float | None:
-    """``last_upload`` as epoch seconds; a damaged item (a string, a list...) raises ValueError saying so."""
+    """``last_upload`` as epoch seconds; a damaged item (a string, a list...) raises TypeError saying so."""
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"last_upload is {type(value).__name__} {str(value)[:60]!r}, not a number of seconds")
+        raise TypeError(f"last_upload is {type(value).__name__} {str(value)[:60]!r}, not a number of seconds")
     return float(value)
 
 
