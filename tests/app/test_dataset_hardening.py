@@ -12,12 +12,11 @@ import random
 
 import boto3
 import pytest
-from PIL import Image
-
 from app_helpers import load_event
 from chalicelib import uploads
 from chalicelib.datasets import ObjectRef, sniff_problem, sniff_sample, validate_layout
 from chalicelib.state import StateStore
+from PIL import Image
 
 BUCKET = "breedline-data"
 DATASET = "dog-breeds"
