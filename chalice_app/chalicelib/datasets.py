@@ -334,6 +334,14 @@ def validate_layout(
     )
 
 
+def listing_digest(objects: Iterable[ObjectRef]) -> str:
+    """A digest of every object's key, ETag and size: equal digests mean equal bytes, so equal sniff results."""
+    digest = hashlib.sha256()
+    for row in sorted(f"{o.key}\t{o.etag.strip(chr(34))}\t{o.size}" for o in objects):
+        digest.update(row.encode() + b"\n")
+    return digest.hexdigest()[:32]
+
+
 def sniff_sample(
     objects: Iterable[ObjectRef], *, dataset: str, data_prefix: str, marker: str,
     image_extensions: tuple[str, ...], limit: int,

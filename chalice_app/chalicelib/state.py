@@ -16,7 +16,8 @@ pk                        sk                attributes
 ``DATASET#<name>``        ``UPLOADS``       last_upload, last_key, pending, settled_at,
                                             settled_version, outcome, reasons,
                                             problem, problem_at (why the quiet check
-                                            skips it; alerted once)
+                                            skips it; alerted once), sniff (listing
+                                            digest, sampled, unreadable)
 ``DATASET#<name>``        ``VERSION#<v>``   classes, image_count, tuning_job, created_at
 ``JOB#<job name>``        ``JOB``           stage, dataset, version, status, reason, updated_at
 ``LATEST``                ``tuning`` /      job, dataset, started_at
@@ -181,14 +182,27 @@ class StateStore:
     def uploads(self, dataset: str) -> dict[str, Any] | None:
         return self._get(f"DATASET#{dataset}", UPLOADS)
 
-    def settle(self, dataset: str, version: str, outcome: str, listed_at: float, reasons: Iterable[str] = ()) -> None:
-        """Record what a listing led to; clear ``pending`` unless newer uploads arrived since."""
+    def settle(
+        self,
+        dataset: str,
+        version: str,
+        outcome: str,
+        listed_at: float,
+        reasons: Iterable[str] = (),
+        sniff: dict[str, Any] | None = None,
+    ) -> None:
+        """Record what a listing led to; clear ``pending`` unless newer uploads arrived since.
+
+        ``sniff`` (the listing's digest and what reading its sampled images
+        found) lets the next settlement of an unchanged listing skip the GETs.
+        """
         pk = f"DATASET#{dataset}"
-        values = {":v": version, ":o": outcome, ":s": int(listed_at), ":r": list(reasons)[:20]}
+        values = {":v": version, ":o": outcome, ":s": int(listed_at), ":r": list(reasons)[:20], ":n": sniff or {}}
         self._update(
             pk,
             UPLOADS,
-            "SET settled_version = :v, outcome = :o, settled_at = :s, reasons = :r REMOVE problem, problem_at",
+            "SET settled_version = :v, outcome = :o, settled_at = :s, reasons = :r, sniff = :n "
+            "REMOVE problem, problem_at",
             values,
         )
         self._update(

@@ -25,6 +25,7 @@ from chalicelib.datasets import (
     ObjectRef,
     dataset_of_key,
     is_marker,
+    listing_digest,
     quiet_period_elapsed,
     sniff_problem,
     sniff_sample,
@@ -152,8 +153,7 @@ def settle_dataset(dataset: str, trigger: str) -> dict[str, Any]:
     listed_at = time.time()
     objects = list_dataset(s, dataset)
     layout = {"data_prefix": s.data_prefix, "marker": s.ready_marker, "image_extensions": s.image_extensions}
-    sample = sniff_sample(objects, dataset=dataset, limit=s.sniff_max_objects, **layout)
-    unreadable, sniffed = sniff_objects(s, sample)
+    unreadable, sniffed, sniff = _sniff_once(s, dataset, objects, layout)
     report = validate_layout(
         dataset,
         objects,
@@ -172,8 +172,27 @@ def settle_dataset(dataset: str, trigger: str) -> dict[str, Any]:
         trigger=trigger,
         summary=_summary(report),
     )
-    store(s).settle(dataset, report.version, str(result.get("outcome")), listed_at, report.reasons)
+    store(s).settle(dataset, report.version, str(result.get("outcome")), listed_at, report.reasons, sniff)
     return result
+
+
+def _sniff_once(
+    s: Settings, dataset: str, objects: list[ObjectRef], layout: dict[str, Any]
+) -> tuple[dict[str, str], int, dict[str, Any]]:
+    """Sniff the sample, or reuse what the last settlement found when the listing is unchanged.
+
+    Why: duplicate marker events and re-settlements list the same objects;
+    their ETags and sizes are equal, so their bytes are, and re-reading them
+    would only cost GETs and time.
+    """
+    digest = listing_digest(objects)
+    previous = (store(s).uploads(dataset) or {}).get("sniff") or {}
+    if previous.get("listing") == digest and previous.get("limit") == s.sniff_max_objects:
+        return dict(previous.get("unreadable") or {}), int(previous.get("sniffed", 0)), previous
+    sample = sniff_sample(objects, dataset=dataset, limit=s.sniff_max_objects, **layout)
+    unreadable, sniffed = sniff_objects(s, sample)
+    return unreadable, sniffed, {"listing": digest, "limit": s.sniff_max_objects, "sniffed": sniffed,
+                                 "unreadable": unreadable}
 
 
 @idempotent("settle-dataset-version")

@@ -213,3 +213,18 @@ def test_bad_file_share_setting_is_a_fraction(raw, monkeypatch):
             Settings.from_env()
     else:
         assert Settings.from_env().max_bad_file_share == 0.2
+
+
+def test_an_unchanged_listing_is_not_read_again(client, sagemaker, aws, monkeypatch):
+    aws.put_dataset(DATASET, extra={"train/beagle/text.jpg": b"plain text"})
+    reads: list[str] = []
+    real = uploads._read_range
+    monkeypatch.setattr(uploads, "_read_range", lambda s3, b, key, r: reads.append(key) or real(s3, b, key, r))
+    monkeypatch.setenv("BREEDLINE_MAX_BAD_FILE_SHARE", "0.1")
+    first = invoke(client, "on_dataset_upload", load_event("s3_ready_marker.json"))
+    assert first["outcome"] == "started" and first["skipped_files"] == 1 and len(reads) == 28
+    again = invoke(client, "on_dataset_upload", load_event("s3_ready_marker.json"))  # a duplicate marker event
+    assert again == first and len(reads) == 28
+    aws.s3.put_object(Bucket=BUCKET, Key=f"datasets/{DATASET}/train/corgi/new.jpg", Body=b"\xff\xd8\xffnew\xff\xd9")
+    newer = invoke(client, "on_dataset_upload", load_event("s3_ready_marker.json"))
+    assert newer["version"] != first["version"] and newer["skipped_files"] == 1 and len(reads) == 28 + 29
