@@ -34,7 +34,7 @@ _EXAMPLES = 3
 SKIPPED_LISTED = 50
 #: Bytes read from each end of a sampled image: enough for every magic number and a format's end marker.
 HEAD_BYTES = 16
-TAIL_BYTES = 256
+TAIL_BYTES = 4096
 #: Leading bytes of the formats Pillow (and so ``train.py``) reads; a file starting otherwise is not an image.
 _MAGIC: dict[str, tuple[bytes, ...]] = {
     "jpeg": (b"\xff\xd8\xff",),
@@ -371,22 +371,64 @@ def _format_of(head: bytes) -> str | None:
     return None
 
 
-def sniff_problem(head: bytes, tail: bytes) -> str | None:
-    """Why a file cannot be an image, from its first :data:`HEAD_BYTES` and last :data:`TAIL_BYTES`; None if plausible.
+#: A start-of-scan header's length field: 6 + 2 bytes per component, 1 to 4 components.
+_SOS_LENGTHS = frozenset({8, 10, 12, 14})
 
-    Catches text or other data under an image name (no known magic number)
-    and the two common truncations: a JPEG without its end-of-image marker
-    (``FF D9``) and a PNG without its ``IEND`` chunk. A file that passes may
-    still fail to decode (corrupt inside); ``train.py`` skips and counts those.
+
+def _entropy_coded(tail: bytes) -> bool:
+    """Whether a JPEG's last bytes can be scan data cut short, rather than data appended after its end.
+
+    Inside a scan every ``FF`` is followed by ``00`` (byte stuffing) or a
+    restart marker ``D0``-``D7``. Data some cameras append after the image
+    (a Motion Photo's video, a maker trailer) breaks that within a few kB,
+    and a zero-filled tail is padding, not scan data. Only the bytes after
+    the last start-of-scan header in the window are judged (a small file is
+    read whole, headers included).
+    """
+    sos = tail.rfind(b"\xff\xda")
+    length = int.from_bytes(tail[sos + 2:sos + 4], "big") if sos >= 0 else 0
+    if sos >= 0 and (sos + 4 > len(tail) or length in _SOS_LENGTHS):  # a real header, not two random bytes
+        if sos + 2 + length >= len(tail):
+            return True  # the file ends inside a start-of-scan header
+        tail = tail[sos + 2 + length:]
+    if not tail.strip(b"\x00"):
+        return False
+    at = tail.find(b"\xff")
+    while 0 <= at < len(tail) - 1:
+        follower = tail[at + 1]
+        if follower != 0x00 and not 0xD0 <= follower <= 0xD7:
+            return False
+        at = tail.find(b"\xff", at + 1)
+    return True
+
+
+def sniff_problem(head: bytes, tail: bytes, size: int | None = None) -> str | None:
+    """Why a file cannot be an image, from its first :data:`HEAD_BYTES`, last :data:`TAIL_BYTES` and size.
+
+    Catches text or other data under an image name (no known magic number),
+    a JPEG cut short inside its scan data (no end-of-image marker and a tail
+    that is still scan data, :func:`_entropy_coded`) or, read whole, before
+    it (no start of scan), a PNG without its
+    ``IEND`` chunk, and a WebP or BMP shorter than its header says. None
+    means plausible: a file corrupt inside still passes, and ``train.py``
+    skips and counts those (docs/reliability.md lists what is missed).
     """
     kind = _format_of(head)
     if kind is None:
         shown = head[:8].hex(" ")
         return f"not an image (starts with {shown or 'nothing'})"
+    whole = size is not None and len(tail) >= size
     if kind == "jpeg" and b"\xff\xd9" not in tail:
-        return "truncated JPEG (no end-of-image marker)"
+        if whole and b"\xff\xda" not in tail:
+            return "truncated JPEG (ends before its image data)"
+        if _entropy_coded(tail):
+            return "truncated JPEG (no end-of-image marker)"
     if kind == "png" and b"IEND" not in tail:
         return "truncated PNG (no IEND chunk)"
+    if size is not None and len(head) >= 12:
+        declared = {"webp": int.from_bytes(head[4:8], "little") + 8, "bmp": int.from_bytes(head[2:6], "little")}
+        if declared.get(kind, 0) > size:
+            return f"truncated {kind.upper()} ({size} of {declared[kind]} bytes)"
     return None
 
 

@@ -129,7 +129,7 @@ def sniff_objects(s: Settings, sample: list[ObjectRef]) -> tuple[dict[str, str],
         except error as exc:
             logger.warning("could not check an image's bytes", extra={"key": obj.key, "error": clients.error_code(exc)})
             return None
-        return obj.key, sniff_problem(head, tail)
+        return obj.key, sniff_problem(head, tail, obj.size)
 
     with ThreadPoolExecutor(max_workers=min(SNIFF_THREADS, len(sample))) as pool:
         checked = [row for row in pool.map(check, sample) if row is not None]

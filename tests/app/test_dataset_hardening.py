@@ -14,7 +14,7 @@ import boto3
 import pytest
 from app_helpers import load_event
 from chalicelib import uploads
-from chalicelib.datasets import ObjectRef, sniff_problem, sniff_sample, validate_layout
+from chalicelib.datasets import HEAD_BYTES, TAIL_BYTES, ObjectRef, sniff_problem, sniff_sample, validate_layout
 from chalicelib.state import StateStore
 from PIL import Image
 
@@ -33,8 +33,9 @@ def image_bytes(fmt: str, size: int = 64) -> bytes:
     return out.getvalue()
 
 
-def ends(data: bytes) -> tuple[bytes, bytes]:
-    return data[:16], data[-256:]
+def ends(data: bytes) -> tuple[bytes, bytes, int]:
+    """What settling reads of an object: its first and last bytes, and the listing's size."""
+    return data[:HEAD_BYTES], data[-TAIL_BYTES:], len(data)
 
 
 def listing(per_class: int = 19, classes=("beagle", "corgi", "husky")) -> list[ObjectRef]:
@@ -56,6 +57,21 @@ def test_sniff_accepts_real_images_and_finds_text_and_truncation():
     assert "truncated PNG" in sniff_problem(*ends(png[: len(png) // 2]))
     assert sniff_problem(*ends(b"hello, this is a text file\n")).startswith("not an image (starts with 68 65")
     assert sniff_problem(b"", b"") == "not an image (starts with nothing)"
+    assert sniff_problem(*ends(jpeg[:200])) == "truncated JPEG (ends before its image data)"
+
+
+def test_sniff_passes_data_appended_after_a_jpeg_and_finds_short_webp_and_bmp():
+    big = image_bytes("JPEG", size=160)  # read with two ranged GETs, not whole
+    assert len(big) > HEAD_BYTES + TAIL_BYTES
+    rng = random.Random(1)
+    trailer = bytes(rng.randrange(256) for _ in range(20_000))  # e.g. a Motion Photo's video after the image
+    assert sniff_problem(*ends(big + trailer)) is None
+    assert sniff_problem(*ends(big + b"\x00" * 8192)) is None  # zero padding
+    assert sniff_problem(*ends(big[: len(big) * 2 // 3])) == "truncated JPEG (no end-of-image marker)"
+    webp, bmp = image_bytes("WEBP"), image_bytes("BMP")
+    assert sniff_problem(*ends(webp)) is None and sniff_problem(*ends(bmp)) is None
+    assert sniff_problem(*ends(webp[:-10])).startswith("truncated WEBP")
+    assert sniff_problem(*ends(bmp[:-10])) == f"truncated BMP ({len(bmp) - 10} of {len(bmp)} bytes)"
 
 
 # -- the bad-file share -------------------------------------------------------------------------------
