@@ -207,12 +207,12 @@ def run_demo(data: Path | None, dataset: str, state_dir: Path = DEFAULT_STATE_DI
     # `timeout`, CI and process managers send SIGTERM: treat it as Ctrl-C so the runtime is stopped.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)  # also when started in the background with SIGINT ignored
-    print("Breedline local demo: S3 upload -> EventBridge -> tuning -> training -> deployment -> /predict",
-          flush=True)
     problem = None if data is None else check_data_dir(Path(data))
     if problem is not None:
         print(f"error: {problem}", file=sys.stderr, flush=True)
         return 2
+    print("Breedline local demo: S3 upload -> EventBridge -> tuning -> training -> deployment -> /predict",
+          flush=True)
     say(clock, "STAGE 0  starting the local AWS stand-ins, SageMaker service, app handlers and API ...")
     child, info = start_runtime(state_dir)
     try:

@@ -88,8 +88,10 @@ def test_data_is_checked_before_the_runtime_starts(tmp_path, monkeypatch, capsys
     monkeypatch.setattr(demo, "start_runtime", never)
     monkeypatch.setattr(demo.signal, "signal", lambda *a: None)
     assert demo.run_demo(data, "set", tmp_path / "state") == 2
-    err = capsys.readouterr().err.strip().splitlines()
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: DATA ") and fragment in err[0]
+    assert captured.out == ""  # the one line is all the operator sees
 
 
 def test_a_file_is_not_a_data_folder(tmp_path):
