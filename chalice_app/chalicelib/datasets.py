@@ -145,7 +145,9 @@ class _Sorted:
 def _placeholder_folder(relative: str) -> str | None:
     """``train/x/`` (how consoles and ``aws s3`` tools create an empty folder) -> ``train/x``."""
     parts = relative.rstrip("/").split("/")
-    return "/".join(parts) if relative.endswith("/") and len(parts) == 2 and all(parts) else None
+    if not relative.endswith("/") or len(parts) != 2 or not all(parts) or parts[1].startswith("."):
+        return None
+    return "/".join(parts)
 
 
 def _sort_objects(

@@ -186,8 +186,8 @@ def _sniff_once(
     would only cost GETs and time.
     """
     digest = listing_digest(objects)
-    previous = (store(s).uploads(dataset) or {}).get("sniff") or {}
-    if previous.get("listing") == digest and previous.get("limit") == s.sniff_max_objects:
+    previous = (store(s).uploads(dataset) or {}).get("sniff")
+    if isinstance(previous, dict) and previous.get("listing") == digest and previous.get("limit") == s.sniff_max_objects:
         return dict(previous.get("unreadable") or {}), int(previous.get("sniffed", 0)), previous
     sample = sniff_sample(objects, dataset=dataset, limit=s.sniff_max_objects, **layout)
     unreadable, sniffed = sniff_objects(s, sample)

@@ -118,7 +118,8 @@ def test_a_class_below_its_minimum_after_skipping_rejects():
 
 def test_empty_class_folder_warns_and_zip_hints_unzip_first():
     placeholder = ObjectRef("datasets/dogs/valid/poodle/", 0, '"d"')
-    report = check(listing() + [placeholder], max_bad_share=0.05)
+    hidden = ObjectRef("datasets/dogs/train/.Trash/", 0, '"d"')
+    report = check(listing() + [placeholder, hidden], max_bad_share=0.05)
     assert report.ok and report.warnings == ("class folder valid/poodle/ is empty",)
     zipped = check([ObjectRef("datasets/dogs/dogs.zip", 10_000_000, '"z"')], max_bad_share=0.05)
     assert not zipped.ok
