@@ -116,3 +116,43 @@ def test_test_images_are_only_files_pillow_really_decodes(tmp_path):
     assert {(p.path.name, p.label, p.content_type) for p in picked} == {
         ("good.jpg", "a", "image/jpeg"), ("really_png.jpg", "b", "image/png")}
     assert demo.pick_test_images(tmp_path / "nothing", 3) == []
+
+
+def test_an_accepted_with_skipped_files_notification_is_not_read_as_a_rejection(monkeypatch):
+    class Clock:  # the demo's time, advanced by its own sleeps
+        now = 0.0
+
+        def monotonic(self) -> float:
+            return self.now
+
+        def sleep(self, seconds: float) -> None:
+            self.now += seconds
+
+    class Watcher:
+        clock, sm, tuning_name, final_name = None, None, None, None
+
+        def poll(self) -> dict:
+            return {"endpoint": None, "app": None}
+
+    class Info:
+        alert_queue_url = "queue"
+
+    class Child:
+        def poll(self) -> None:
+            return None
+
+    fake_time = Clock()
+    monkeypatch.setattr(demo, "time", fake_time)
+    monkeypatch.setattr(demo, "say", lambda clock, text: None)
+
+    def alerts(subject: str):
+        sent = [{"subject": subject, "message": "{}"}]
+        return lambda sqs, queue: [sent.pop()] if sent else []
+
+    monkeypatch.setattr(demo, "drain_alerts", alerts("Breedline: data set digits accepted, 2 files skipped"))
+    assert demo.wait_for_deployment(Watcher(), None, Info(), Child(), timeout=60) is False
+    assert fake_time.now >= 60  # it waited for the tuning job until the timeout, not 20 s
+    fake_time.now = 0.0
+    monkeypatch.setattr(demo, "drain_alerts", alerts("Breedline: data set digits rejected"))
+    assert demo.wait_for_deployment(Watcher(), None, Info(), Child(), timeout=60) is False
+    assert 20 < fake_time.now < 25
