@@ -138,12 +138,12 @@ def sniff_objects(s: Settings, sample: list[ObjectRef]) -> tuple[dict[str, str],
 
 def _summary(report: LayoutReport) -> dict[str, Any]:
     """What a notification tells the uploader besides the verdict: counts, skipped files, warnings."""
-    return {
-        "counts": report.counts,
+    return {  # the per-class counts last: they are the longest part, and a reader skims from the top
         "skipped_count": report.skipped_count,
         "skipped": [f"{key}: {why}" for key, why in report.skipped],
-        "bad_share": report.bad_share,
         "warnings": list(report.warnings),
+        "bad_share": report.bad_share,
+        "counts": report.counts,
     }
 
 
