@@ -14,7 +14,14 @@ import boto3
 import pytest
 from app_helpers import load_event
 from chalicelib import uploads
-from chalicelib.datasets import HEAD_BYTES, TAIL_BYTES, ObjectRef, sniff_problem, sniff_sample, validate_layout
+from chalicelib.datasets import (
+    HEAD_BYTES,
+    TAIL_BYTES,
+    ObjectRef,
+    sniff_problem,
+    sniff_sample,
+    validate_layout,
+)
 from chalicelib.state import StateStore
 from PIL import Image
 
