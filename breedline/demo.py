@@ -10,6 +10,7 @@ every training and model-server process it started.
 
 from __future__ import annotations
 
+import mimetypes
 import os
 import random
 import shutil
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 from contract import FAILED, STOPPED
@@ -27,8 +28,10 @@ from breedline.build.paths import REPO_ROOT
 from breedline.demo_progress import Clock, Watcher, drain_alerts, say
 from breedline.local.runtime import DEFAULT_STATE_DIR, LATEST_LINK, RUNS_DIR, RuntimeInfo, new_run_dir
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
-CONTENT_TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
+#: What ``POST /predict`` takes, by the format Pillow finds in the file (not by its name).
+PREDICT_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
+#: The folders a data set holds (contract.CHANNELS); DATA without any of them is not a data set.
+SPLITS = ("train", "valid", "test")
 #: boto3's default multipart threshold: below it one PutObject is what upload_file would send too.
 SINGLE_PUT_BYTES = 8 * 1024 * 1024
 UPLOAD_THREADS = 4
@@ -98,24 +101,40 @@ def stop_runtime(child: subprocess.Popen, timeout: float = 60) -> bool:
 
 
 def upload_dataset(s3: Any, bucket: str, data_dir: Path, name: str, marker: str = "_READY") -> int:
-    """Upload ``{train,valid,test}/<class>/*`` under ``datasets/<name>/``, then the marker.
+    """Upload every file under ``data_dir`` to ``datasets/<name>/`` as ``aws s3 sync`` would, then the marker.
+
+    Why every file: in AWS the operator runs ``aws s3 sync``, which sends
+    every file (hidden ones, ``.webp``, ``.txt`` and zips included) with the
+    content type ``mimetypes`` guesses from the name, and the app's
+    validation decides what counts. A demo that sent only ``.jpg``/``.png``
+    would accept folders AWS rejects. Like the CLI, a file that cannot be
+    read is reported and skipped. Returns how many files were uploaded.
 
     Why ``put_object`` for small files: ``upload_file`` builds a transfer
     manager (and its threads) per call, which costs more client CPU than the
     PutObject itself for a 1 kB image; the object and its ``Object Created``
     event are the same. Files above the multipart threshold still go through
-    ``upload_file``. The marker goes last, once every image is in.
+    ``upload_file``. The marker goes last, once every file is in.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    files = [p for p in sorted(data_dir.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    files = []
+    for path in sorted(data_dir.rglob("*")):
+        if not path.is_file():
+            continue
+        if not os.access(path, os.R_OK):
+            print(f"warning: Skipping file {path}. File/Directory is not readable.", flush=True)
+            continue
+        files.append(path)
 
     def upload(path: Path) -> None:
         key = f"datasets/{name}/{path.relative_to(data_dir).as_posix()}"
+        content_type = mimetypes.guess_type(path.name)[0]
+        extra = {"ContentType": content_type} if content_type else {}
         if path.stat().st_size < SINGLE_PUT_BYTES:
-            s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes())
+            s3.put_object(Bucket=bucket, Key=key, Body=path.read_bytes(), **extra)
         else:
-            s3.upload_file(str(path), bucket, key)
+            s3.upload_file(str(path), bucket, key, ExtraArgs=extra or None)
 
     with ThreadPoolExecutor(max_workers=UPLOAD_THREADS) as pool:
         list(pool.map(upload, files))
@@ -123,18 +142,74 @@ def upload_dataset(s3: Any, bucket: str, data_dir: Path, name: str, marker: str 
     return len(files)
 
 
-def pick_test_images(data_dir: Path, count: int, seed: int = 7) -> list[tuple[Path, str]]:
-    """A few held-out test images, spread over the classes."""
+def check_data_dir(data: Path) -> str | None:
+    """Why ``DATA`` cannot be a data set, in one line; None when it can be uploaded.
+
+    Checked before the runtime starts (half a minute) so a typo fails at
+    once. Only what makes the upload meaningless is checked here; the rest
+    (classes, image counts, unreadable files) is the app's validation, as in AWS.
+    """
+    if not data.exists():
+        return f"DATA {data} does not exist"
+    if not data.is_dir():
+        hint = " (unzip it first)" if data.suffix.lower() == ".zip" else ""
+        return f"DATA {data} is not a folder{hint}: expected DATA/{{train,valid,test}}/<class>/<image>"
+    if not os.access(data, os.R_OK | os.X_OK):
+        return f"DATA {data} is not readable"
+    if not any((data / split).is_dir() for split in SPLITS):
+        zips = sorted(p.name for p in data.glob("*.zip"))
+        hint = f" ({zips[0]} is a zip archive: unzip it first)" if zips else ""
+        return f"DATA {data} has no train/, valid/ or test/ folder{hint}: expected DATA/{{train,valid,test}}/<class>/<image>"
+    return None
+
+
+def predict_type(path: Path) -> str | None:
+    """The Content-Type to send ``path`` with, if Pillow fully decodes it as a JPEG or PNG; else None.
+
+    Why decode: a macOS ``._x.jpg`` (AppleDouble metadata), a truncated
+    file or a PNG named ``.jpg`` would make the demo's predictions report
+    the uploader's file, not the model.
+    """
+    if path.name.startswith("."):
+        return None
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            kind = image.format
+            image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    return PREDICT_TYPES.get(kind or "")
+
+
+class HeldOutImage(NamedTuple):
+    """A held-out image the demo predicts, its true label and the Content-Type it is sent with."""
+
+    path: Path
+    label: str
+    content_type: str
+
+
+def pick_test_images(data_dir: Path, count: int, seed: int = 7) -> list[HeldOutImage]:
+    """A few held-out test images, spread over the classes, each one that really decodes."""
     test = data_dir / "test"
-    by_class = {d.name: sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-                for d in sorted(test.iterdir()) if d.is_dir()}
+    if not test.is_dir():
+        return []
+    by_class = {d.name: sorted(p for p in d.iterdir() if p.is_file())
+                for d in sorted(test.iterdir()) if d.is_dir() and not d.name.startswith(".")}
     rng = random.Random(seed)
     classes = sorted(by_class)
     rng.shuffle(classes)
     picked = []
     for cls in classes[:count]:
-        if by_class[cls]:
-            picked.append((rng.choice(by_class[cls]), cls))
+        candidates = list(by_class[cls])
+        rng.shuffle(candidates)
+        for path in candidates:
+            content_type = predict_type(path)
+            if content_type is not None:
+                picked.append(HeldOutImage(path, cls, content_type))
+                break
     return picked
 
 
@@ -154,6 +229,10 @@ def run_demo(data: Path | None, dataset: str, state_dir: Path | None = None, pre
     # `timeout`, CI and process managers send SIGTERM: treat it as Ctrl-C so the runtime is stopped.
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)  # also when started in the background with SIGINT ignored
+    problem = None if data is None else check_data_dir(Path(data))
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+        return 2
     print("Breedline local demo: S3 upload -> EventBridge -> tuning -> training -> deployment -> /predict",
           flush=True)
     say(clock, "STAGE 0  starting the local AWS stand-ins, SageMaker service, app handlers and API ...")
@@ -164,7 +243,7 @@ def run_demo(data: Path | None, dataset: str, state_dir: Path | None = None, pre
         data = prepare_data(clock, data, dataset, state_dir, per_class)
         s3, sqs, sm = demo_clients(info)
         count = upload_dataset(s3, info.bucket, Path(data), dataset)
-        say(clock, f"  uploaded {count} images to s3://{info.bucket}/datasets/{dataset}/ and the _READY marker;"
+        say(clock, f"  uploaded {count} files to s3://{info.bucket}/datasets/{dataset}/ and the _READY marker;"
                    " from here on, events drive everything")
         clock.stage_done("write + upload data")
 
@@ -245,7 +324,8 @@ def wait_for_deployment(watcher: Watcher, sqs: Any, info: RuntimeInfo, child: su
         state = watcher.poll()
         for alert in drain_alerts(sqs, info.alert_queue_url):
             say(clock, f"  ALERT (SNS): {alert['subject']}: {alert['message'][:400]}")
-            alerts_seen += 1
+            # "accepted, N files skipped" tells what was left out; the tuning job follows it
+            alerts_seen += " accepted, " not in alert["subject"]
         if alerts_seen and watcher.tuning_name is None and time.monotonic() - upload_done > 20:
             say(clock, "  the app rejected the data set (see the alert); nothing was started")
             return False
@@ -275,9 +355,9 @@ def predict_test_images(clock: Clock, api_url: str, data: Path, predictions: int
     say(clock, f"STAGE 5  predictions through POST {api_url}/predict (held-out test images)")
     correct = 0
     picked = pick_test_images(data, predictions)
-    for path, true_label in picked:
+    for path, true_label, content_type in picked:
         answer = requests.post(f"{api_url}/predict", data=path.read_bytes(),
-                               headers={"Content-Type": CONTENT_TYPES[path.suffix.lower()]}, timeout=60)
+                               headers={"Content-Type": content_type}, timeout=60)
         body = answer.json()
         if answer.status_code == 200:
             mark = "ok" if body["label"] == true_label else "WRONG"

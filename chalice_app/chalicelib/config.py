@@ -152,6 +152,14 @@ def minutes(name: str, raw: str) -> int:
     return max(1, integer(name, raw))
 
 
+def fraction(name: str, raw: str) -> float:
+    """A share between 0 and 1 (0.05 is 5%)."""
+    value = number(name, raw)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}={raw!r} must be a share between 0 and 1 (0.05 is 5%)")
+    return value
+
+
 def setting(name: str, default: str, doc: str, parse: Parser = text, *, hash: bool = True) -> Any:
     """A :class:`Settings` field read from environment variable ``name`` (``default`` when unset)."""
     return field(metadata={"variable": Variable(name, default, doc), "parse": parse}, hash=hash)
@@ -185,6 +193,9 @@ class Settings:
     quiet_check_minutes: int = setting("BREEDLINE_QUIET_CHECK_MINUTES", "1", "How often check_quiet_datasets runs (read when the app is packaged).", minutes)
     min_images_per_class: int = setting("BREEDLINE_MIN_IMAGES_PER_CLASS", "2", "Minimum images per class in every split.", integer)
     image_extensions: tuple[str, ...] = setting("BREEDLINE_IMAGE_EXTENSIONS", ".jpg,.jpeg,.png", "File extensions accepted as images (case-insensitive).", extensions)
+    # The uploader's data set (issue 15, items 4 and 13; docs/reliability.md)
+    max_bad_file_share: float = setting("BREEDLINE_MAX_BAD_FILE_SHARE", "0.05", "Share of a data set's files that may be unusable (empty, not an image by suffix, or failing the first/last-bytes check) and are then skipped and listed in the notification; above it the set is rejected. 0 rejects any unusable file.", fraction)
+    sniff_max_objects: int = setting("BREEDLINE_SNIFF_MAX_OBJECTS", "500", "How many images settling checks by their first 16 and last 4,096 bytes (ranged GETs, a fixed sample of the listing) for text under an image name and truncated JPEG, PNG, WebP or BMP; 0 checks only sizes and suffixes.", integer)
     # Model and tuning
     model: str = setting("BREEDLINE_MODEL", "vgg11", "Architecture passed to train.py --model.")
     pretrained_weights_uri: str = setting("BREEDLINE_PRETRAINED_WEIGHTS_URI", "", "S3 URI of one pretrained weights file (a state dict of the model's architecture) in the data bucket, under code/ (the SageMaker role reads it there). Every job gets it as the pretrained input channel and train.py uses it as --pretrained_weights, so no job downloads weights. Empty: vgg11 and resnet50 fetch theirs from the torchvision hub at job start (needs internet), efficientnet_lite0 uses its packaged file.")

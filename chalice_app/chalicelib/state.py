@@ -14,7 +14,10 @@ Items of the state table (``pk``, ``sk``):
 pk                        sk                attributes
 ========================  ================  ==============================================
 ``DATASET#<name>``        ``UPLOADS``       last_upload, last_key, pending, settled_at,
-                                            settled_version, outcome, reasons
+                                            settled_version, outcome, reasons,
+                                            problem, problem_at (why the quiet check
+                                            skips it; alerted once), sniff (listing
+                                            digest, sampled, unreadable)
 ``DATASET#<name>``        ``VERSION#<v>``   classes, image_count, tuning_job, created_at
 ``JOB#<job name>``        ``JOB``           stage, dataset, version, status, reason, updated_at
 ``LATEST``                ``tuning`` /      job, dataset, started_at
@@ -146,8 +149,9 @@ class StateStore:
             pk,
             UPLOADS,
             "SET last_upload = :t, last_key = :k",
-            {":t": int(event_epoch), ":k": key},
-            "attribute_not_exists(last_upload) OR last_upload < :t",
+            {":t": int(event_epoch), ":k": key, ":n": "N"},
+            # a last_upload that is not a number (a damaged item) is repaired by the next upload
+            "attribute_not_exists(last_upload) OR NOT attribute_type(last_upload, :n) OR last_upload < :t",
         )
         return self._update(
             pk,
@@ -178,17 +182,50 @@ class StateStore:
     def uploads(self, dataset: str) -> dict[str, Any] | None:
         return self._get(f"DATASET#{dataset}", UPLOADS)
 
-    def settle(self, dataset: str, version: str, outcome: str, listed_at: float, reasons: Iterable[str] = ()) -> None:
-        """Record what a listing led to; clear ``pending`` unless newer uploads arrived since."""
+    def settle(
+        self,
+        dataset: str,
+        version: str,
+        outcome: str,
+        listed_at: float,
+        reasons: Iterable[str] = (),
+        sniff: dict[str, Any] | None = None,
+    ) -> None:
+        """Record what a listing led to; clear ``pending`` unless newer uploads arrived since.
+
+        ``sniff`` (the listing's digest and what reading its sampled images
+        found) lets the next settlement of an unchanged listing skip the GETs.
+        """
         pk = f"DATASET#{dataset}"
-        values = {":v": version, ":o": outcome, ":s": int(listed_at), ":r": list(reasons)[:20]}
-        self._update(pk, UPLOADS, "SET settled_version = :v, outcome = :o, settled_at = :s, reasons = :r", values)
+        values = {":v": version, ":o": outcome, ":s": int(listed_at), ":r": list(reasons)[:20], ":n": sniff or {}}
+        self._update(
+            pk,
+            UPLOADS,
+            "SET settled_version = :v, outcome = :o, settled_at = :s, reasons = :r, sniff = :n "
+            "REMOVE problem, problem_at",
+            values,
+        )
         self._update(
             pk,
             UPLOADS,
             "SET pending = :f",
             {":f": False, ":s": int(listed_at)},
             "attribute_not_exists(last_upload) OR last_upload < :s",
+        )
+
+    def note_problem(self, dataset: str, problem: str, now: float) -> bool:
+        """Remember why a pending data set could not be checked; True only when this problem is new.
+
+        Why: the quiet check runs every minute. Alerting only on a new or
+        changed problem tells the operator once, not 1,440 times a day; a
+        successful settlement clears it (:meth:`settle`), so a recurrence alerts again.
+        """
+        return self._update(
+            f"DATASET#{dataset}",
+            UPLOADS,
+            "SET problem = :p, problem_at = :t",
+            {":p": problem[:500], ":t": int(now)},
+            "attribute_not_exists(problem) OR problem <> :p",
         )
 
     # -- data set versions -------------------------------------------------

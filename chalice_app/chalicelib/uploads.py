@@ -2,20 +2,35 @@
 
 A data set is settled when its ``_READY`` marker arrives or, without one,
 when its uploads have gone quiet (:func:`check_quiet`, scheduled). Settling
-lists and validates the folder (:mod:`chalicelib.datasets`) and then, once
-per data set version, rejects it with an alert or starts one tuning job.
+lists and validates the folder (:mod:`chalicelib.datasets`), reading the
+first and last bytes of a bounded sample of its images (:func:`sniff_objects`),
+and then, once per data set version, rejects it with an alert or starts one
+tuning job (alerting the files it skipped, if any).
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from chalicelib import clients, naming
 from chalicelib import sagemaker_requests as build
 from chalicelib.config import Settings
-from chalicelib.datasets import ObjectRef, dataset_of_key, is_marker, quiet_period_elapsed, validate_layout
+from chalicelib.datasets import (
+    HEAD_BYTES,
+    TAIL_BYTES,
+    LayoutReport,
+    ObjectRef,
+    dataset_of_key,
+    is_marker,
+    listing_digest,
+    quiet_period_elapsed,
+    sniff_problem,
+    sniff_sample,
+    validate_layout,
+)
 from chalicelib.decisions import STAGE_TUNING, pipeline_tags
 from chalicelib.observability import DATASETS_ACCEPTED, DATASETS_REJECTED, TUNING_FAILED, TUNING_STARTED, UPLOADS_SEEN, logger
 from chalicelib.lambda_runtime import PipelineError, alert, client_error, count, idempotent, log_keys, settings, store
@@ -83,17 +98,70 @@ def list_dataset(s: Settings, dataset: str) -> list[ObjectRef]:
     return objects
 
 
+#: Parallel ranged GETs while sniffing: the Lambda waits on the network, not the CPU.
+SNIFF_THREADS = 8
+
+
+def _read_range(s3: Any, bucket: str, key: str, byte_range: str) -> bytes:
+    return s3.get_object(Bucket=bucket, Key=key, Range=byte_range)["Body"].read()
+
+
+def sniff_objects(s: Settings, sample: list[ObjectRef]) -> tuple[dict[str, str], int]:
+    """First and last bytes of each sampled image: ``({key: why unreadable}, how many were checked)``.
+
+    A small object is read whole (one GET), a larger one with two ranged GETs.
+    An object that cannot be read now (deleted since the listing, access
+    denied) is logged and left unjudged: a failed check must not reject a set.
+    """
+    if not sample:
+        return {}, 0
+    s3 = clients.client("s3")
+    error = client_error()
+
+    def check(obj: ObjectRef) -> tuple[str, str | None] | None:
+        try:
+            if obj.size <= HEAD_BYTES + TAIL_BYTES:
+                data = _read_range(s3, s.bucket, obj.key, f"bytes=0-{obj.size - 1}")
+                head, tail = data[:HEAD_BYTES], data[-TAIL_BYTES:]
+            else:
+                head = _read_range(s3, s.bucket, obj.key, f"bytes=0-{HEAD_BYTES - 1}")
+                tail = _read_range(s3, s.bucket, obj.key, f"bytes=-{TAIL_BYTES}")
+        except error as exc:
+            logger.warning("could not check an image's bytes", extra={"key": obj.key, "error": clients.error_code(exc)})
+            return None
+        return obj.key, sniff_problem(head, tail, obj.size)
+
+    with ThreadPoolExecutor(max_workers=min(SNIFF_THREADS, len(sample))) as pool:
+        checked = [row for row in pool.map(check, sample) if row is not None]
+    return {key: why for key, why in checked if why}, len(checked)
+
+
+def _summary(report: LayoutReport) -> dict[str, Any]:
+    """What a notification tells the uploader besides the verdict: counts, skipped files, warnings."""
+    return {  # the per-class counts last: they are the longest part, and a reader skims from the top
+        "skipped_count": report.skipped_count,
+        "skipped": [f"{key}: {why}" for key, why in report.skipped],
+        "warnings": list(report.warnings),
+        "bad_share": report.bad_share,
+        "counts": report.counts,
+    }
+
+
 def settle_dataset(dataset: str, trigger: str) -> dict[str, Any]:
-    """List and validate the data set, then start tuning or reject it, once per version."""
+    """List, sniff and validate the data set, then start tuning or reject it, once per version."""
     s = settings()
     listed_at = time.time()
+    objects = list_dataset(s, dataset)
+    layout = {"data_prefix": s.data_prefix, "marker": s.ready_marker, "image_extensions": s.image_extensions}
+    unreadable, sniffed, sniff = _sniff_once(s, dataset, objects, layout)
     report = validate_layout(
         dataset,
-        list_dataset(s, dataset),
-        data_prefix=s.data_prefix,
-        marker=s.ready_marker,
-        image_extensions=s.image_extensions,
+        objects,
         min_images_per_class=s.min_images_per_class,
+        max_bad_share=s.max_bad_file_share,
+        unreadable=unreadable,
+        sniffed=sniffed,
+        **layout,
     )
     log_keys(dataset, dataset_version=report.version)
     result = _settle_version(
@@ -102,29 +170,64 @@ def settle_dataset(dataset: str, trigger: str) -> dict[str, Any]:
         classes=list(report.classes),
         image_count=report.image_count,
         trigger=trigger,
+        summary=_summary(report),
     )
-    store(s).settle(dataset, report.version, str(result.get("outcome")), listed_at, report.reasons)
+    store(s).settle(dataset, report.version, str(result.get("outcome")), listed_at, report.reasons, sniff)
     return result
+
+
+def _sniff_once(
+    s: Settings, dataset: str, objects: list[ObjectRef], layout: dict[str, Any]
+) -> tuple[dict[str, str], int, dict[str, Any]]:
+    """Sniff the sample, or reuse what the last settlement found when the listing is unchanged.
+
+    Why: duplicate marker events and re-settlements list the same objects;
+    their ETags and sizes are equal, so their bytes are, and re-reading them
+    would only cost GETs and time.
+    """
+    digest = listing_digest(objects)
+    previous = (store(s).uploads(dataset) or {}).get("sniff")
+    if isinstance(previous, dict) and previous.get("listing") == digest and previous.get("limit") == s.sniff_max_objects:
+        return dict(previous.get("unreadable") or {}), int(previous.get("sniffed", 0)), previous
+    sample = sniff_sample(objects, dataset=dataset, limit=s.sniff_max_objects, **layout)
+    unreadable, sniffed = sniff_objects(s, sample)
+    return unreadable, sniffed, {"listing": digest, "limit": s.sniff_max_objects, "sniffed": sniffed,
+                                 "unreadable": unreadable}
 
 
 @idempotent("settle-dataset-version")
 def _settle_version(
-    request: dict[str, Any], reasons: list[str], classes: list[str], image_count: int, trigger: str
+    request: dict[str, Any],
+    reasons: list[str],
+    classes: list[str],
+    image_count: int,
+    trigger: str,
+    summary: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Once per (data set, version): reject with an alert, or start one tuning job."""
+    """Once per (data set, version): reject with an alert, or start one tuning job (alerting skipped files)."""
     s = settings()
     dataset, version = request["dataset"], request["version"]
+    summary = summary or {}
+    skipped = int(summary.get("skipped_count", 0))
     if reasons:
         count(DATASETS_REJECTED)
-        logger.warning("data set rejected", extra={"reasons": reasons, "trigger": trigger})
+        logger.warning("data set rejected", extra={"reasons": reasons, "trigger": trigger, **summary})
         alert(
             f"data set {dataset} rejected",
-            {"dataset": dataset, "version": version, "reasons": reasons, "what_to_do": "fix the layout and upload again"},
+            {"dataset": dataset, "version": version, "reasons": reasons,
+             "what_to_do": "fix the layout and upload again", **summary},
         )
         return {"outcome": "rejected", "dataset": dataset, "version": version, "reasons": reasons}
     count(DATASETS_ACCEPTED)
-    logger.info("data set accepted", extra={"classes": len(classes), "images": image_count, "trigger": trigger})
-    return start_tuning(s, dataset, version, classes, image_count)
+    logger.info("data set accepted", extra={"classes": len(classes), "images": image_count, "trigger": trigger, **summary})
+    if skipped or summary.get("warnings"):
+        alert(
+            f"data set {dataset} accepted, {skipped} files skipped",
+            {"dataset": dataset, "version": version, "images": image_count,
+             "what_to_do": "nothing needed; replace the skipped files and upload again to train on them", **summary},
+        )
+    result = start_tuning(s, dataset, version, classes, image_count)
+    return {**result, "skipped_files": skipped} if skipped else result
 
 
 def start_tuning(s: Settings, dataset: str, version: str, classes: list[str], image_count: int) -> dict[str, Any]:
@@ -151,18 +254,55 @@ def start_tuning(s: Settings, dataset: str, version: str, classes: list[str], im
 
 
 def check_quiet(now: float | None = None) -> list[dict[str, Any]]:
-    """Scheduled: settle every pending data set whose uploads have gone quiet."""
+    """Scheduled: settle every pending data set whose uploads have gone quiet.
+
+    Each pending item is checked on its own: one that is damaged or cannot
+    be settled is logged, alerted once (:func:`_pending_failed`) and skipped,
+    and the others still settle.
+    """
     s = settings()
     now = time.time() if now is None else now
     results: list[dict[str, Any]] = []
     for item in store(s).pending_datasets():
-        last = item.get("last_upload")
-        if last is None or not quiet_period_elapsed(float(last), now, s.quiet_period_seconds):
-            continue
-        dataset = item["dataset"]
         try:
-            results.append(settle_dataset(dataset, trigger="quiet"))
-        except Exception:  # one broken data set must not block the others
-            logger.exception("settling data set failed", extra={"dataset": dataset})
-            results.append({"outcome": "error", "dataset": dataset})
+            result = _check_pending(s, item, now)
+        except Exception as exc:  # one broken data set must not block the others
+            result = _pending_failed(s, item, exc, now)
+        if result is not None:
+            results.append(result)
     return results
+
+
+def _upload_epoch(value: Any) -> float | None:
+    """``last_upload`` as epoch seconds; a damaged item (a string, a list...) raises TypeError saying so."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"last_upload is {type(value).__name__} {str(value)[:60]!r}, not a number of seconds")
+    return float(value)
+
+
+def _check_pending(s: Settings, item: dict[str, Any], now: float) -> dict[str, Any] | None:
+    last = _upload_epoch(item.get("last_upload"))
+    if last is None or not quiet_period_elapsed(last, now, s.quiet_period_seconds):
+        return None
+    return settle_dataset(item["dataset"], trigger="quiet")
+
+
+def _pending_failed(s: Settings, item: dict[str, Any], exc: Exception, now: float) -> dict[str, Any]:
+    """Log the failure every time, alert it once per distinct problem (the check runs every minute)."""
+    dataset = str(item.get("dataset", "?"))
+    # The error code, not the message, of an AWS error: messages carry request ids and would alert every minute.
+    problem = f"{type(exc).__name__}: {clients.error_code(exc) or str(exc)}"[:500]
+    logger.exception("pending data set skipped", extra={"dataset": dataset, "problem": problem})
+    try:
+        if store(s).note_problem(dataset, problem, now):
+            alert(
+                f"data set {dataset} cannot be settled",
+                {"dataset": dataset, "problem": problem, "what_to_do":
+                 "upload a file again (that repairs a damaged upload record) or see the check_quiet_datasets logs; "
+                 "this alert is not repeated until the problem changes"},
+            )
+    except Exception:  # the state table or SNS is failing too: the log line above is all we can do
+        logger.exception("could not record or alert the problem", extra={"dataset": dataset})
+    return {"outcome": "error", "dataset": dataset, "problem": problem}

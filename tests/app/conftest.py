@@ -77,7 +77,7 @@ class Aws:
             for cls, n in classes.items():
                 for i in range(n):
                     key = f"datasets/{name}/{split}/{cls}/{cls}_{i:03d}.jpg"
-                    self.s3.put_object(Bucket=BUCKET, Key=key, Body=b"\xff\xd8\xff" + f"{key}".encode())
+                    self.s3.put_object(Bucket=BUCKET, Key=key, Body=b"\xff\xd8\xff" + f"{key}".encode() + b"\xff\xd9")
                     keys.append(key)
         for key, body in (extra or {}).items():
             self.s3.put_object(Bucket=BUCKET, Key=f"datasets/{name}/{key}", Body=body)

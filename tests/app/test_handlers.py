@@ -112,7 +112,7 @@ def test_uploads_without_marker_start_after_the_quiet_period(client, sagemaker, 
 def test_new_uploads_after_a_start_make_a_new_version(client, sagemaker, aws, env):
     aws.put_dataset(DATASET)
     first = invoke(client, "on_dataset_upload", load_event("s3_ready_marker.json"))
-    aws.s3.put_object(Bucket="breedline-data", Key=f"datasets/{DATASET}/train/beagle/new.jpg", Body=b"\xff\xd8\xffnew")
+    aws.s3.put_object(Bucket="breedline-data", Key=f"datasets/{DATASET}/train/beagle/new.jpg", Body=b"\xff\xd8\xffnew\xff\xd9")
     second = invoke(client, "on_dataset_upload", load_event("s3_ready_marker.json"))
     assert first["version"] != second["version"]
     assert len(sagemaker.created["CreateHyperParameterTuningJob"]) == 2

@@ -126,7 +126,7 @@ def test_download_prefix_refuses_an_object_changed_since_the_listing(channel, tm
     assert all(p.read_bytes() != b"newer" for p in (tmp_path / "cache").glob("*"))
 
 
-def test_upload_dataset_puts_every_image_then_the_marker_last(moto_stack, tmp_path):
+def test_upload_dataset_puts_every_file_then_the_marker_last(moto_stack, tmp_path):
     s3 = moto_stack.client("s3")
     data = tmp_path / "set"
     images = {f"{split}/{cls}/{i}.jpg": bytes([i]) * 100
@@ -137,9 +137,10 @@ def test_upload_dataset_puts_every_image_then_the_marker_last(moto_stack, tmp_pa
     (data / "train" / "a" / "notes.txt").write_text("not an image")
     name = f"up{time.monotonic_ns()}"
     counting = CountingS3(s3)
-    assert upload_dataset(counting, BUCKET, data, name) == len(images)
+    # every file, as `aws s3 sync` sends it: the app's validation decides what counts (issue 15, item 14)
+    assert upload_dataset(counting, BUCKET, data, name) == len(images) + 1
     assert counting.puts[-1] == f"datasets/{name}/_READY"
-    assert sorted(counting.puts[:-1]) == sorted(f"datasets/{name}/{rel}" for rel in images)
+    assert sorted(counting.puts[:-1]) == sorted(f"datasets/{name}/{rel}" for rel in [*images, "train/a/notes.txt"])
     for rel, body in images.items():
         assert s3.get_object(Bucket=BUCKET, Key=f"datasets/{name}/{rel}")["Body"].read() == body
 
