@@ -4,9 +4,10 @@ What it shows: ``inference.input_fn``'s peak memory and time on the largest imag
 ``BREEDLINE_MAX_DECODE_MEGAPIXELS`` accepts (an RGBA PNG right at the budget, a 12 MP
 RGB PNG, a 12 MP JPEG), and on the 8,900 x 8,900 PNGs of the issue (16-bit grey and
 RGBA, a few hundred KB each), which are refused from their header. Each case runs
-in a fresh process, and its peak is that process's ``ru_maxrss`` (the kernel's
-peak resident set) minus its value just before the call, so one case's memory
-never counts for the next. A full run also decodes one bomb without a budget
+in a fresh process, and its peak is how far that process's peak resident set
+(``VmHWM``, reset to the current RSS through ``/proc/self/clear_refs`` just before
+the call) rose above its RSS before the call, so neither the imports' peak nor
+another case's memory counts. A full run also decodes one bomb without a budget
 (``decoding.load_rgb``, the path before the fix) for the contrast.
 
 ``--quick`` uses a 1-megapixel budget and a header-only bomb (signature, IHDR,
@@ -31,11 +32,12 @@ from bench.core import Row, Section, Stats
 ML = Path(__file__).resolve().parent.parent / "ml_scripts"
 
 _CHILD = """
-import json, resource, sys, time
+import json, sys, time
 import inference, decoding
+from bench_rss import peak_since, reset_peak
 path, content_type, plain = sys.argv[1], sys.argv[2], sys.argv[3] == "plain"
 data = open(path, "rb").read()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = reset_peak()
 started = time.perf_counter()
 try:
     image = decoding.load_rgb(data) if plain else inference.input_fn(data, content_type)
@@ -43,8 +45,26 @@ try:
 except inference.InferenceInputError as exc:
     outcome = "refused: %d %s" % (exc.status_code, exc.code)
 elapsed = time.perf_counter() - started
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-print(json.dumps({"seconds": elapsed, "peak_mb": peak / 1024, "outcome": outcome, "bytes": len(data)}))
+print(json.dumps({"seconds": elapsed, "peak_mb": peak_since(before), "outcome": outcome, "bytes": len(data)}))
+"""
+
+#: The child's peak-memory probe (a module next to it): Linux's VmHWM, reset through clear_refs.
+_RSS = """
+def _kb(key):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(key))
+
+
+def reset_peak():
+    # Reset the kernel's peak RSS (VmHWM) to the current RSS; return the current RSS in kB.
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    return _kb("VmRSS:")
+
+
+def peak_since(before_kb):
+    # MB the peak RSS rose above before_kb since reset_peak.
+    return (_kb("VmHWM:") - before_kb) / 1024
 """
 
 
@@ -79,15 +99,14 @@ def _jpeg(size: tuple[int, int]) -> bytes:
 
 
 def _measure(data: bytes, content_type: str, megapixels: float, plain: bool = False) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".img", delete=False) as handle:
-        handle.write(data)
-    env = dict(os.environ, BREEDLINE_MAX_DECODE_MEGAPIXELS=f"{megapixels:g}", OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([str(ML), env.get("PYTHONPATH", "")])
-    try:
-        done = subprocess.run([sys.executable, "-c", _CHILD, handle.name, content_type, "plain" if plain else "-"],
-                              capture_output=True, text=True, timeout=300, env=env, cwd=ML)
-    finally:
-        os.unlink(handle.name)
+    with tempfile.TemporaryDirectory() as folder:
+        image = Path(folder) / "image"
+        image.write_bytes(data)
+        (Path(folder) / "bench_rss.py").write_text(_RSS)
+        env = dict(os.environ, BREEDLINE_MAX_DECODE_MEGAPIXELS=f"{megapixels:g}", OMP_NUM_THREADS="1")
+        env["PYTHONPATH"] = os.pathsep.join([folder, str(ML), env.get("PYTHONPATH", "")])
+        done = subprocess.run([sys.executable, "-c", _CHILD, str(image), content_type, "plain" if plain else "-"],
+                              capture_output=True, text=True, timeout=300, env=env, cwd=ML, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"decode child failed: {done.stderr[-1500:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -105,7 +124,7 @@ def _measure_here(data: bytes, content_type: str, megapixels: float) -> dict:
     started = time.perf_counter()
     try:
         image = inference.input_fn(data, content_type)
-        outcome = "accepted, decoded to %d x %d" % image.size
+        outcome = f"accepted, decoded to {image.size[0]} x {image.size[1]}"
     except inference.InferenceInputError as exc:
         outcome = f"refused: {exc.status_code} {exc.code}"
     finally:
@@ -142,5 +161,6 @@ def run(section: Section, quick: bool) -> None:
                                 "s", note=f"{result['outcome']}; peak +{result['peak_mb']:.0f} MB"))
     section.notes.append(
         f"Budget BREEDLINE_MAX_DECODE_MEGAPIXELS={megapixels:g}: at most that many decoded megapixels and "
-        f"{megapixels * 16:g} MB of estimated decode memory (16 bytes a pixel, RGBA's peak). Peak = the case's own "
-        "process's ru_maxrss after the call minus before it.")
+        f"{megapixels * 16:g} MB of estimated decode memory (16 bytes a pixel, RGBA's peak). Peak = how far the "
+        "case's own process's peak RSS (VmHWM, reset just before the call) rose above its RSS before it; "
+        "--quick measures in the bench process, where it is a smoke value.")

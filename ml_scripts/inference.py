@@ -397,17 +397,29 @@ def accepts_json(accept: str | None) -> bool:
     return False
 
 
-def output_fn(prediction: dict[str, Any], accept: str | None = "application/json") -> str:
+#: The one representation we serve.
+JSON = "application/json"
+
+
+def output_fn(prediction: dict[str, Any], accept: str | None = JSON) -> str | tuple[str, str]:
     """The prediction as strict JSON text (the only representation we serve).
 
     ``allow_nan=False``: a NaN or infinite probability is a model failure (a 500,
     which the API answers as 502 ``model_error``), never ``NaN`` in a 200.
+    When Accept is anything but ``application/json`` (a list such as
+    ``application/json, text/plain``, or ``application/*``) the answer is
+    ``(text, "application/json")``: the serving toolkit labels a plain answer
+    with the Accept header itself, and a tuple's second item is its content type.
     """
     if not accepts_json(accept):
         raise InferenceInputError(f"cannot answer in {accept!r}; accept application/json", 406)
-    return json.dumps(prediction, allow_nan=False)
+    text = json.dumps(prediction, allow_nan=False)
+    if (accept or JSON).strip().lower() in (JSON, "*/*"):  # the toolkit turns */* into its default, JSON
+        return text
+    return text, JSON
 
 
 def predict_bytes(body: bytes, content_type: str | None, model: LoadedModel) -> str:
     """The whole request path, as the serving container chains it."""
-    return output_fn(predict_fn(input_fn(body, content_type), model), "application/json")
+    answer = output_fn(predict_fn(input_fn(body, content_type), model), JSON)
+    return answer if isinstance(answer, str) else answer[0]

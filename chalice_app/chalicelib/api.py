@@ -17,6 +17,7 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from chalicelib import clients, lambda_runtime
 from chalicelib import sagemaker_requests as build
 from chalicelib.config import Settings
+from chalicelib.lambda_runtime import settings, store
 from chalicelib.observability import (
     ERROR_CODE_DIMENSION,
     PREDICT_ERRORS,
@@ -40,7 +41,6 @@ from chalicelib.predict import (
     shape_prediction,
     validate_image_request,
 )
-from chalicelib.lambda_runtime import settings, store
 
 #: How long the predict route trusts its copy of the live model's name.
 LIVE_NAME_TTL_SECONDS = 60.0
@@ -59,11 +59,11 @@ def answer_predict(event: dict[str, Any], content_type: str | None) -> tuple[dic
         answer, status = predict(decode_event_body(event), content_type), 200
     except PredictError as exc:
         code, answer, status = exc.code, exc.body(), exc.status
-    except Exception as exc:  # never a 500: an unexpected failure is still a JSON error
+    except Exception as exc:  # noqa: BLE001 - never a 500: an unexpected failure is still a JSON error
         report_failure("predict failed unexpectedly", exc)
         try:
             logger.exception("predict failed unexpectedly")
-        except Exception:  # noqa: BLE001 - reported above
+        except Exception:  # noqa: BLE001, S110 - reported above
             pass
         error = PredictError(INTERNAL_ERROR, "The prediction failed unexpectedly; retry later")
         code, answer, status = error.code, error.body(), error.status

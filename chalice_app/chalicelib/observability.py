@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Mapping
+from collections.abc import Mapping
 
 from aws_lambda_powertools import Logger, Metrics
 
@@ -87,7 +87,7 @@ def report_failure(what: str, exc: BaseException) -> None:
     except Exception:  # noqa: BLE001 - the logger is what failed; stderr is all that is left
         try:
             print(f"{what}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-        except Exception:  # noqa: BLE001 - nothing left to tell
+        except Exception:  # noqa: BLE001, S110 - nothing left to tell
             pass
 
 
@@ -103,6 +103,6 @@ def flush() -> None:
     except Exception as exc:  # noqa: BLE001 - see the docstring
         try:
             metrics.clear_metrics()
-        except Exception:  # noqa: BLE001 - the set is rebuilt on the next add
+        except Exception:  # noqa: BLE001, S110 - the set is rebuilt on the next add
             pass
         report_failure("metrics flush failed; this invocation's metrics are dropped", exc)
