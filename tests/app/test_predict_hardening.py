@@ -306,3 +306,18 @@ def test_a_truncated_tall_png_is_a_400_at_the_route(runtime) -> None:
         body, status = answer(data[:-cut], "image/png")
         assert (status, body["code"]) == (400, "undecodable_image"), cut
     runtime.assert_no_pending_responses()
+
+
+def test_every_stage_gives_the_api_lambda_more_than_the_invoke_budget() -> None:
+    """The Lambda must still be running when InvokeEndpoint gives up, or the client gets no JSON 504."""
+    from chalicelib.config import API_GATEWAY_TIMEOUT_SECONDS, ROUTE_ALLOWANCE_SECONDS
+
+    config = json.loads((REPO / "chalice_app" / ".chalice" / "config.json").read_text())
+    longest = API_GATEWAY_TIMEOUT_SECONDS - ROUTE_ALLOWANCE_SECONDS
+    for name, stage in config["stages"].items():
+        api_handler = stage.get("lambda_functions", {}).get("api_handler", {})
+        timeout = api_handler.get("lambda_timeout", stage.get("lambda_timeout", config.get("lambda_timeout", 60)))
+        assert timeout > longest, name
+        budget = stage.get("environment_variables", {}).get("BREEDLINE_INVOKE_TIMEOUT_SECONDS")
+        if budget is not None:
+            assert float(budget) <= longest, name
