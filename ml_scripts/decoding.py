@@ -37,7 +37,7 @@ _MAGIC: tuple[tuple[bytes, str], ...] = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r
 #: the decoded buffer plus the conversions' copies (measured by ``python -m bench --only decode_budget``,
 #: docs/benchmarks.md). Why per mode: a 16-bit grey PNG costs about six times an RGB one per pixel.
 PEAK_BYTES_PER_PIXEL: dict[str, int] = {
-    "1": 5, "L": 5, "P": 9, "RGB": 4, "YCbCr": 8, "CMYK": 8, "RGBA": 16, "LA": 16, "PA": 16,
+    "1": 5, "L": 5, "P": 9, "RGB": 4, "YCbCr": 8, "CMYK": 8, "RGBA": 20, "LA": 20, "PA": 20,
     "I;16": 23, "I;16B": 23, "I;16L": 23, "I;16N": 23, "I": 30, "F": 30,
 }
 #: A palette image with a transparent entry goes through RGBA (to_rgb), which costs this much more.
@@ -159,7 +159,8 @@ def _finish(image: Image.Image) -> Image.Image:
     """Force the full decode (so truncation shows here), undo EXIF rotation, make RGB."""
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        # In place: Pillow returns a whole copy of an upright image otherwise (4 bytes a pixel more).
+        ImageOps.exif_transpose(image, in_place=True)
         return to_rgb(image)
     except Image.DecompressionBombError:
         raise

@@ -39,11 +39,11 @@ PNG_PEAK_BYTES_PER_PIXEL: dict[tuple[int, int], int] = {
     (0, 1): 5, (0, 2): 5, (0, 4): 5, (0, 8): 5, (0, 16): 23,
     (2, 8): 4, (2, 16): 4,
     (3, 1): 9, (3, 2): 9, (3, 4): 9, (3, 8): 9,
-    (4, 8): 16, (4, 16): 16,
-    (6, 8): 16, (6, 16): 16,
+    (4, 8): 20, (4, 16): 20,
+    (6, 8): 20, (6, 16): 20,
 }
 #: The decode budget in bytes is its megapixels times an RGBA pixel's peak (decoding.BUDGET_BYTES_PER_PIXEL).
-BUDGET_BYTES_PER_PIXEL = 16
+BUDGET_BYTES_PER_PIXEL = 20
 #: libjpeg's smallest DCT scale: the model may decode a JPEG at 1/8 of each side, never less.
 JPEG_MAX_REDUCTION = 8
 

@@ -77,7 +77,7 @@ def respond(runtime, payload: bytes) -> None:
     [
         (png_header_only(8900, 8900, 16, 0), "image/png"),  # 16-bit grey, 175 KB in the issue
         (png_header_only(8900, 8900, 8, 6), "image/png"),  # RGBA, 326 KB in the issue
-        (png_header_only(4032, 3024, 16, 0), "image/png"),  # 12 MP, but 16-bit grey costs 23 bytes a pixel
+        (png_header_only(4000, 3600, 16, 0), "image/png"),  # 14.4 MP: 16-bit grey costs 23 bytes a pixel
         (jpeg_header_only(65000, 65000), "image/jpeg"),  # over budget even at libjpeg's 1/8
     ],
 )
@@ -91,7 +91,8 @@ def test_images_over_the_decode_budget_never_reach_the_endpoint(runtime, data, c
     "data, content_type",
     [
         (png_header_only(4032, 3024, 8, 6), "image/png"),  # a 12 MP RGBA PNG
-        (png_header_only(4032, 3024, 8, 2), "image/png"),
+        (png_header_only(4032, 3024, 16, 0), "image/png"),  # 16-bit grey: 280 MB of the 320
+        (png_header_only(4000, 3600, 8, 2), "image/png"),  # the 14.4 MP refused above, in RGB
         (jpeg_header_only(8000, 6000), "image/jpeg"),  # 48 MP JPEG: the model decodes it at 1/4
     ],
 )

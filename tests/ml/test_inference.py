@@ -360,10 +360,11 @@ def test_issue_15s_8900_px_pngs_are_refused_from_the_header(mode: str, monkeypat
 
 
 def test_the_decode_budget_counts_mode_and_jpeg_draft(monkeypatch) -> None:
-    """12 MP RGBA passes, 12 MP 16-bit grey does not (23 bytes a pixel); a 27 MP JPEG decodes at 1/4 and passes."""
+    """12 MP RGBA passes; 14.4 MP passes in RGB, not in 16-bit grey (23 bytes a pixel); a 27 MP JPEG decodes at 1/4."""
     assert inference.input_fn(_sized_png("RGBA", (4032, 3024)), "image/png").size == (4032, 3024)
+    assert inference.input_fn(_sized_png("RGB", (4000, 3600)), "image/png").size == (4000, 3600)
     with pytest.raises(inference.InferenceInputError) as info:
-        inference.input_fn(_sized_png("I;16", (4032, 3024)), "image/png")
+        inference.input_fn(_sized_png("I;16", (4000, 3600)), "image/png")
     assert info.value.code == "image_too_large"
     image = inference.input_fn(photo_jpeg("astronaut", (6000, 4500)), "image/jpeg")
     assert min(image.size) < 4500
