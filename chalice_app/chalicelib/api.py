@@ -60,11 +60,10 @@ def answer_predict(event: dict[str, Any], content_type: str | None) -> tuple[dic
     except PredictError as exc:
         code, answer, status = exc.code, exc.body(), exc.status
     except Exception as exc:  # noqa: BLE001 - never a 500: an unexpected failure is still a JSON error
-        report_failure("predict failed unexpectedly", exc)
         try:
             logger.exception("predict failed unexpectedly")
-        except Exception:  # noqa: BLE001, S110 - reported above
-            pass
+        except Exception:  # noqa: BLE001 - the logger itself failed: stderr gets the original error
+            report_failure("predict failed unexpectedly", exc)
         error = PredictError(INTERNAL_ERROR, "The prediction failed unexpectedly; retry later")
         code, answer, status = error.code, error.body(), error.status
     observe_predict(code, status, (time.perf_counter() - started) * 1000)
