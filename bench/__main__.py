@@ -34,6 +34,7 @@ SECTIONS: dict[str, str] = {
     "pipeline": "3. Training input pipeline (images/s)",
     "train_step": "4. Training step throughput (images/s)",
     "demo": "5. Local pipeline (make demo) by stage",
+    "decode_budget": "6. Decode budget (largest accepted image, issue 15's 8,900 px PNGs refused)",
 }
 
 
@@ -46,6 +47,8 @@ def _runner(key: str):
         from bench import pipeline_bench as mod
     elif key == "train_step":
         from bench import train_step_bench as mod
+    elif key == "decode_budget":
+        from bench import decode_budget as mod
     else:
         from bench import demo_bench as mod
     return mod.run

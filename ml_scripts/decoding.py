@@ -11,6 +11,8 @@ import io
 import math
 import os
 import struct
+import zlib
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -21,6 +23,102 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 class ImageDecodeError(ValueError):
     """Bytes that are not a complete, decodable image."""
+
+
+class DecodeBudgetError(ValueError):
+    """An image whose header says it would cost more to decode than the budget allows (answered 413)."""
+
+
+#: Pillow format names a request may declare, by the format its magic bytes show.
+REQUEST_FORMATS: dict[str, str] = {"jpeg": "JPEG", "png": "PNG"}
+_MAGIC: tuple[tuple[bytes, str], ...] = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"))
+
+#: Peak bytes per pixel while an image of each Pillow mode is decoded and made RGB by :func:`to_rgb`:
+#: the decoded buffer plus the conversions' copies (measured by ``python -m bench --only decode_budget``,
+#: docs/benchmarks.md). Why per mode: a 16-bit grey PNG costs about six times an RGB one per pixel.
+PEAK_BYTES_PER_PIXEL: dict[str, int] = {
+    "1": 5, "L": 5, "P": 9, "RGB": 4, "YCbCr": 8, "CMYK": 8, "RGBA": 20, "LA": 20, "PA": 20,
+    "I;16": 23, "I;16B": 23, "I;16L": 23, "I;16N": 23, "I": 30, "F": 30,
+}
+#: A palette image with a transparent entry goes through RGBA (to_rgb), which costs this much more.
+PALETTE_ALPHA_EXTRA = 12
+#: An image any other mode: assume the costliest.
+UNKNOWN_MODE_BYTES = 30
+#: The budget in bytes is its megapixels times what an RGBA image costs per pixel (the costliest 8-bit mode).
+BUDGET_BYTES_PER_PIXEL = PEAK_BYTES_PER_PIXEL["RGBA"]
+
+
+@dataclass(frozen=True)
+class DecodeBudget:
+    """How much one request may decode: at most ``megapixels`` decoded pixels, and their estimated bytes.
+
+    Why from the header alone: the 8,900 x 8,900 PNGs of issue 15 are a few hundred KB but take
+    1.8-2.1 GB to decode; the header says so before a single pixel is decoded.
+    """
+
+    megapixels: float
+
+    @property
+    def max_pixels(self) -> int:
+        return int(self.megapixels * 1_000_000)
+
+    @property
+    def max_bytes(self) -> int:
+        return self.max_pixels * BUDGET_BYTES_PER_PIXEL
+
+
+def estimated_bytes(size: tuple[int, int], mode: str, has_transparency: bool = False) -> int:
+    """Peak bytes to decode an image of ``size`` in ``mode`` and make it RGB (see :data:`PEAK_BYTES_PER_PIXEL`)."""
+    per_pixel = PEAK_BYTES_PER_PIXEL.get(mode, UNKNOWN_MODE_BYTES)
+    if mode == "P" and has_transparency:
+        per_pixel += PALETTE_ALPHA_EXTRA
+    return size[0] * size[1] * per_pixel
+
+
+def check_budget(image: Image.Image, budget: DecodeBudget) -> None:
+    """Raise :class:`DecodeBudgetError` if ``image`` (opened, not loaded) would exceed ``budget``.
+
+    ``image.size`` is what will be decoded: after :meth:`PIL.Image.Image.draft` a JPEG's reduced size.
+    """
+    width, height = image.size
+    pixels = width * height
+    cost = estimated_bytes(image.size, image.mode, "transparency" in image.info)
+    if pixels > budget.max_pixels or cost > budget.max_bytes:
+        raise DecodeBudgetError(
+            f"the image would decode to {width} x {height} pixels ({pixels / 1e6:.1f} MP, mode {image.mode}, "
+            f"about {cost / 1e6:.0f} MB); the limit is {budget.megapixels:g} MP and {budget.max_bytes / 1e6:.0f} MB. "
+            "Resize it and retry"
+        )
+
+
+def sniff(data: bytes) -> str | None:
+    """The format (``"jpeg"``/``"png"``) the first bytes announce, or None."""
+    for magic, fmt in _MAGIC:
+        if data.startswith(magic):
+            return fmt
+    return None
+
+
+def check_png_complete(data: bytes) -> None:
+    """Refuse a PNG whose chunks do not all fit, check out (CRC) and end with IEND.
+
+    Why: Pillow decodes a PNG whose pixel data is complete but whose last bytes (zlib
+    checksum, IDAT CRC, IEND) are cut off, so a truncated upload would be answered.
+    """
+    offset = 8
+    while offset + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[offset : offset + 4])
+        kind = data[offset + 4 : offset + 8]
+        end = offset + 12 + length
+        if end > len(data):
+            break
+        (crc,) = struct.unpack(">I", data[end - 4 : end])
+        if zlib.crc32(data[offset + 4 : end - 4]) != crc:
+            raise ImageDecodeError(f"not a decodable image: the PNG's {kind!r} chunk fails its CRC")
+        if kind == b"IEND":
+            return
+        offset = end
+    raise ImageDecodeError("not a decodable image: the PNG is truncated (it does not end with its IEND chunk)")
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -46,11 +144,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _open(source: str | os.PathLike[str] | bytes) -> Image.Image:
+def _open(source: str | os.PathLike[str] | bytes, formats: tuple[str, ...] | None = None) -> Image.Image:
     try:
         if isinstance(source, (bytes, bytearray, memoryview)):
-            return Image.open(io.BytesIO(bytes(source)))
-        return Image.open(source)
+            return Image.open(io.BytesIO(bytes(source)), formats=formats)
+        return Image.open(source, formats=formats)
     except Image.DecompressionBombError:
         raise
     except (OSError, ValueError, SyntaxError) as exc:
@@ -61,7 +159,8 @@ def _finish(image: Image.Image) -> Image.Image:
     """Force the full decode (so truncation shows here), undo EXIF rotation, make RGB."""
     try:
         image.load()
-        image = ImageOps.exif_transpose(image)
+        # In place: Pillow returns a whole copy of an upright image otherwise (4 bytes a pixel more).
+        ImageOps.exif_transpose(image, in_place=True)
         return to_rgb(image)
     except Image.DecompressionBombError:
         raise
@@ -78,15 +177,23 @@ def load_rgb(source: str | os.PathLike[str] | bytes) -> Image.Image:
     return _finish(_open(source))
 
 
-def decode_for_size(source: str | os.PathLike[str] | bytes, resize_size: int) -> Image.Image:
+def decode_for_size(
+    source: str | os.PathLike[str] | bytes,
+    resize_size: int,
+    *,
+    formats: tuple[str, ...] | None = None,
+    budget: DecodeBudget | None = None,
+) -> Image.Image:
     """Decode to RGB, upright, with the shorter side still >= ``resize_size`` where possible.
 
     JPEGs are decoded by libjpeg at 1/2, 1/4 or 1/8 scale (Pillow's ``draft``),
     never below the size we need: a 12-megapixel photo decodes to ~500 px
     instead of 4000 px, which is most of the cost of serving it. Other formats
-    decode in full.
+    decode in full. ``formats`` limits which Pillow decoders may open the bytes
+    (serving: only the declared one); ``budget`` is checked on the header, after
+    the JPEG draft, before any pixel is decoded.
     """
-    image = _open(source)
+    image = _open(source, formats)
     width, height = image.size
     if image.format == "JPEG" and min(width, height) > 0:
         # EXIF rotation swaps the sides but keeps the shorter one, so this is safe.
@@ -96,6 +203,8 @@ def decode_for_size(source: str | os.PathLike[str] | bytes, resize_size: int) ->
             image.draft("RGB", request)
         except (OSError, ValueError):
             pass  # draft is only an optimisation; the full decode is still right
+    if budget is not None:
+        check_budget(image, budget)
     return _finish(image)
 
 

@@ -17,7 +17,13 @@ that status with the JSON error body as the first line. Pillow's pixel limit sta
 
 Environment: ``BREEDLINE_TOP_K`` (default 5), ``BREEDLINE_MAX_IMAGE_BYTES``
 (default 6 MiB, SageMaker's real-time payload limit), ``BREEDLINE_SERVING_BACKEND``
-(default ``auto``, see below).
+(default ``auto``, see below), ``BREEDLINE_MAX_DECODE_MEGAPIXELS`` (default 16: the
+decode budget checked on the header, :class:`decoding.DecodeBudget`).
+
+Only JPEG and PNG are decoded, and only the one the Content-Type declares
+(``application/x-image``: either): the magic bytes must show it, and Pillow is
+asked to open that format alone, so GIF, BMP, TIFF, WebP, ICO, JPEG 2000 or EPS
+bytes never reach a decoder (415). A PNG must be complete (every chunk's CRC, IEND).
 
 Fast paths, each checked against the plain path (full PIL decode, torchvision
 ``Resize``/``CenterCrop``/``ToTensor``/``Normalize``, ``model(x)``) in
@@ -56,12 +62,35 @@ from torch import nn
 
 from backbones import build_model, read_meta
 from contract import SERVING_BACKENDS
-from decoding import ImageDecodeError, decode_for_size, resize_crop
+from decoding import (
+    REQUEST_FORMATS,
+    DecodeBudget,
+    DecodeBudgetError,
+    ImageDecodeError,
+    check_png_complete,
+    decode_for_size,
+    resize_crop,
+    sniff,
+)
 from presets import Preprocessing
 
-SUPPORTED_CONTENT_TYPES: frozenset[str] = frozenset({"image/jpeg", "image/png", "application/x-image"})
+#: Each accepted Content-Type and the formats (decoding.REQUEST_FORMATS keys) its body may be.
+CONTENT_TYPE_FORMATS: dict[str, tuple[str, ...]] = {
+    "image/jpeg": ("jpeg",),
+    "image/png": ("png",),
+    "application/x-image": ("jpeg", "png"),
+}
+SUPPORTED_CONTENT_TYPES: frozenset[str] = frozenset(CONTENT_TYPE_FORMATS)
+#: Image formats we recognise but never decode (415 whatever the Content-Type says), by magic bytes.
+REFUSED_FORMATS: tuple[tuple[bytes, str], ...] = (
+    (b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+    (b"RIFF", "WebP"), (b"\x00\x00\x01\x00", "ICO"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xffO\xffQ", "JPEG 2000"), (b"%!PS", "EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"), (b"%PDF", "PDF"),
+)
 DEFAULT_TOP_K = 5
 DEFAULT_MAX_IMAGE_BYTES = 6 * 1024 * 1024
+#: The decode budget when BREEDLINE_MAX_DECODE_MEGAPIXELS is unset (the Lambda's setting of that name passes it).
+DEFAULT_MAX_DECODE_MEGAPIXELS = 16.0
 #: JPEGs decode to a shorter side of at least this many times the model's resize
 #: size: the smallest gap whose top-1 agrees with the full decode on over 99% of
 #: photos from thumbnail to 12 MP, the project's target (docs/ml.md gives the
@@ -96,6 +125,9 @@ ERROR_CODES: dict[int, str] = {
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
+#: Refusals with a code of their own (the status alone would give ERROR_CODES' code).
+IMAGE_TOO_LARGE = "image_too_large"
+CONTENT_TYPE_MISMATCH = "content_type_mismatch"
 
 
 class InferenceInputError(_ToolkitError, ValueError):
@@ -249,11 +281,38 @@ def _max_bytes() -> int:
     return int(os.environ.get("BREEDLINE_MAX_IMAGE_BYTES") or DEFAULT_MAX_IMAGE_BYTES)
 
 
+def _decode_budget() -> DecodeBudget:
+    raw = os.environ.get("BREEDLINE_MAX_DECODE_MEGAPIXELS") or str(DEFAULT_MAX_DECODE_MEGAPIXELS)
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise ServingBackendError(f"BREEDLINE_MAX_DECODE_MEGAPIXELS={raw!r}: use a positive number of megapixels")
+    return DecodeBudget(value)
+
+
+def declared_format(body: bytes, media_type: str) -> str:
+    """The format to decode ``body`` as: its magic bytes, if the Content-Type allows them; else a refusal."""
+    actual = sniff(body)
+    if actual is None:
+        for magic, name in REFUSED_FORMATS:
+            if body.startswith(magic):
+                raise InferenceInputError(f"{name} images are not supported; send a JPEG or PNG", 415)
+        raise InferenceInputError("the body is not a JPEG or PNG image (its first bytes say otherwise)", 400,
+                                  "not_an_image")
+    if actual not in CONTENT_TYPE_FORMATS[media_type]:
+        raise InferenceInputError(f"Content-Type says {media_type} but the body is a {actual.upper()} image", 415,
+                                  CONTENT_TYPE_MISMATCH)
+    return actual
+
+
 def input_fn(body: bytes, content_type: str | None) -> Image.Image:
     """Validate and decode the request body to an upright RGB image.
 
     JPEGs decode at reduced size (libjpeg's DCT scaling), to no less than
-    :data:`JPEG_DRAFT_GAP` times the model's resize size.
+    :data:`JPEG_DRAFT_GAP` times the model's resize size. Only the declared
+    format is opened, and the decode budget is checked on its header first.
     """
     media_type = (content_type or "").split(";", 1)[0].strip().lower()
     if media_type not in SUPPORTED_CONTENT_TYPES:
@@ -269,13 +328,19 @@ def input_fn(body: bytes, content_type: str | None) -> Image.Image:
         raise InferenceInputError("empty request body: send the image bytes", 400, "empty_body")
     if len(body) > _max_bytes():
         raise InferenceInputError(f"image of {len(body)} bytes exceeds the {_max_bytes()} byte limit", 413)
+    fmt = declared_format(body, media_type)
+    budget = _decode_budget()
     try:
+        if fmt == "png":
+            check_png_complete(body)
         with warnings.catch_warnings():
             # Between 1x and 2x Pillow's pixel limit Pillow only warns; we refuse.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            return decode_for_size(body, _draft_short_side)
+            return decode_for_size(body, _draft_short_side, formats=(REQUEST_FORMATS[fmt],), budget=budget)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InferenceInputError(f"image has too many pixels (decompression bomb protection): {exc}", 413) from exc
+    except DecodeBudgetError as exc:
+        raise InferenceInputError(str(exc), 413, IMAGE_TOO_LARGE) from exc
     except ImageDecodeError as exc:
         raise InferenceInputError(f"could not decode the image: {exc}", 400) from exc
 
@@ -309,14 +374,52 @@ def predict_fn(data: Image.Image | torch.Tensor, model: LoadedModel) -> dict[str
     return {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
 
 
-def output_fn(prediction: dict[str, Any], accept: str | None = "application/json") -> str:
-    """The prediction as JSON text (the only representation we serve)."""
-    media_type = (accept or "").split(";", 1)[0].strip().lower()
-    if media_type not in ("", "*/*", "application/json", "application/*"):
+def accepts_json(accept: str | None) -> bool:
+    """Whether an Accept header lets us answer JSON: any of its ranges (q > 0) covers application/json.
+
+    Why a list: ``application/json, text/plain`` is a client that takes JSON; only the
+    first entry was read before, and it was refused with a 406.
+    """
+    if not accept or not accept.strip():
+        return True
+    for item in accept.split(","):
+        media, *params = [part.strip() for part in item.split(";")]
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        if quality > 0 and media.lower() in ("application/json", "application/*", "*/*"):
+            return True
+    return False
+
+
+#: The one representation we serve.
+JSON = "application/json"
+
+
+def output_fn(prediction: dict[str, Any], accept: str | None = JSON) -> str | tuple[str, str]:
+    """The prediction as strict JSON text (the only representation we serve).
+
+    ``allow_nan=False``: a NaN or infinite probability is a model failure (a 500,
+    which the API answers as 502 ``model_error``), never ``NaN`` in a 200.
+    When Accept is anything but ``application/json`` (a list such as
+    ``application/json, text/plain``, or ``application/*``) the answer is
+    ``(text, "application/json")``: the serving toolkit labels a plain answer
+    with the Accept header itself, and a tuple's second item is its content type.
+    """
+    if not accepts_json(accept):
         raise InferenceInputError(f"cannot answer in {accept!r}; accept application/json", 406)
-    return json.dumps(prediction)
+    text = json.dumps(prediction, allow_nan=False)
+    if (accept or JSON).strip().lower() in (JSON, "*/*"):  # the toolkit turns */* into its default, JSON
+        return text
+    return text, JSON
 
 
 def predict_bytes(body: bytes, content_type: str | None, model: LoadedModel) -> str:
     """The whole request path, as the serving container chains it."""
-    return output_fn(predict_fn(input_fn(body, content_type), model), "application/json")
+    answer = output_fn(predict_fn(input_fn(body, content_type), model), JSON)
+    return answer if isinstance(answer, str) else answer[0]

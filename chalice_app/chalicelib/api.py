@@ -17,6 +17,7 @@ from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from chalicelib import clients, lambda_runtime
 from chalicelib import sagemaker_requests as build
 from chalicelib.config import Settings
+from chalicelib.lambda_runtime import settings, store
 from chalicelib.observability import (
     ERROR_CODE_DIMENSION,
     PREDICT_ERRORS,
@@ -25,8 +26,10 @@ from chalicelib.observability import (
     flush,
     logger,
     metrics,
+    report_failure,
 )
 from chalicelib.predict import (
+    ENDPOINT_TIMEOUT,
     ENDPOINT_UNREACHABLE,
     INTERNAL_ERROR,
     MODEL_NOT_DEPLOYED,
@@ -38,7 +41,6 @@ from chalicelib.predict import (
     shape_prediction,
     validate_image_request,
 )
-from chalicelib.lambda_runtime import settings, store
 
 #: How long the predict route trusts its copy of the live model's name.
 LIVE_NAME_TTL_SECONDS = 60.0
@@ -57,27 +59,50 @@ def answer_predict(event: dict[str, Any], content_type: str | None) -> tuple[dic
         answer, status = predict(decode_event_body(event), content_type), 200
     except PredictError as exc:
         code, answer, status = exc.code, exc.body(), exc.status
-    except Exception:  # never a 500: an unexpected failure is still a JSON error
-        logger.exception("predict failed unexpectedly")
+    except Exception as exc:  # noqa: BLE001 - never a 500: an unexpected failure is still a JSON error
+        try:
+            logger.exception("predict failed unexpectedly")
+        except Exception:  # noqa: BLE001 - the logger itself failed: stderr gets the original error
+            report_failure("predict failed unexpectedly", exc)
         error = PredictError(INTERNAL_ERROR, "The prediction failed unexpectedly; retry later")
         code, answer, status = error.code, error.body(), error.status
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    metrics.add_metric(name=PREDICT_REQUESTS, unit=MetricUnit.Count, value=1)
-    metrics.add_metric(name=PREDICT_LATENCY, unit=MetricUnit.Milliseconds, value=elapsed_ms)
-    flush()
-    if code != "ok":
-        with single_metric(name=PREDICT_ERRORS, unit=MetricUnit.Count, value=1) as metric:
-            metric.add_dimension(name=ERROR_CODE_DIMENSION, value=code)
-        logger.warning("predict error", extra={"code": code, "status": status, "ms": round(elapsed_ms, 2)})
+    observe_predict(code, status, (time.perf_counter() - started) * 1000)
     return answer, status
+
+
+def observe_predict(code: str, status: int, elapsed_ms: float) -> None:
+    """The request's metrics and, for an error, its log line; never raises (issue 15, item 11).
+
+    Why guarded: the answer is already decided, and a metrics or logging failure
+    (a missing namespace, a broken stdout) must not turn it into a 500.
+    """
+    try:
+        metrics.add_metric(name=PREDICT_REQUESTS, unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name=PREDICT_LATENCY, unit=MetricUnit.Milliseconds, value=elapsed_ms)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        report_failure("predict metrics failed", exc)
+    flush()
+    if code == "ok":
+        return
+    try:
+        with single_metric(
+            name=PREDICT_ERRORS, unit=MetricUnit.Count, value=1, namespace=metrics.namespace
+        ) as metric:
+            metric.add_dimension(name=ERROR_CODE_DIMENSION, value=code)
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        report_failure("predict error metric failed", exc)
+    try:
+        logger.warning("predict error", extra={"code": code, "status": status, "ms": round(elapsed_ms, 2)})
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        report_failure("predict error log failed", exc)
 
 
 def predict(body: bytes | None, content_type: str | None) -> dict[str, Any]:
     """Validate, InvokeEndpoint, shape the answer; every failure is a PredictError."""
     s = settings()
-    kind = validate_image_request(content_type, body, s.image_limit())
-    client = clients.client("sagemaker-runtime")
-    from botocore.exceptions import BotoCoreError, ClientError
+    kind = validate_image_request(content_type, body, s.image_limit(), s.max_decode_megapixels)
+    client = clients.client("sagemaker-runtime", s.invoke_timeout_seconds)
+    from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
 
     try:
         response = client.invoke_endpoint(**build.invoke_endpoint(s, body=body or b"", content_type=kind))
@@ -86,6 +111,9 @@ def predict(body: bytes | None, content_type: str | None) -> dict[str, Any]:
         original = error_status(exc.response) or error_status(exc.response.get("Error", {}))
         text = error_original_message(exc.response) or error_original_message(exc.response.get("Error", {}))
         raise map_invoke_error(clients.error_code(exc), clients.error_message(exc), original, text) from exc
+    except (ReadTimeoutError, ConnectTimeoutError) as exc:
+        message = f"The model endpoint did not answer within {s.invoke_timeout_seconds:g} s; retry later"
+        raise PredictError(ENDPOINT_TIMEOUT, message) from exc
     except BotoCoreError as exc:
         raise PredictError(ENDPOINT_UNREACHABLE, f"The model endpoint did not answer ({type(exc).__name__})") from exc
     variant = str(response.get("InvokedProductionVariant") or "")

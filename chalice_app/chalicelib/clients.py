@@ -14,14 +14,37 @@ from typing import Any
 _clients: dict[str, Any] = {}
 _session: Any = None
 
+#: The longest an InvokeEndpoint connection may take to open (the rest of the budget is the read).
+CONNECT_TIMEOUT_SECONDS = 2.0
+#: Every other client: botocore's standard retries, SageMaker's control plane answers quickly.
+DEFAULT_READ_TIMEOUT_SECONDS = 60
+
 
 def region() -> str:
     """The Lambda's region (``AWS_REGION`` in Lambda, ``AWS_DEFAULT_REGION`` elsewhere)."""
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
-def client(service: str) -> Any:
-    """The cached client for ``service``; created on first use."""
+def config_options(service: str, budget_seconds: float | None = None) -> dict[str, Any]:
+    """botocore ``Config`` arguments for ``service``.
+
+    ``sagemaker-runtime`` gets one attempt whose connect plus read timeouts add up
+    to ``budget_seconds`` (BREEDLINE_INVOKE_TIMEOUT_SECONDS): a retry after a read
+    timeout would outlive API Gateway's 29 s (issue 15 measured 112 s), and a
+    throttled call is answered 503 ``endpoint_busy`` for the client to retry.
+    """
+    if service == "sagemaker-runtime" and budget_seconds is not None:
+        connect = min(CONNECT_TIMEOUT_SECONDS, budget_seconds / 2)
+        return {
+            "connect_timeout": connect,
+            "read_timeout": budget_seconds - connect,
+            "retries": {"mode": "standard", "total_max_attempts": 1},
+        }
+    return {"retries": {"mode": "standard", "max_attempts": 3}, "read_timeout": DEFAULT_READ_TIMEOUT_SECONDS}
+
+
+def client(service: str, budget_seconds: float | None = None) -> Any:
+    """The cached client for ``service``; created on first use (``budget_seconds``: see :func:`config_options`)."""
     found = _clients.get(service)
     if found is None:
         global _session
@@ -30,9 +53,7 @@ def client(service: str) -> Any:
 
         if _session is None:
             _session = boto3.session.Session()
-        # InvokeEndpoint answers within 60 s; API Gateway gives up after 29 s.
-        timeout = 28 if service == "sagemaker-runtime" else 60
-        config = Config(retries={"mode": "standard", "max_attempts": 3}, read_timeout=timeout)
+        config = Config(**config_options(service, budget_seconds))
         found = _session.client(service, region_name=region(), config=config)
         _clients[service] = found
     return found

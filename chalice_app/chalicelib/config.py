@@ -32,6 +32,10 @@ LAMBDA_PAYLOAD_BYTES = 6 * 1024 * 1024
 EVENT_ALLOWANCE_BYTES = 64 * 1024
 #: Serverless Inference's InvokeEndpoint payload, read in decimal bytes (the smaller reading of AWS's unit).
 SERVERLESS_PAYLOAD_BYTES = 4_000_000
+#: API Gateway's REST integration timeout: after it the client gets API Gateway's own 504, not ours.
+API_GATEWAY_TIMEOUT_SECONDS = 29.0
+#: Room kept inside that timeout for the route's own work and its answer.
+ROUTE_ALLOWANCE_SECONDS = 2.0
 #: Serverless Inference's memory sizes (ProductionVariantServerlessConfig.MemorySizeInMB).
 SERVERLESS_MEMORY_SIZES: tuple[int, ...] = (1024, 2048, 3072, 4096, 5120, 6144)
 
@@ -147,6 +151,26 @@ def serverless_memory(name: str, raw: str) -> int:
     return value
 
 
+def megapixels(name: str, raw: str) -> float:
+    """A positive, finite number of megapixels."""
+    value = number(name, raw)
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{name}={raw!r} must be a positive number of megapixels")
+    return value
+
+
+def invoke_budget(name: str, raw: str) -> float:
+    """InvokeEndpoint's whole time budget, which must end before API Gateway gives up on the request."""
+    value = number(name, raw)
+    longest = API_GATEWAY_TIMEOUT_SECONDS - ROUTE_ALLOWANCE_SECONDS
+    if not 0 < value <= longest:
+        raise ValueError(
+            f"{name}={raw!r} must be more than 0 and at most {longest:g} seconds: API Gateway answers its own "
+            f"504 after {API_GATEWAY_TIMEOUT_SECONDS:g} s, and the route needs {ROUTE_ALLOWANCE_SECONDS:g} s of that"
+        )
+    return value
+
+
 def minutes(name: str, raw: str) -> int:
     """A schedule period: at least one minute."""
     return max(1, integer(name, raw))
@@ -235,6 +259,9 @@ class Settings:
     # Predict API
     top_k: int = setting("BREEDLINE_TOP_K", "5", "How many label/probability pairs the predict API returns.", integer)
     max_image_bytes: int = setting("BREEDLINE_MAX_IMAGE_BYTES", "4500000", "Largest accepted image body, in bytes. API Gateway hands it to Lambda base64-encoded inside the event, and Lambda takes at most 6 MiB (6,291,456 bytes): the default's base64 is 6,000,000 bytes, leaving 291,456 for headers and the rest of the event. A value whose base64 leaves under 64 KiB is refused (at most 4,669,440; docs/app.md). A serverless endpoint lowers it to 4,000,000.", body_limit)
+    # Predict hardening (issue 15, docs/reliability.md "The predict path")
+    max_decode_megapixels: float = setting("BREEDLINE_MAX_DECODE_MEGAPIXELS", "16", "Decode budget of one predict image, checked on its header before any pixel is decoded, by the route (a lower bound) and by the model container (passed in the model's Environment): at most this many decoded megapixels (a JPEG counted at its reduced draft size), and at most this many megapixels of RGBA in estimated decode memory (20 bytes a pixel: 320 MB at 16; a 16-bit grey PNG costs 23, RGB 4). Larger images get 413 image_too_large. 16 accepts 12 MP phone photos in every mode (docs/reliability.md).", megapixels)
+    invoke_timeout_seconds: float = setting("BREEDLINE_INVOKE_TIMEOUT_SECONDS", "25", "Time budget of the predict route's InvokeEndpoint call (connect plus read, one attempt, no botocore retry); when it runs out the route answers 504 endpoint_timeout. At most 27: API Gateway gives up after 29 s.", invoke_budget)
     api_auth: str = setting("BREEDLINE_API_AUTH", "api_key", "Auth of POST /predict: api_key (usage plan), iam or none. /status and /labels use iam when this is none (read when the app is packaged).", one_of(API_AUTH_MODES))
     # Packaging
     needs_make_deploy: bool = setting("BREEDLINE_NEEDS_MAKE_DEPLOY", "false", "true in the AWS stages of config.json: the stack fills in their bucket, role, tables, name prefix and image URIs, so app.py refuses to load with it and a raw chalice package or deploy stops; make deploy's build copy removes it.", flag)

@@ -7,7 +7,13 @@ only through these constants.
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Mapping
+
 from aws_lambda_powertools import Logger, Metrics
+
+from chalicelib.config import VARIABLES
 
 # Pipeline stage metrics (Count), dimension "service" only.
 UPLOADS_SEEN = "UploadsSeen"
@@ -48,11 +54,55 @@ ALL_METRICS: tuple[str, ...] = PIPELINE_METRICS + PREDICT_METRICS
 #: Dimension that carries the stable error code on PREDICT_ERRORS.
 ERROR_CODE_DIMENSION = "code"
 
-logger = Logger()
-metrics = Metrics()
+SERVICE_VARIABLE = "POWERTOOLS_SERVICE_NAME"
+NAMESPACE_VARIABLE = "POWERTOOLS_METRICS_NAMESPACE"
+
+
+def documented_default(name: str) -> str:
+    """The default :mod:`chalicelib.config` documents for variable ``name`` (the README table's)."""
+    return next(variable.default for variable in VARIABLES if variable.name == name)
+
+
+def powertools_names(environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    """``(service, namespace)``: the environment's, else the documented defaults.
+
+    Why applied here: Powertools has no namespace default of its own, and its flush
+    raises without one, which made every /predict a 500 (issue 15, item 11).
+    """
+    env = os.environ if environ is None else environ
+    service = env.get(SERVICE_VARIABLE) or documented_default(SERVICE_VARIABLE)
+    namespace = env.get(NAMESPACE_VARIABLE) or documented_default(NAMESPACE_VARIABLE)
+    return service, namespace
+
+
+_SERVICE, _NAMESPACE = powertools_names()
+logger = Logger(service=_SERVICE)
+metrics = Metrics(namespace=_NAMESPACE, service=_SERVICE)
+
+
+def report_failure(what: str, exc: BaseException) -> None:
+    """Say that observability itself failed, without ever raising: the logger first, else stderr."""
+    try:
+        logger.warning(what, extra={"error": f"{type(exc).__name__}: {exc}"})
+    except Exception:  # noqa: BLE001 - the logger is what failed; stderr is all that is left
+        try:
+            print(f"{what}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+        except Exception:  # noqa: BLE001, S110 - nothing left to tell
+            pass
 
 
 def flush() -> None:
-    """Write the metrics added so far (EMF on stdout), if there are any."""
-    if metrics.metric_set:
-        metrics.flush_metrics()
+    """Write the metrics added so far (EMF on stdout), if there are any; never raises.
+
+    A failed flush drops this invocation's metrics and is reported: an answer or
+    a handled event must not fail because CloudWatch would not get its figures.
+    """
+    try:
+        if metrics.metric_set:
+            metrics.flush_metrics()
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        try:
+            metrics.clear_metrics()
+        except Exception:  # noqa: BLE001, S110 - the set is rebuilt on the next add
+            pass
+        report_failure("metrics flush failed; this invocation's metrics are dropped", exc)

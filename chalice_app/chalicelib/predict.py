@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import json
+import math
+import struct
 from typing import Any, Mapping
 
 try:  # SIMD base64, far faster than the stdlib on a multi-megabyte body (see decode_event_body)
@@ -23,11 +25,33 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"\xff\xd8\xff", "jpeg"),
     (b"\x89PNG\r\n\x1a\n", "png"),
 )
+#: Image formats the model never decodes, by magic bytes: 415 whatever the Content-Type says.
+#: The same table as ml_scripts/inference.py's REFUSED_FORMATS (a test keeps them equal).
+REFUSED_FORMATS: tuple[tuple[bytes, str], ...] = (
+    (b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+    (b"RIFF", "WebP"), (b"\x00\x00\x01\x00", "ICO"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xffO\xffQ", "JPEG 2000"), (b"%!PS", "EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"), (b"%PDF", "PDF"),
+)
+#: Peak decode bytes per pixel of the Pillow mode each PNG (colour type, bit depth) opens as: the same
+#: figures as ml_scripts/decoding.py's PEAK_BYTES_PER_PIXEL (a test keeps them equal). A palette is
+#: counted without transparency, so the route's estimate never exceeds the model's.
+PNG_PEAK_BYTES_PER_PIXEL: dict[tuple[int, int], int] = {
+    (0, 1): 5, (0, 2): 5, (0, 4): 5, (0, 8): 5, (0, 16): 23,
+    (2, 8): 4, (2, 16): 4,
+    (3, 1): 9, (3, 2): 9, (3, 4): 9, (3, 8): 9,
+    (4, 8): 20, (4, 16): 20,
+    (6, 8): 20, (6, 16): 20,
+}
+#: The decode budget in bytes is its megapixels times an RGBA pixel's peak (decoding.BUDGET_BYTES_PER_PIXEL).
+BUDGET_BYTES_PER_PIXEL = 20
+#: libjpeg's smallest DCT scale: the model may decode a JPEG at 1/8 of each side, never less.
+JPEG_MAX_REDUCTION = 8
 
 # Stable error codes: (HTTP status, code). Clients and the dashboard depend on them.
 UNSUPPORTED_MEDIA_TYPE = (415, "unsupported_media_type")
 CONTENT_TYPE_MISMATCH = (415, "content_type_mismatch")
 PAYLOAD_TOO_LARGE = (413, "payload_too_large")
+IMAGE_TOO_LARGE = (413, "image_too_large")
 EMPTY_BODY = (400, "empty_body")
 NOT_AN_IMAGE = (400, "not_an_image")
 UNDECODABLE_IMAGE = (400, "undecodable_image")
@@ -39,12 +63,14 @@ ENDPOINT_BUSY = (503, "endpoint_busy")
 MODEL_ERROR = (502, "model_error")
 BAD_MODEL_RESPONSE = (502, "bad_model_response")
 ENDPOINT_UNREACHABLE = (502, "endpoint_unreachable")
+ENDPOINT_TIMEOUT = (504, "endpoint_timeout")
 INTERNAL_ERROR = (502, "internal_error")
 
 ALL_ERRORS: tuple[tuple[int, str], ...] = (
     UNSUPPORTED_MEDIA_TYPE,
     CONTENT_TYPE_MISMATCH,
     PAYLOAD_TOO_LARGE,
+    IMAGE_TOO_LARGE,
     EMPTY_BODY,
     NOT_AN_IMAGE,
     UNDECODABLE_IMAGE,
@@ -56,6 +82,7 @@ ALL_ERRORS: tuple[tuple[int, str], ...] = (
     MODEL_ERROR,
     BAD_MODEL_RESPONSE,
     ENDPOINT_UNREACHABLE,
+    ENDPOINT_TIMEOUT,
     INTERNAL_ERROR,
 )
 
@@ -115,11 +142,92 @@ def decode_event_body(event: Mapping[str, Any]) -> bytes:
         raise PredictError(NOT_AN_IMAGE, message) from exc
 
 
-def validate_image_request(content_type: str | None, body: bytes | None, max_bytes: int) -> str:
+def refused_format(body: bytes) -> str | None:
+    """The name of a known image format we never decode (GIF, BMP, ...), if the body starts with one."""
+    for magic, name in REFUSED_FORMATS:
+        if body.startswith(magic):
+            return name
+    return None
+
+
+#: A PNG's last chunk, always these 12 bytes (length 0, type, fixed CRC).
+PNG_IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def png_header(body: bytes) -> tuple[int, int, int, int] | None:
+    """``(width, height, bit depth, colour type)`` from a PNG's IHDR chunk, or None if it is not there."""
+    if len(body) < 33 or body[12:16] != b"IHDR":
+        return None
+    width, height, depth, colour = struct.unpack(">IIBB", body[16:26])
+    return width, height, depth, colour
+
+
+def jpeg_size(body: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` from a JPEG's frame header (the first SOF marker), or None if none comes first."""
+    offset = 2
+    while offset + 4 <= len(body):
+        if body[offset] != 0xFF:
+            return None
+        marker = body[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            offset += 2
+            continue
+        if marker in _JPEG_SOF:
+            if offset + 9 > len(body):
+                return None
+            height, width = struct.unpack(">HH", body[offset + 5 : offset + 9])
+            return width, height
+        if marker == 0xDA:  # a scan before any frame header
+            return None
+        (length,) = struct.unpack(">H", body[offset + 2 : offset + 4])
+        offset += 2 + length
+    return None
+
+
+def check_decode_budget(body: bytes, fmt: str, max_megapixels: float) -> None:
+    """Refuse, from the header alone, what the model's decode budget refuses (413 ``image_too_large``).
+
+    Why a lower bound: the model decides (ml_scripts/decoding.py); the route only saves it the
+    request when even the cheapest reading of the header is over budget. A JPEG is counted at
+    libjpeg's 1/8 scale and 4 bytes a pixel, a palette PNG without transparency. A PNG whose
+    IHDR is missing or whose IEND is missing (a truncated upload) is a 400.
+    """
+    max_pixels = int(max_megapixels * 1_000_000)
+    if fmt == "png":
+        header = png_header(body)
+        if header is None or header[:2] == (0, 0) or (header[3], header[2]) not in PNG_PEAK_BYTES_PER_PIXEL:
+            raise PredictError(UNDECODABLE_IMAGE, "The PNG has no valid IHDR header")
+        if body.rfind(PNG_IEND) < 0:
+            raise PredictError(UNDECODABLE_IMAGE, "The PNG is truncated (it does not end with its IEND chunk)")
+        width, height, depth, colour = header
+        pixels, per_pixel = width * height, PNG_PEAK_BYTES_PER_PIXEL[(colour, depth)]
+    else:
+        size = jpeg_size(body)
+        if size is None:
+            return  # the model reads the frame header (or refuses the bytes) itself
+        width, height = size
+        pixels, per_pixel = math.ceil(width / JPEG_MAX_REDUCTION) * math.ceil(height / JPEG_MAX_REDUCTION), 4
+    if pixels > max_pixels or pixels * per_pixel > max_pixels * BUDGET_BYTES_PER_PIXEL:
+        raise PredictError(
+            IMAGE_TOO_LARGE,
+            f"The image is {width} x {height} pixels; it would cost about {pixels * per_pixel / 1e6:.0f} MB to "
+            f"decode, over the {max_megapixels:g}-megapixel budget. Resize it and retry",
+        )
+
+
+def validate_image_request(
+    content_type: str | None, body: bytes | None, max_bytes: int, max_megapixels: float | None = None
+) -> str:
     """Check a predict request; return the media type to forward, or raise PredictError.
 
     Order matters for clients: the type first (415), then emptiness (400),
-    then size (413), then what the bytes really are (400/415).
+    then size (413), then what the bytes really are (400/415), then the
+    decode budget read from the header (413 ``image_too_large``, when
+    ``max_megapixels`` is given).
     """
     kind = media_type(content_type)
     if kind not in CONTENT_TYPES:
@@ -133,11 +241,16 @@ def validate_image_request(content_type: str | None, body: bytes | None, max_byt
         )
     actual = sniff(body)
     if actual is None:
+        refused = refused_format(body)
+        if refused is not None:
+            raise PredictError(UNSUPPORTED_MEDIA_TYPE, f"The body is a {refused} image; send a JPEG or PNG")
         raise PredictError(NOT_AN_IMAGE, "The body is not a JPEG or PNG image (its first bytes say otherwise)")
     if actual != CONTENT_TYPES[kind]:
         raise PredictError(
             CONTENT_TYPE_MISMATCH, f"Content-Type says {kind} but the body is a {actual.upper()} image"
         )
+    if max_megapixels is not None:
+        check_decode_budget(body, actual, max_megapixels)
     return kind
 
 
@@ -185,11 +298,8 @@ def map_invoke_error(
         if original_status is not None and 400 <= original_status < 500:
             return model_refusal(original_status, original_message)
         return PredictError(MODEL_ERROR, f"The model failed on this request ({original_status or 'no status'})")
-    lowered = message.lower()
     if code in ("ValidationError", "ValidationException"):
-        if "not found" in lowered or "could not find" in lowered:
-            return PredictError(MODEL_NOT_DEPLOYED, "No model is deployed yet; upload a data set and wait for training")
-        return PredictError(ENDPOINT_NOT_READY, "The model endpoint is not in service yet; retry in a few minutes")
+        return map_validation_error(message)
     if code == "ModelNotReadyException":
         return PredictError(ENDPOINT_NOT_READY, "The model is still loading; retry shortly")
     if code in ("ThrottlingException", "ServiceUnavailable", "ServiceUnavailableException"):
@@ -197,18 +307,74 @@ def map_invoke_error(
     return PredictError(MODEL_ERROR, f"The model endpoint failed ({code})")
 
 
+#: Words of an InvokeEndpoint ValidationError, in the order they are tried, and what each means for the client.
+_VALIDATION_ERRORS: tuple[tuple[tuple[str, ...], tuple[int, str], str], ...] = (
+    (("not found", "could not find"), MODEL_NOT_DEPLOYED,
+     "No model is deployed yet; upload a data set and wait for training"),
+    (("not in service", "inservice", "creating", "updating", "state"), ENDPOINT_NOT_READY,
+     "The model endpoint is not in service yet; retry in a few minutes"),
+    (("too large", "payload"), PAYLOAD_TOO_LARGE, "The model endpoint refused the image as too large"),
+)
+
+
+def map_validation_error(message: str) -> PredictError:
+    """An InvokeEndpoint ValidationError, decided by what it says (docs/app.md, "Endpoint errors").
+
+    A missing endpoint is ``model_not_deployed`` and one that is not InService yet
+    ``endpoint_not_ready`` (both 503: retrying later helps); a body SageMaker finds
+    too large is the client's 413. Anything else is a request of ours SageMaker
+    refuses, which retrying cannot fix: a 502 ``model_error`` with its message.
+    """
+    lowered = message.lower()
+    for words, error, text in _VALIDATION_ERRORS:
+        if any(word in lowered for word in words):
+            return PredictError(error, text)
+    return PredictError(MODEL_ERROR, f"The model endpoint refused the request (ValidationError: {message[:200]})")
+
+
+class _NotFinite(ValueError):
+    """A number in the model's answer that JSON cannot carry (NaN, Infinity, 1e999)."""
+
+
+def _finite(value: str) -> float:
+    """``json.loads``' parse_float: ``1e999`` would be infinity, which is not JSON's."""
+    number = float(value)
+    if not math.isfinite(number):
+        raise _NotFinite(f"non-finite number {value}")
+    return number
+
+
+def _no_constant(name: str) -> float:
+    """``json.loads``' parse_constant: ``NaN``, ``Infinity`` and ``-Infinity`` are not JSON."""
+    raise _NotFinite(f"{name} is not a JSON number")
+
+
+def _probability(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"probability {value!r} is not a number in [0, 1]")
+    return float(value)
+
+
 def shape_prediction(payload: bytes, model: str, top_k: int) -> dict[str, Any]:
-    """Build ``{label, probability, top_k, model}`` from the serving contract's JSON."""
+    """Build ``{label, probability, top_k, model}`` from the serving contract's JSON, parsed strictly.
+
+    Something that is not a prediction is ``bad_model_response``; a prediction whose
+    probabilities are NaN, infinite or outside [0, 1] is the model failing: ``model_error``.
+    """
     try:
-        data = json.loads(payload)
+        data = json.loads(payload, parse_float=_finite, parse_constant=_no_constant)
         label = str(data["label"])
-        probability = float(data["probability"])
-        ranked = [
-            {"label": str(item["label"]), "probability": float(item["probability"])}
-            for item in data.get("top_k", [])
-        ][: max(top_k, 1)]
+        raw = data["probability"]
+        items = [(str(item["label"]), item["probability"]) for item in data.get("top_k", [])]
+    except _NotFinite as exc:
+        raise PredictError(MODEL_ERROR, f"The model answered an invalid probability ({exc})") from exc
     except (ValueError, TypeError, KeyError) as exc:
         raise PredictError(BAD_MODEL_RESPONSE, f"The model answered something that is not a prediction ({exc})")
+    try:
+        probability = _probability(raw)
+        ranked = [{"label": name, "probability": _probability(value)} for name, value in items][: max(top_k, 1)]
+    except ValueError as exc:
+        raise PredictError(MODEL_ERROR, f"The model answered an invalid probability ({exc})") from exc
     return {"label": label, "probability": probability, "top_k": ranked, "model": model}
 
 

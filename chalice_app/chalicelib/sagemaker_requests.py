@@ -319,6 +319,8 @@ def create_model(
                 "SAGEMAKER_REGION": region,
                 "BREEDLINE_TOP_K": str(settings.top_k),
                 "BREEDLINE_SERVING_BACKEND": settings.serving_backend,
+                # The decode budget, checked on each image's header by inference.input_fn (issue 15).
+                "BREEDLINE_MAX_DECODE_MEGAPIXELS": f"{settings.max_decode_megapixels:g}",
             },
         },
         "ExecutionRoleArn": settings.role_arn,

@@ -11,10 +11,12 @@ import base64
 import io
 import json
 import random
+import struct
+import zlib
 from types import SimpleNamespace
 
 import pytest
-from botocore.exceptions import ReadTimeoutError
+from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
 from botocore.response import StreamingBody
 
 from app_helpers import load_event
@@ -24,7 +26,16 @@ from chalicelib.lambda_runtime import reset
 from chalicelib.predict import ALL_ERRORS
 
 JPEG = base64.b64decode(load_event("api_predict_jpeg.json")["body"])
-PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+def _png() -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8), (200, 120, 40)).save(out, "PNG")
+    return out.getvalue()
+
+
+#: A real, complete PNG: the route reads its IHDR and looks for its IEND (issue 15, items 7 and 12).
+PNG = _png()
 ANSWER = {
     "label": "corgi",
     "probability": 0.91,
@@ -95,8 +106,21 @@ def test_stable_variant_reports_the_live_model_name(http, runtime, monkeypatch):
     assert len(reads) == 1  # cached: one state read per minute, not per request
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_header_only(width: int, height: int, depth: int, colour: int) -> bytes:
+    """A PNG's signature, IHDR and IEND: all the route reads (no pixel data, so tiny)."""
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IEND", b"")
+
+
 BAD_REQUESTS = [
         (JPEG, "text/plain", 415, "unsupported_media_type"),
+        (b"GIF89a" + b"\x00" * 40, "image/jpeg", 415, "unsupported_media_type"),  # refused whatever the type says
+        (png_header_only(8900, 8900, 16, 0), "image/png", 413, "image_too_large"),  # issue 15's 16-bit bomb
+        (PNG[:-12], "image/png", 400, "undecodable_image"),  # truncated: no IEND
         (JPEG, None, 415, "unsupported_media_type"),
         (PNG, "image/jpeg", 415, "content_type_mismatch"),
         (b"", "image/jpeg", 400, "empty_body"),
@@ -129,7 +153,7 @@ ENDPOINT_ERRORS = [
         (dict(service_error_code="InternalFailure", service_message="boom", http_status_code=500), 502, "model_error"),
 ]
 #: Codes produced by the dedicated tests below the tables.
-OTHER_CODES = {"bad_model_response", "endpoint_unreachable", "internal_error"}
+OTHER_CODES = {"bad_model_response", "endpoint_unreachable", "endpoint_timeout", "internal_error"}
 
 
 @pytest.mark.parametrize("error, status, code", ENDPOINT_ERRORS)
@@ -145,13 +169,27 @@ def test_non_json_model_answer_is_a_502(http, runtime):
 
 
 def test_unreachable_endpoint_is_a_502(http, env):
+    class Unreachable:
+        def invoke_endpoint(self, **kwargs):
+            raise EndpointConnectionError(endpoint_url="https://runtime.sagemaker.us-east-1.amazonaws.com")
+
+    aws_clients.set_client("sagemaker-runtime", Unreachable())
+    try:
+        assert post(http, JPEG, "image/jpeg") == (502, {"code": "endpoint_unreachable", "message": "The model endpoint did not answer (EndpointConnectionError)"})
+    finally:
+        reset()
+
+
+def test_a_timed_out_endpoint_is_a_504(http, env):
+    """A stubbed read timeout; tests/app/test_predict_hardening.py holds a real hanging socket to the budget."""
     class Timeout:
         def invoke_endpoint(self, **kwargs):
             raise ReadTimeoutError(endpoint_url="https://runtime.sagemaker.us-east-1.amazonaws.com")
 
     aws_clients.set_client("sagemaker-runtime", Timeout())
     try:
-        assert post(http, JPEG, "image/jpeg") == (502, {"code": "endpoint_unreachable", "message": "The model endpoint did not answer (ReadTimeoutError)"})
+        status, payload = post(http, JPEG, "image/jpeg")
+        assert (status, payload["code"]) == (504, "endpoint_timeout") and "25 s" in payload["message"]
     finally:
         reset()
 

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -150,6 +151,7 @@ def test_non_json_accept_is_refused(model, digit_jpeg: bytes) -> None:
     prediction = inference.predict_fn(inference.input_fn(digit_jpeg, "image/jpeg"), model)
     assert json.loads(inference.output_fn(prediction, "*/*")) == prediction
     assert json.loads(inference.output_fn(prediction, None)) == prediction
+    assert json.loads(inference.output_fn(prediction, "")) == prediction
     with pytest.raises(inference.InferenceInputError) as info:
         inference.output_fn(prediction, "text/csv")
     assert info.value.status_code == 406
@@ -289,3 +291,129 @@ def test_large_jpeg_decodes_to_the_draft_gap(model) -> None:
     image = inference.input_fn(photo_jpeg("astronaut", (4032, 3024)), "image/jpeg")
     need = model.prep.resize_size * inference.JPEG_DRAFT_GAP
     assert need <= min(image.size) < 3024
+
+
+# ----------------------------------------------------------------- issue 15, items 7, 9, 10, 12 (container side)
+
+
+def _encoded(fmt: str, mode: str = "RGB", size: tuple[int, int] = (16, 16)) -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size).save(out, fmt)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "BMP", "TIFF", "WEBP", "ICO", "JPEG2000", "EPS"])
+@pytest.mark.parametrize("content_type", ["image/jpeg", "image/png", "application/x-image"])
+def test_other_formats_are_refused_whatever_the_content_type(fmt: str, content_type: str, monkeypatch) -> None:
+    """Before, input_fn decoded anything Pillow can (EPS reaches Ghostscript); now none is even opened."""
+    try:
+        data = _encoded(fmt)
+    except (OSError, KeyError) as exc:
+        pytest.skip(f"Pillow cannot write {fmt}: {exc}")
+    opened: list = []
+    monkeypatch.setattr(decoding.Image, "open", lambda *a, **k: opened.append(a) or (_ for _ in ()).throw(AssertionError))
+    with pytest.raises(inference.InferenceInputError) as info:
+        inference.input_fn(data, content_type)
+    assert (info.value.status_code, info.value.code) == (415, "unsupported_media_type")
+    assert not opened
+
+
+def test_the_magic_bytes_must_match_the_declared_type(digit_jpeg: bytes) -> None:
+    png = _png(Image.open(io.BytesIO(digit_jpeg)), "RGB")
+    for body, content_type in ((png, "image/jpeg"), (digit_jpeg, "image/png")):
+        with pytest.raises(inference.InferenceInputError) as info:
+            inference.input_fn(body, content_type)
+        assert (info.value.status_code, info.value.code) == (415, "content_type_mismatch")
+    assert inference.input_fn(png, "application/x-image").mode == "RGB"  # "some image": JPEG or PNG
+    with pytest.raises(inference.InferenceInputError) as info:
+        inference.input_fn(b"\x00" * 64, "image/png")
+    assert (info.value.status_code, info.value.code) == (400, "not_an_image")
+
+
+def test_a_pillow_opener_is_asked_for_the_declared_format_only(digit_jpeg: bytes) -> None:
+    """Even bytes that pass the magic check are opened by the one decoder the type names."""
+    with pytest.raises(decoding.ImageDecodeError):
+        decoding.decode_for_size(_encoded("GIF"), 256, formats=("PNG",))
+    assert decoding.decode_for_size(digit_jpeg, 256, formats=("JPEG",)).mode == "RGB"
+
+
+def _sized_png(mode: str, size: tuple[int, int]) -> bytes:
+    if mode == "I;16":
+        image = Image.fromarray(np.zeros(size[::-1], dtype=np.uint16))
+    else:
+        image = Image.new(mode, size)
+    out = io.BytesIO()
+    image.save(out, "PNG")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["I;16", "RGBA"])
+def test_issue_15s_8900_px_pngs_are_refused_from_the_header(mode: str, monkeypatch) -> None:
+    """Before: 4-9 s and 1.8-2.1 GB each. Now a 413 before any pixel is decoded."""
+    data = _sized_png(mode, (8900, 8900))
+    assert len(data) < 400_000
+    monkeypatch.setattr(decoding, "_finish", lambda image: pytest.fail("pixels were decoded"))
+    with pytest.raises(inference.InferenceInputError) as info:
+        inference.input_fn(data, "image/png")
+    assert (info.value.status_code, info.value.code) == (413, "image_too_large")
+    assert "8900 x 8900" in str(info.value)
+
+
+def test_the_decode_budget_counts_mode_and_jpeg_draft(monkeypatch) -> None:
+    """12 MP RGBA passes; 14.4 MP passes in RGB, not in 16-bit grey (23 bytes a pixel); a 27 MP JPEG decodes at 1/4."""
+    assert inference.input_fn(_sized_png("RGBA", (4032, 3024)), "image/png").size == (4032, 3024)
+    assert inference.input_fn(_sized_png("RGB", (4000, 3600)), "image/png").size == (4000, 3600)
+    with pytest.raises(inference.InferenceInputError) as info:
+        inference.input_fn(_sized_png("I;16", (4000, 3600)), "image/png")
+    assert info.value.code == "image_too_large"
+    image = inference.input_fn(photo_jpeg("astronaut", (6000, 4500)), "image/jpeg")
+    assert min(image.size) < 4500
+    monkeypatch.setenv("BREEDLINE_MAX_DECODE_MEGAPIXELS", "1")
+    with pytest.raises(inference.InferenceInputError) as info:
+        inference.input_fn(_sized_png("RGB", (1200, 1000)), "image/png")
+    assert info.value.code == "image_too_large"
+    monkeypatch.setenv("BREEDLINE_MAX_DECODE_MEGAPIXELS", "-3")
+    with pytest.raises(inference.ServingBackendError, match="BREEDLINE_MAX_DECODE_MEGAPIXELS"):
+        inference.input_fn(_sized_png("RGB", (10, 10)), "image/png")
+
+
+def test_a_truncated_tall_png_is_refused() -> None:
+    """Before: a 1 x 100,000 PNG missing its last bytes was answered 200."""
+    data = _sized_png("RGB", (1, 100_000))
+    assert inference.input_fn(data, "image/png").size == (1, 100_000)
+    for cut in range(1, 22):
+        with pytest.raises(inference.InferenceInputError) as info:
+            inference.input_fn(data[:-cut], "image/png")
+        assert (info.value.status_code, info.value.code) == (400, "undecodable_image"), cut
+    broken = bytearray(data)
+    broken[40] ^= 0xFF  # inside IDAT: its CRC no longer checks out
+    with pytest.raises(inference.InferenceInputError, match="CRC"):
+        inference.input_fn(bytes(broken), "image/png")
+
+
+@pytest.mark.parametrize(
+    "accept, ok",
+    [
+        ("application/json, text/plain", True),
+        ("text/plain, application/json;q=0.5", True),
+        ("text/html, */*;q=0.1", True),
+        ("application/*", True),
+        ("text/plain", False),
+        ("application/json;q=0, text/plain", False),
+        ("text/csv", False),
+    ],
+)
+def test_accept_lists_are_read_whole(accept: str, ok: bool) -> None:
+    prediction = {"label": "4", "probability": 0.9, "top_k": [{"label": "4", "probability": 0.9}]}
+    if ok:
+        text, content_type = inference.output_fn(prediction, accept)  # labelled JSON, whatever Accept listed
+        assert json.loads(text) == prediction and content_type == "application/json"
+    else:
+        with pytest.raises(inference.InferenceInputError) as info:
+            inference.output_fn(prediction, accept)
+        assert info.value.status_code == 406
+
+
+def test_a_non_finite_probability_is_never_serialised() -> None:
+    with pytest.raises(ValueError):
+        inference.output_fn({"label": "4", "probability": float("nan"), "top_k": []}, "application/json")
