@@ -16,9 +16,9 @@ import time
 import uuid
 
 import pytest
+from local_standins import BUCKET, sagemaker_client, training_request  # type: ignore[import-not-found]
 
 from breedline.local import training_launch
-from local_standins import BUCKET, sagemaker_client, training_request  # type: ignore[import-not-found]
 
 PROBE = textwrap.dedent('''
     """Writes what it was started with into the model dir, then exits as --exit_code says."""
