@@ -1,12 +1,14 @@
 """One local training job: a child process under SageMaker's container contract.
 
 Why a real process with the real folders: the same ``train.py`` runs in the AWS
-PyTorch container, so locally it must see the same world: channels under
-``input/data/<channel>``, ``input/config/hyperparameters.json`` and
-``debughookconfig.json``, the model dir that becomes ``model.tar.gz``, and
-hyperparameters as CLI arguments. The container's ``/opt/ml`` becomes
-``.breedline/jobs/<job>/`` and every path is passed through the ``SM_*``
-variables the toolkit sets.
+PyTorch container, so locally it must see the same world. The runtime plays the
+platform: it lays out ``.breedline/jobs/<job>/`` as the container's ``/opt/ml``
+(channels under ``input/data/<channel>``, ``input/config/hyperparameters.json``,
+``inputdataconfig.json``, ``debughookconfig.json``), then starts AWS's own
+training toolkit on it (:mod:`.training_launch`), which downloads the source
+dir, installs its requirements, parses the hyperparameters, sets ``SM_*`` and
+runs the script, exactly as in the image. Afterwards the runtime uploads what
+SageMaker uploads and reads ``output/failure`` as ``FailureReason``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -31,14 +32,14 @@ from contract import (
     STOPPED,
     STOPPING,
     TERMINAL_STATUSES,
-    TOOLKIT_PREFIX,
     decode_hyperparameter,
     parse_metrics,
 )
 
-from .s3_transfers import download_prefix, extract_tarball, make_tarball, split_s3_uri, upload_tree
+from .s3_transfers import download_prefix, make_tarball, split_s3_uri, upload_tree
 from .sagemaker_state import DETAIL_TRAINING
 from .sagemaker_wire import now
+from .training_launch import LEDGER, container_paths, toolkit_command, toolkit_environment
 
 log = logging.getLogger("runtime.training")
 
@@ -46,37 +47,6 @@ log = logging.getLogger("runtime.training")
 FINAL_SECONDARY_STATUSES: tuple[str, ...] = (
     *TERMINAL_STATUSES, "MaxRuntimeExceeded", "MaxWaitTimeExceeded", "Interrupted",
 )
-
-
-def cli_arguments(hyperparameters: dict[str, str]) -> list[str]:
-    """Hyperparameters as the toolkit passes them: ``--name value``, never the ``sagemaker_*`` ones."""
-    args: list[str] = []
-    for name, raw in sorted(hyperparameters.items()):
-        if name.startswith(TOOLKIT_PREFIX):
-            continue
-        value = decode_hyperparameter(raw)
-        text = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-        args += [f"--{name}", text]
-    return args
-
-
-def container_paths(ml: Path) -> dict[str, Path]:
-    """The container's ``/opt/ml`` folders under the job's own folder, created."""
-    paths = {
-        "input": ml / "input",
-        "data": ml / "input" / "data",
-        "config": ml / "input" / "config",
-        "model": ml / "model",
-        "output": ml / "output",
-        "output_data": ml / "output" / "data",
-        "checkpoints": ml / "checkpoints",
-        "code": ml / "code",
-        "debug": ml / "debug-output",
-        "logs": ml / "logs",
-    }
-    for path in paths.values():
-        path.mkdir(parents=True, exist_ok=True)
-    return paths
 
 
 class TrainingRun:
@@ -187,8 +157,8 @@ class TrainingRun:
         input_config = self._download_channels(paths)
         if input_config is None:
             return
-        program = self._download_code(paths, hyper)
-        if program is None:
+        source = self._check_code(hyper)
+        if source is None:
             return
         checkpoint = self.job.get("CheckpointConfig")
         if checkpoint:
@@ -198,16 +168,18 @@ class TrainingRun:
             return self._finish(STOPPED)
 
         self.transition("Training", "Training image download completed. Training in progress.")
-        returncode, stderr_tail = self._train(paths, hyper, program, input_config)
+        returncode, stderr_tail = self._train(paths, source)
         if self.stop_requested.is_set():
             self._upload(paths, model=False)
             return self._finish(STOPPED, secondary=self.stop_reason)
         if returncode != 0:
+            # The script's own failure file, else the toolkit's (it writes one only if none exists).
             failure_file = paths["output"] / "failure"
             reason = failure_file.read_text().strip() if failure_file.is_file() else ""
             reason = reason or stderr_tail or f"exit code {returncode}"
             self._upload(paths, model=False)
             return self._finish(FAILED, f"AlgorithmError: {reason[-1000:]}, exit code: {returncode}")
+        LEDGER.record(*source)
         self.transition("Uploading", "Uploading generated training model")
         self._upload(paths, model=True)
         self._finish(COMPLETED)
@@ -233,26 +205,25 @@ class TrainingRun:
             }
         return input_config
 
-    def _download_code(self, paths: dict[str, Path], hyper: dict[str, str]) -> str | None:
-        """Unpack the ``sagemaker_submit_directory`` tarball into ``code/``; the entry point, or None if failed."""
+    def _check_code(self, hyper: dict[str, str]) -> tuple[str, str] | None:
+        """The source dir's S3 URI and ETag, or None (job failed) when script mode cannot start.
+
+        The toolkit downloads and unpacks the source dir itself; this only turns
+        a missing hyperparameter or object into a clear ``ClientError`` first.
+        """
         submit = decode_hyperparameter(hyper.get("sagemaker_submit_directory", '""'))
         program = decode_hyperparameter(hyper.get("sagemaker_program", '""'))
         if not submit or not program:
             self._finish(FAILED, "ClientError: script mode needs the hyperparameters sagemaker_program "
                                  "and sagemaker_submit_directory")
             return None
-        archive = paths["input"] / "sourcedir.tar.gz"
-        bucket, key = split_s3_uri(str(submit))
         try:
-            self.backend.s3.download_file(bucket, key, str(archive))
-        except Exception as exc:
+            bucket, key = split_s3_uri(str(submit))
+            etag = self.backend.s3.head_object(Bucket=bucket, Key=key)["ETag"]
+        except Exception as exc:  # noqa: BLE001 - a bad URI or a missing object: the job's ClientError
             self._finish(FAILED, f"ClientError: cannot download {submit}: {exc}")
             return None
-        extract_tarball(archive, paths["code"])
-        if not (paths["code"] / str(program)).is_file():
-            self._finish(FAILED, f"ClientError: {program} is not in {submit}")
-            return None
-        return str(program)
+        return str(submit), str(etag)
 
     def _write_input_config(self, paths: dict[str, Path], hyper: dict[str, str],
                             input_config: dict[str, dict]) -> None:
@@ -274,59 +245,22 @@ class TrainingRun:
         if job.get("ProfilerConfig"):
             (paths["config"] / "profilerconfig.json").write_text(json.dumps(job["ProfilerConfig"], indent=2))
 
-    def _environment(self, paths: dict[str, Path], hyper: dict[str, str], program: str,
-                     input_config: dict[str, dict]) -> dict[str, str]:
-        """The ``SM_*`` variables the training toolkit sets, over the runtime's own environment.
-
-        ``TRAINING_JOB_NAME`` is the platform's; tests/containers checks these
-        against what ``sagemaker-training`` itself gives the script.
-        """
-        env = dict(os.environ)
-        env.update({
-            "SM_MODEL_DIR": str(paths["model"]),
-            "SM_OUTPUT_DIR": str(paths["output"]),
-            "SM_OUTPUT_DATA_DIR": str(paths["output_data"]),
-            "SM_INPUT_DIR": str(paths["input"]),
-            "SM_INPUT_CONFIG_DIR": str(paths["config"]),
-            "SM_CHANNELS": json.dumps(sorted(input_config)),
-            "SM_HPS": json.dumps({k: decode_hyperparameter(v) for k, v in hyper.items()
-                                  if not k.startswith(TOOLKIT_PREFIX)}),
-            "SM_USER_ENTRY_POINT": program,
-            "SM_MODULE_DIR": str(decode_hyperparameter(hyper.get("sagemaker_submit_directory", '""'))),
-            "SM_CURRENT_HOST": "algo-1",
-            "SM_HOSTS": json.dumps(["algo-1"]),
-            "SM_NUM_GPUS": "0",
-            "SM_NUM_CPUS": str(os.cpu_count() or 1),
-            "TRAINING_JOB_NAME": self.name,
-            "BREEDLINE_CHECKPOINT_DIR": str(paths["checkpoints"]),
-            "PYTHONUNBUFFERED": "1",
-            "PYTHONDONTWRITEBYTECODE": "1",
-        })
-        for name in input_config:
-            env[f"SM_CHANNEL_{name.upper()}"] = str(paths["data"] / name)
-        if self.threads:
-            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(self.threads)
-        # The job must not talk to the operator's AWS stand-ins by accident.
-        for key in [k for k in env if k.startswith("AWS_ENDPOINT_URL")]:
-            env.pop(key)
-        return env
-
-    def _train(self, paths: dict[str, Path], hyper: dict[str, str], program: str,
-               input_config: dict[str, dict]) -> tuple[int, str]:
-        """Run ``python <program> --name value ...`` in ``code/``; its exit code and last stderr line."""
-        env = self._environment(paths, hyper, program, input_config)
-        command = [sys.executable, program, *cli_arguments(hyper)]
+    def _train(self, paths: dict[str, Path], source: tuple[str, str]) -> tuple[int, str]:
+        """Run the training toolkit on the job's folder; its exit code and last stderr line."""
+        env = toolkit_environment(os.environ, self.root, self.name, s3_endpoint=self.backend.s3.meta.endpoint_url,
+                                  region=self.backend.region, threads=self.threads,
+                                  skip_dependency_walk=LEDGER.installed(*source))
+        command = toolkit_command()
         (paths["logs"] / "command.json").write_text(json.dumps(command))
-        stdout_log = open(paths["logs"] / "stdout.log", "w", encoding="utf-8")
-        stderr_log = open(paths["logs"] / "stderr.log", "w", encoding="utf-8")
         definitions = self.job["AlgorithmSpecification"].get("MetricDefinitions", [])
         for definition in definitions:  # a regex that does not compile fails the job before it starts
             re.compile(definition["Regex"])
         stderr_lines: list[str] = []
         deadline = time.monotonic() + self.job["StoppingCondition"].get("MaxRuntimeInSeconds", 86400)
-        try:
+        with open(paths["logs"] / "stdout.log", "w", encoding="utf-8") as stdout_log, \
+                open(paths["logs"] / "stderr.log", "w", encoding="utf-8") as stderr_log:
             self.process = subprocess.Popen(
-                command, cwd=paths["code"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                command, cwd=self.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                 text=True, bufsize=1, start_new_session=True,
             )
 
@@ -350,9 +284,6 @@ class TrainingRun:
                 self._parse_metrics(line, definitions)
             returncode = self.process.wait()
             err_thread.join(timeout=5)
-        finally:
-            stdout_log.close()
-            stderr_log.close()
         return returncode, (stderr_lines[-1] if stderr_lines else "")
 
     def _watch_runtime(self, deadline: float) -> None:

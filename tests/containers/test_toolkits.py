@@ -6,8 +6,8 @@ Python 3.12. These tests do the same here (``make test-containers``, in
 ``.venv-containers``): a tuning trial and the final job with the Debugger hook
 run through the training toolkit's entry point on an ``/opt/ml``-shaped tree,
 their ``model.tar.gz`` is served through the handler service TorchServe calls,
-and the same job configuration is launched by the local runtime and by the
-toolkit to compare what the script sees.
+and the same job configuration is started as the local runtime starts it and
+as the image's entry point does, to compare what the script sees.
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 from breedline import demo_digits
-from breedline.local import training as local_training
+from breedline.local import training_launch
 from chalicelib import config, sagemaker_requests
 from contract import CHANNELS
 
@@ -191,17 +190,13 @@ def probe_tree(base: Path, digits: Path) -> tuple[Path, dict]:
     return base, request
 
 
-def local_launch(base: Path, request: dict, out: Path) -> dict:
-    """What the local runtime's launcher (breedline/local/training.py) gives the script."""
-    run = local_training.TrainingRun(SimpleNamespace(job_dir=lambda name: base), "final")
-    paths = local_training.container_paths(base)
-    hyper = request["HyperParameters"]
-    input_config = json.loads((paths["config"] / "inputdataconfig.json").read_text())
-    env = run._environment(paths, hyper, "probe.py", input_config)
+def local_launch(base: Path, out: Path) -> subprocess.CompletedProcess:
+    """The local runtime's real launch (breedline/local/training_launch.py): its command and environment."""
+    env = training_launch.toolkit_environment(os.environ, base, "final", s3_endpoint=None, region="us-east-1",
+                                              threads=1)
     env["PROBE_OUT"] = str(out)
-    command = [sys.executable, "probe.py", *local_training.cli_arguments(hyper)]
-    subprocess.run(command, cwd=paths["code"], env=env, check=True, timeout=60)
-    return json.loads(out.read_text())
+    return subprocess.run(training_launch.toolkit_command(), cwd=base, env=env, capture_output=True, text=True,
+                          timeout=120, check=False)
 
 
 def same(ours: str, theirs: str | None) -> bool:
@@ -218,10 +213,19 @@ def variables_the_scripts_read() -> set[str]:
     return {name for path in ML.glob("*.py") for name in re.findall(r'"(SM_[A-Z_]+)"', path.read_text())}
 
 
-def test_the_local_launcher_gives_the_script_what_the_toolkit_gives(tmp_path, digits):
-    """Same job configuration, launched by the local runtime and by sagemaker-training."""
-    base, request = probe_tree(tmp_path / "opt" / "ml", digits)
-    ours = local_launch(base, request, tmp_path / "ours.json")
+def test_the_local_launch_gives_the_script_what_the_container_gives(tmp_path, digits):
+    """Same job, started as the local runtime starts it and as the training image's entry point does.
+
+    Both run sagemaker-training; what is compared is that the runtime's command
+    and environment (moto endpoint, pip settings, host-name bypass) change
+    nothing the script sees.
+    """
+    base, _ = probe_tree(tmp_path / "opt" / "ml", digits)
+    launched = local_launch(base, tmp_path / "ours.json")
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    assert "Invoking script with the following command" in launched.stderr
+    ours = json.loads((tmp_path / "ours.json").read_text())
+    assert json.loads(ours["env"]["SM_TRAINING_ENV"])["job_name"] == "final"  # the toolkit's alone
     os.environ["PROBE_OUT"] = str(tmp_path / "toolkit.json")
     try:
         result = toolkit_train(base, "final", timeout=120)
