@@ -56,7 +56,7 @@ def _run(browser: str, profile: str, args: list[str], url: str, timeout: int) ->
     command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                "--no-first-run", "--disable-extensions", f"--user-data-dir={profile}",
                "--host-resolver-rules=MAP * ~NOTFOUND", f"--window-size={WINDOW[0]},{WINDOW[1]}", *args, url]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise AssertionError(f"chromium exited {result.returncode}: {result.stderr[-2000:]}")
     return result

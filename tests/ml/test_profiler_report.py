@@ -171,3 +171,16 @@ def test_missing_tensorboard_skips_the_scalars_with_one_line(monkeypatch, capsys
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     assert profiling.open_writer(tmp_path) is None
     assert capsys.readouterr().out.count("tensorboard: no scalar logs") == 1
+
+
+def test_without_chromium_a_browser_test_skips_locally_and_fails_under_ci(monkeypatch, tmp_path: Path) -> None:
+    import headless_browser
+
+    monkeypatch.setattr(headless_browser, "CHROMIUM", str(tmp_path / "no-such-chromium"))
+    monkeypatch.setattr(headless_browser.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="chromium not found"):
+        headless_browser.require_chromium()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="chromium not found"):
+        headless_browser.require_chromium()
