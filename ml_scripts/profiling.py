@@ -160,7 +160,7 @@ class StepProfiler:
             self._last_epoch = epoch
             self.epoch_ends.append(len(self.step_s))
         if self.writer is not None:
-            self.writer.add_scalar(name, value, epoch if epoch is not None else max(1, len(self.epoch_ends)))
+            self.writer.add_scalar(name, value, epoch if epoch is not None else (self._last_epoch or 1))
             self.writer.flush()
 
     def _stop_torch_profiler(self) -> None:

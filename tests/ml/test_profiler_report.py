@@ -184,3 +184,38 @@ def test_without_chromium_a_browser_test_skips_locally_and_fails_under_ci(monkey
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="chromium not found"):
         headless_browser.require_chromium()
+
+
+def test_step_profiler_in_process_keeps_timing_after_the_window_and_marks_resumed_epochs(tmp_path: Path) -> None:
+    """A resumed job (epochs 3 and 4): 6 profiled of 12 steps, epoch ends at 6 and 12, test scalar at epoch 4."""
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3))
+    optimizer = torch.optim.Adam(model.parameters())
+    x, y = torch.randn(4, 8), torch.tensor([0, 1, 2, 0])
+    out = tmp_path / "data" / contract.PROFILER_DIR
+    profiler = profiling.StepProfiler(6, out, cuda=False)
+    try:
+        for epoch in (3, 4):
+            for _ in range(6):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                profiler.record(0.001, 0.01)
+            profiling.log_scalar("train_loss", float(loss.detach()), epoch)
+            profiling.log_scalar("valid_loss", float(loss.detach()), epoch)
+        profiler.finish()
+        profiling.log_scalar("test_loss", 0.5)
+    finally:
+        profiling._active = None
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["run"]["steps"] == 12 and summary["run"]["epoch_ends"] == [6, 12]
+    assert summary["split"]["optimizer_s"] > 0 and summary["split"]["backward_s"] > 0
+    assert (out / contract.PROFILER_REPORT_FILE).is_file() and (out / "trace.json").is_file()
+    events = EventAccumulator(str(tmp_path / "data" / profiling.TENSORBOARD_DIR))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train_loss")] == [3, 4]
+    assert [(e.step, e.value) for e in events.Scalars("test_loss")] == [(4, 0.5)]
+    assert len(events.Scalars("step/compute_ms")) == 12
