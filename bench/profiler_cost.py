@@ -87,7 +87,34 @@ def run(section: Section, quick: bool) -> None:
         section.rows.append(Row("profiler", "quick: 20 steps of a tiny MLP, StepProfiler (5 profiled steps, report) "
                                 "vs none", Stats.of([profiled]), "s", baseline=Stats.of([plain])))
         return
+    record_cost(section)
     train_jobs(section)
+
+
+def record_cost(section: Section, calls: int = 2000) -> None:
+    """What each training step pays after the profiled window: ``StepProfiler.record`` (timings, two scalars).
+
+    Timed in-process over many calls, so it resolves microseconds where the job figures carry the machine's load.
+    """
+    import profiling
+
+    with tempfile.TemporaryDirectory(prefix="bench-profiler-") as tmp:
+        profiler = profiling.StepProfiler(1, Path(tmp) / "output" / "profiler", cuda=False)
+        profiler.record(0.0, 0.0)  # ends the torch.profiler window
+        samples = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                profiler.record(0.001, 0.01)
+            samples.append((time.perf_counter() - t0) / calls)
+        t0 = time.perf_counter()
+        profiler.finish()
+        finish_s = time.perf_counter() - t0
+        profiling._active = None
+    section.rows.append(Row("profiler", f"StepProfiler.record per step after the window ({calls} calls x 5)",
+                            Stats.of(samples), "s"))
+    section.rows.append(Row("profiler", f"StepProfiler.finish (summary, findings, HTML) after {5 * calls + 1} steps",
+                            Stats.of([finish_s]), "s"))
 
 
 def train_jobs(section: Section) -> None:

@@ -14,7 +14,7 @@ with nothing but torch, numpy and psutil. Under ``SM_OUTPUT_DATA_DIR`` it writes
 - ``tensorboard/``: the same trace for TensorBoard's profiler plugin
   (``torch.profiler.tensorboard_trace_handler``) and scalar event files (the
   metric lines, the step times, CPU/GPU use), so ``tensorboard --logdir`` works
-  on a downloaded job. Without the ``tensorboard`` package the scalars are
+  on a downloaded job (the step times are written between epochs, never inside a step). Without the ``tensorboard`` package the scalars are
   skipped with one log line; training never fails for them.
 
 The split comes from the profiler's own events, so ``train.py`` needs no
@@ -45,6 +45,9 @@ TENSORBOARD_DIR = "tensorboard"
 TRACE_WORKER = "train"
 BACKWARD_PREFIX = "autograd::engine::evaluate_function"
 OPTIMIZER_PREFIXES = ("Optimizer.step#", "Optimizer.zero_grad#")
+#: At most this many step-time scalars per epoch and series (each bucket's slowest step): a scalar
+#: costs a few hundred microseconds with smdebug's protobuf 3.20 (docs/benchmarks.md, section 6).
+MAX_STEP_SCALARS = 500
 
 #: The profiler of this process, if any: :func:`log_scalar` writes through its writer.
 _active: StepProfiler | None = None
@@ -129,6 +132,7 @@ class StepProfiler:
         #: The step count at the end of each epoch (from its metric lines), for the step-time chart.
         self.epoch_ends: list[int] = []
         self._last_epoch: int | None = None
+        self._scalar_steps = 0
         self.profiled: dict[str, Any] = {}
         self.writer = open_writer(self.tensorboard_dir)
         self.sampler = ResourceSampler(cuda)
@@ -147,10 +151,6 @@ class StepProfiler:
             return
         self.data_s.append(data_seconds)
         self.step_s.append(step_seconds)
-        if self.writer is not None:
-            step = len(self.step_s)
-            self.writer.add_scalar("step/compute_ms", step_seconds * 1000, step)
-            self.writer.add_scalar("step/data_loading_ms", data_seconds * 1000, step)
         if self.profiling and len(self.step_s) >= self.steps:
             self._stop_torch_profiler()
 
@@ -159,9 +159,22 @@ class StepProfiler:
         if epoch is not None and epoch != self._last_epoch and not self.done:
             self._last_epoch = epoch
             self.epoch_ends.append(len(self.step_s))
+            self._step_scalars()
         if self.writer is not None:
             self.writer.add_scalar(name, value, epoch if epoch is not None else (self._last_epoch or 1))
             self.writer.flush()
+
+    def _step_scalars(self) -> None:
+        """The steps' times since the last call as scalars: written between epochs, so no step pays for them."""
+        if self.writer is None:
+            return
+        steps = list(range(self._scalar_steps + 1, len(self.step_s) + 1))
+        for tag, values in (("step/compute_ms", self.step_s), ("step/data_loading_ms", self.data_s)):
+            xs, ys = profiler_report.downsample(steps, [v * 1000 for v in values[self._scalar_steps:]],
+                                                MAX_STEP_SCALARS)
+            for step, value in zip(xs, ys):
+                self.writer.add_scalar(tag, value, step)
+        self._scalar_steps = len(self.step_s)
 
     def _stop_torch_profiler(self) -> None:
         """Stop torch.profiler (its handler writes the TensorBoard trace) and keep what the summary needs."""
@@ -210,6 +223,7 @@ class StepProfiler:
             self._stop_torch_profiler()
         self.done = True
         self.sampler.stop()
+        self._step_scalars()
         t0 = time.perf_counter()
         summary = self.summary()
         findings = profiler_findings.evaluate(summary)
