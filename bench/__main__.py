@@ -35,6 +35,7 @@ SECTIONS: dict[str, str] = {
     "train_step": "4. Training step throughput (images/s)",
     "demo": "5. Local pipeline (make demo) by stage",
     "decode_budget": "6. Decode budget (largest accepted image, issue 15's 8,900 px PNGs refused)",
+    "profiler": "7. Profiler cost per epoch (--profile_steps, train.py on digits)",
 }
 
 
@@ -49,6 +50,8 @@ def _runner(key: str):
         from bench import train_step_bench as mod
     elif key == "decode_budget":
         from bench import decode_budget as mod
+    elif key == "profiler":
+        from bench import profiler_cost as mod
     else:
         from bench import demo_bench as mod
     return mod.run

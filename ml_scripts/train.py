@@ -52,7 +52,7 @@ from image_folder import (CachedImageDataset, DataSetError, Split, batch_to_mode
 from job_config import (Paths, cpu_count, gpu_allowed, parse_args, run_hyperparameters,
                         use_pretrained_channel, write_failure)
 from presets import Preprocessing
-from profiling import StepProfiler
+from profiling import StepProfiler, log_scalar
 
 HERE = Path(__file__).resolve().parent
 #: Files copied into ``model/code/`` so ``model.tar.gz`` serves on its own:
@@ -87,6 +87,7 @@ def default_num_workers(cpus: int, cached: bool, cuda: bool = False) -> int:
 
 def metric(name: str, value: float, epoch: int | None = None) -> None:
     print(format_metric(name, value, epoch), flush=True)
+    log_scalar(name, value, epoch)  # a TensorBoard scalar too, when --profile_steps is on
 
 
 def compiled(model: nn.Module) -> nn.Module:
