@@ -34,6 +34,7 @@ SECTIONS: dict[str, str] = {
     "pipeline": "3. Training input pipeline (images/s)",
     "train_step": "4. Training step throughput (images/s)",
     "demo": "5. Local pipeline (make demo) by stage",
+    "debugger": "6. In-job Debugger (--debugger in_job: smdebug hook and the five rules) per epoch",
 }
 
 
@@ -46,6 +47,8 @@ def _runner(key: str):
         from bench import pipeline_bench as mod
     elif key == "train_step":
         from bench import train_step_bench as mod
+    elif key == "debugger":
+        from bench import debugger_cost as mod
     else:
         from bench import demo_bench as mod
     return mod.run

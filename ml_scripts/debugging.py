@@ -21,6 +21,7 @@ import contextlib
 import json
 import re
 import shutil
+import time
 from typing import Any
 
 import numpy as np
@@ -164,6 +165,7 @@ class Debugger:
 
     def evaluate_rules(self, evaluated_after: str) -> None:
         """Write ``rules.json`` and the rule metric lines; a broken smdebug is reported there, never raised."""
+        t0 = time.perf_counter()
         try:
             if self.hook is None:
                 results = [unevaluated(name, self.broken or "no smdebug hook") for name in RULE_NAMES]
@@ -174,6 +176,7 @@ class Debugger:
                 overrides = {name: {**self.rule_overrides.get(name, {}), **given.get(name, {})} for name in RULE_NAMES}
                 results = debug_rules.evaluate(self.tensors_dir, overrides)
             write_rules(self.paths.output_data_dir, results, evaluated_after)
+            print(f"Debugger rules evaluated after {evaluated_after} in {time.perf_counter() - t0:.2f}s", flush=True)
         except Exception as exc:  # noqa: BLE001 - the rules must never cost the training job
             if self.broken is None:
                 print(f"Debugger rules not evaluated: {type(exc).__name__}: {exc}", flush=True)
