@@ -49,7 +49,7 @@ def run_job(base: Path, data: Path, mode: str, epochs: int, threads: int) -> tup
 def run(section: Section, quick: bool) -> None:
     from breedline import demo_digits
 
-    per_class, epochs, repeats = (6, 1, 1) if quick else (20, 3, 2)
+    per_class, epochs, repeats = (6, 1, 1) if quick else (20, 3, 3)
     threads = 1 if quick else min(2, os.cpu_count() or 1)
     epoch_s: dict[str, list[float]] = {"off": [], "in_job": []}
     rules_s: list[float] = []
