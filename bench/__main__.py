@@ -36,6 +36,7 @@ SECTIONS: dict[str, str] = {
     "demo": "5. Local pipeline (make demo) by stage",
     "decode_budget": "6. Decode budget (largest accepted image, issue 15's 8,900 px PNGs refused)",
     "profiler": "7. Profiler cost per epoch (--profile_steps, train.py on digits)",
+    "debugger": "8. In-job Debugger (--debugger in_job: smdebug hook and the five rules) per epoch",
 }
 
 
@@ -52,6 +53,8 @@ def _runner(key: str):
         from bench import decode_budget as mod
     elif key == "profiler":
         from bench import profiler_cost as mod
+    elif key == "debugger":
+        from bench import debugger_cost as mod
     else:
         from bench import demo_bench as mod
     return mod.run

@@ -85,8 +85,13 @@ def from_rules_file(data: Any, where_from: str) -> RuleTable | None:
             rows.append(RuleRow(name, "error", str(entry["error"])))
         elif isinstance(entry.get("issue_found"), bool):
             found = entry["issue_found"]
-            rows.append(RuleRow(name, "yes" if found else "no",
-                                _where_text(entry.get("where"), entry.get("steps"))))
+            # train.py writes ``issues`` and ``steps_examined`` (docs/ml.md); ``where``/``steps`` are read too
+            places = entry.get("issues", entry.get("where"))
+            text = _where_text(places, entry.get("steps_examined", entry.get("steps")))
+            count = entry.get("issue_count")
+            if isinstance(places, list) and isinstance(count, int) and count > max(len(places), WHERE_SHOWN):
+                text += f" ({count} issues in all)"
+            rows.append(RuleRow(name, "yes" if found else "no", text))
         else:
             rows.append(RuleRow(name, "unknown", "no issue_found in the file"))
     return RuleTable(f"{RULES_FILE} in {where_from}", rows)

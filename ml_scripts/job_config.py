@@ -24,14 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from backbones import ARCHITECTURES, DEFAULT_ARCHITECTURE
-from contract import CHANNELS, PRETRAINED_CHANNEL, unquote_hyperparameter, unquote_hyperparameters
+from contract import (CHANNELS, DEBUGGER_HYPERPARAMETER, PRETRAINED_CHANNEL, RULE_NAMES, unquote_hyperparameter,
+                      unquote_hyperparameters)
 
 #: CreateTrainingJob's pattern for ``TrainingJobName``: the job's checkpoint folder is named after it.
 JOB_NAME_PATTERN = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
 #: Arguments that change what a job records or how fast it runs, never what it learns:
 #: a restarted job may differ in them and still resume (:func:`run_hyperparameters`).
 RUN_NEUTRAL_ARGUMENTS: frozenset[str] = frozenset(
-    {"debug_out", "debug_save_interval", "profile_steps", "num_workers", "channels_last", "compile"}
+    {"debug_out", "debug_save_interval", "profile_steps", "num_workers", "channels_last", "compile",
+     DEBUGGER_HYPERPARAMETER, "rules_every_epochs", "rule_parameters"}
 )
 
 
@@ -112,6 +114,20 @@ class _Parser(argparse.ArgumentParser):
         raise ValueError(f"invalid hyperparameters: {message}")
 
 
+def rule_parameters(text: str) -> dict[str, dict[str, Any]]:
+    """``--rule_parameters``: a JSON object of rule name (``contract.RULE_NAMES``) to a parameter object."""
+    try:
+        value = json.loads(unquote_hyperparameter(text))
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON: {exc}") from exc
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise argparse.ArgumentTypeError('expected {"RuleName": {"parameter": value}, ...}')
+    unknown = sorted(set(value) - set(RULE_NAMES))
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown rule(s) {unknown}; the rules are {list(RULE_NAMES)}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(description="Fine-tune a pretrained CNN on a folder-per-class image data set.")
     p.add_argument("--learning_rate", type=_typed(float), default=1e-3)
@@ -125,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trainable_blocks", type=_typed(int), default=None, help="backbone stages to fine-tune")
     p.add_argument("--debug_out", type=_typed(str), default=None, help="smdebug output dir without a JSON config")
     p.add_argument("--debug_save_interval", type=_typed(int), default=10)
+    p.add_argument(
+        f"--{DEBUGGER_HYPERPARAMETER}", type=_typed(str), default=None, choices=("in_job", "service", "off"),
+        help="in_job: smdebug hook and the five rules in this job; service: SageMaker's hook config; off: none; "
+        "absent: the hook config if SageMaker sent one, or --debug_out",
+    )
+    p.add_argument("--rules_every_epochs", type=_typed(int), default=0,
+                   help="in_job: also evaluate the rules every N epochs (0: only at the end)")
+    p.add_argument("--rule_parameters", type=rule_parameters, default={},
+                   help='in_job: JSON, rule name to parameters over its defaults, e.g. {"Overfit": {"patience": 2}}')
     p.add_argument("--profile_steps", type=_typed(int), default=0)
     p.add_argument("--num_workers", type=_typed(int), default=None)
     p.add_argument("--seed", type=_typed(int), default=42)
@@ -221,3 +246,17 @@ def write_failure(paths: Paths, reason: str) -> None:
         (paths.output_dir / "failure").write_text(reason + "\n", encoding="utf-8")
     except OSError as exc:
         print(f"could not write the failure file: {exc}", file=sys.stderr)
+
+
+def report_skipped(paths: Paths, skipped: dict[str, list[str]], test_skipped: int) -> dict[str, int]:
+    """Log and write ``skipped_images.json``: the unreadable files of each split; returns their counts."""
+    skipped = {**skipped, "test": [f"{test_skipped} file(s)"] if test_skipped else []}
+    counts = {name: (len(v) if name != "test" else test_skipped) for name, v in skipped.items()}
+    for name, count in counts.items():
+        if count:
+            print(f"skipped {count} unreadable image(s) in {name}: {skipped[name][:10]}", flush=True)
+    paths.output_data_dir.mkdir(parents=True, exist_ok=True)
+    (paths.output_data_dir / "skipped_images.json").write_text(
+        json.dumps({"counts": counts, "files": skipped}, indent=2), encoding="utf-8"
+    )
+    return counts

@@ -46,7 +46,7 @@ TRACE_WORKER = "train"
 BACKWARD_PREFIX = "autograd::engine::evaluate_function"
 OPTIMIZER_PREFIXES = ("Optimizer.step#", "Optimizer.zero_grad#")
 #: At most this many step-time scalars per epoch and series (each bucket's slowest step): a scalar
-#: costs 0.1-0.2 ms with smdebug's protobuf 3.20 (docs/benchmarks.md, section 6).
+#: costs 0.1-0.2 ms with smdebug's protobuf 3.20 (docs/benchmarks.md, section 7).
 MAX_STEP_SCALARS = 500
 
 #: The profiler of this process, if any: :func:`log_scalar` writes through its writer.

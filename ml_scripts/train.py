@@ -49,7 +49,7 @@ from contract import CHANNELS, format_metric
 from debugging import Debugger
 from image_folder import (CachedImageDataset, DataSetError, Split, batch_to_model_input, collate_skip_bad,
                           scan_dataset)
-from job_config import (Paths, cpu_count, gpu_allowed, parse_args, run_hyperparameters,
+from job_config import (Paths, cpu_count, gpu_allowed, parse_args, report_skipped, run_hyperparameters,
                         use_pretrained_channel, write_failure)
 from presets import Preprocessing
 from profiling import StepProfiler, log_scalar
@@ -61,6 +61,9 @@ SERVING_FILES: tuple[str, ...] = (
     "inference.py", "backbones.py", "contract.py", "decoding.py", "image_folder.py", "presets.py",
 )
 SERVING_REQUIREMENTS = "serving_requirements.txt"
+#: Per epoch in ``model_meta.json``'s ``history``: the epoch metric lines' values (None if a resumed
+#: checkpoint's history predates the key).
+HISTORY_KEYS: tuple[str, ...] = ("epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy")
 
 
 def default_num_workers(cpus: int, cached: bool, cuda: bool = False) -> int:
@@ -316,29 +319,16 @@ def fit(
         metric("valid_loss", va["loss"], epoch)
         metric("valid_accuracy", va["accuracy"], epoch)
         metric("epoch_seconds", seconds, epoch)
-        progress.history.append({"epoch": epoch, "train_loss": tr["loss"], "valid_loss": va["loss"],
-                                 "valid_accuracy": va["accuracy"], "epoch_seconds": seconds})
+        progress.history.append({"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
+                                 "valid_loss": va["loss"], "valid_accuracy": va["accuracy"], "epoch_seconds": seconds})
         checkpoints.record_epoch(folder, progress, epoch, va["loss"], run.model, run.optimizer, signature)
+        run.debugger.after_epoch(epoch, args.epochs)
         if progress.bad_epochs >= args.patience:
             print(f"early stopping after epoch {epoch}: no better valid_loss for {progress.bad_epochs} epochs",
                   flush=True)
             break
     if profiler is not None:
         profiler.finish()
-
-
-def report_skipped(paths: Paths, skipped: dict[str, list[str]], test_skipped: int) -> dict[str, int]:
-    """Log and write ``skipped_images.json``: the unreadable files of each split; returns their counts."""
-    skipped = {**skipped, "test": [f"{test_skipped} file(s)"] if test_skipped else []}
-    counts = {name: (len(v) if name != "test" else test_skipped) for name, v in skipped.items()}
-    for name, count in counts.items():
-        if count:
-            print(f"skipped {count} unreadable image(s) in {name}: {skipped[name][:10]}", flush=True)
-    paths.output_data_dir.mkdir(parents=True, exist_ok=True)
-    (paths.output_data_dir / "skipped_images.json").write_text(
-        json.dumps({"counts": counts, "files": skipped}, indent=2), encoding="utf-8"
-    )
-    return counts
 
 
 def save_model(
@@ -398,7 +388,8 @@ def test_and_save(
     }
     save_model(
         paths, progress.best_state or checkpoints.cpu_state(run.model), args, class_names, trainer.prep, metrics,
-        {"best_epoch": best_epoch, "epochs_run": len(history), "skipped_images": counts},
+        {"best_epoch": best_epoch, "epochs_run": len(history), "skipped_images": counts,
+         "history": [{key: h.get(key) for key in HISTORY_KEYS} for h in history]},
     )
     print(f"model saved to {paths.model_dir} (best epoch {best_epoch})", flush=True)
     return metrics

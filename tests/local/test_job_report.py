@@ -216,9 +216,11 @@ def test_loss_plot_falls_back_to_the_log_and_skips_a_short_step_line(moto_stack,
 def test_rule_table_from_rules_json_reads_an_error_rule_and_missing_keys(moto_stack, tmp_path):
     s3, name, prefix = moto_stack.client("s3"), "job-rules", "t-rules"
     rules = {"rules": [
-        {"rule": "LossNotDecreasing", "parameters": {"num_steps": 10}, "steps": list(range(40)), "issue_found": True,
-         "where": [{"step": s, "message": f"loss rose at {s}"} for s in (12, 18, 24, 30)], "error": None},
-        {"rule": "Overfit", "parameters": {}, "steps": 40, "issue_found": False, "where": [], "error": None},
+        {"rule": "LossNotDecreasing", "parameters": {"num_steps": 10}, "steps_examined": list(range(40)),
+         "issue_found": True, "issue_count": 4,
+         "issues": [{"step": s, "message": f"loss rose at {s}"} for s in (12, 18, 24, 30)], "error": None},
+        {"rule": "Overfit", "parameters": {}, "steps_examined": list(range(40)), "issue_found": False, "issue_count": 0,
+         "issues": [], "error": None},
         {"rule": "VanishingGradient", "error": "no gradients collection in the trial"},
         {"rule": "Overtraining"},
         "garbage",

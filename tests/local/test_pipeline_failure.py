@@ -22,7 +22,8 @@ from runtime_harness import clients, running_runtime, upload_folder, wait_for  #
 FAILING_FINAL = textwrap.dedent('''
     import json, os, pathlib, sys
     cfg = pathlib.Path(os.environ["SM_INPUT_CONFIG_DIR"])
-    if (cfg / "debughookconfig.json").exists():  # the final job: fail like a broken script
+    # the final job (only it gets the "debugger" hyperparameter): fail like a broken script
+    if "debugger" in json.loads((cfg / "hyperparameters.json").read_text()):
         reason = "RuntimeError: CUDA error: out of memory (simulated by the test)"
         (pathlib.Path(os.environ["SM_OUTPUT_DIR"]) / "failure").write_text(reason)
         print(reason, file=sys.stderr)

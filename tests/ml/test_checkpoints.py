@@ -92,7 +92,8 @@ def test_the_run_hyperparameters_are_every_argument_that_changes_training() -> N
         assert [k for k in base if base[k] != changed[k]] == [name], name
     neutral = ["--debug_out", "/tmp/d", "--debug_save_interval", "1", "--profile_steps", "3",
                "--num_workers", "4", "--channels_last", "true", "--compile", "true",
-               "--pretrained_weights", "/x/w.pth"]
+               "--pretrained_weights", "/x/w.pth", "--debugger", "in_job", "--rules_every_epochs", "2",
+               "--rule_parameters", '{"Overfit": {"patience": 2}}']
     assert job_config.run_hyperparameters(_args(*neutral)) == base
     every = {action.dest for action in job_config.build_parser()._actions if action.dest != "help"}
     assert every == set(base) | job_config.RUN_NEUTRAL_ARGUMENTS | {"pretrained_weights"}
