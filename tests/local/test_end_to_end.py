@@ -123,7 +123,7 @@ def test_upload_alone_drives_tuning_training_deployment_and_prediction(tmp_path:
         shown = cli("report", tuning["HyperParameterTuningJobName"], *state, "--out", str(tmp_path / "cli-report"))
         assert best["TrainingJobName"] in shown and "trials best first" in shown
         shown = cli("report", final["TrainingJobName"], *state, "--out", str(tmp_path / "cli-report"))
-        assert "loss curve" in shown and "test_accuracy=" in shown and "profiler" in shown
+        assert "loss plot" in shown and "Debugger rules" in shown and "test_accuracy=" in shown and "profiler" in shown
     print(f"pipeline: upload to correct predictions in {pipeline_seconds:.0f} s; "
           f"whole test {time.monotonic() - started:.0f} s")
     assert pipeline_seconds < 180
