@@ -158,7 +158,35 @@ class PhaseMeans:
         return closed
 
 
-class Overfit(RecordingRule):
+class PhaseRule(RecordingRule):
+    """A rule judged on phase means: each training epoch's and each validation pass's mean loss.
+
+    Subclasses set ``self.names`` (the loss tensor) and implement ``judge``, which
+    gets each closed phase as ``(mode, mean, steps)``. Steps before the rule's
+    ``start_step`` parameter (0 when it has none) are not looked at.
+    """
+
+    def invoke_at_step(self, step: int) -> bool:
+        mode = self.mode_of(step)
+        if step < self.parameters.get("start_step", 0):
+            return False
+        if mode not in (ModeKeys.TRAIN, ModeKeys.EVAL):  # the test (PREDICT) ends the validation pass before it
+            return self.judge(self.phases.close(), self.step)
+        values = self.values_at(self.names, step)
+        if not values:
+            return False
+        found = self.judge(self.phases.add(mode, float(next(iter(values.values())).mean())), self.step)
+        self.step = step
+        return found
+
+    def finish(self) -> None:
+        self.judge(self.phases.close(), self.step)
+
+    def judge(self, closed: tuple[Any, float, int] | None, step: int) -> bool:
+        raise NotImplementedError
+
+
+class Overfit(PhaseRule):
     """Validation loss over training loss: ``(valid - train) / train > ratio_threshold`` for
     ``patience`` validation passes in a row.
 
@@ -178,22 +206,6 @@ class Overfit(RecordingRule):
         self.over = 0
         self.step = 0
 
-    def invoke_at_step(self, step: int) -> bool:
-        mode = self.mode_of(step)
-        if step < self.parameters["start_step"]:
-            return False
-        if mode not in (ModeKeys.TRAIN, ModeKeys.EVAL):  # the test (PREDICT) ends the validation pass before it
-            return self.judge(self.phases.close(), self.step)
-        values = self.values_at(self.names, step)
-        if not values:
-            return False
-        found = self.judge(self.phases.add(mode, float(next(iter(values.values())).mean())), self.step)
-        self.step = step
-        return found
-
-    def finish(self) -> None:
-        self.judge(self.phases.close(), self.step)
-
     def judge(self, closed: tuple[Any, float, int] | None, step: int) -> bool:
         if closed is None:
             return False
@@ -212,7 +224,7 @@ class Overfit(RecordingRule):
         return False
 
 
-class Overtraining(RecordingRule):
+class Overtraining(PhaseRule):
     """Training loss not improving by ``delta`` for ``patience_train`` TRAIN steps, or validation
     loss for ``patience_validation`` EVAL steps: training has gone past its best.
 
@@ -233,20 +245,6 @@ class Overtraining(RecordingRule):
         self.best: dict[Any, float] = {}
         self.stale: dict[Any, int] = {ModeKeys.TRAIN: 0, ModeKeys.EVAL: 0}
         self.step = 0
-
-    def invoke_at_step(self, step: int) -> bool:
-        mode = self.mode_of(step)
-        if mode not in (ModeKeys.TRAIN, ModeKeys.EVAL):
-            return self.judge(self.phases.close(), self.step)
-        values = self.values_at(self.names, step)
-        if not values:
-            return False
-        found = self.judge(self.phases.add(mode, float(next(iter(values.values())).mean())), self.step)
-        self.step = step
-        return found
-
-    def finish(self) -> None:
-        self.judge(self.phases.close(), self.step)
 
     def judge(self, closed: tuple[Any, float, int] | None, step: int) -> bool:
         if closed is None:
