@@ -149,3 +149,15 @@ def training_request(name: str, **hyper: str) -> dict:
         "CheckpointConfig": {"S3Uri": f"s3://{BUCKET}/jobs/checkpoints/{name}"},
         "Tags": [{"Key": "breedline:stage", "Value": "training"}],
     }
+
+
+def tarball(files: dict[str, str]) -> bytes:
+    """A gzipped tarball of text files (a source dir), as the runtime downloads it."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, text in files.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()

@@ -81,3 +81,13 @@ def wait_for(check, timeout: float, interval: float = 1.0, what: str = "conditio
             return value
         time.sleep(interval)
     raise AssertionError(f"{what} not reached within {timeout:.0f} s")
+
+
+def endpoint_in_service(sm, name: str = "breedline-classifier") -> dict | None:
+    """The endpoint once InService (None before); a Failed endpoint fails the test with its reason."""
+    try:
+        endpoint = sm.describe_endpoint(EndpointName=name)
+    except sm.exceptions.ClientError:
+        return None
+    assert endpoint["EndpointStatus"] != "Failed", endpoint.get("FailureReason")
+    return endpoint if endpoint["EndpointStatus"] == "InService" else None

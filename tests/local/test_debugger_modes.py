@@ -20,12 +20,12 @@ import boto3
 import pytest
 import requests
 from botocore.exceptions import ClientError
+from chalicelib.decisions import debugger_refusal
+from local_standins import sagemaker_client, training_request  # type: ignore[import-not-found]
+from runtime_harness import clients, endpoint_in_service, running_runtime, upload_folder, wait_for  # type: ignore[import-not-found]
 
 from breedline.local.sagemaker_jobs import check_debugger_request
 from breedline.local.sagemaker_state import DEBUGGER_SERVICE_VARIABLE
-from chalicelib.decisions import debugger_refusal
-from local_standins import sagemaker_client, training_request  # type: ignore[import-not-found]
-from runtime_harness import clients, running_runtime, upload_folder, wait_for  # type: ignore[import-not-found]
 
 BASE_ENV = {
     "BREEDLINE_MODEL": "efficientnet_lite0",
@@ -111,15 +111,7 @@ def test_the_pipeline_deploys_in_every_debugger_mode(case, digits, tmp_path):
         s3, sm = c["s3"], c["sagemaker"]
         upload_folder(s3, info.bucket, digits, "digits")
 
-        def in_service():
-            try:
-                endpoint = sm.describe_endpoint(EndpointName="breedline-classifier")
-            except sm.exceptions.ClientError:
-                return None
-            assert endpoint["EndpointStatus"] != "Failed", endpoint.get("FailureReason")
-            return endpoint if endpoint["EndpointStatus"] == "InService" else None
-
-        wait_for(in_service, timeout=240, what=f"endpoint InService ({case})")
+        wait_for(lambda: endpoint_in_service(sm), timeout=240, what=f"endpoint InService ({case})")
         finals = [j["TrainingJobName"] for j in sm.list_training_jobs()["TrainingJobSummaries"]
                   if j["TrainingJobName"].endswith("-final")]
         assert len(finals) == 1, finals

@@ -14,8 +14,7 @@ import time
 from pathlib import Path
 
 import requests
-
-from runtime_harness import clients, running_runtime, upload_folder, wait_for  # type: ignore[import-not-found]
+from runtime_harness import clients, endpoint_in_service, running_runtime, upload_folder, wait_for  # type: ignore[import-not-found]
 
 #: Small and fast: 2 trials (both at once, a core each) + the final job, 2 epochs each at 32 px.
 E2E_ENV = {
@@ -45,15 +44,7 @@ def test_upload_alone_drives_tuning_training_deployment_and_prediction(tmp_path:
         s3, sm = c["s3"], c["sagemaker"]
         upload_folder(s3, info.bucket, data, "digits")
 
-        def in_service():
-            try:
-                endpoint = sm.describe_endpoint(EndpointName="breedline-classifier")
-            except sm.exceptions.ClientError:
-                return None
-            assert endpoint["EndpointStatus"] != "Failed", endpoint.get("FailureReason")
-            return endpoint if endpoint["EndpointStatus"] == "InService" else None
-
-        endpoint = wait_for(in_service, timeout=170 - (time.monotonic() - started), what="endpoint InService")
+        endpoint = wait_for(lambda: endpoint_in_service(sm), timeout=170 - (time.monotonic() - started), what="endpoint InService")
 
         # Tuning: the requested number of trials ran, as real child processes, and one was best.
         tunings = sm.list_hyper_parameter_tuning_jobs()["HyperParameterTuningJobSummaries"]

@@ -9,14 +9,12 @@ SageMaker's container would.
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import textwrap
 from pathlib import Path
 
+from local_standins import tarball  # type: ignore[import-not-found]
 from PIL import Image
-
 from runtime_harness import clients, running_runtime, upload_folder, wait_for  # type: ignore[import-not-found]
 
 FAILING_FINAL = textwrap.dedent('''
@@ -32,17 +30,6 @@ FAILING_FINAL = textwrap.dedent('''
     print("test_accuracy=0.9", flush=True)
     (pathlib.Path(os.environ["SM_MODEL_DIR"]) / "model_meta.json").write_text("{}")
 ''')
-
-
-def tarball(files: dict[str, str]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def write_tiny_dataset(root: Path) -> None:

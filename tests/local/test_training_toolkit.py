@@ -8,15 +8,13 @@ other variables it alone sets, its log lines, its failure file.
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import textwrap
 import time
 import uuid
 
 import pytest
-from local_standins import BUCKET, sagemaker_client, training_request  # type: ignore[import-not-found]
+from local_standins import BUCKET, sagemaker_client, tarball, training_request  # type: ignore[import-not-found]
 
 from breedline.local import training_launch
 
@@ -34,15 +32,8 @@ PROBE = textwrap.dedent('''
 
 def upload_source(s3, files: dict[str, str]) -> str:
     """A source dir tarball under a fresh key (the requirements ledger is per URI and ETag)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, text in files.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
     key = f"code/probe-{uuid.uuid4().hex[:8]}.tar.gz"
-    s3.put_object(Bucket=BUCKET, Key=key, Body=buffer.getvalue())
+    s3.put_object(Bucket=BUCKET, Key=key, Body=tarball(files))
     return f"s3://{BUCKET}/{key}"
 
 
