@@ -184,3 +184,44 @@ def triggered_rules(described: Mapping[str, Any]) -> list[str]:
             found.add(str(status.get("RuleConfigurationName", "")))
     known = [rule for rule in RULE_NAMES if rule in found]
     return known + sorted(found - set(known) - {""})
+
+
+def _epoch_ms(value: Any) -> int | None:
+    """One time as epoch milliseconds: epoch ms or seconds (number or digit string), or ISO 8601."""
+    if value is None or isinstance(value, bool):
+        return None
+    number: float | None = None
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            from datetime import UTC, datetime
+
+            try:
+                parsed = datetime.fromisoformat(text)  # 3.11+ reads a trailing Z
+            except ValueError:
+                return None
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=UTC)
+            return int(parsed.timestamp() * 1000)
+    if number is None or not math.isfinite(number) or number < 0:
+        return None
+    # below 10^11 it can only be seconds (10^11 ms is 1973; 10^11 s is the year 5138)
+    return int(number * 1000) if number < 1e11 else int(number)
+
+
+def event_time_ms(event_time: Any, detail: Mapping[str, Any]) -> int | None:
+    """When a job state-change event happened, in epoch ms; None when it does not say.
+
+    Why LastModifiedTime first: it changes with each status change of the job
+    and has millisecond precision; EventBridge's ``time`` has whole seconds.
+    CreationTime is the same in every event of a job, so it cannot order them.
+    """
+    for value in (detail.get("LastModifiedTime"), event_time):
+        found = _epoch_ms(value)
+        if found is not None:
+            return found
+    return None

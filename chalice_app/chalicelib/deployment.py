@@ -17,8 +17,10 @@ from chalicelib import sagemaker_requests as build
 from chalicelib.config import Settings
 from chalicelib.decisions import STAGE_TRAINING, final_metric, pipeline_tags, quality_gate, triggered_rules
 from chalicelib.observability import GATE_REJECTIONS, MODEL_ACCURACY, MODELS_DEPLOYED, TRAINING_COMPLETED, logger
-from chalicelib.lambda_runtime import PipelineError, alert, client_error, count, idempotent, log_keys, settings, store
-from chalicelib.state import StateStore
+from chalicelib.lambda_runtime import (
+    NotYet, PipelineError, alert, client_error, count, idempotent, log_keys, settings, store,
+)
+from chalicelib.state import JobChange, StateStore
 from contract import COMPLETED, DEBUGGER_HYPERPARAMETER
 
 #: Tag stage value on models, endpoint configs and endpoints (jobs use tuning/training).
@@ -27,18 +29,45 @@ STAGE_SERVING = "serving"
 _BUSY_ENDPOINT = {"Creating", "Updating", "SystemUpdating", "RollingBack", "UpdateRollbackFailed", "Deleting"}
 
 
+def history_kept(job: str, status: str, recorded: dict[str, Any] | None) -> dict[str, Any]:
+    """The answer when a state change was refused because the job's record is already further on.
+
+    Why no alert: the refused event is a late or conflicting one (a tuning
+    Failed after its Completed); alerting on it would tell operators the
+    opposite of what happened. It is logged, with both statuses.
+    """
+    current = (recorded or {}).get("status", "")
+    logger.warning(
+        "job state change refused: the record is already further on",
+        extra={"job": job, "event_status": status, "recorded_status": current},
+    )
+    return {"outcome": "ignored", "reason": f"{job} is already {current}; {status} not recorded", "job": job}
+
+
 @idempotent("deploy-if-better")
-def deploy_if_better(request: dict[str, Any], dataset: str, version: str) -> dict[str, Any]:
-    """Quality gate on DescribeTrainingJob's metrics, then model, config and endpoint."""
+def deploy_if_better(
+    request: dict[str, Any], dataset: str, version: str, event_ms: int | None = None
+) -> dict[str, Any]:
+    """Quality gate on DescribeTrainingJob's metrics, then model, config and endpoint.
+
+    A job whose record already says Failed or Stopped stays so (its alert was
+    sent); the conflicting Completed is logged and deploys nothing.
+    """
     s = settings()
     name = request["training_job"]
     described = clients.client("sagemaker").describe_training_job(**build.describe_training_job(name))
     if described.get("TrainingJobStatus") != COMPLETED:
-        return {"outcome": "ignored", "reason": f"DescribeTrainingJob says {described.get('TrainingJobStatus')}"}
+        # a premature Completed: the genuine one must still deploy, so nothing is remembered
+        said = described.get("TrainingJobStatus")
+        raise NotYet({"outcome": "not_yet", "reason": f"DescribeTrainingJob says {said}", "training_job": name})
     state = store(s)
     accuracy = final_metric(described.get("FinalMetricDataList") or [])
     artifacts = (described.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
-    state.record_job(name, stage=STAGE_TRAINING, dataset=dataset, version=version, status=COMPLETED)
+    change = state.record_job(
+        name, stage=STAGE_TRAINING, dataset=dataset, version=version, status=COMPLETED, event_ms=event_ms
+    )
+    if change is JobChange.REFUSED:
+        return history_kept(name, COMPLETED, state.job(name))
     count(TRAINING_COMPLETED)
     if accuracy is not None:
         count(MODEL_ACCURACY, accuracy, unit="None")

@@ -21,12 +21,14 @@ from chalicelib.decisions import (
     classify_training_job,
     classify_tuning_job,
     debugger_refusal,
+    event_time_ms,
     pipeline_tags,
     tags_to_dict,
 )
-from chalicelib.deployment import deploy_if_better
+from chalicelib.deployment import deploy_if_better, history_kept
 from chalicelib.observability import TRAINING_FAILED, TRAINING_STARTED, TUNING_COMPLETED, TUNING_FAILED, logger
 from chalicelib.lambda_runtime import PipelineError, alert, client_error, count, idempotent, log_keys, settings, store
+from chalicelib.state import JobChange
 from contract import COMPLETED, FAILED, IN_PROGRESS, STOPPED, unquote_hyperparameters
 
 if TYPE_CHECKING:  # imported by app.py on first use: the data classes cost the predict route's cold start
@@ -78,12 +80,18 @@ def handle_tuning_event(event: EventBridgeEvent) -> dict[str, Any]:
         return {"outcome": "ignored", "relevance": relevance.value, "tuning_job": name}
     dataset, version = tags.get(TAG_DATASET, ""), tags.get(TAG_VERSION, "")
     log_keys(dataset, tuning_job=name, dataset_version=version)
+    event_ms = event_time_ms(_event_time(event), detail)
     if status == COMPLETED:
-        return _start_final_training(request={"tuning_job": name}, dataset=dataset, version=version)
+        return _start_final_training(request={"tuning_job": name}, dataset=dataset, version=version, event_ms=event_ms)
     if status in (FAILED, STOPPED):
         reason = str(detail.get("FailureReason") or _tuning_failure_reason(name))
         return _job_ended_badly(
-            request={"job": name, "status": status}, stage=STAGE_TUNING, dataset=dataset, version=version, reason=reason
+            request={"job": name, "status": status},
+            stage=STAGE_TUNING,
+            dataset=dataset,
+            version=version,
+            reason=reason,
+            event_ms=event_ms,
         )
     return {"outcome": "ignored", "reason": f"status {status}", "tuning_job": name}
 
@@ -97,8 +105,18 @@ def _tuning_failure_reason(name: str) -> str:
         return ""
 
 
+def _event_time(event: EventBridgeEvent) -> str | None:
+    """EventBridge's ``time``; None when the event lacks it."""
+    try:
+        return event.time
+    except KeyError:
+        return None
+
+
 @idempotent("start-final-training")
-def _start_final_training(request: dict[str, Any], dataset: str, version: str) -> dict[str, Any]:
+def _start_final_training(
+    request: dict[str, Any], dataset: str, version: str, event_ms: int | None = None
+) -> dict[str, Any]:
     """Read BestTrainingJob (never in the event) and start the final job with its hyperparameters."""
     s = settings()
     tuning = request["tuning_job"]
@@ -107,21 +125,27 @@ def _start_final_training(request: dict[str, Any], dataset: str, version: str) -
     state = store(s)
     best = described.get("BestTrainingJob") or {}
     if not best.get("TrainingJobName"):
+        if state.record_job(
+            tuning, stage=STAGE_TUNING, dataset=dataset, version=version, status=FAILED,
+            reason="no best training job", event_ms=event_ms,
+        ) is JobChange.REFUSED:
+            return history_kept(tuning, FAILED, state.job(tuning))
         count(TUNING_FAILED)
-        state.record_job(tuning, stage=STAGE_TUNING, dataset=dataset, version=version, status=FAILED, reason="no best training job")
         alert(f"tuning job {tuning} completed without a best training job", {"dataset": dataset, "tuning_job": tuning})
         return {"outcome": "no_best_job", "tuning_job": tuning}
     tuned = unquote_hyperparameters(best.get("TunedHyperParameters") or {})
     objective = best.get("FinalHyperParameterTuningJobObjectiveMetric") or {}
-    count(TUNING_COMPLETED)
-    state.record_job(
+    if state.record_job(
         tuning,
         stage=STAGE_TUNING,
         dataset=dataset,
         version=version,
         status=COMPLETED,
         reason=f"best {best['TrainingJobName']} {objective.get('MetricName', '')}={objective.get('Value', '')}",
-    )
+        event_ms=event_ms,
+    ) is JobChange.REFUSED:
+        return history_kept(tuning, COMPLETED, state.job(tuning))
+    count(TUNING_COMPLETED)
     name = naming.training_job_name(tuning)
     log_keys(dataset, training_job=name, best_trial=best["TrainingJobName"])
     logger.info("starting final training job", extra={"hyperparameters": tuned, "objective": objective})
@@ -184,8 +208,9 @@ def handle_training_event(event: EventBridgeEvent) -> dict[str, Any]:
         return {"outcome": "ignored", "relevance": relevance.value, "training_job": name}
     dataset, version = tags.get(TAG_DATASET, ""), tags.get(TAG_VERSION, "")
     log_keys(dataset, training_job=name, dataset_version=version)
+    event_ms = event_time_ms(_event_time(event), detail)
     if status == COMPLETED:
-        return deploy_if_better(request={"training_job": name}, dataset=dataset, version=version)
+        return deploy_if_better(request={"training_job": name}, dataset=dataset, version=version, event_ms=event_ms)
     if status in (FAILED, STOPPED):
         return _job_ended_badly(
             request={"job": name, "status": status},
@@ -193,16 +218,29 @@ def handle_training_event(event: EventBridgeEvent) -> dict[str, Any]:
             dataset=dataset,
             version=version,
             reason=str(detail.get("FailureReason", "")),
+            event_ms=event_ms,
         )
     return {"outcome": "ignored", "reason": f"status {status}", "training_job": name}
 
 
 @idempotent("job-ended-badly")
-def _job_ended_badly(request: dict[str, Any], stage: str, dataset: str, version: str, reason: str) -> dict[str, Any]:
-    """Failed or Stopped: record, count, alert once; start nothing."""
+def _job_ended_badly(
+    request: dict[str, Any], stage: str, dataset: str, version: str, reason: str, event_ms: int | None = None
+) -> dict[str, Any]:
+    """Failed or Stopped: record, count, alert once; start nothing. A job already ended otherwise is left as it is."""
     s = settings()
     job, status = request["job"], request["status"]
-    store(s).record_job(job, stage=stage, dataset=dataset, version=version, status=status, reason=reason)
+    state = store(s)
+    change = state.record_job(
+        job, stage=stage, dataset=dataset, version=version, status=status, reason=reason, event_ms=event_ms
+    )
+    if change is JobChange.REFUSED:
+        return history_kept(job, status, state.job(job))
+    if change is JobChange.SAME and (state.job(job) or {}).get("alerted") == status:
+        # a duplicate after the idempotency record expired: recorded and alerted already
+        logger.info("duplicate job state change; already recorded and alerted", extra={"job": job, "status": status})
+        return {"outcome": "duplicate", "job": job, "status": status}
     count(TUNING_FAILED if stage == STAGE_TUNING else TRAINING_FAILED)
     alert(f"{stage} job {job} {status.lower()}", {"dataset": dataset, "job": job, "status": status, "reason": reason})
+    state.mark_alerted(job, status)  # after the alert: a retry of a failed alert alerts again
     return {"outcome": status.lower(), "job": job, "reason": reason}

@@ -35,6 +35,21 @@ class PipelineError(RuntimeError):
     """A step failed in a way worth a Lambda retry (the idempotency record is released)."""
 
 
+class NotYet(Exception):
+    """Raised inside an idempotent step whose answer means "not yet": ask again later.
+
+    Why an exception: Powertools idempotency stores whatever the step returns
+    for the whole expiry (24 h), so a returned "ignored, still InProgress"
+    would make the genuine Completed event a replay of it. On an exception
+    Powertools deletes the in-progress record instead (``_get_function_response``
+    in 3.x), and :func:`idempotent` turns this one back into ``result``.
+    """
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        super().__init__(str(result.get("reason", "not yet")))
+        self.result = result
+
+
 _settings_cache: dict[tuple[str | None, ...], Settings] = {}
 _stores: dict[str, StateStore] = {}
 _idempotent_cache: dict[tuple[str, str, int], tuple[Callable[..., Any], Any]] = {}
@@ -143,6 +158,9 @@ def idempotent(key_prefix: str) -> Callable[[Callable[..., Any]], Callable[..., 
             except IdempotencyAlreadyInProgressError:
                 logger.info("same step already in progress elsewhere; skipping", extra={"step": key_prefix})
                 return {"outcome": "in_progress", "step": key_prefix}
+            except NotYet as exc:
+                logger.info("not yet; no idempotency record kept", extra={"step": key_prefix, "result": exc.result})
+                return exc.result
 
         call.__name__ = fn.__name__
         call.__doc__ = fn.__doc__

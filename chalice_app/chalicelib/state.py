@@ -19,7 +19,9 @@ pk                        sk                attributes
                                             skips it; alerted once), sniff (listing
                                             digest, sampled, unreadable)
 ``DATASET#<name>``        ``VERSION#<v>``   classes, image_count, tuning_job, created_at
-``JOB#<job name>``        ``JOB``           stage, dataset, version, status, reason, updated_at
+``JOB#<job name>``        ``JOB``           stage, dataset, version, status, reason, updated_at,
+                                            event_ms, alerted (status moves only forward:
+                                            :meth:`record_job`)
 ``LATEST``                ``tuning`` /      job, dataset, started_at
                           ``training``
 ``LIVE``                  ``MODEL``         model, training_job, accuracy, labels, dataset,
@@ -32,9 +34,10 @@ from __future__ import annotations
 
 import time
 from decimal import Decimal
+from enum import Enum
 from typing import Any, Iterable
 
-from contract import IN_PROGRESS
+from contract import COMPLETED, FAILED, IN_PROGRESS, STOPPED, TERMINAL_STATUSES
 
 TABLE_DEFINITIONS: dict[str, dict[str, Any]] = {
     "state_table": {
@@ -59,6 +62,15 @@ TABLE_DEFINITIONS: dict[str, dict[str, Any]] = {
 TTL_ATTRIBUTES: dict[str, str] = {"idempotency_table": "expiration"}
 
 UPLOADS = "UPLOADS"
+
+
+class JobChange(str, Enum):
+    """What :meth:`StateStore.record_job` did."""
+
+    MOVED = "moved"  # a new job, or its status moved forward
+    SAME = "same"  # the status was already this one; other fields refreshed
+    REFUSED = "refused"  # the record is further on: nothing written
+
 STAGES = ("tuning", "training")
 
 
@@ -242,24 +254,68 @@ class StateStore:
 
     # -- jobs -----------------------------------------------------------------
     def record_job(
-        self, name: str, *, stage: str, dataset: str, version: str, status: str, reason: str = "", debugger: str = ""
-    ) -> None:
-        """Create or update a job's record; a new job also becomes the stage's latest.
+        self,
+        name: str,
+        *,
+        stage: str,
+        dataset: str,
+        version: str,
+        status: str,
+        reason: str = "",
+        debugger: str = "",
+        event_ms: int | None = None,
+    ) -> JobChange:
+        """Move a job's record forward; :attr:`JobChange.REFUSED` (nothing written) when that would rewrite history.
 
-        ``debugger``: the Debugger mode the job really runs with (``auto`` may fall back), kept once set.
+        Why a conditional write: events arrive late and duplicated, and two
+        Lambdas may handle two of them at once. DynamoDB decides atomically:
+
+        - a terminal status (Completed, Failed, Stopped) is final: only the
+          same status may be written again (to refresh ``reason``), never a
+          different terminal status, never InProgress;
+        - a non-terminal status is written only over a non-terminal one, and,
+          when both carry an event time (``event_ms``), not over a newer one.
+
+        :attr:`JobChange.SAME` says the status was already this one (a duplicate
+        event, or a retry refreshing ``reason``), read atomically from the old item.
+        A new InProgress job also becomes the stage's latest. ``debugger``: the
+        Debugger mode the job really runs with (``auto`` may fall back), kept once set.
         """
         now = int(time.time())
-        extra = {":dbg": debugger} if debugger else {}
-        self._update(
-            f"JOB#{name}",
-            "JOB",
+        values: dict[str, Any] = {":st": stage, ":d": dataset, ":v": version, ":s": status, ":r": reason, ":t": now}
+        values.update({":c": COMPLETED, ":f": FAILED, ":x": STOPPED})
+        expression = (
             "SET stage = :st, dataset = :d, version = :v, #s = :s, reason = :r, updated_at = :t, "
-            "created_at = if_not_exists(created_at, :t)" + (", debugger = :dbg" if debugger else ""),
-            {":st": stage, ":d": dataset, ":v": version, ":s": status, ":r": reason, ":t": now, **extra},
-            names={"#s": "status"},
+            "created_at = if_not_exists(created_at, :t)"
         )
+        if debugger:
+            expression += ", debugger = :dbg"
+            values[":dbg"] = debugger
+        not_terminal = "NOT #s IN (:c, :f, :x)"
+        if status in TERMINAL_STATUSES:
+            condition = f"attribute_not_exists(#s) OR #s = :s OR {not_terminal}"
+        else:
+            condition = f"attribute_not_exists(#s) OR ({not_terminal}"
+            condition += " AND (attribute_not_exists(event_ms) OR event_ms <= :et))" if event_ms is not None else ")"
+        if event_ms is not None:
+            expression += ", event_ms = :et"
+            values[":et"] = int(event_ms)
+        try:
+            old = self._client.update_item(
+                TableName=self._table, Key=self._key(f"JOB#{name}", "JOB"), UpdateExpression=expression,
+                ConditionExpression=condition, ExpressionAttributeNames={"#s": "status"},
+                ExpressionAttributeValues=self._values(values), ReturnValues="ALL_OLD",
+            ).get("Attributes") or {}
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return JobChange.REFUSED
         if status == IN_PROGRESS:
             self._update("LATEST", stage, "SET job = :j, dataset = :d, started_at = :t", {":j": name, ":d": dataset, ":t": now})
+        previous = (self._item(old) or {}).get("status")
+        return JobChange.SAME if previous == status else JobChange.MOVED
+
+    def mark_alerted(self, name: str, status: str) -> None:
+        """Remember that ``status`` of job ``name`` was alerted (a later duplicate then is not)."""
+        self._update(f"JOB#{name}", "JOB", "SET alerted = :s", {":s": status})
 
     def job(self, name: str) -> dict[str, Any] | None:
         return self._get(f"JOB#{name}", "JOB")
