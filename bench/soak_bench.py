@@ -226,8 +226,10 @@ def run(section: Section, quick: bool) -> None:
         server = start_server(model_dir, work / "server.log")
         pid = server.process.pid
         # One untimed request per case: the first prediction loads lazily-built pieces.
-        for variants in all_cases.values():
-            requests.post(f"{server.url}/invocations", data=variants[0].body, timeout=60,
+        with requests.Session() as warm:
+            warm.trust_env = False  # loopback only, as the clients
+            for variants in all_cases.values():
+                warm.post(f"{server.url}/invocations", data=variants[0].body, timeout=60,
                           headers={"Content-Type": variants[0].content_type, "Accept": "application/json"})
         result = soak(server.url, pid, all_cases, CLIENTS, duration)
     finally:
