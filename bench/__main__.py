@@ -37,6 +37,7 @@ SECTIONS: dict[str, str] = {
     "decode_budget": "6. Decode budget (largest accepted image, issue 15's 8,900 px PNGs refused)",
     "profiler": "7. Profiler cost per epoch (--profile_steps, train.py on digits)",
     "debugger": "8. In-job Debugger (--debugger in_job: smdebug hook and the five rules) per epoch",
+    "soak": "9. Predict soak (local API on loopback, bounded)",
 }
 
 
@@ -55,6 +56,8 @@ def _runner(key: str):
         from bench import profiler_cost as mod
     elif key == "debugger":
         from bench import debugger_cost as mod
+    elif key == "soak":
+        from bench import soak_bench as mod
     else:
         from bench import demo_bench as mod
     return mod.run

@@ -28,15 +28,20 @@ def test_quick_run_reports_every_section(tmp_path: Path) -> None:
     report = out.read_text(encoding="utf-8")
     assert "This section failed" not in report
     for heading in ("## 1. Inference", "## 2. Predict route", "## 3. Training input pipeline",
-                    "## 4. Training step", "## 5. Local pipeline", "## Machine and versions"):
+                    "## 4. Training step", "## 5. Local pipeline", "## 9. Predict soak", "## Machine and versions"):
         assert heading in report
     # Rows that carry the targets, each with a measured figure and a verdict.
     for case in ("top-1 agreement as shipped", "POST /predict handler", "cold import of chalice_app/app.py",
-                 "whole 5-epoch job"):
+                 "whole 5-epoch job", "answers that were not the expected status and code", "5xx answers"):
         line = next((ln for ln in report.splitlines() if case in ln), None)
         assert line is not None, case
         assert re.search(r"\b(NOT )?met\b", line), line
     assert "status 200" in report  # the stubbed predict request really succeeded
+    # The soak answered every request as the contract promises: the verdicts must be "met", not just present.
+    soak = report.split("## 9. Predict soak", 1)[1]
+    for case in ("answers that were not the expected status and code", "5xx answers"):
+        line = next(ln for ln in soak.splitlines() if case in ln)
+        assert "0: met" in line, line
 
 
 def test_speedup_direction() -> None:
