@@ -36,6 +36,10 @@ ACTIVATIONS: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU,
 #: The first training steps PoorWeightInitialization examines (its ``steps``): their
 #: activation inputs and gradients are saved whatever the save interval.
 FIRST_STEPS = 10
+#: After those, gradients are saved every this many training steps (at least): smdebug's own
+#: default save interval. A whole model's gradients per saved step (vgg11: about 0.5 GB) make
+#: every ``--debug_save_interval`` steps far too much for a job's output.
+GRADIENT_SAVE_INTERVAL = 500
 
 
 def activation_names(model: nn.Module) -> list[str]:
@@ -102,16 +106,26 @@ class Debugger:
         return self.paths.output_data_dir / TENSORS_DIR
 
     def in_job_hook(self, smd: Any, interval: int) -> Any:
-        """The hook for ``in_job``: losses every step, gradients and activation inputs every
-        ``interval`` steps and in the first :data:`FIRST_STEPS`, under the job's output."""
+        """The hook for ``in_job``, under the job's output: losses every step; gradients in the first
+        :data:`FIRST_STEPS` and then every :data:`GRADIENT_SAVE_INTERVAL` (or ``interval``, if larger);
+        activation inputs in the first :data:`FIRST_STEPS` training steps only."""
         if self.tensors_dir.exists():  # smdebug refuses an existing out_dir; a rerun replaces its own output
             shutil.rmtree(self.tensors_dir)
         hook = smd.Hook(out_dir=str(self.tensors_dir), save_config=smd.SaveConfig(save_interval=interval),
                         include_collections=["losses", "gradients", "relu_input"])
         hook.get_collection("losses").save_config = smd.SaveConfig(save_interval=1)
-        first = smd.SaveConfig(save_interval=interval, save_steps=list(range(FIRST_STEPS)))
-        for name in ("gradients", "relu_input"):
-            hook.get_collection(name).save_config = first
+        first = list(range(FIRST_STEPS))
+        # Gradients exist only in training: the first steps, then every GRADIENT_SAVE_INTERVAL. Activation
+        # inputs only in the first training steps, the only ones PoorWeightInitialization reads:
+        # saved every ``interval`` steps and in validation and test too, they made a 2-epoch demo
+        # job's output 1 GB (docs/ml.md, "Debugger in the job").
+        hook.get_collection("gradients").save_config = smd.SaveConfig(
+            save_interval=max(interval, GRADIENT_SAVE_INTERVAL), save_steps=first)
+        nothing = smd.SaveConfigMode(save_steps=[], start_step=0, end_step=0)
+        hook.get_collection("relu_input").save_config = smd.SaveConfig(mode_save_configs={
+            smd.modes.TRAIN: smd.SaveConfigMode(save_steps=first, start_step=0, end_step=FIRST_STEPS),
+            smd.modes.EVAL: nothing, smd.modes.PREDICT: nothing, smd.modes.GLOBAL: nothing,
+        })
         return hook
 
     def register(self, model: nn.Module, loss_fn: nn.Module) -> None:
