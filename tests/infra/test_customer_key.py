@@ -51,3 +51,30 @@ def test_every_role_that_touches_encrypted_data_may_use_only_that_key(template: 
             assert st["Condition"] == {"Bool": {"kms:GrantIsForAWSResource": "true"}}
     actions = {a for st in policy["Properties"]["PolicyDocument"]["Statement"] for a in as_list(st["Action"])}
     assert actions == {"kms:Decrypt", "kms:GenerateDataKey", "kms:DescribeKey", "kms:CreateGrant"}
+
+
+def test_a_stack_with_a_key_deploys_in_moto_with_the_bucket_and_topic_encrypted(
+    monkeypatch: Any, tmp_path: Any, quiet_moto_warnings: None
+) -> None:
+    import boto3
+    from moto import mock_aws
+
+    from breedline import deploy
+    from infra_helpers import bucket_policy_with_tls_condition, change_sets_refresh_outputs, expand_for_moto
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    bucket_policy_with_tls_condition(monkeypatch)
+    change_sets_refresh_outputs(monkeypatch)
+    with mock_aws():
+        aws = boto3.session.Session(region_name="us-east-1")
+        key = aws.client("kms").create_key()["KeyMetadata"]["Arn"]
+        outputs = deploy.deploy("dev", region="us-east-1", session=aws, expand=expand_for_moto("us-east-1", set()),
+                                overrides={"KmsKeyArn": key}, out_dir=tmp_path, log=lambda _msg: None)
+        rules = aws.client("s3").get_bucket_encryption(Bucket=outputs["DataBucketName"])[
+            "ServerSideEncryptionConfiguration"]["Rules"]
+        assert rules[0]["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key}
+        topic = aws.client("sns").get_topic_attributes(TopicArn=outputs["AlertTopicArn"])["Attributes"]
+        assert topic["KmsMasterKeyId"] == key
+        functions = aws.client("lambda").list_functions()["Functions"]
+        assert {f["Environment"]["Variables"]["BREEDLINE_KMS_KEY_ID"] for f in functions} == {key}
