@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 
 import breedline.deploy
+from breedline.deploy import api_keys
+from breedline.deploy.api_keys import ClientLimits
 from breedline.deploy.packaging import package, planned_change_set
 from breedline.deploy.stack import deploy
-from breedline.deploy.stage import DeployError
+from breedline.deploy.stage import DeployError, check_stack_name, default_stack_name
 from breedline.deploy.teardown import destroy
 
 
@@ -27,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
         region = _region(args.region, dry_run=args.command == "deploy" and args.dry_run)
         if args.command == "deploy" and args.dry_run:
             _dry_run(args, region)
+        elif args.command == "api-key":
+            _api_key(args, region)
         elif args.command == "deploy":
             deploy(args.stage, region=region, stack_name=args.stack_name, alert_email=args.alert_email,
                    overrides=_parse_overrides(args.parameter))
@@ -64,7 +68,39 @@ def _parser() -> argparse.ArgumentParser:
     des.add_argument("--region")
     des.add_argument("--stack-name")
     des.add_argument("--delete-bucket", action="store_true", help="also empty and delete the data bucket")
+    key = sub.add_parser("api-key", help="per-client API keys, each in its own usage plan (api_key auth)")
+    key.add_argument("action", choices=["create", "revoke", "list"])
+    key.add_argument("--client", help="client name (create, revoke): 1-32 lowercase letters, digits, hyphens")
+    key.add_argument("--stage", default="dev")
+    key.add_argument("--region")
+    key.add_argument("--stack-name")
+    defaults = ClientLimits()
+    key.add_argument("--rate", type=float, default=defaults.rate, help="requests per second (create)")
+    key.add_argument("--burst", type=int, default=defaults.burst, help="burst (create)")
+    key.add_argument("--quota", type=int, default=defaults.quota, help="requests per --period (create)")
+    key.add_argument("--period", choices=["DAY", "WEEK", "MONTH"], default=defaults.period)
     return parser
+
+
+def _api_key(args: argparse.Namespace, region: str) -> None:
+    """``api-key create|revoke|list``: one JSON document on stdout (create shows the key value once)."""
+    import boto3
+
+    session = boto3.session.Session(region_name=region)
+    stack = check_stack_name(args.stack_name or default_stack_name(args.stage))
+    apigw = session.client("apigateway")
+    if args.action == "list":
+        print(json.dumps(api_keys.list_client_keys(apigw, stack), indent=2))
+        return
+    if not args.client:
+        raise DeployError(f"api-key {args.action} needs --client NAME")
+    if args.action == "revoke":
+        api_keys.revoke_client_key(apigw, stack, args.client)
+        print(json.dumps({"client": args.client, "revoked": True}))
+        return
+    api_id, stage = api_keys.api_stage(session.client("cloudformation"), stack)
+    limits = ClientLimits(rate=args.rate, burst=args.burst, quota=args.quota, period=args.period)
+    print(json.dumps(api_keys.create_client_key(apigw, stack, args.client, api_id, stage, limits), indent=2))
 
 
 def _dry_run(args: argparse.Namespace, region: str) -> None:

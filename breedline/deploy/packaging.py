@@ -41,6 +41,7 @@ from breedline.deploy.template import (
     apply_api_auth,
     build_merge_template,
     evaluate_conditions,
+    name_functions_and_log_groups,
     point_code_at,
     sam_to_cloudformation,
 )
@@ -293,6 +294,7 @@ def chalice_package(
 
     template = json.loads((chalice_out / "sam.json").read_text())
     apply_api_auth(template, stage.api_auth)
+    name_functions_and_log_groups(template)
     template["Description"] = f"Breedline stage {stage.name} (packaged by breedline.deploy)"
     template_path = out / "template.json"
     template_path.write_text(json.dumps(template, indent=2))

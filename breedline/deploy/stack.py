@@ -18,8 +18,10 @@ from typing import Any, Callable
 from breedline.build.paths import APP_DIR
 from breedline.deploy.packaging import STABLE_VARIANT, Log, Package, package
 from breedline.deploy.stage import (
+    STAGE_TAG,
     DeployError,
     artifacts_bucket_name,
+    check_no_overlap,
     check_stack_name,
     data_bucket_name,
     default_stack_name,
@@ -85,6 +87,7 @@ def deploy(
     account = session.client("sts").get_caller_identity()["Account"]
     cfn, s3 = session.client("cloudformation"), session.client("s3")
     target = DeployTarget(stage_name, stack, account, region, cfn, s3)
+    check_no_overlap(stack, breedline_stacks(cfn))
     existing = existing_stack(target)
     bucket_exists = data_bucket_exists(target, existing, log)
     variant = endpoint_variant(session.client("sagemaker"), stack, log)
@@ -109,6 +112,17 @@ def deploy(
     if not code_first:
         upload_code(target, pkg)
     return stack_outputs(target, log)
+
+
+def breedline_stacks(cfn: Any) -> list[str]:
+    """Names of the live stacks of this account and region that ``make deploy`` created (tagged :data:`STAGE_TAG`)."""
+    names = []
+    for page in cfn.get_paginator("describe_stacks").paginate():
+        for stack in page["Stacks"]:
+            tags = {t["Key"] for t in stack.get("Tags", [])}
+            if STAGE_TAG in tags and stack["StackStatus"] != "DELETE_COMPLETE":
+                names.append(stack["StackName"])
+    return names
 
 
 def existing_stack(target: DeployTarget) -> dict[str, Any] | None:
@@ -182,7 +196,7 @@ def run_change_set(
         TemplateURL=template_url,
         Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in pkg.parameters.items()],
         Capabilities=CAPABILITIES,
-        Tags=[{"Key": "breedline:stage", "Value": target.stage_name}],
+        Tags=[{"Key": STAGE_TAG, "Value": target.stage_name}],
     )
     described = _wait_change_set(cfn, stack, name)
     if described is None:

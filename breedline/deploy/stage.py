@@ -106,6 +106,35 @@ def check_stack_name(name: str) -> str:
     return name
 
 
+#: The tag ``make deploy`` puts on every Breedline stack (through the change set).
+STAGE_TAG = "breedline:stage"
+
+
+def names_overlap(a: str, b: str) -> bool:
+    """Whether one stack's ``<name>-*`` SageMaker grants and event patterns also match the other's names.
+
+    Why only this shape: the app names every job, model and config
+    ``<stack>-<...>``, and those names are made at run time, so IAM can only grant
+    them as ``<stack>-*``. That pattern reaches another stack exactly when that
+    stack's name is this one plus ``-`` plus more (``breedline-prod`` and
+    ``breedline-prod-eu``). ``breedline-prodx`` does not overlap: its names start
+    ``breedline-prodx-``, which ``breedline-prod-*`` does not match.
+    """
+    return a != b and (a.startswith(b + "-") or b.startswith(a + "-"))
+
+
+def check_no_overlap(stack: str, others: list[str]) -> None:
+    """Refuse a stack name that overlaps an existing Breedline stack of the same account and region."""
+    clashes = sorted(o for o in others if names_overlap(stack, o))
+    if clashes:
+        raise DeployError(
+            f"stack name {stack!r} overlaps the Breedline stack(s) {', '.join(clashes)}: one is the other plus "
+            "'-...', so the SageMaker permissions and job events scoped to '<stack>-*' would reach across "
+            "(docs/reliability.md, 'Least privilege and abuse'); choose a name that is not a '-' extension of "
+            "the other (e.g. breedline-prodeu)"
+        )
+
+
 def artifacts_bucket_name(stack: str, account: str, region: str) -> str:
     return f"{stack}-deploy-{account}-{region}"
 

@@ -115,6 +115,48 @@ def apply_api_auth(template: dict[str, Any], mode: str) -> dict[str, Any]:
     return template
 
 
+#: The parameter of infra/breedline.yaml that every log group's retention comes from.
+LOG_RETENTION_PARAMETER = "LogRetentionDays"
+
+
+def function_log_group(logical_id: str) -> str:
+    """The ``Fn::Sub`` log group name of one Lambda: ``/aws/lambda/<stack>-<LogicalId>``."""
+    return "/aws/lambda/${AWS::StackName}-" + logical_id
+
+
+def name_functions_and_log_groups(template: dict[str, Any]) -> dict[str, Any]:
+    """Give every Lambda the exact name ``<stack>-<LogicalId>`` and a stack-owned log group with a retention.
+
+    Why exact names: CloudFormation's generated names (``<stack>-<LogicalId>-<random>``)
+    can only be granted as ``<stack>-*``, which also matches the functions of a stack
+    named ``<stack>-eu``. Stack names are lowercase and every logical ID starts
+    uppercase, so ``<stack>-<LogicalId>`` never names another stack's function
+    (chalice_app/.chalice/policy.json grants these exact log groups). Why the stack
+    creates the log group: Lambda's own one never expires, and the function no longer
+    needs ``logs:CreateLogGroup``; the function depends on its group so that no
+    invocation can come first.
+    """
+    functions = [k for k, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"]
+    for logical_id in functions:
+        group_id = f"{logical_id}LogGroup"
+        if group_id in template["Resources"]:
+            raise DeployError(f"the template already has a resource {group_id}")
+        function = template["Resources"][logical_id]
+        function["Properties"]["FunctionName"] = {"Fn::Sub": "${AWS::StackName}-" + logical_id}
+        deps = function.get("DependsOn", [])
+        function["DependsOn"] = sorted({*(deps if isinstance(deps, list) else [deps]), group_id})
+        template["Resources"][group_id] = {
+            "Type": "AWS::Logs::LogGroup",
+            "DeletionPolicy": "Delete",
+            "UpdateReplacePolicy": "Delete",
+            "Properties": {
+                "LogGroupName": {"Fn::Sub": function_log_group(logical_id)},
+                "RetentionInDays": {"Ref": LOG_RETENTION_PARAMETER},
+            },
+        }
+    return template
+
+
 def point_code_at(template: dict[str, Any], bucket: str, key: str) -> None:
     """Replace Chalice's local ``./deployment.zip`` with the uploaded object (what ``aws cloudformation package`` does)."""
     for resource in template["Resources"].values():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping
 
@@ -93,6 +94,16 @@ def one_of(allowed: tuple[str, ...]) -> Parser:
 def folder(name: str, raw: str) -> str:
     """A key prefix that always ends in ``/``."""
     return raw if raw.endswith("/") else raw + "/"
+
+
+_KMS_KEY = re.compile(r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key/[0-9a-f-]{36}|alias/[A-Za-z0-9/_-]+)$")
+
+
+def kms_key(name: str, raw: str) -> str:
+    """Empty (AWS-managed encryption) or a key/alias ARN: SageMaker needs the ARN to find the key from the job."""
+    if raw and not _KMS_KEY.match(raw):
+        raise ValueError(f"{name}={raw!r} must be empty or a KMS key or alias ARN (arn:aws:kms:<region>:<account>:key/<id>)")
+    return raw
 
 
 def extensions(name: str, raw: str) -> tuple[str, ...]:
@@ -238,6 +249,7 @@ class Settings:
     tuning_instance_type: str = setting("BREEDLINE_TUNING_INSTANCE_TYPE", "ml.g4dn.xlarge", "Instance type of tuning trials.")
     training_instance_type: str = setting("BREEDLINE_TRAINING_INSTANCE_TYPE", "ml.g4dn.xlarge", "Instance type of the final training job.")
     volume_size_gb: int = setting("BREEDLINE_VOLUME_SIZE_GB", "30", "EBS volume per training instance.", integer)
+    kms_key_id: str = setting("BREEDLINE_KMS_KEY_ID", "", "Customer KMS key ARN for the training jobs' volumes and output (VolumeKmsKeyId, OutputDataConfig.KmsKeyId) and the instance endpoint's storage (KmsKeyId). Empty: AWS-managed keys. make deploy sets it from the stack parameter KmsKeyArn (docs/aws.md).", kms_key)
     use_spot: bool = setting("BREEDLINE_USE_SPOT", "true", "Managed spot training (with checkpoints) for tuning and training.", flag)
     max_runtime_seconds: int = setting("BREEDLINE_MAX_RUNTIME_SECONDS", "7200", "StoppingCondition.MaxRuntimeInSeconds.", integer)
     max_wait_seconds: int = setting("BREEDLINE_MAX_WAIT_SECONDS", "14400", "StoppingCondition.MaxWaitTimeInSeconds (spot only, >= max runtime).", integer)

@@ -129,7 +129,18 @@ def _stopping(settings: Settings) -> dict[str, int]:
 
 
 def _resources(instance_type: str, settings: Settings) -> dict[str, Any]:
-    return {"InstanceType": instance_type, "InstanceCount": 1, "VolumeSizeInGB": settings.volume_size_gb}
+    resources: dict[str, Any] = {"InstanceType": instance_type, "InstanceCount": 1, "VolumeSizeInGB": settings.volume_size_gb}
+    if settings.kms_key_id:
+        resources["VolumeKmsKeyId"] = settings.kms_key_id
+    return resources
+
+
+def _output(settings: Settings) -> dict[str, Any]:
+    """Job output under the output prefix, encrypted with the customer key when one is set (issue 15.18)."""
+    output: dict[str, Any] = {"S3OutputPath": s3_uri(settings, settings.output_prefix)}
+    if settings.kms_key_id:
+        output["KmsKeyId"] = settings.kms_key_id
+    return output
 
 
 def _spot(settings: Settings, checkpoint_owner: str) -> dict[str, Any]:
@@ -208,7 +219,7 @@ def create_tuning_job(
         "AlgorithmSpecification": _algorithm(settings),
         "RoleArn": settings.role_arn,
         "InputDataConfig": input_channels(settings, dataset),
-        "OutputDataConfig": {"S3OutputPath": s3_uri(settings, settings.output_prefix)},
+        "OutputDataConfig": _output(settings),
         "ResourceConfig": _resources(settings.tuning_instance_type, settings),
         "StoppingCondition": _stopping(settings),
     }
@@ -293,7 +304,7 @@ def create_training_job(
         "AlgorithmSpecification": {**_algorithm(settings), "EnableSageMakerMetricsTimeSeries": True},
         "RoleArn": settings.role_arn,
         "InputDataConfig": input_channels(settings, dataset),
-        "OutputDataConfig": {"S3OutputPath": s3_uri(settings, settings.output_prefix)},
+        "OutputDataConfig": _output(settings),
         "ResourceConfig": _resources(settings.training_instance_type, settings),
         "StoppingCondition": _stopping(settings),
         **debugger_config(settings, mode),
@@ -358,7 +369,12 @@ def create_endpoint_config(
                 "InitialVariantWeight": 1.0,
             }
         )
-    return {"EndpointConfigName": name, "ProductionVariants": [variant], "Tags": tags}
+    config: dict[str, Any] = {"EndpointConfigName": name, "ProductionVariants": [variant], "Tags": tags}
+    if settings.kms_key_id:
+        # The instances' ML storage volume (serverless: the copied image). Instance types with local NVMe
+        # storage (ml.g4dn, ml.m5d, ...) refuse it; docs/aws.md says so.
+        config["KmsKeyId"] = settings.kms_key_id
+    return config
 
 
 def create_endpoint(settings: Settings, *, config_name: str, tags: list[dict[str, str]]) -> dict[str, Any]:

@@ -349,3 +349,31 @@ def test_debugger_settings_parse_and_refuse_unknown_modes():
     with pytest.raises(ValueError, match="BREEDLINE_DEBUGGER='Service' must be one of in_job, service, auto, off"):
         settings(BREEDLINE_DEBUGGER="Service")
 
+
+
+KMS_KEY = "arn:aws:kms:eu-west-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+@pytest.mark.parametrize("extra", [{}, {"BREEDLINE_SERVERLESS_MEMORY_MB": "3072"}])
+def test_a_customer_key_encrypts_volumes_output_and_the_endpoint(extra):
+    """Issue 15.18: one key for the jobs' volumes and output and the endpoint's storage; botocore accepts each."""
+    requests = all_requests(settings(BREEDLINE_KMS_KEY_ID=KMS_KEY, **extra))
+    for operation, request in requests.items():
+        validate_request("sagemaker", operation, request)
+    tuning = requests["CreateHyperParameterTuningJob"]["TrainingJobDefinition"]
+    for job in (tuning, requests["CreateTrainingJob"]):
+        assert job["ResourceConfig"]["VolumeKmsKeyId"] == KMS_KEY
+        assert job["OutputDataConfig"]["KmsKeyId"] == KMS_KEY
+    assert requests["CreateEndpointConfig"]["KmsKeyId"] == KMS_KEY
+
+
+def test_without_a_key_the_requests_name_none():
+    text = json.dumps(all_requests(settings()))
+    assert "KmsKeyId" not in text and "VolumeKmsKeyId" not in text
+
+
+@pytest.mark.parametrize("raw", ["1234abcd-12ab-34cd-56ef-1234567890ab", "alias/breedline", "arn:aws:s3:::bucket"])
+def test_a_key_that_is_not_an_arn_is_refused(raw):
+    with pytest.raises(ValueError, match="BREEDLINE_KMS_KEY_ID"):
+        settings(BREEDLINE_KMS_KEY_ID=raw)
+    settings(BREEDLINE_KMS_KEY_ID="arn:aws:kms:eu-west-1:123456789012:alias/breedline")

@@ -82,6 +82,11 @@ def test_pass_role_only_the_execution_role_only_to_sagemaker(template: dict[str,
     assert [s["Principal"] for s in trust] == [{"Service": "sagemaker.amazonaws.com"}]
 
 
+def _is_constant(node: ast.AST) -> bool:
+    """``_WORDS.search(...)`` is a module constant's (a compiled regex) method, never a boto3 client's."""
+    return isinstance(node, ast.Name) and node.id.lstrip("_").isupper()
+
+
 def _sagemaker_operations_the_code_uses() -> set[str]:
     """IAM actions of every SageMaker (and runtime) operation named in app.py and chalicelib/."""
     session = botocore.session.get_session()
@@ -93,7 +98,7 @@ def _sagemaker_operations_the_code_uses() -> set[str]:
     files = [REPO / "chalice_app" / "app.py", *sorted((REPO / "chalice_app" / "chalicelib").glob("*.py"))]
     for path in files:
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Attribute) and node.attr in operations:
+            if isinstance(node, ast.Attribute) and node.attr in operations and not _is_constant(node.value):
                 used.add(f"sagemaker:{operations[node.attr]}")
     return used
 

@@ -119,6 +119,13 @@ def test_deploy_redeploy_destroy_in_moto(aws: Any, tmp_path: Path, quiet_moto_wa
     received = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
     assert [json.loads(m["Body"])["detail"]["bucket"]["name"] for m in received] == [DATA_BUCKET]
 
+    # Issues 15.17/15.19: every Lambda has its exact name and a stack-owned log group with the retention.
+    for fn in ("APIHandler", "OnDatasetUpload", "OnTuningStateChange", "OnTrainingStateChange", "CheckQuietDatasets"):
+        assert resources[fn]["PhysicalResourceId"] == f"{STACK}-{fn}"
+    groups = {g["logGroupName"]: g.get("retentionInDays") for g in aws.client("logs").describe_log_groups()["logGroups"]}
+    assert groups[f"/aws/lambda/{STACK}-OnDatasetUpload"] == 30
+    assert groups[f"/aws/apigateway/{STACK}/access"] == 30
+
     # Execution role exists with its trust policy; the topic exists.
     iam = aws.client("iam")
     trust = iam.get_role(RoleName=f"{STACK}-sagemaker")["Role"]["AssumeRolePolicyDocument"]
@@ -127,6 +134,7 @@ def test_deploy_redeploy_destroy_in_moto(aws: Any, tmp_path: Path, quiet_moto_wa
 
     # What moto could not check, recorded for the README.
     assert unsupported == {
+        "AWS::ApiGateway::Account",
         "AWS::ApiGateway::ApiKey",
         "AWS::ApiGateway::Deployment",
         "AWS::ApiGateway::Stage",
@@ -134,6 +142,7 @@ def test_deploy_redeploy_destroy_in_moto(aws: Any, tmp_path: Path, quiet_moto_wa
         "AWS::ApiGateway::UsagePlanKey",
         "AWS::ApplicationAutoScaling::ScalableTarget",
         "AWS::ApplicationAutoScaling::ScalingPolicy",
+        "AWS::CloudFormation::WaitConditionHandle",
         "AWS::CloudWatch::Alarm",
         "AWS::S3::BucketPolicy",
         "AWS::SNS::Subscription",
