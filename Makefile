@@ -1,6 +1,6 @@
 # Breedline: every entry point sets itself up on a fresh clone.
 #   make test   - create .venv, install the pins, run the test suite
-#   make test-e2e - the slow end-to-end pipeline runs (one per Debugger mode)
+#   make test-e2e - the slow end-to-end pipeline runs (whole local runtimes)
 #   make test-containers - the ML scripts on the AWS containers' versions, through
 #                 AWS's own training and serving toolkits (.venv-containers)
 #   make demo   - run the whole pipeline locally (upload -> tune -> train -> deploy -> predict);
@@ -32,8 +32,9 @@ $(STAMP): requirements.txt pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS)
 
-# The slow end-to-end runs (pytest's e2e marker: the whole pipeline once per
-# Debugger mode); CI runs them after make test.
+# The slow end-to-end runs (pytest's e2e marker: a whole local runtime from
+# upload to /predict, once per Debugger mode, and the failure paths); CI runs
+# them after make test.
 test-e2e: $(STAMP)
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
 

@@ -13,8 +13,12 @@ import json
 import time
 from pathlib import Path
 
+import pytest
 import requests
 from runtime_harness import clients, endpoint_in_service, running_runtime, upload_folder, wait_for  # type: ignore[import-not-found]
+
+#: A whole local pipeline run: make test-e2e runs it (CI too), make test leaves it out.
+pytestmark = pytest.mark.e2e
 
 #: Small and fast: 2 trials (both at once, a core each) + the final job, 2 epochs each at 32 px.
 E2E_ENV = {

@@ -13,9 +13,13 @@ import json
 import textwrap
 from pathlib import Path
 
+import pytest
 from local_standins import tarball  # type: ignore[import-not-found]
 from PIL import Image
 from runtime_harness import clients, running_runtime, upload_folder, wait_for  # type: ignore[import-not-found]
+
+#: A whole local pipeline run: make test-e2e runs it (CI too), make test leaves it out.
+pytestmark = pytest.mark.e2e
 
 FAILING_FINAL = textwrap.dedent('''
     import json, os, pathlib, sys
