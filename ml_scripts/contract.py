@@ -50,6 +50,34 @@ TERMINAL_STATUSES: tuple[str, ...] = (COMPLETED, FAILED, STOPPED)
 #: ``torch``, or ``onnx`` (fail rather than fall back).
 SERVING_BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx")
 
+# -- image formats ----------------------------------------------------------------------
+#: The formats the model decodes, by the magic bytes an upload starts with. The predict
+#: route, the serving script and the training decoder all check bodies against these.
+IMAGE_SIGNATURES: tuple[tuple[bytes, str], ...] = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"))
+#: Image formats recognised but never decoded (415 whatever the Content-Type says), by magic bytes.
+REFUSED_FORMATS: tuple[tuple[bytes, str], ...] = (
+    (b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+    (b"RIFF", "WebP"), (b"\x00\x00\x01\x00", "ICO"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xffO\xffQ", "JPEG 2000"), (b"%!PS", "EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"), (b"%PDF", "PDF"),
+)
+
+
+def sniff_image(data: bytes) -> str | None:
+    """The decodable format (``"jpeg"``/``"png"``) the first bytes announce, or None."""
+    for magic, fmt in IMAGE_SIGNATURES:
+        if data.startswith(magic):
+            return fmt
+    return None
+
+
+def refused_format(data: bytes) -> str | None:
+    """The name of a known image format the model never decodes (GIF, BMP, ...), if ``data`` starts with one."""
+    for magic, name in REFUSED_FORMATS:
+        if data.startswith(magic):
+            return name
+    return None
+
+
 # -- debugging --------------------------------------------------------------------------
 #: Where Debugger's hooks and rules run (``BREEDLINE_DEBUGGER``): ``in_job`` (the
 #: open-source smdebug library inside the training job; the request carries no

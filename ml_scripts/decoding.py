@@ -31,7 +31,6 @@ class DecodeBudgetError(ValueError):
 
 #: Pillow format names a request may declare, by the format its magic bytes show.
 REQUEST_FORMATS: dict[str, str] = {"jpeg": "JPEG", "png": "PNG"}
-_MAGIC: tuple[tuple[bytes, str], ...] = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"))
 
 #: Peak bytes per pixel while an image of each Pillow mode is decoded and made RGB by :func:`to_rgb`:
 #: the decoded buffer plus the conversions' copies (measured by ``python -m bench --only decode_budget``,
@@ -89,14 +88,6 @@ def check_budget(image: Image.Image, budget: DecodeBudget) -> None:
             f"about {cost / 1e6:.0f} MB); the limit is {budget.megapixels:g} MP and {budget.max_bytes / 1e6:.0f} MB. "
             "Resize it and retry"
         )
-
-
-def sniff(data: bytes) -> str | None:
-    """The format (``"jpeg"``/``"png"``) the first bytes announce, or None."""
-    for magic, fmt in _MAGIC:
-        if data.startswith(magic):
-            return fmt
-    return None
 
 
 def check_png_complete(data: bytes) -> None:

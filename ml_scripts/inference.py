@@ -61,7 +61,7 @@ from PIL import Image
 from torch import nn
 
 from backbones import build_model, read_meta
-from contract import SERVING_BACKENDS
+from contract import REFUSED_FORMATS, SERVING_BACKENDS, refused_format, sniff_image  # noqa: F401 (REFUSED_FORMATS: the serving contract's table)
 from decoding import (
     REQUEST_FORMATS,
     DecodeBudget,
@@ -70,7 +70,6 @@ from decoding import (
     check_png_complete,
     decode_for_size,
     resize_crop,
-    sniff,
 )
 from presets import Preprocessing
 
@@ -81,12 +80,6 @@ CONTENT_TYPE_FORMATS: dict[str, tuple[str, ...]] = {
     "application/x-image": ("jpeg", "png"),
 }
 SUPPORTED_CONTENT_TYPES: frozenset[str] = frozenset(CONTENT_TYPE_FORMATS)
-#: Image formats we recognise but never decode (415 whatever the Content-Type says), by magic bytes.
-REFUSED_FORMATS: tuple[tuple[bytes, str], ...] = (
-    (b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
-    (b"RIFF", "WebP"), (b"\x00\x00\x01\x00", "ICO"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
-    (b"\xffO\xffQ", "JPEG 2000"), (b"%!PS", "EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"), (b"%PDF", "PDF"),
-)
 DEFAULT_TOP_K = 5
 DEFAULT_MAX_IMAGE_BYTES = 6 * 1024 * 1024
 #: The decode budget when BREEDLINE_MAX_DECODE_MEGAPIXELS is unset (the Lambda's setting of that name passes it).
@@ -294,11 +287,11 @@ def _decode_budget() -> DecodeBudget:
 
 def declared_format(body: bytes, media_type: str) -> str:
     """The format to decode ``body`` as: its magic bytes, if the Content-Type allows them; else a refusal."""
-    actual = sniff(body)
+    actual = sniff_image(body)
     if actual is None:
-        for magic, name in REFUSED_FORMATS:
-            if body.startswith(magic):
-                raise InferenceInputError(f"{name} images are not supported; send a JPEG or PNG", 415)
+        name = refused_format(body)
+        if name is not None:
+            raise InferenceInputError(f"{name} images are not supported; send a JPEG or PNG", 415)
         raise InferenceInputError("the body is not a JPEG or PNG image (its first bytes say otherwise)", 400,
                                   "not_an_image")
     if actual not in CONTENT_TYPE_FORMATS[media_type]:

@@ -14,6 +14,8 @@ import math
 import struct
 from typing import Any, Mapping
 
+from contract import REFUSED_FORMATS, refused_format, sniff_image  # noqa: F401 (REFUSED_FORMATS: the route's table)
+
 try:  # SIMD base64, far faster than the stdlib on a multi-megabyte body (see decode_event_body)
     import pybase64 as _fast_base64
 except ImportError:  # a Lambda zip built without it still works, at the stdlib's speed
@@ -21,17 +23,6 @@ except ImportError:  # a Lambda zip built without it still works, at the stdlib'
 
 #: Content types the route accepts, mapped to the format their magic bytes must show.
 CONTENT_TYPES: dict[str, str] = {"image/jpeg": "jpeg", "image/png": "png"}
-_MAGIC: tuple[tuple[bytes, str], ...] = (
-    (b"\xff\xd8\xff", "jpeg"),
-    (b"\x89PNG\r\n\x1a\n", "png"),
-)
-#: Image formats the model never decodes, by magic bytes: 415 whatever the Content-Type says.
-#: The same table as ml_scripts/inference.py's REFUSED_FORMATS (a test keeps them equal).
-REFUSED_FORMATS: tuple[tuple[bytes, str], ...] = (
-    (b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
-    (b"RIFF", "WebP"), (b"\x00\x00\x01\x00", "ICO"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
-    (b"\xffO\xffQ", "JPEG 2000"), (b"%!PS", "EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"), (b"%PDF", "PDF"),
-)
 #: Peak decode bytes per pixel of the Pillow mode each PNG (colour type, bit depth) opens as: the same
 #: figures as ml_scripts/decoding.py's PEAK_BYTES_PER_PIXEL (a test keeps them equal). A palette is
 #: counted without transparency, so the route's estimate never exceeds the model's.
@@ -104,14 +95,6 @@ def media_type(header: str | None) -> str:
     return (header or "").split(";", 1)[0].strip().lower()
 
 
-def sniff(body: bytes) -> str | None:
-    """The image format the first bytes announce, or None."""
-    for magic, fmt in _MAGIC:
-        if body.startswith(magic):
-            return fmt
-    return None
-
-
 def decode_event_body(event: Mapping[str, Any]) -> bytes:
     """The body of an API Gateway proxy event, byte for byte what Chalice's ``Request.raw_body`` gives.
 
@@ -140,14 +123,6 @@ def decode_event_body(event: Mapping[str, Any]) -> bytes:
     except ValueError as exc:  # binascii.Error (bad padding) or non-ASCII text
         message = f"The body is not valid base64 ({exc}); send the image bytes as the body"
         raise PredictError(NOT_AN_IMAGE, message) from exc
-
-
-def refused_format(body: bytes) -> str | None:
-    """The name of a known image format we never decode (GIF, BMP, ...), if the body starts with one."""
-    for magic, name in REFUSED_FORMATS:
-        if body.startswith(magic):
-            return name
-    return None
 
 
 #: A PNG's last chunk, always these 12 bytes (length 0, type, fixed CRC).
@@ -239,7 +214,7 @@ def validate_image_request(
         raise PredictError(
             PAYLOAD_TOO_LARGE, f"The image is {len(body)} bytes; the limit is {max_bytes} bytes. Resize it and retry"
         )
-    actual = sniff(body)
+    actual = sniff_image(body)
     if actual is None:
         refused = refused_format(body)
         if refused is not None:

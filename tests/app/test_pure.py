@@ -21,9 +21,9 @@ from chalicelib.predict import (
     PredictError,
     map_invoke_error,
     shape_prediction,
-    sniff,
     validate_image_request,
 )
+from contract import sniff_image as sniff
 from contract import unquote_hyperparameter, unquote_hyperparameters
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 100
