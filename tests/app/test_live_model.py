@@ -211,6 +211,8 @@ def test_update_refused_as_in_progress_is_queued(client, sagemaker, aws, env, mo
     _refuse_update(sagemaker, monkeypatch, "ValidationException", 'Cannot update in-progress endpoint "x".')
     assert completed(client, sagemaker, env, B, 0.95, minute=5)["outcome"] == "queued"
     assert aws.alerts() == [] and state(env).queued_deployment()["training_job"] == B
+    deployments = client.http.get("/status").json_body["deployments"]
+    assert deployments["queued"]["model"] == B and deployments["pending"] is None
 
 
 # -- the pure parts ----------------------------------------------------------------------
