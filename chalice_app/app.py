@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from chalice import Chalice, IAMAuthorizer, Rate, Response
 
-from chalicelib import api, event_patterns, jobs, lambda_runtime, uploads
+from chalicelib import api, endpoint_events, event_patterns, jobs, lambda_runtime, uploads
 from chalicelib.config import Settings
 from chalicelib.observability import flush, logger
 from chalicelib.predict import CONTENT_TYPES, PredictError
@@ -102,6 +102,14 @@ def on_tuning_state_change(event: Any) -> dict[str, Any]:
 @app.on_cw_event(event_patterns.training_pattern(_BOOT), name="on_training_state_change")
 def on_training_state_change(event: Any) -> dict[str, Any]:
     return _run("on_training_state_change", event, jobs.handle_training_event, _state_change(event))
+
+
+@app.on_cw_event(event_patterns.endpoint_pattern(_BOOT), name="on_endpoint_state_change")
+def on_endpoint_state_change(event: Any) -> dict[str, Any]:
+    """The endpoint is InService or Failed: the live model follows what it serves; the queue is re-driven."""
+    return _run(
+        "on_endpoint_state_change", event, endpoint_events.handle_endpoint_event, _state_change(event)
+    )
 
 
 def _json(body: Any, status: int = 200) -> Response:

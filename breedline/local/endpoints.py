@@ -23,7 +23,7 @@ from typing import Any
 import requests
 
 from .s3_transfers import download_prefix, extract_tarball, split_s3_uri
-from .sagemaker_state import DETAIL_ENDPOINT
+from .sagemaker_state import DETAIL_ENDPOINT, ENDPOINT_ROLLBACK_VARIABLE
 from .sagemaker_wire import ServiceError, now
 
 log = logging.getLogger("runtime.endpoints")
@@ -208,6 +208,8 @@ class EndpointHost:
                 if self.backend.closing.is_set():
                     raise RuntimeError("runtime is shutting down")
                 started[variant["VariantName"]] = self._start_variant(variant, generation)
+            if update and self.backend.endpoint_rollback:
+                raise RuntimeError(f"the new fleet failed its health check ({ENDPOINT_ROLLBACK_VARIABLE}=1)")
         except Exception as exc:
             log.exception("endpoint %s: deployment of %s failed", self.name, config_name)
             for server in started.values():
@@ -217,8 +219,19 @@ class EndpointHost:
                 if endpoint is None:
                     return
                 endpoint["FailureReason"] = f"{type(exc).__name__}: {exc}"
-                # A failed update leaves the old fleet serving, as blue/green rollback does.
-                endpoint["EndpointStatus"] = "InService" if update and self.servers else "Failed"
+                rolling_back = update and bool(self.servers)
+                endpoint["EndpointStatus"] = "RollingBack" if rolling_back else "Failed"
+                endpoint["LastModifiedTime"] = now()
+            self.backend.changed()
+            self.emit()
+            if not rolling_back:
+                return
+            # A failed update leaves the old fleet serving, as blue/green rollback does.
+            with self.backend.lock:
+                endpoint = self.backend.endpoints.get(self.name)
+                if endpoint is None:
+                    return
+                endpoint["EndpointStatus"] = "InService"
                 endpoint["LastModifiedTime"] = now()
             self.backend.changed()
             self.emit()

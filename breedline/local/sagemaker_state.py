@@ -45,6 +45,21 @@ def debugger_service_from_env() -> str:
     return value
 
 
+#: ``1``: every blue/green UpdateEndpoint of the local service rolls back, as SageMaker's
+#: does when the new fleet fails its health check or a rollback alarm fires: the
+#: endpoint goes RollingBack, then InService on the old config, with a FailureReason.
+#: Read from the runtime's environment (issue 15: the app must follow what is served).
+ENDPOINT_ROLLBACK_VARIABLE = "BREEDLINE_LOCAL_ENDPOINT_ROLLBACK"
+
+
+def endpoint_rollback_from_env() -> bool:
+    """Whether :data:`ENDPOINT_ROLLBACK_VARIABLE` asks updates to roll back; anything but 0/1 is a clear error."""
+    value = os.environ.get(ENDPOINT_ROLLBACK_VARIABLE, "0").strip().lower()
+    if value not in ("0", "1", "", "false", "true"):
+        raise ValueError(f"{ENDPOINT_ROLLBACK_VARIABLE}={value!r} must be 0 or 1")
+    return value in ("1", "true")
+
+
 #: Events whose times AWS's documented examples write as strings of epoch
 #: milliseconds (``"CreationTime": "1583831889050"``); the endpoint example
 #: writes numbers. Sources: events/README.md.
@@ -96,6 +111,8 @@ class BackendState:
         self.debugger_service = debugger_service or debugger_service_from_env()
         if self.debugger_service not in DEBUGGER_SERVICE_STATES:
             raise ValueError(f"debugger_service={self.debugger_service!r} must be one of {DEBUGGER_SERVICE_STATES}")
+        # True: blue/green updates fail their health check and roll back (ENDPOINT_ROLLBACK_VARIABLE)
+        self.endpoint_rollback = endpoint_rollback_from_env()
         self.lock = threading.RLock()
         self.training_jobs: dict[str, dict] = {}
         self.tuning_jobs: dict[str, dict] = {}

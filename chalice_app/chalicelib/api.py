@@ -160,7 +160,12 @@ def status() -> dict[str, Any]:
             endpoint["error"] = clients.error_code(exc) or type(exc).__name__
     if live is not None:
         live = {k: v for k, v in live.items() if k not in ("pk", "sk", "labels")}
-    return {"live_model": live, "jobs": state.latest_jobs(), "endpoint": endpoint}
+    # the update not yet confirmed by an InService event, and the model waiting for the endpoint (issue 15)
+    waiting = {
+        name: {k: v for k, v in (item or {}).items() if k not in ("pk", "sk", "artifacts")} or None
+        for name, item in (("pending", state.pending()), ("queued", state.queued_deployment()))
+    }
+    return {"live_model": live, "jobs": state.latest_jobs(), "endpoint": endpoint, "deployments": waiting}
 
 
 def labels() -> dict[str, Any]:

@@ -4,7 +4,10 @@ A model goes live only when it beats the accuracy floor and the live model
 (:func:`chalicelib.decisions.quality_gate`). The first model creates the
 endpoint; later ones update it blue/green (:mod:`chalicelib.sagemaker_requests`
 builds the deployment guardrails). The live model's record in the state
-table is what ``/status``, ``/labels`` and the next gate read.
+table is what ``/status``, ``/labels`` and the next gate read; it is written
+only from what DescribeEndpoint says the endpoint serves (:mod:`chalicelib.live`),
+never when UpdateEndpoint returns. A busy endpoint queues the deployment, which
+the endpoint's InService event re-drives (:mod:`chalicelib.endpoint_events`).
 """
 
 from __future__ import annotations
@@ -15,8 +18,14 @@ from typing import Any, Callable
 from chalicelib import clients, naming
 from chalicelib import sagemaker_requests as build
 from chalicelib.config import Settings
-from chalicelib.decisions import STAGE_TRAINING, final_metric, pipeline_tags, quality_gate, triggered_rules
-from chalicelib.observability import GATE_REJECTIONS, MODEL_ACCURACY, MODELS_DEPLOYED, TRAINING_COMPLETED, logger
+from chalicelib.decisions import (
+    ENDPOINT_BUSY, ENDPOINT_FAILED, ENDPOINT_IN_SERVICE, ENDPOINT_ROLLBACK_FAILED, RETRIABLE_ERROR_CODES,
+    STAGE_TRAINING, busy_refusal, end_time_ms, endpoint_status, final_metric, pipeline_tags, quality_gate, triggered_rules,
+)
+from chalicelib.live import settle
+from chalicelib.observability import (
+    DEPLOYMENTS_FAILED, DEPLOYMENTS_QUEUED, GATE_REJECTIONS, MODEL_ACCURACY, TRAINING_COMPLETED, logger,
+)
 from chalicelib.lambda_runtime import (
     NotYet, PipelineError, alert, client_error, count, idempotent, log_keys, settings, store,
 )
@@ -25,8 +34,6 @@ from contract import COMPLETED, DEBUGGER_HYPERPARAMETER
 
 #: Tag stage value on models, endpoint configs and endpoints (jobs use tuning/training).
 STAGE_SERVING = "serving"
-#: Endpoint states in which UpdateEndpoint is refused; the deployment is retried.
-_BUSY_ENDPOINT = {"Creating", "Updating", "SystemUpdating", "RollingBack", "UpdateRollbackFailed", "Deleting"}
 
 
 def history_kept(job: str, status: str, recorded: dict[str, Any] | None) -> dict[str, Any]:
@@ -71,6 +78,9 @@ def deploy_if_better(
     count(TRAINING_COMPLETED)
     if accuracy is not None:
         count(MODEL_ACCURACY, accuracy, unit="None")
+    endpoint = describe_endpoint(s, clients.client("sagemaker"))
+    if endpoint is not None and endpoint["EndpointStatus"] == ENDPOINT_IN_SERVICE:
+        settle(s, state, endpoint)  # the gate compares against what the endpoint serves (its event may be late)
     live = state.live_model()
     live_accuracy = float(live["accuracy"]) if live and live.get("accuracy") is not None else None
     decision = quality_gate(accuracy, live_accuracy, s.accuracy_floor)
@@ -89,7 +99,11 @@ def deploy_if_better(
         logger.warning("quality gate: not deployed", extra={"reason": decision.reason, "accuracy": accuracy, "live_accuracy": live_accuracy})
         return {"outcome": outcome, "reason": decision.reason, "training_job": name}
     logger.info("quality gate passed", extra={"reason": decision.reason})
-    return deploy(s, state, name=name, dataset=dataset, version=version, artifacts=str(artifacts), accuracy=float(accuracy or 0), live=live)
+    order_ms = end_time_ms(described.get("TrainingEndTime")) or event_ms or int(time.time() * 1000)
+    return deploy(
+        s, state, name=name, dataset=dataset, version=version, artifacts=str(artifacts),
+        accuracy=float(accuracy or 0), order_ms=order_ms, endpoint=endpoint,
+    )
 
 
 def _report_rules(s: Settings, described: dict[str, Any], name: str, dataset: str) -> str:
@@ -129,28 +143,16 @@ def _not_found(exc: BaseException) -> bool:
     return "could not find" in message or "not found" in message
 
 
-def _point_endpoint(s: Settings, sm: Any, config_name: str, model: str, tags: list[dict[str, str]]) -> str:
-    """CreateEndpoint, or a blue/green UpdateEndpoint to ``config_name``; returns what was done."""
+def describe_endpoint(s: Settings, sm: Any) -> dict[str, Any] | None:
+    """DescribeEndpoint, or None when there is no endpoint yet; the status in the API's spelling."""
     try:
-        endpoint = sm.describe_endpoint(**build.describe_endpoint(s))
+        endpoint = dict(sm.describe_endpoint(**build.describe_endpoint(s)))
     except client_error() as exc:
         if not _not_found(exc):
             raise
-        endpoint = None
-    if endpoint is None:
-        sm.create_endpoint(**build.create_endpoint(s, config_name=config_name, tags=tags))
-        return "created"
-    status = str(endpoint.get("EndpointStatus", ""))
-    if endpoint.get("EndpointConfigName") == config_name:
-        return "unchanged"
-    if status in _BUSY_ENDPOINT:
-        # Raising releases the idempotency record; Lambda's async retries try again later.
-        raise PipelineError(f"endpoint {s.endpoint_name} is {status}; deployment of {model} will be retried")
-    if status == "Failed":
-        alert(f"endpoint {s.endpoint_name} is Failed", {"model": model, "what_to_do": "delete the endpoint; the next model recreates it"})
-        raise PipelineError(f"endpoint {s.endpoint_name} is Failed")
-    sm.update_endpoint(**build.update_endpoint(s, config_name=config_name))
-    return "updated"
+        return None
+    endpoint["EndpointStatus"] = endpoint_status(endpoint.get("EndpointStatus"))
+    return endpoint
 
 
 def deploy(
@@ -162,32 +164,94 @@ def deploy(
     version: str,
     artifacts: str,
     accuracy: float,
-    live: dict[str, Any] | None,
+    order_ms: int,
+    endpoint: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """CreateModel, CreateEndpointConfig, then CreateEndpoint or a blue/green UpdateEndpoint."""
-    sm = clients.client("sagemaker")
-    tags = pipeline_tags(s.name_prefix, STAGE_SERVING, dataset, version)
+    """CreateModel, CreateEndpointConfig, then CreateEndpoint or a blue/green UpdateEndpoint; LIVE waits for InService.
+
+    ``endpoint`` is DescribeEndpoint's answer (None: no endpoint yet). A busy
+    endpoint queues the deployment (:func:`_queue`); a refusal that a retry
+    cannot change is recorded and alerted (:func:`_refused`); throttling and
+    SageMaker's own errors raise, for the Lambda's retries.
+    """
     model = naming.model_name(name)
     config_name = naming.endpoint_config_name(model, build.serverless(s))
-    _create_once(sm.create_model, build.create_model(s, name=model, model_data_url=artifacts, region=clients.region(), tags=tags))
-    _create_once(sm.create_endpoint_config, build.create_endpoint_config(s, name=config_name, model_name=model, tags=tags))
-    action = _point_endpoint(s, sm, config_name, model, tags)
+    job = {"training_job": name, "model": model, "dataset": dataset, "version": version,
+           "artifacts": artifacts, "accuracy": accuracy, "order_ms": int(order_ms)}
+    status = str((endpoint or {}).get("EndpointStatus", ""))
+    if endpoint is not None and endpoint.get("EndpointConfigName") == config_name:
+        return {"outcome": "deployed", "action": "unchanged", "model": model, "endpoint_config": config_name}
+    if status in ENDPOINT_BUSY:
+        return _queue(s, state, job, f"endpoint {s.endpoint_name} is {status}")
+    if status in (ENDPOINT_FAILED, ENDPOINT_ROLLBACK_FAILED):
+        failure = str((endpoint or {}).get("FailureReason") or "no FailureReason")
+        return _refused(s, state, job, f"endpoint {status}",
+                        f"{s.endpoint_name} is {status} ({failure}); delete it, the next model recreates it")
+    sm = clients.client("sagemaker")
+    tags = pipeline_tags(s.name_prefix, STAGE_SERVING, dataset, version)
     version_record = state.version(dataset, version) or {}
-    record = {
-        "model": model,
-        "training_job": name,
-        "accuracy": accuracy,
-        "labels": list(version_record.get("classes") or []),
-        "dataset": dataset,
-        "version": version,
-        "endpoint": s.endpoint_name,
-        "endpoint_config": config_name,
-        "serverless": build.serverless(s),
-        "deployed_at": int(time.time()),
-    }
-    previous = live.get("model") if live else None
-    if not state.set_live_model(record, previous):
-        logger.warning("live model changed while deploying; the record was not overwritten", extra={"model": model})
-    count(MODELS_DEPLOYED)
-    logger.info("model deployed", extra={"action": action, "accuracy": accuracy, "previous_model": previous})
+    try:
+        _create_once(sm.create_model, build.create_model(s, name=model, model_data_url=artifacts, region=clients.region(), tags=tags))
+        _create_once(sm.create_endpoint_config, build.create_endpoint_config(s, name=config_name, model_name=model, tags=tags))
+        state.save_deployment({
+            "model": model, "training_job": name, "accuracy": accuracy,
+            "labels": list(version_record.get("classes") or []), "dataset": dataset, "version": version,
+            "endpoint": s.endpoint_name, "endpoint_config": config_name, "serverless": build.serverless(s),
+            "deployed_at": int(time.time()),
+        })
+        if endpoint is None:
+            sm.create_endpoint(**build.create_endpoint(s, config_name=config_name, tags=tags))
+            action = "created"
+        else:
+            sm.update_endpoint(**build.update_endpoint(s, config_name=config_name))
+            action = "updated"
+    except client_error() as exc:
+        code, message = clients.error_code(exc), clients.error_message(exc)
+        operation = getattr(exc, "operation_name", "") or "SageMaker"
+        if code in RETRIABLE_ERROR_CODES:
+            raise PipelineError(f"{operation} for {model}: {code}: {message}; retried") from exc
+        if busy_refusal(code, message):
+            return _queue(s, state, job, f"{operation} refused: {message}")
+        return _refused(s, state, job, code or "refused", f"{operation} refused: {code}: {message}")
+    state.set_pending(config_name, model, name)
+    state.record_job(name, stage=STAGE_TRAINING, dataset=dataset, version=version, status=COMPLETED,
+                     reason=f"deploying: {s.endpoint_name} {action} to {config_name}; live when InService")
+    logger.info("deployment requested; live when the endpoint is InService", extra={"action": action, "accuracy": accuracy})
     return {"outcome": "deployed", "action": action, "model": model, "endpoint_config": config_name, "accuracy": accuracy}
+
+
+def _queue(s: Settings, state: StateStore, job: dict[str, Any], why: str) -> dict[str, Any]:
+    """The endpoint can't take the deployment now: keep it (newest approved model wins) for InService's re-drive."""
+    name = job["training_job"]
+    queued, displaced = state.queue_deployment({**job, "queued_at": int(time.time())})
+    common = {"stage": STAGE_TRAINING, "status": COMPLETED}
+    if not queued:
+        newer = (state.queued_deployment() or {}).get("training_job", "")
+        reason = f"not deployed: {why}, and a newer approved model ({newer}) is queued"
+        state.record_job(name, dataset=job["dataset"], version=job["version"], reason=reason, **common)
+        logger.warning("deployment superseded by a newer queued one", extra={"queued": newer})
+        return {"outcome": "superseded", "reason": reason, "training_job": name}
+    if displaced:
+        state.record_job(displaced["training_job"], dataset=str(displaced.get("dataset", "")),
+                         version=str(displaced.get("version", "")), reason=f"not deployed: superseded by {name}", **common)
+    reason = f"queued: {why}; deploys when it is InService"
+    state.record_job(name, dataset=job["dataset"], version=job["version"], reason=reason, **common)
+    count(DEPLOYMENTS_QUEUED)
+    logger.warning("deployment queued", extra={"reason": why, "superseded": (displaced or {}).get("training_job", "")})
+    return {"outcome": "queued", "reason": reason, "training_job": name, "model": job["model"]}
+
+
+def _refused(s: Settings, state: StateStore, job: dict[str, Any], short: str, detail: str) -> dict[str, Any]:
+    """A deployment that a retry cannot fix: the job's record says why, operators are told, nothing raises.
+
+    ``short`` (an error code) leads the alert's subject, which SNS cuts at 100 characters.
+    """
+    name = job["training_job"]
+    reason = f"not deployed: {detail}"
+    state.record_job(name, stage=STAGE_TRAINING, dataset=job["dataset"], version=job["version"], status=COMPLETED, reason=reason)
+    count(DEPLOYMENTS_FAILED)
+    alert(f"deployment failed ({short}): {job['model']}", {
+        "endpoint": s.endpoint_name, "model": job["model"], "training_job": name, "dataset": job["dataset"],
+        "reason": reason, "live_model": (state.live_model() or {}).get("model", ""),
+    })
+    return {"outcome": "deploy_failed", "reason": reason, "training_job": name}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from chalicelib.config import Settings
+from chalicelib.decisions import ENDPOINT_SETTLED, endpoint_event_spellings
 from contract import TERMINAL_STATUSES
 
 
@@ -49,5 +50,20 @@ def training_pattern(s: Settings) -> dict[str, Any]:
         "detail": {
             "TrainingJobStatus": list(TERMINAL_STATUSES),
             "TrainingJobName": [{"prefix": f"{s.name_prefix}-"}],
+        },
+    }
+
+
+def endpoint_pattern(s: Settings) -> dict[str, Any]:
+    """Our endpoint reaching InService, Failed or UpdateRollbackFailed, in both spellings.
+
+    AWS's documented event writes ``IN_SERVICE``; the API (and some events) ``InService``.
+    """
+    return {
+        "source": ["aws.sagemaker"],
+        "detail-type": ["SageMaker Endpoint State Change"],
+        "detail": {
+            "EndpointName": [s.endpoint_name],
+            "EndpointStatus": endpoint_event_spellings(ENDPOINT_SETTLED),
         },
     }

@@ -27,6 +27,8 @@ TRAINING_COMPLETED = "TrainingJobsCompleted"
 TRAINING_FAILED = "TrainingJobsFailed"
 MODELS_DEPLOYED = "ModelsDeployed"
 GATE_REJECTIONS = "GateRejections"
+DEPLOYMENTS_QUEUED = "DeploymentsQueued"  # the endpoint was busy: the deployment waits for InService
+DEPLOYMENTS_FAILED = "DeploymentsFailed"  # refused, rolled back, or the endpoint Failed (each alerted)
 # Model quality (None unit): test accuracy of each completed final job.
 MODEL_ACCURACY = "ModelAccuracy"
 # Predict API.
@@ -46,6 +48,8 @@ PIPELINE_METRICS: tuple[str, ...] = (
     TRAINING_FAILED,
     MODELS_DEPLOYED,
     GATE_REJECTIONS,
+    DEPLOYMENTS_QUEUED,
+    DEPLOYMENTS_FAILED,
     MODEL_ACCURACY,
 )
 PREDICT_METRICS: tuple[str, ...] = (PREDICT_REQUESTS, PREDICT_LATENCY, PREDICT_ERRORS)

@@ -118,6 +118,8 @@ class FakeSageMaker:
         self.tuning: dict[str, dict[str, Any]] = {}
         self.training: dict[str, dict[str, Any]] = {}
         self.endpoint: dict[str, Any] | None = None
+        #: the config an UpdateEndpoint asked for; DescribeEndpoint shows the old one until the update ends
+        self.pending_config: str | None = None
         self.tags_by_arn: dict[str, list[dict[str, str]]] = {}
 
     def __getattr__(self, method: str) -> Any:
@@ -131,6 +133,21 @@ class FakeSageMaker:
             return self._answer(operation, name_key, params)
 
         return call
+
+    def finish_endpoint(self, roll_back: bool = False, status: str = "InService", failure: str = "") -> dict[str, Any]:
+        """SageMaker ending a Create/UpdateEndpoint; returns the state-change event it sends.
+
+        ``roll_back``: the update did not take and the old config still serves
+        (an alarm or a failed health check); ``status="Failed"``: a failed endpoint.
+        """
+        assert self.endpoint is not None
+        if self.pending_config and not roll_back and status == "InService":
+            self.endpoint["EndpointConfigName"] = self.pending_config
+        self.pending_config = None
+        self.endpoint["EndpointStatus"] = status
+        if failure:
+            self.endpoint["FailureReason"] = failure
+        return endpoint_event(self.endpoint["EndpointConfigName"], status)
 
     def names(self, operation: str) -> list[str]:
         return [p for op, p in self.calls if op == operation]  # type: ignore[misc]
@@ -153,7 +170,9 @@ class FakeSageMaker:
         if operation == "UpdateEndpoint":
             if self.endpoint is None:
                 raise client_error("ValidationException", "Could not find endpoint", operation)
-            self.endpoint["EndpointConfigName"] = params["EndpointConfigName"]
+            if self.endpoint["EndpointStatus"] != "InService":
+                raise client_error("ValidationException", f"Cannot update in-progress endpoint \"{params['EndpointName']}\".", operation)
+            self.pending_config = params["EndpointConfigName"]
             self.endpoint["EndpointStatus"] = "Updating"
             return {"EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/x"}
         if operation == "DescribeEndpoint":
@@ -173,6 +192,15 @@ class FakeSageMaker:
         if operation == "ListTags":
             return {"Tags": self.tags_by_arn.get(params["ResourceArn"], [])}
         raise AssertionError(operation)
+
+
+def endpoint_event(config: str, status: str = "InService", name: str = "breedline-classifier") -> dict[str, Any]:
+    """events/endpoint_in_service.json for ``config`` and ``status``, spelled as AWS's event spells it (IN_SERVICE)."""
+    event = load_event("endpoint_in_service.json")
+    shouted = re.sub(r"(?<!^)(?=[A-Z])", "_", status).upper()
+    event["detail"].update(EndpointName=name, EndpointConfigName=config, EndpointStatus=shouted)
+    event["detail"]["EndpointArn"] = f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{name}"
+    return event
 
 
 def completed_tuning(name: str, best: str, tuned: dict[str, str], objective: float = 0.31) -> dict[str, Any]:

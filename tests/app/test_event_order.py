@@ -59,6 +59,7 @@ def test_premature_completed_then_the_real_one_deploys(client, sagemaker, aws, e
     sagemaker.training[FINAL] = completed_training(FINAL, 0.83)
     real = invoke(client, "on_training_state_change", event)  # the genuine Completed, minutes later
     assert real["outcome"] == "deployed" and real["action"] == "created"
+    invoke(client, "on_endpoint_state_change", sagemaker.finish_endpoint())
     assert state(env).live_model()["model"] == FINAL
     assert state(env).job(FINAL)["status"] == "Completed"
     # that outcome is final: it is remembered, and a duplicate deploys nothing more
@@ -87,6 +88,7 @@ def test_training_completed_then_late_failed_keeps_the_deployment(client, sagema
     seed_version(env)
     sagemaker.training[FINAL] = completed_training(FINAL, 0.83)
     assert invoke(client, "on_training_state_change", load_event("training_completed.json"))["outcome"] == "deployed"
+    invoke(client, "on_endpoint_state_change", sagemaker.finish_endpoint())
     assert invoke(client, "on_training_state_change", load_event("training_failed.json"))["outcome"] == "ignored"
     assert state(env).job(FINAL)["status"] == "Completed"
     assert state(env).live_model()["model"] == FINAL

@@ -290,7 +290,7 @@ def test_training_completed_deploys_the_first_model(client, sagemaker, aws, env)
     result = invoke(client, "on_training_state_change", load_event("training_completed.json"))
     assert result["outcome"] == "deployed" and result["action"] == "created"
     assert [op for op, _ in sagemaker.calls] == [
-        "DescribeTrainingJob", "CreateModel", "CreateEndpointConfig", "DescribeEndpoint", "CreateEndpoint",
+        "DescribeTrainingJob", "DescribeEndpoint", "CreateModel", "CreateEndpointConfig", "CreateEndpoint",
     ]
     (model,) = sagemaker.requests("CreateModel")
     assert model["PrimaryContainer"]["ModelDataUrl"] == f"s3://breedline-data/jobs/{FINAL}/output/model.tar.gz"
@@ -298,16 +298,19 @@ def test_training_completed_deploys_the_first_model(client, sagemaker, aws, env)
     (config,) = sagemaker.requests("CreateEndpointConfig")
     assert config["ProductionVariants"][0]["VariantName"] == "AllTraffic"  # stable: autoscaling survives updates
     assert config["ProductionVariants"][0]["ModelName"] == FINAL
+    assert state(env).live_model() is None  # Creating: not live until the endpoint says InService
+    assert invoke(client, "on_endpoint_state_change", sagemaker.finish_endpoint())["outcome"] == "live"
     live = state(env).live_model()
     assert live["model"] == FINAL and live["accuracy"] == pytest.approx(0.83)
     assert live["labels"] == ["beagle", "corgi", "husky"]
     # duplicate Completed event: nothing is deployed twice
     invoke(client, "on_training_state_change", load_event("training_completed.json"))
-    assert len(sagemaker.requests("CreateEndpoint")) == 1 and len(sagemaker.calls) == 5
+    assert len(sagemaker.requests("CreateEndpoint")) == 1 and len(sagemaker.calls) == 6
 
 
-def _live(env, accuracy: float, model: str = "breedline-dog-breeds-00000000-final") -> None:
-    assert state(env).set_live_model({"model": model, "accuracy": accuracy, "labels": ["a"], "training_job": model}, None)
+def _live(env, accuracy: float, model: str = "breedline-dog-breeds-00000000-final", config: str = "old-rt") -> None:
+    record = {"model": model, "accuracy": accuracy, "labels": ["a"], "training_job": model, "endpoint_config": config}
+    assert state(env).set_live_model(record, None)
 
 
 def test_better_model_updates_the_endpoint_blue_green(client, sagemaker, aws, env):
@@ -321,6 +324,8 @@ def test_better_model_updates_the_endpoint_blue_green(client, sagemaker, aws, en
     assert update["EndpointConfigName"] == f"{FINAL}-rt"
     assert update["DeploymentConfig"]["BlueGreenUpdatePolicy"]["TrafficRoutingConfiguration"]["Type"] == "ALL_AT_ONCE"
     assert update["DeploymentConfig"]["AutoRollbackConfiguration"]["Alarms"][0]["AlarmName"] == "breedline-endpoint-5xx"
+    assert state(env).live_model()["model"] == "breedline-dog-breeds-00000000-final"  # Updating: the old one serves
+    invoke(client, "on_endpoint_state_change", sagemaker.finish_endpoint())
     live = state(env).live_model()
     assert live["model"] == FINAL and live["previous_model"] == "breedline-dog-breeds-00000000-final"
 
@@ -330,7 +335,7 @@ def test_worse_model_is_not_deployed(client, sagemaker, aws, env, capsys):
     sagemaker.training[FINAL] = completed_training(FINAL, 0.85)
     result = invoke(client, "on_training_state_change", load_event("training_completed.json"))
     assert result["outcome"] == "gate_rejected" and "does not beat the live model" in result["reason"]
-    assert [op for op, _ in sagemaker.calls] == ["DescribeTrainingJob"]
+    assert [op for op, _ in sagemaker.calls] == ["DescribeTrainingJob", "DescribeEndpoint"]
     assert state(env).live_model()["accuracy"] == pytest.approx(0.90)
     assert '"GateRejections":[1.0]' in capsys.readouterr().out
 
@@ -391,17 +396,23 @@ def test_serverless_deployment_updates_without_blue_green(client, sagemaker, aws
     assert "DeploymentConfig" not in update
 
 
-def test_busy_endpoint_defers_the_deployment_to_a_retry(client, sagemaker, aws, env):
+def test_busy_endpoint_queues_the_deployment_until_in_service(client, sagemaker, aws, env):
+    """Issue 15 item 2: a deployment that finds the endpoint busy is queued, not raised three times and lost."""
     seed_version(env)
+    _live(env, 0.70)
     sagemaker.endpoint = {"EndpointName": "breedline-classifier", "EndpointConfigName": "old-rt", "EndpointStatus": "Updating"}
     sagemaker.training[FINAL] = completed_training(FINAL, 0.83)
-    with pytest.raises(lambda_runtime.PipelineError, match="Updating"):
-        invoke(client, "on_training_state_change", load_event("training_completed.json"))
-    assert state(env).live_model() is None
-    sagemaker.endpoint["EndpointStatus"] = "InService"
-    # the retry re-runs (the idempotency record was released); model and config already exist
-    assert invoke(client, "on_training_state_change", load_event("training_completed.json"))["action"] == "updated"
-    assert len(sagemaker.requests("CreateModel")) == 2 and len(sagemaker.created["CreateModel"]) == 1
+    result = invoke(client, "on_training_state_change", load_event("training_completed.json"))
+    assert result["outcome"] == "queued" and "Updating" in result["reason"]
+    assert not sagemaker.requests("UpdateEndpoint") and state(env).queued_deployment()["training_job"] == FINAL
+    assert "queued" in state(env).job(FINAL)["reason"]
+    # the endpoint reaches InService: the queued deployment is re-driven, through the gate again
+    answer = invoke(client, "on_endpoint_state_change", sagemaker.finish_endpoint())
+    assert answer["queued"]["outcome"] == "deployed" and answer["queued"]["action"] == "updated"
+    (update,) = sagemaker.requests("UpdateEndpoint")
+    assert update["EndpointConfigName"] == f"{FINAL}-rt" and state(env).queued_deployment() is None
+    invoke(client, "on_endpoint_state_change", sagemaker.finish_endpoint())
+    assert state(env).live_model()["model"] == FINAL
 
 
 # ---------------------------------------------------------------------------
@@ -420,8 +431,12 @@ def test_status_and_labels_follow_the_pipeline(client, sagemaker, aws, env):
     sagemaker.training[FINAL] = completed_training(FINAL, 0.83)
     invoke(client, "on_training_state_change", load_event("training_completed.json"))
     body = client.http.get("/status").json_body
+    assert body["live_model"] is None and body["endpoint"]["status"] == "Creating"
+    assert "deploying" in state(env).job(FINAL)["reason"]
+    invoke(client, "on_endpoint_state_change", sagemaker.finish_endpoint())
+    body = client.http.get("/status").json_body
     assert body["live_model"]["model"] == FINAL and body["live_model"]["accuracy"] == pytest.approx(0.83)
-    assert body["endpoint"]["status"] == "Creating"
+    assert body["endpoint"]["status"] == "InService"
     labels = client.http.get("/labels")
     assert labels.status_code == 200 and labels.json_body == {"model": FINAL, "labels": ["beagle", "corgi", "husky"]}
 
@@ -456,6 +471,7 @@ def test_the_whole_chain_round_trips_names_and_tags(client, sagemaker, aws, env)
     training_event["detail"].update(TrainingJobName=final, Tags={t["Key"]: t["Value"] for t in training_request["Tags"]})
     sagemaker.training[final] = completed_training(final, 0.95)
     assert invoke(client, "on_training_state_change", training_event)["outcome"] == "deployed"
+    invoke(client, "on_endpoint_state_change", sagemaker.finish_endpoint())
     assert client.http.get("/labels").json_body == {"model": final, "labels": ["beagle", "corgi"]}
     status = client.http.get("/status").json_body
     assert status["live_model"]["dataset"] == "corgis-vs-beagles" and status["live_model"]["version"] == started["version"]

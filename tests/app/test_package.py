@@ -68,7 +68,8 @@ def test_template_has_every_function_and_rule(packaged):
     template = json.loads((packaged / "sam.json").read_text())
     resources = template["Resources"]
     functions = {k for k, v in resources.items() if v["Type"] == "AWS::Serverless::Function"}
-    assert {"OnDatasetUpload", "CheckQuietDatasets", "OnTuningStateChange", "OnTrainingStateChange", "APIHandler"} <= functions
+    assert {"OnDatasetUpload", "CheckQuietDatasets", "OnTuningStateChange", "OnTrainingStateChange", "OnEndpointStateChange",
+            "APIHandler"} <= functions
     patterns = [
         e["Properties"]["Pattern"]
         for f in functions
@@ -77,6 +78,7 @@ def test_template_has_every_function_and_rule(packaged):
     ]
     assert {p["detail-type"][0] for p in patterns} == {
         "Object Created", "SageMaker HyperParameter Tuning Job State Change", "SageMaker Training Job State Change",
+        "SageMaker Endpoint State Change",
     }
     env = resources["OnDatasetUpload"]["Properties"]["Environment"]["Variables"]
     # issue 12: the S3 rule watches the bucket the stack creates, not config.json's placeholder
@@ -134,6 +136,7 @@ ROUTES = {
     "training_completed_trial.json": "on_training_state_change",  # reaches the handler, which ignores it
     "training_failed.json": "on_training_state_change",
     "training_completed_foreign.json": None,  # not even delivered
+    "endpoint_in_service.json": "on_endpoint_state_change",
 }
 
 

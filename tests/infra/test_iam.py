@@ -21,7 +21,8 @@ NO_RESOURCE_LEVEL = {
 }
 #: SageMaker needs AddTags to create any resource with Tags (every Create* of the app tags).
 IMPLIED_SAGEMAKER = {"sagemaker:AddTags"}
-LAMBDA_ROLES = ("ApiHandlerRole", "OnDatasetUploadRole", "OnTuningStateChangeRole", "OnTrainingStateChangeRole", "CheckQuietDatasetsRole")
+LAMBDA_ROLES = ("ApiHandlerRole", "OnDatasetUploadRole", "OnTuningStateChangeRole", "OnTrainingStateChangeRole", "CheckQuietDatasetsRole",
+               "OnEndpointStateChangeRole")
 
 
 def _text(value: Any) -> str:

@@ -88,6 +88,11 @@ def test_upload_alone_drives_tuning_training_deployment_and_prediction(tmp_path:
 
         # Deployed: the endpoint serves the final job's model, and /predict answers correctly.
         config = sm.describe_endpoint_config(EndpointConfigName=endpoint["EndpointConfigName"])
+        # The app's LIVE record came from the endpoint's InService event (issue 15, item 1): the served config.
+        live = wait_for(lambda: requests.get(f"{info.api_url}/status", timeout=10).json().get("live_model"),
+                        timeout=30, interval=0.5, what="LIVE after the endpoint's InService event")
+        assert live["endpoint_config"] == endpoint["EndpointConfigName"]
+        assert live["model"] == config["ProductionVariants"][0]["ModelName"] and live["live_since"]
         model = sm.describe_model(ModelName=config["ProductionVariants"][0]["ModelName"])
         assert model["PrimaryContainer"]["ModelDataUrl"] == final["ModelArtifacts"]["S3ModelArtifacts"]
         # Every held-out test image through the API: the served model must score what the job reported.

@@ -303,6 +303,42 @@ def test_endpoint_serves_maps_errors_and_swaps_without_dropping(local_sagemaker)
     assert [e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]] == ["unit-ep"]
 
 
+def test_rollback_setting_keeps_the_old_config_serving_and_says_so(local_sagemaker):
+    """BREEDLINE_LOCAL_ENDPOINT_ROLLBACK=1 (here the backend's flag): an update rolls back as SageMaker's does.
+
+    The app's endpoint handler (issue 15, item 1) reads exactly this: the event
+    stream UPDATING, ROLLING_BACK, IN_SERVICE on the old config, with a FailureReason.
+    """
+    sm = sagemaker_client(local_sagemaker)
+    rt = runtime_client(local_sagemaker)
+    sm.create_training_job(**training_request("unit-rb-a", learning_rate="0.01"))
+    sm.create_training_job(**training_request("unit-rb-b", learning_rate="0.02"))
+    assert wait_training(sm, "unit-rb-a")["TrainingJobStatus"] == "Completed"
+    assert wait_training(sm, "unit-rb-b")["TrainingJobStatus"] == "Completed"
+    assert deploy(sm, "unit-rb-a", "ra", "unit-rb")["EndpointStatus"] == "InService"
+    local_sagemaker.backend.endpoint_rollback = True
+    deploy(sm, "unit-rb-b", "rb", "unit-rb", update=True)
+    endpoint = wait_for(lambda: (d := sm.describe_endpoint(EndpointName="unit-rb"))["EndpointStatus"] == "InService" and d)
+    assert endpoint["EndpointConfigName"] == "c-ra" and "health check" in endpoint["FailureReason"]
+    answer = rt.invoke_endpoint(EndpointName="unit-rb", Body=b"\xff\xd8\xff", ContentType="image/jpeg")
+    assert json.loads(answer["Body"].read())["lr"] == 0.01  # the old model still answers
+    events = [e["detail"] for e in local_sagemaker.backend.emitted if e["detail-type"] == "SageMaker Endpoint State Change"]
+    assert [e["EndpointStatus"] for e in events] == ["CREATING", "IN_SERVICE", "UPDATING", "ROLLING_BACK", "IN_SERVICE"]
+    assert events[-1]["EndpointConfigName"] == "c-ra" and "health check" in events[-1]["FailureReason"]
+
+
+def test_rollback_setting_reads_zero_or_one(monkeypatch):
+    from breedline.local.sagemaker_state import ENDPOINT_ROLLBACK_VARIABLE, endpoint_rollback_from_env
+
+    monkeypatch.setenv(ENDPOINT_ROLLBACK_VARIABLE, "1")
+    assert endpoint_rollback_from_env() is True
+    monkeypatch.setenv(ENDPOINT_ROLLBACK_VARIABLE, "0")
+    assert endpoint_rollback_from_env() is False
+    monkeypatch.setenv(ENDPOINT_ROLLBACK_VARIABLE, "sometimes")
+    with pytest.raises(ValueError, match=ENDPOINT_ROLLBACK_VARIABLE):
+        endpoint_rollback_from_env()
+
+
 def test_shutdown_stops_every_child_process(local_sagemaker):
     """The Ctrl-C path: jobs end Stopped and no training or model-server process is left."""
     sm = sagemaker_client(local_sagemaker)
