@@ -73,16 +73,23 @@ def _with_prefix(node: Any, data_prefix: str) -> Any:
 def sagemaker(sid: str, *operations: str, on: tuple[str, ...]) -> Grant:
     """SageMaker ``operations`` on the stack's resources of the types ``on`` (``training-job``, ``endpoint``...)."""
     resources = tuple(
-        f"{_ARN}:sagemaker:{_REGIONAL}:{kind}/{_SAGEMAKER_NAME.get(kind, '${AWS::StackName}-*')}" for kind in on
+        f"{_ARN}:sagemaker:{_REGIONAL}:{kind}/{_SAGEMAKER_NAME.get(kind, '${AWS::StackName}-*')}"
+        for kind in on
     )
     return Grant(sid, tuple(f"sagemaker:{op}" for op in operations), resources)
 
 
 def table(sid: str, name: str, *operations: str, leading_keys: tuple[str, ...] = ()) -> Grant:
     """DynamoDB ``operations`` on exactly ``table/<stack>-<name>``; ``leading_keys`` limits the partition keys."""
-    condition = {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(leading_keys)}} if leading_keys else None
-    return Grant(sid, tuple(f"dynamodb:{op}" for op in operations),
-                 (f"{_ARN}:dynamodb:{_REGIONAL}:table/${{AWS::StackName}}-{name}",), condition)
+    condition = (
+        {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(leading_keys)}} if leading_keys else None
+    )
+    return Grant(
+        sid,
+        tuple(f"dynamodb:{op}" for op in operations),
+        (f"{_ARN}:dynamodb:{_REGIONAL}:table/${{AWS::StackName}}-{name}",),
+        condition,
+    )
 
 
 #: The state table's item operations (chalicelib/state.py; it deletes nothing), without Scan.
@@ -96,13 +103,16 @@ PASS_ROLE = Grant(
     (_ARN + ":iam::${AWS::AccountId}:role/${AWS::StackName}-sagemaker",),
     {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}},
 )
-LIST_DATA_SETS = Grant("ListDataSets", ("s3:ListBucket",), (BUCKET_ARN,),
-                       {"StringLike": {"s3:prefix": [DATA_PREFIX + "*"]}})
+LIST_DATA_SETS = Grant(
+    "ListDataSets", ("s3:ListBucket",), (BUCKET_ARN,), {"StringLike": {"s3:prefix": [DATA_PREFIX + "*"]}}
+)
 READ_DATA_SETS = Grant("ReadDataSets", ("s3:GetObject",), (f"{BUCKET_ARN}/{DATA_PREFIX}*",))
 ROLLBACK_ALARMS = Grant(
     "RollbackAlarms",
     ("cloudwatch:DescribeAlarms",),
-    tuple(f"{_ARN}:cloudwatch:{_REGIONAL}:alarm:${{AWS::StackName}}-endpoint-{a}" for a in ("5xx", "latency")),
+    tuple(
+        f"{_ARN}:cloudwatch:{_REGIONAL}:alarm:${{AWS::StackName}}-endpoint-{a}" for a in ("5xx", "latency")
+    ),
 )
 #: What starting a tuning job takes (both upload handlers: the marker and the quiet check).
 START_TUNING = (
@@ -152,37 +162,86 @@ def _camel(name: str) -> str:
 FUNCTIONS: tuple[Function, ...] = (
     # The internet-facing API: predict, /labels and /status read; nothing else. /status
     # reads the LATEST and JOB# items, /labels and predict's model name the LIVE item.
-    Function("api_handler", logical_id="APIHandler", asynchronous=False, grants=(
-        sagemaker("TheEndpoint", "InvokeEndpoint", "DescribeEndpoint", on=("endpoint",)),
-        table("ReadLiveModelAndLatestJobs", "state", "GetItem", leading_keys=("LIVE", "LATEST", "JOB#*")),
-    )),
-    Function("on_dataset_upload", grants=(
-        LIST_DATA_SETS, READ_DATA_SETS, table("StateItems", "state", *STATE_ITEMS), IDEMPOTENCY, ALERTS,
-        *START_TUNING,
-    )),
-    Function("check_quiet_datasets", grants=(
-        LIST_DATA_SETS, READ_DATA_SETS, table("StateItems", "state", *STATE_ITEMS, "Scan"), IDEMPOTENCY, ALERTS,
-        *START_TUNING,
-    )),
-    Function("on_tuning_state_change", grants=(
-        sagemaker("TuningJobs", "DescribeHyperParameterTuningJob", "ListTags", on=("hyper-parameter-tuning-job",)),
-        sagemaker("FinalTrainingJob", "CreateTrainingJob", "AddTags", on=("training-job",)),
-        PASS_ROLE, table("StateItems", "state", *STATE_ITEMS), IDEMPOTENCY, ALERTS,
-    )),
-    Function("on_training_state_change", grants=(
-        sagemaker("TrainingJobs", "DescribeTrainingJob", "ListTags", on=("training-job",)),
-        sagemaker("Models", "CreateModel", "AddTags", on=("model",)),
-        sagemaker("EndpointConfigs", "CreateEndpointConfig", "AddTags", on=("endpoint-config",)),
-        sagemaker("TheEndpoint", "CreateEndpoint", "UpdateEndpoint", "DescribeEndpoint", "AddTags",
-                  on=("endpoint", "endpoint-config")),
-        ROLLBACK_ALARMS, PASS_ROLE, table("StateItems", "state", *STATE_ITEMS), IDEMPOTENCY, ALERTS,
-    )),
+    Function(
+        "api_handler",
+        logical_id="APIHandler",
+        asynchronous=False,
+        grants=(
+            sagemaker("TheEndpoint", "InvokeEndpoint", "DescribeEndpoint", on=("endpoint",)),
+            table("ReadLiveModelAndLatestJobs", "state", "GetItem", leading_keys=("LIVE", "LATEST", "JOB#*")),
+        ),
+    ),
+    Function(
+        "on_dataset_upload",
+        grants=(
+            LIST_DATA_SETS,
+            READ_DATA_SETS,
+            table("StateItems", "state", *STATE_ITEMS),
+            IDEMPOTENCY,
+            ALERTS,
+            *START_TUNING,
+        ),
+    ),
+    Function(
+        "check_quiet_datasets",
+        grants=(
+            LIST_DATA_SETS,
+            READ_DATA_SETS,
+            table("StateItems", "state", *STATE_ITEMS, "Scan"),
+            IDEMPOTENCY,
+            ALERTS,
+            *START_TUNING,
+        ),
+    ),
+    Function(
+        "on_tuning_state_change",
+        grants=(
+            sagemaker(
+                "TuningJobs",
+                "DescribeHyperParameterTuningJob",
+                "ListTags",
+                on=("hyper-parameter-tuning-job",),
+            ),
+            sagemaker("FinalTrainingJob", "CreateTrainingJob", "AddTags", on=("training-job",)),
+            PASS_ROLE,
+            table("StateItems", "state", *STATE_ITEMS),
+            IDEMPOTENCY,
+            ALERTS,
+        ),
+    ),
+    Function(
+        "on_training_state_change",
+        grants=(
+            sagemaker("TrainingJobs", "DescribeTrainingJob", "ListTags", on=("training-job",)),
+            sagemaker("Models", "CreateModel", "AddTags", on=("model",)),
+            sagemaker("EndpointConfigs", "CreateEndpointConfig", "AddTags", on=("endpoint-config",)),
+            sagemaker(
+                "TheEndpoint",
+                "CreateEndpoint",
+                "UpdateEndpoint",
+                "DescribeEndpoint",
+                "AddTags",
+                on=("endpoint", "endpoint-config"),
+            ),
+            ROLLBACK_ALARMS,
+            PASS_ROLE,
+            table("StateItems", "state", *STATE_ITEMS),
+            IDEMPOTENCY,
+            ALERTS,
+        ),
+    ),
     # Being added on another branch (the endpoint's own state changes); no-op until app.py has it.
-    Function("on_endpoint_state_change", grants=(
-        sagemaker("TheEndpoint", "DescribeEndpoint", "UpdateEndpoint", on=("endpoint", "endpoint-config")),
-        sagemaker("EndpointConfigs", "DescribeEndpointConfig", on=("endpoint-config",)),
-        table("StateItems", "state", *STATE_ITEMS, "DeleteItem"), ALERTS,
-    )),
+    Function(
+        "on_endpoint_state_change",
+        grants=(
+            sagemaker(
+                "TheEndpoint", "DescribeEndpoint", "UpdateEndpoint", on=("endpoint", "endpoint-config")
+            ),
+            sagemaker("EndpointConfigs", "DescribeEndpointConfig", on=("endpoint-config",)),
+            table("StateItems", "state", *STATE_ITEMS, "DeleteItem"),
+            ALERTS,
+        ),
+    ),
 )
 
 
@@ -192,8 +251,11 @@ def by_name() -> dict[str, Function]:
 
 def log_group_grant(function: Function) -> Grant:
     """Its own log group only (the stack creates it: no ``logs:CreateLogGroup``)."""
-    return Grant("OwnLogs", ("logs:CreateLogStream", "logs:PutLogEvents"),
-                 (f"{_ARN}:logs:{_REGIONAL}:log-group:/aws/lambda/${{AWS::StackName}}-{function.logical_id}:*",))
+    return Grant(
+        "OwnLogs",
+        ("logs:CreateLogStream", "logs:PutLogEvents"),
+        (f"{_ARN}:logs:{_REGIONAL}:log-group:/aws/lambda/${{AWS::StackName}}-{function.logical_id}:*",),
+    )
 
 
 def queue_name(function: Function) -> str:

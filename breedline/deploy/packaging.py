@@ -39,8 +39,8 @@ from breedline.deploy.stage import (
 )
 from breedline.deploy.template import (
     CAPABILITIES,
-    apply_api_auth,
     add_failure_queues,
+    apply_api_auth,
     build_merge_template,
     check_every_function_has_a_row,
     evaluate_conditions,

@@ -13,8 +13,9 @@ succeeded meanwhile is harmless.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from breedline.deploy.functions import FUNCTIONS, Function, by_name
 from breedline.deploy.stage import DeployError
@@ -76,7 +77,9 @@ def redrive(
             url = sqs.get_queue_url(QueueName=queue_of(function, stack))["QueueUrl"]
         except sqs.exceptions.QueueDoesNotExist:
             if handler is not None:
-                raise DeployError(f"stack {stack!r} has no failure queue {queue_of(function, stack)}") from None
+                raise DeployError(
+                    f"stack {stack!r} has no failure queue {queue_of(function, stack)}"
+                ) from None
             continue  # a row the deployed app does not have (yet)
         left = None if max_messages is None else max_messages - len(outcomes)
         outcomes.extend(_drain(sqs, lam, url, function, stack, dry_run=dry_run, limit=left, log=log))
@@ -89,7 +92,15 @@ def redrive(
 
 
 def _drain(
-    sqs: Any, lam: Any, url: str, function: Function, stack: str, *, dry_run: bool, limit: int | None, log: Log
+    sqs: Any,
+    lam: Any,
+    url: str,
+    function: Function,
+    stack: str,
+    *,
+    dry_run: bool,
+    limit: int | None,
+    log: Log,
 ) -> list[Outcome]:
     """Receive until the queue answers nothing.
 
@@ -101,8 +112,12 @@ def _drain(
     try:
         while limit is None or len(outcomes) < limit:
             batch = 10 if limit is None else min(10, limit - len(outcomes))
-            messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=batch, WaitTimeSeconds=0,
-                                           VisibilityTimeout=VISIBILITY_SECONDS).get("Messages", [])
+            messages = sqs.receive_message(
+                QueueUrl=url,
+                MaxNumberOfMessages=batch,
+                WaitTimeSeconds=0,
+                VisibilityTimeout=VISIBILITY_SECONDS,
+            ).get("Messages", [])
             if not messages:
                 break
             for message in messages:
@@ -113,7 +128,9 @@ def _drain(
                     keep.append(message)
     finally:
         for message in keep:
-            sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0)
+            sqs.change_message_visibility(
+                QueueUrl=url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
     return outcomes
 
 
@@ -131,13 +148,16 @@ def original_event(body: str) -> tuple[dict[str, Any] | None, str]:
         error = ": ".join(str(response[k]) for k in ("errorType", "errorMessage") if response.get(k))
     else:
         error = str(response or "")
-    why = (f"{context.get('condition', 'unknown condition')} after {context.get('approximateInvokeCount', '?')} "
-           f"tries; {error[:120] or 'no error recorded'}")
+    why = (
+        f"{context.get('condition', 'unknown condition')} after {context.get('approximateInvokeCount', '?')} "
+        f"tries; {error[:120] or 'no error recorded'}"
+    )
     return record["requestPayload"], why
 
 
-def _one(sqs: Any, lam: Any, url: str, message: dict[str, Any], function: Function, stack: str,
-         *, dry_run: bool) -> Outcome:
+def _one(
+    sqs: Any, lam: Any, url: str, message: dict[str, Any], function: Function, stack: str, *, dry_run: bool
+) -> Outcome:
     name = function_of(function, stack)
     event, why = original_event(message.get("Body", ""))
     if event is None:
@@ -149,7 +169,11 @@ def _one(sqs: Any, lam: Any, url: str, message: dict[str, Any], function: Functi
     except Exception as exc:  # noqa: BLE001 - any refusal keeps the message; the line says which
         return Outcome(function.name, message["MessageId"], "kept", f"invoke of {name} failed: {exc}")
     if answer.get("StatusCode") != 202:
-        return Outcome(function.name, message["MessageId"], "kept",
-                       f"invoke of {name} answered {answer.get('StatusCode')}")
+        return Outcome(
+            function.name,
+            message["MessageId"],
+            "kept",
+            f"invoke of {name} answered {answer.get('StatusCode')}",
+        )
     sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
     return Outcome(function.name, message["MessageId"], "redriven", f"to {name} ({why})")

@@ -19,8 +19,13 @@ from breedline.deploy.cli import main
 from breedline.deploy.redrive import original_event, redrive
 
 STACK, REGION = "breedline-dev", "us-east-1"
-EVENT = {"version": "0", "id": "6a7e8feb-b491-4cf7-a9f1-bf3703467718", "detail-type": "Object Created",
-         "source": "aws.s3", "detail": {"bucket": {"name": "b"}, "object": {"key": "datasets/dogs/_READY"}}}
+EVENT = {
+    "version": "0",
+    "id": "6a7e8feb-b491-4cf7-a9f1-bf3703467718",
+    "detail-type": "Object Created",
+    "source": "aws.s3",
+    "detail": {"bucket": {"name": "b"}, "object": {"key": "datasets/dogs/_READY"}},
+}
 
 
 def on_failure_record(event: dict[str, Any], function: str) -> dict[str, Any]:
@@ -65,15 +70,31 @@ def aws_lambda(monkeypatch: pytest.MonkeyPatch) -> Any:
 
 def _function(aws: Any, name: str) -> None:
     iam = aws.client("iam")
-    role = iam.create_role(RoleName=f"{name}-role", AssumeRolePolicyDocument=json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}],
-    }))["Role"]["Arn"]
+    role = iam.create_role(
+        RoleName=f"{name}-role",
+        AssumeRolePolicyDocument=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Service": "lambda.amazonaws.com"},
+                        "Action": "sts:AssumeRole",
+                    }
+                ],
+            }
+        ),
+    )["Role"]["Arn"]
     code = io.BytesIO()
     with zipfile.ZipFile(code, "w") as z:
         z.writestr("app.py", "def handler(event, context):\n    return event\n")
-    aws.client("lambda").create_function(FunctionName=name, Runtime="python3.12", Role=role, Handler="app.handler",
-                                         Code={"ZipFile": code.getvalue()})
+    aws.client("lambda").create_function(
+        FunctionName=name,
+        Runtime="python3.12",
+        Role=role,
+        Handler="app.handler",
+        Code={"ZipFile": code.getvalue()},
+    )
 
 
 def _queue(aws: Any, logical_id: str, *records: dict[str, Any]) -> str:
@@ -86,12 +107,18 @@ def _queue(aws: Any, logical_id: str, *records: dict[str, Any]) -> str:
 
 def _messages(aws: Any, url: str) -> list[dict[str, Any]]:
     """The visible messages, left visible (a peek)."""
-    return aws.client("sqs").receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0).get("Messages", [])
+    return (
+        aws.client("sqs")
+        .receive_message(QueueUrl=url, MaxNumberOfMessages=10, VisibilityTimeout=0)
+        .get("Messages", [])
+    )
 
 
 def _record_invokes(aws: Any) -> list[dict[str, Any]]:
     invokes: list[dict[str, Any]] = []
-    aws.events.register("provide-client-params.lambda.Invoke", lambda params, **_: invokes.append(dict(params)))
+    aws.events.register(
+        "provide-client-params.lambda.Invoke", lambda params, **_: invokes.append(dict(params))
+    )
     return invokes
 
 
@@ -141,7 +168,9 @@ def test_dry_run_and_max_invoke_and_delete_nothing_beyond_what_they_say(aws: Any
 def test_the_command_line_prints_one_line_per_message(aws: Any, capsys: pytest.CaptureFixture[str]) -> None:
     _function(aws, f"{STACK}-OnTrainingStateChange")
     _queue(aws, "OnTrainingStateChange", *[on_failure_record(EVENT, "x") for _ in range(2)])
-    assert main(["redrive", "--stage", "dev", "--region", REGION, "--handler", "on_training_state_change"]) == 0
+    assert (
+        main(["redrive", "--stage", "dev", "--region", REGION, "--handler", "on_training_state_change"]) == 0
+    )
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 3 and all(line.startswith("on_training_state_change ") for line in out[:2])
     assert main(["redrive", "--stage", "dev", "--region", REGION, "--handler", "api_handler"]) == 2

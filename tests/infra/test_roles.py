@@ -30,14 +30,31 @@ EXPECTED = {
     "api_handler": {"sagemaker:InvokeEndpoint", "sagemaker:DescribeEndpoint", "dynamodb:GetItem"},
     "on_dataset_upload": DATA_SETS | STATE | IDEMPOTENCY | TUNING | {"sns:Publish"},
     "check_quiet_datasets": DATA_SETS | STATE | {"dynamodb:Scan"} | IDEMPOTENCY | TUNING | {"sns:Publish"},
-    "on_tuning_state_change": STATE | IDEMPOTENCY | {"sns:Publish", "iam:PassRole"} | {
-        "sagemaker:DescribeHyperParameterTuningJob", "sagemaker:ListTags", "sagemaker:CreateTrainingJob",
-        "sagemaker:AddTags"},
-    "on_training_state_change": STATE | IDEMPOTENCY | {"sns:Publish", "iam:PassRole", "cloudwatch:DescribeAlarms"} | {
-        "sagemaker:DescribeTrainingJob", "sagemaker:ListTags", "sagemaker:CreateModel", "sagemaker:CreateEndpointConfig",
-        "sagemaker:CreateEndpoint", "sagemaker:UpdateEndpoint", "sagemaker:DescribeEndpoint", "sagemaker:AddTags"},
-    "on_endpoint_state_change": STATE | {"dynamodb:DeleteItem", "sns:Publish"} | {
-        "sagemaker:DescribeEndpoint", "sagemaker:DescribeEndpointConfig", "sagemaker:UpdateEndpoint"},
+    "on_tuning_state_change": STATE
+    | IDEMPOTENCY
+    | {"sns:Publish", "iam:PassRole"}
+    | {
+        "sagemaker:DescribeHyperParameterTuningJob",
+        "sagemaker:ListTags",
+        "sagemaker:CreateTrainingJob",
+        "sagemaker:AddTags",
+    },
+    "on_training_state_change": STATE
+    | IDEMPOTENCY
+    | {"sns:Publish", "iam:PassRole", "cloudwatch:DescribeAlarms"}
+    | {
+        "sagemaker:DescribeTrainingJob",
+        "sagemaker:ListTags",
+        "sagemaker:CreateModel",
+        "sagemaker:CreateEndpointConfig",
+        "sagemaker:CreateEndpoint",
+        "sagemaker:UpdateEndpoint",
+        "sagemaker:DescribeEndpoint",
+        "sagemaker:AddTags",
+    },
+    "on_endpoint_state_change": STATE
+    | {"dynamodb:DeleteItem", "sns:Publish"}
+    | {"sagemaker:DescribeEndpoint", "sagemaker:DescribeEndpointConfig", "sagemaker:UpdateEndpoint"},
 }
 
 
@@ -46,8 +63,11 @@ def _packaged(template: dict[str, Any]) -> list[Any]:
 
 
 def _statements(template: dict[str, Any], role: str) -> list[dict[str, Any]]:
-    return [st for policy in template["Resources"][role]["Properties"]["Policies"]
-            for st in as_list(policy["PolicyDocument"]["Statement"])]
+    return [
+        st
+        for policy in template["Resources"][role]["Properties"]["Policies"]
+        for st in as_list(policy["PolicyDocument"]["Statement"])
+    ]
 
 
 def _allowed(template: dict[str, Any], role: str) -> set[str]:
@@ -75,36 +95,54 @@ def test_the_api_reads_only_the_endpoint_and_the_live_model_and_job_items(templa
     assert set(statements) == {"TheEndpoint", "ReadLiveModelAndLatestJobs", "OwnLogs"}
     endpoint = statements["TheEndpoint"]
     assert sorted(endpoint["Action"]) == ["sagemaker:DescribeEndpoint", "sagemaker:InvokeEndpoint"]
-    assert endpoint["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:sagemaker:${AWS::Region}:${AWS::AccountId}:"
-                                               "endpoint/${AWS::StackName}-classifier"}
+    assert endpoint["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:sagemaker:${AWS::Region}:${AWS::AccountId}:"
+        "endpoint/${AWS::StackName}-classifier"
+    }
     read = statements["ReadLiveModelAndLatestJobs"]
     assert read["Action"] == ["dynamodb:GetItem"]
-    assert read["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:"
-                                           "table/${AWS::StackName}-state"}
+    assert read["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:"
+        "table/${AWS::StackName}-state"
+    }
     # predict's model name and /labels read LIVE; /status LATEST and the JOB# items it names
-    assert read["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["LIVE", "LATEST", "JOB#*"]}}
+    assert read["Condition"] == {
+        "ForAllValues:StringLike": {"dynamodb:LeadingKeys": ["LIVE", "LATEST", "JOB#*"]}
+    }
 
 
 def test_every_event_handler_keeps_its_failures_in_its_own_encrypted_queue(template: dict[str, Any]) -> None:
     resources = template["Resources"]
     asynchronous = [f for f in _packaged(template) if f.asynchronous]
-    assert {f.logical_id for f in asynchronous} >= {"OnDatasetUpload", "CheckQuietDatasets", "OnTuningStateChange",
-                                                     "OnTrainingStateChange"}
+    assert {f.logical_id for f in asynchronous} >= {
+        "OnDatasetUpload",
+        "CheckQuietDatasets",
+        "OnTuningStateChange",
+        "OnTrainingStateChange",
+    }
     queues = {k for k, r in resources.items() if r["Type"] == "AWS::SQS::Queue"}
     assert queues == {f.queue for f in asynchronous}
     for function in asynchronous:
         queue = resources[function.queue]["Properties"]
         assert queue["QueueName"] == {"Fn::Sub": "${AWS::StackName}-" + function.logical_id + "-failures"}
         assert queue["MessageRetentionPeriod"] == 14 * 24 * 3600
-        assert queue["KmsMasterKeyId"] == {"Fn::If": ["HasKmsKey", {"Ref": "KmsKeyArn"}, {"Ref": "AWS::NoValue"}]}
+        assert queue["KmsMasterKeyId"] == {
+            "Fn::If": ["HasKmsKey", {"Ref": "KmsKeyArn"}, {"Ref": "AWS::NoValue"}]
+        }
         assert queue["SqsManagedSseEnabled"] == {"Fn::If": ["HasKmsKey", {"Ref": "AWS::NoValue"}, True]}
         invoke = resources[f"{function.logical_id}EventInvokeConfig"]["Properties"]
         assert invoke["FunctionName"] == {"Ref": function.logical_id} and invoke["Qualifier"] == "$LATEST"
-        assert invoke["DestinationConfig"] == {"OnFailure": {"Destination": {"Fn::GetAtt": [function.queue, "Arn"]}}}
+        assert invoke["DestinationConfig"] == {
+            "OnFailure": {"Destination": {"Fn::GetAtt": [function.queue, "Arn"]}}
+        }
         assert invoke["MaximumRetryAttempts"] == 2
-        (send,) = [st for st in _statements(template, function.role) if "sqs:SendMessage" in as_list(st["Action"])]
-        assert send["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:"
-                                               "${AWS::StackName}-" + function.logical_id + "-failures"}
+        (send,) = [
+            st for st in _statements(template, function.role) if "sqs:SendMessage" in as_list(st["Action"])
+        ]
+        assert send["Resource"] == {
+            "Fn::Sub": "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:"
+            "${AWS::StackName}-" + function.logical_id + "-failures"
+        }
     api = by_name()["api_handler"]
     assert f"{api.logical_id}EventInvokeConfig" not in resources  # synchronous: API Gateway gets the error
 
@@ -113,7 +151,9 @@ def test_a_message_in_any_failure_queue_raises_an_alarm_to_the_alert_topic(templ
     for function in (f for f in _packaged(template) if f.asynchronous):
         alarm = template["Resources"][f"{function.queue}Alarm"]["Properties"]
         assert alarm["Namespace"] == "AWS/SQS" and alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
-        assert alarm["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": [function.queue, "QueueName"]}}]
+        assert alarm["Dimensions"] == [
+            {"Name": "QueueName", "Value": {"Fn::GetAtt": [function.queue, "QueueName"]}}
+        ]
         assert alarm["ComparisonOperator"] == "GreaterThanThreshold" and alarm["Threshold"] == 0
         assert alarm["Statistic"] == "Maximum" and alarm["AlarmActions"] == [{"Ref": "AlertTopic"}]
         assert f"redrive --handler {function.name}" in alarm["AlarmDescription"]
@@ -121,7 +161,9 @@ def test_a_message_in_any_failure_queue_raises_an_alarm_to_the_alert_topic(templ
 
 def test_the_handler_errors_alarm_watches_every_function_the_api_included(template: dict[str, Any]) -> None:
     metrics = template["Resources"]["HandlerErrorsAlarm"]["Properties"]["Metrics"]
-    watched = {m["MetricStat"]["Metric"]["Dimensions"][0]["Value"]["Ref"] for m in metrics if "MetricStat" in m}
+    watched = {
+        m["MetricStat"]["Metric"]["Dimensions"][0]["Value"]["Ref"] for m in metrics if "MetricStat" in m
+    }
     functions = {k for k, r in template["Resources"].items() if r["Type"] == "AWS::Serverless::Function"}
     assert "APIHandler" in watched and watched == functions
     (total,) = [m for m in metrics if m.get("ReturnData")]
@@ -147,11 +189,17 @@ def test_a_row_for_a_function_the_app_lacks_adds_nothing(template: dict[str, Any
     if row.logical_id in template["Resources"]:
         pytest.skip("the app has the handler now")
     assert not [k for k in template["Resources"] if k.startswith(row.logical_id)]
-    assert not [r for r in template["Resources"]["CustomerKeyUse"]["Properties"]["Roles"] if r["Ref"] == row.role]
+    assert not [
+        r for r in template["Resources"]["CustomerKeyUse"]["Properties"]["Roles"] if r["Ref"] == row.role
+    ]
 
 
 def test_failure_queues_are_added_once() -> None:
-    template = {"Resources": {"OnDatasetUpload": {"Type": "AWS::Serverless::Function", "Properties": {}},
-                              "OnDatasetUploadFailures": {"Type": "AWS::SQS::Queue"}}}
+    template = {
+        "Resources": {
+            "OnDatasetUpload": {"Type": "AWS::Serverless::Function", "Properties": {}},
+            "OnDatasetUploadFailures": {"Type": "AWS::SQS::Queue"},
+        }
+    }
     with pytest.raises(deploy.DeployError, match="OnDatasetUploadFailures"):
         add_failure_queues(template)
