@@ -2,6 +2,7 @@
 
     python -m breedline.deploy deploy  --stage dev [--dry-run] [--region R] [--alert-email E]
     python -m breedline.deploy destroy --stage dev [--delete-bucket]
+    python -m breedline.deploy redrive --stage dev [--handler NAME] [--dry-run] [--max N]
     (make deploy STAGE=dev [DRY_RUN=1], make destroy STAGE=dev [DELETE_BUCKET=1])
 
 What ``deploy`` does, in order, and why:
@@ -34,7 +35,9 @@ Modules: :mod:`~breedline.deploy.stage` (the stage's settings and names),
 :mod:`~breedline.deploy.serverless` (a serverless memory size the model cannot
 load in is refused before step 1, as are settings the Lambda would refuse),
 :mod:`~breedline.deploy.packaging` (steps 1-4), :mod:`~breedline.deploy.stack`
-(step 5), :mod:`~breedline.deploy.teardown` (destroy) and
+(step 5), :mod:`~breedline.deploy.teardown` (destroy),
+:mod:`~breedline.deploy.functions` (one row per Lambda: its role, its failure
+queue), :mod:`~breedline.deploy.redrive` (re-drive a failure queue) and
 :mod:`~breedline.deploy.cli`.
 """
 

@@ -1,4 +1,4 @@
-"""The ``python -m breedline.deploy`` command line: ``deploy`` (or a dry run) and ``destroy``.
+"""The ``python -m breedline.deploy`` command line: ``deploy`` (or a dry run), ``destroy``, ``api-key``, ``redrive``.
 
 Every failure a user can fix (a precondition, missing credentials, an AWS
 refusal) ends as one ``error:`` line and exit status 2, not a traceback.
@@ -16,6 +16,7 @@ import breedline.deploy
 from breedline.deploy import api_keys
 from breedline.deploy.api_keys import ClientLimits
 from breedline.deploy.packaging import package, planned_change_set
+from breedline.deploy.redrive import redrive
 from breedline.deploy.stack import deploy
 from breedline.deploy.stage import DeployError, check_stack_name, default_stack_name
 from breedline.deploy.teardown import destroy
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
             _dry_run(args, region)
         elif args.command == "api-key":
             _api_key(args, region)
+        elif args.command == "redrive":
+            _redrive(args, region)
         elif args.command == "deploy":
             deploy(args.stage, region=region, stack_name=args.stack_name, alert_email=args.alert_email,
                    overrides=_parse_overrides(args.parameter))
@@ -74,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     key.add_argument("--stage", default="dev")
     key.add_argument("--region")
     key.add_argument("--stack-name")
+    red = sub.add_parser("redrive", help="re-invoke each event a handler gave up on, from its failure queue")
+    red.add_argument("--handler", help="one handler (e.g. on_dataset_upload); default: every event handler")
+    red.add_argument("--stage", default="dev")
+    red.add_argument("--region")
+    red.add_argument("--stack-name")
+    red.add_argument("--dry-run", action="store_true", help="print what would be re-driven; invoke and delete nothing")
+    red.add_argument("--max", type=int, dest="max_messages", help="at most this many messages in all")
     defaults = ClientLimits()
     key.add_argument("--rate", type=float, default=defaults.rate, help="requests per second (create)")
     key.add_argument("--burst", type=int, default=defaults.burst, help="burst (create)")
@@ -101,6 +111,15 @@ def _api_key(args: argparse.Namespace, region: str) -> None:
     api_id, stage = api_keys.api_stage(session.client("cloudformation"), stack)
     limits = ClientLimits(rate=args.rate, burst=args.burst, quota=args.quota, period=args.period)
     print(json.dumps(api_keys.create_client_key(apigw, stack, args.client, api_id, stage, limits), indent=2))
+
+
+def _redrive(args: argparse.Namespace, region: str) -> None:
+    """``redrive``: one line per message on stdout; exit 0 even when some were kept (the lines say why)."""
+    import boto3
+
+    stack = check_stack_name(args.stack_name or default_stack_name(args.stage))
+    redrive(boto3.session.Session(region_name=region), stack, handler=args.handler, dry_run=args.dry_run,
+            max_messages=args.max_messages)
 
 
 def _dry_run(args: argparse.Namespace, region: str) -> None:

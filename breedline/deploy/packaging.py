@@ -23,6 +23,7 @@ from breedline.build.image_uris import ImageSet, resolve_images
 from breedline.build.lambda_app import keep_deps_cache, make_build_copy
 from breedline.build.paths import APP_DIR, BUILD_DIR
 from breedline.build.sourcedir import build_sourcedir
+from breedline.deploy.functions import FUNCTIONS, policy_document
 from breedline.deploy.serverless import check_serverless_memory
 from breedline.deploy.stage import (
     NEEDS_MAKE_DEPLOY,
@@ -38,8 +39,10 @@ from breedline.deploy.stage import (
 )
 from breedline.deploy.template import (
     CAPABILITIES,
+    add_failure_queues,
     apply_api_auth,
     build_merge_template,
+    check_every_function_has_a_row,
     evaluate_conditions,
     name_functions_and_log_groups,
     point_code_at,
@@ -239,7 +242,36 @@ def _write_build_config(build_app: Path, stage: Stage, env: dict[str, str]) -> N
         if name in STACK_OWNED_VARIABLES or name == NEEDS_MAKE_DEPLOY:
             del top_env[name]
     config["stages"][stage.name]["environment_variables"] = env
+    write_function_policies(build_app, config, stage.name, with_slash(stage.get("BREEDLINE_DATA_PREFIX")))
     (build_app / ".chalice" / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+#: The policy of a function without a row in FUNCTIONS: denies everything, and the
+#: packaged template is then refused naming it (template.check_every_function_has_a_row).
+UNLISTED_POLICY = "policy-unlisted.json"
+
+
+def write_function_policies(build_app: Path, config: dict[str, Any], stage_name: str, data_prefix: str) -> None:
+    """One policy file per row of :data:`breedline.deploy.functions.FUNCTIONS`, named in the stage's ``lambda_functions``.
+
+    Why per function: ``chalice package`` makes one role per function from its
+    ``iam_policy_file`` (``autogen_policy: false``), so each Lambda gets only
+    what its own code calls (issue 15, item 15). Rows for functions the app
+    does not have are harmless: Chalice ignores their ``lambda_functions`` entry.
+    """
+    chalice_dir = build_app / ".chalice"
+    config["autogen_policy"] = False
+    config["iam_policy_file"] = UNLISTED_POLICY
+    deny = {"Version": "2012-10-17", "Statement": [{"Effect": "Deny", "Action": "*", "Resource": "*"}]}
+    (chalice_dir / UNLISTED_POLICY).write_text(json.dumps(deny, indent=2) + "\n")
+    stage_cfg = config["stages"][stage_name]
+    functions_cfg = stage_cfg.setdefault("lambda_functions", {})
+    for function in FUNCTIONS:
+        document = policy_document(function, data_prefix)
+        (chalice_dir / function.policy_file).write_text(json.dumps(document, indent=2) + "\n")
+        entry = functions_cfg.setdefault(function.name, {})
+        entry["autogen_policy"] = False
+        entry["iam_policy_file"] = function.policy_file
 
 
 # --------------------------------------------------------------------------- step 3: code
@@ -294,7 +326,9 @@ def chalice_package(
 
     template = json.loads((chalice_out / "sam.json").read_text())
     apply_api_auth(template, stage.api_auth)
+    check_every_function_has_a_row(template)
     name_functions_and_log_groups(template)
+    add_failure_queues(template)
     template["Description"] = f"Breedline stage {stage.name} (packaged by breedline.deploy)"
     template_path = out / "template.json"
     template_path.write_text(json.dumps(template, indent=2))

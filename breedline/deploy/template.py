@@ -14,6 +14,7 @@ from typing import Any
 from samtranslator.yaml_helper import yaml_parse
 
 from breedline.build.paths import REPO_ROOT
+from breedline.deploy.functions import FUNCTIONS, Function, queue_name
 from breedline.deploy.stage import API_AUTH_MODES, DeployError
 
 MERGE_TEMPLATE = REPO_ROOT / "infra" / "breedline.yaml"
@@ -155,6 +156,122 @@ def name_functions_and_log_groups(template: dict[str, Any]) -> dict[str, Any]:
             },
         }
     return template
+
+
+def check_every_function_has_a_row(template: dict[str, Any]) -> None:
+    """Refuse a packaged function that :data:`breedline.deploy.functions.FUNCTIONS` does not list.
+
+    Why: its role would be the deny-all fallback, it would get no failure queue,
+    and the handler-errors alarm would not watch it.
+    """
+    known = {f.logical_id for f in FUNCTIONS}
+    missing = sorted(k for k, r in template["Resources"].items()
+                     if r["Type"] == "AWS::Serverless::Function" and k not in known)
+    if missing:
+        raise DeployError(f"the app's function(s) {', '.join(missing)} have no row in breedline/deploy/functions.py "
+                          "FUNCTIONS: add one with the calls the handler makes")
+
+
+#: Days an unprocessed failure stays in its queue: SQS's maximum, 14 days.
+FAILURE_RETENTION_SECONDS = 14 * 24 * 3600
+#: Lambda's own default; written down so that the template says what happens.
+ASYNC_RETRIES = 2
+
+
+def packaged_functions(template: dict[str, Any]) -> list[Function]:
+    """The rows of FUNCTIONS whose function the packaged template has, in table order."""
+    return [f for f in FUNCTIONS if template["Resources"].get(f.logical_id, {}).get("Type") == "AWS::Serverless::Function"]
+
+
+def add_failure_queues(template: dict[str, Any]) -> dict[str, Any]:
+    """Per asynchronous function: an SQS failure queue, its on-failure destination and a depth alarm.
+
+    Why ``DestinationConfig.OnFailure`` and not ``DeadLetterConfig``: the
+    on-failure record keeps the original event (``requestPayload``) together with
+    the error (``responsePayload``) and why it gave up (``requestContext.condition``,
+    ``approximateInvokeCount``); a dead-letter queue keeps only the event. Also
+    puts every function's ``Errors`` (the API's too) in the handler-errors alarm
+    and every Lambda role in the customer-key policy, both from the same table.
+    """
+    resources = template["Resources"]
+    functions = packaged_functions(template)
+    for function in functions:
+        if not function.asynchronous:
+            continue
+        for logical_id in (function.queue, f"{function.queue}Alarm", f"{function.logical_id}EventInvokeConfig"):
+            if logical_id in resources:
+                raise DeployError(f"the template already has a resource {logical_id}")
+        resources[function.queue] = {
+            "Type": "AWS::SQS::Queue",
+            "Properties": {
+                "QueueName": {"Fn::Sub": queue_name(function)},
+                "MessageRetentionPeriod": FAILURE_RETENTION_SECONDS,
+                "KmsMasterKeyId": {"Fn::If": ["HasKmsKey", {"Ref": "KmsKeyArn"}, {"Ref": "AWS::NoValue"}]},
+                "SqsManagedSseEnabled": {"Fn::If": ["HasKmsKey", {"Ref": "AWS::NoValue"}, True]},
+            },
+        }
+        resources[f"{function.logical_id}EventInvokeConfig"] = {
+            "Type": "AWS::Lambda::EventInvokeConfig",
+            "Properties": {
+                "FunctionName": {"Ref": function.logical_id},
+                "Qualifier": "$LATEST",
+                "MaximumRetryAttempts": ASYNC_RETRIES,
+                "DestinationConfig": {"OnFailure": {"Destination": {"Fn::GetAtt": [function.queue, "Arn"]}}},
+            },
+        }
+        resources[f"{function.queue}Alarm"] = {
+            "Type": "AWS::CloudWatch::Alarm",
+            "Properties": {
+                "AlarmName": {"Fn::Sub": queue_name(function)},
+                "AlarmDescription": (
+                    f"{function.logical_id} gave up on an event after {ASYNC_RETRIES} retries; it waits in its failure "
+                    "queue for 14 days. Read the error in the message, fix the cause, then: "
+                    f"python -m breedline.deploy redrive --handler {function.name}"
+                ),
+                "Namespace": "AWS/SQS",
+                "MetricName": "ApproximateNumberOfMessagesVisible",
+                "Dimensions": [{"Name": "QueueName", "Value": {"Fn::GetAtt": [function.queue, "QueueName"]}}],
+                "Statistic": "Maximum",
+                "Period": 300,
+                "EvaluationPeriods": 1,
+                "Threshold": 0,
+                "ComparisonOperator": "GreaterThanThreshold",
+                "TreatMissingData": "notBreaching",
+                "AlarmActions": [{"Ref": "AlertTopic"}],
+            },
+        }
+    _watch_handler_errors(resources, functions)
+    key_use = resources.get("CustomerKeyUse")
+    if key_use is not None:
+        roles = key_use["Properties"]["Roles"]
+        roles.extend({"Ref": f.role} for f in functions if {"Ref": f.role} not in roles)
+    return template
+
+
+def _watch_handler_errors(resources: dict[str, Any], functions: list[Function]) -> None:
+    """The handler-errors alarm sums ``AWS/Lambda Errors`` of every function of the table."""
+    alarm = resources.get("HandlerErrorsAlarm")
+    if alarm is None:
+        return
+    metrics: list[dict[str, Any]] = [
+        {
+            "Id": function.logical_id[:1].lower() + function.logical_id[1:],
+            "ReturnData": False,
+            "MetricStat": {
+                "Metric": {
+                    "Namespace": "AWS/Lambda",
+                    "MetricName": "Errors",
+                    "Dimensions": [{"Name": "FunctionName", "Value": {"Ref": function.logical_id}}],
+                },
+                "Period": 300,
+                "Stat": "Sum",
+            },
+        }
+        for function in functions
+    ]
+    total = " + ".join(f"FILL({m['Id']}, 0)" for m in metrics)
+    metrics.append({"Id": "errors", "Label": "Lambda handler errors", "Expression": total, "ReturnData": True})
+    alarm["Properties"]["Metrics"] = metrics
 
 
 def point_code_at(template: dict[str, Any], bucket: str, key: str) -> None:

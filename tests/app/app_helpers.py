@@ -236,3 +236,74 @@ def completed_training(name: str, accuracy: float | None, artifacts: bool = True
     if artifacts:
         answer["ModelArtifacts"] = {"S3ModelArtifacts": f"s3://breedline-data/jobs/{name}/output/model.tar.gz"}
     return answer
+
+
+# --------------------------------------------------------------------------- which function made which AWS call
+
+#: The function whose code is running now ("api_handler" for every route). A plain
+#: global, not a contextvar: the upload handler reads objects in a thread pool.
+_running: list[str | None] = [None]
+#: Operations whose IAM action has another name.
+_ACTION_OF = {"s3:ListObjectsV2": "s3:ListBucket", "s3:HeadObject": "s3:GetObject"}
+
+
+def _note(calls: list[tuple[str, str]], signing_name: str, operation: str) -> None:
+    function = _running[0]
+    if function is not None:
+        action = f"{signing_name}:{operation}"
+        calls.append((function, _ACTION_OF.get(action, action)))
+
+
+def _as(function: str, handler: Any) -> Any:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        before, _running[0] = _running[0], function
+        try:
+            return handler(*args, **kwargs)
+        finally:
+            _running[0] = before
+
+    return run
+
+
+def record_handler_calls(app: Any, monkeypatch: Any) -> list[tuple[str, str]]:
+    """Record (function, IAM action) of every AWS call the app's handlers make from now on.
+
+    botocore clients (moto, Stubber) are seen in ``BaseClient._make_api_call``,
+    :class:`FakeSageMaker` in its request validation. The Lambda function is
+    the Chalice handler name; every route runs in ``api_handler``.
+    """
+    import sys
+
+    import botocore.client
+
+    calls: list[tuple[str, str]] = []
+    original_call = botocore.client.BaseClient._make_api_call
+
+    def make_api_call(self: Any, operation_name: str, api_params: Any) -> Any:
+        _note(calls, self.meta.service_model.signing_name, operation_name)
+        return original_call(self, operation_name, api_params)
+
+    original_validate = validate_request
+
+    def validate(service: str, operation: str, params: dict[str, Any]) -> None:
+        _note(calls, service_model(service).signing_name, operation)
+        original_validate(service, operation, params)
+
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", make_api_call)
+    monkeypatch.setattr(sys.modules[__name__], "validate_request", validate)
+    routes = {entry.view_name for methods in app.routes.values() for entry in methods.values()}
+    for methods in app.routes.values():
+        for entry in methods.values():
+            monkeypatch.setattr(entry, "view_function", _as("api_handler", entry.view_function))
+    for name, handler in list(app.handler_map.items()):
+        if name not in routes:
+            monkeypatch.setitem(app.handler_map, name, _as(name, handler))
+    return calls
+
+
+def calls_the_roles_refuse(calls: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The recorded (function, action) pairs that the function's row in FUNCTIONS does not grant."""
+    from breedline.deploy.functions import granted_actions
+
+    granted = granted_actions()
+    return sorted({(fn, action) for fn, action in calls if action not in granted.get(fn, set())})

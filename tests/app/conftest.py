@@ -11,7 +11,7 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from app_helpers import FakeSageMaker
+from app_helpers import FakeSageMaker, calls_the_roles_refuse, record_handler_calls
 
 BUCKET = "breedline-data"
 ENV = {
@@ -119,14 +119,22 @@ def sagemaker(aws: Aws) -> FakeSageMaker:
 
 
 @pytest.fixture
-def client(aws: Aws, tmp_path: Path) -> Iterator[Any]:
-    """chalice.test.Client over the app; no project config, so the test's env rules."""
+def client(aws: Aws, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """chalice.test.Client over the app; no project config, so the test's env rules.
+
+    Every AWS call a handler makes through it is checked against that function's
+    row of ``breedline.deploy.functions.FUNCTIONS`` (what its IAM role allows):
+    a call its role would refuse fails the test (issue 15, item 15).
+    """
     from chalice.test import Client
 
     import app as chalice_app
 
+    calls = record_handler_calls(chalice_app.app, monkeypatch)
     with Client(chalice_app.app, project_dir=str(tmp_path)) as test_client:
         yield test_client
+    refused = calls_the_roles_refuse(calls)
+    assert not refused, f"calls outside the function's role (breedline/deploy/functions.py): {refused}"
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ from botocore import xform_name
 
 from infra_helpers import REPO, as_list, iam_statements
 
+from breedline.deploy.functions import FUNCTIONS, policy_document
+
 #: Actions with no resource-level permissions in IAM: "*" is the narrowest resource there is.
 NO_RESOURCE_LEVEL = {
     "xray:PutTraceSegments",
@@ -21,8 +23,8 @@ NO_RESOURCE_LEVEL = {
 }
 #: SageMaker needs AddTags to create any resource with Tags (every Create* of the app tags).
 IMPLIED_SAGEMAKER = {"sagemaker:AddTags"}
-LAMBDA_ROLES = ("ApiHandlerRole", "OnDatasetUploadRole", "OnTuningStateChangeRole", "OnTrainingStateChangeRole", "CheckQuietDatasetsRole",
-               "OnEndpointStateChangeRole")
+#: Every Lambda role the function table can make (a row without an app function makes none).
+LAMBDA_ROLES = tuple(f.role for f in FUNCTIONS)
 
 
 def _text(value: Any) -> str:
@@ -55,14 +57,15 @@ def test_resource_star_only_where_nothing_narrower_exists(template: dict[str, An
             assert st["Condition"]["StringLike"]["cloudwatch:namespace"] == "/aws/sagemaker/*"
 
 
-def test_lambda_roles_carry_the_written_policy(template: dict[str, Any]) -> None:
-    written = json.loads((REPO / "chalice_app" / ".chalice" / "policy.json").read_text())
-    roles = {k: r for k, r in template["Resources"].items() if k in LAMBDA_ROLES}
-    assert set(roles) == set(LAMBDA_ROLES)
-    for logical_id, role in roles.items():
+def test_lambda_roles_carry_their_rows_policy(template: dict[str, Any]) -> None:
+    """Each function's role has exactly the policy its row of breedline/deploy/functions.py writes."""
+    packaged = [f for f in FUNCTIONS if f.logical_id in template["Resources"]]
+    assert len(packaged) >= 5
+    for function in packaged:
+        role = template["Resources"][function.role]
         documents = [p["PolicyDocument"] for p in role["Properties"]["Policies"]]
-        assert documents == [written], logical_id
-        assert "ManagedPolicyArns" not in role["Properties"], logical_id
+        assert documents == [policy_document(function, "datasets/")], function.name
+        assert "ManagedPolicyArns" not in role["Properties"], function.name
 
 
 def test_pass_role_only_the_execution_role_only_to_sagemaker(template: dict[str, Any]) -> None:
@@ -75,7 +78,9 @@ def test_pass_role_only_the_execution_role_only_to_sagemaker(template: dict[str,
         resources = [_text(r) for r in as_list(st["Resource"])]
         assert resources == ["arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${AWS::StackName}-sagemaker"]
         assert st["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
-    assert found == len(LAMBDA_ROLES)
+    # only the functions that create SageMaker jobs or models pass the role
+    assert found == len({"OnDatasetUploadRole", "CheckQuietDatasetsRole", "OnTuningStateChangeRole",
+                         "OnTrainingStateChangeRole"})
     # ... and that role is the one the template creates and hands to the app.
     execution = template["Resources"]["SageMakerExecutionRole"]["Properties"]
     assert execution["RoleName"] == {"Fn::Sub": "${AWS::StackName}-sagemaker"}
@@ -165,14 +170,14 @@ def test_execution_role_reads_data_writes_output_logs_and_nothing_else(template:
             assert _text(st["Resource"]).endswith(":log-group:/aws/sagemaker/*")
 
 
-def test_policy_file_is_valid_json_with_only_pseudo_parameters() -> None:
+def test_function_policies_use_only_pseudo_parameters() -> None:
     """So that the app packages and lints with or without the merge template."""
-    text = (REPO / "chalice_app" / ".chalice" / "policy.json").read_text()
-    json.loads(text)
     import re
 
-    for name in re.findall(r"\$\{([^}]+)\}", text):
-        assert name.startswith("AWS::"), name
+    for function in FUNCTIONS:
+        text = json.dumps(policy_document(function, "datasets/"))
+        names = re.findall(r"\$\{([^}]+)\}", text)
+        assert names and all(name.startswith("AWS::") for name in names), function.name
 
 
 def test_iam_check_would_catch_a_wildcard(template: dict[str, Any]) -> None:

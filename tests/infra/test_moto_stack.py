@@ -7,6 +7,7 @@ supports. The types it cannot create are recorded (and listed in docs/aws.md).
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from pathlib import Path
@@ -132,6 +133,23 @@ def test_deploy_redeploy_destroy_in_moto(aws: Any, tmp_path: Path, quiet_moto_wa
     assert trust["Statement"][0]["Principal"] == {"Service": "sagemaker.amazonaws.com"}
     assert aws.client("sns").get_topic_attributes(TopicArn=env["BREEDLINE_ALERT_TOPIC_ARN"])
 
+    # Issue 15.6: each event handler's failure queue keeps its records 14 days.
+    for fn in ("OnDatasetUpload", "OnTuningStateChange", "OnTrainingStateChange", "CheckQuietDatasets"):
+        url = sqs.get_queue_url(QueueName=f"{STACK}-{fn}-failures")["QueueUrl"]
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        assert attributes["MessageRetentionPeriod"] == str(14 * 24 * 3600)
+    # Issue 15.15: the API Lambda's role is its own and may only read.
+    api_role = lam.get_function_configuration(FunctionName=f"{STACK}-APIHandler")["Role"].rsplit("/", 1)[1]
+    upload_role = lam.get_function_configuration(FunctionName=f"{STACK}-OnDatasetUpload")["Role"].rsplit("/", 1)[1]
+    assert api_role != upload_role
+    (policy,) = iam.list_role_policies(RoleName=api_role)["PolicyNames"]
+    document = iam.get_role_policy(RoleName=api_role, PolicyName=policy)["PolicyDocument"]
+    # moto stores what CloudFormation gave it, a Python dict written as text
+    document = ast.literal_eval(document) if isinstance(document, str) else document
+    actions = {a for st in document["Statement"] for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"])}
+    assert actions == {"sagemaker:InvokeEndpoint", "sagemaker:DescribeEndpoint", "dynamodb:GetItem",
+                       "logs:CreateLogStream", "logs:PutLogEvents"}
+
     # What moto could not check, recorded for the README.
     assert unsupported == {
         "AWS::ApiGateway::Account",
@@ -144,6 +162,7 @@ def test_deploy_redeploy_destroy_in_moto(aws: Any, tmp_path: Path, quiet_moto_wa
         "AWS::ApplicationAutoScaling::ScalingPolicy",
         "AWS::CloudFormation::WaitConditionHandle",
         "AWS::CloudWatch::Alarm",
+        "AWS::Lambda::EventInvokeConfig",
         "AWS::S3::BucketPolicy",
         "AWS::SNS::Subscription",
     }

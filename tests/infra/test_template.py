@@ -136,10 +136,9 @@ def test_api_auth_iam_mode(template: dict[str, Any]) -> None:
 def test_a_stage_with_an_open_api_or_a_generated_policy_is_refused(tmp_path: Path) -> None:
     app = tmp_path / "app"
     (app / ".chalice").mkdir(parents=True)
-    base = {"version": "2.0", "app_name": "breedline", "autogen_policy": False, "iam_policy_file": "policy.json",
+    base = {"version": "2.0", "app_name": "breedline", "autogen_policy": False,
             "stages": {"open": {"environment_variables": {"BREEDLINE_API_AUTH": "none"}}, "ok": {}}}
     (app / ".chalice" / "config.json").write_text(json.dumps(base))
-    (app / ".chalice" / "policy.json").write_text('{"Resource": "arn:aws:s3:::b/datasets/*"}')
     with pytest.raises(deploy.DeployError, match="BREEDLINE_API_AUTH"):
         deploy.load_stage("open", app)
     deploy.check_policy_prefixes(deploy.load_stage("ok", app), app)
