@@ -5,7 +5,9 @@ when its uploads have gone quiet (:func:`check_quiet`, scheduled). Settling
 lists and validates the folder (:mod:`chalicelib.datasets`), reading the
 first and last bytes of a bounded sample of its images (:func:`sniff_objects`),
 and then, once per data set version, rejects it with an alert or starts one
-tuning job (alerting the files it skipped, if any).
+tuning job (alerting the files it skipped, if any), within the cost guard's
+budget (:mod:`chalicelib.budget`: rejected over it, stopping or queueing
+behind the data set's running tuning job).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from chalicelib import clients, naming
+from chalicelib import budget, clients, naming
 from chalicelib import sagemaker_requests as build
+from chalicelib.budget import Action
 from chalicelib.config import Settings
 from chalicelib.datasets import (
     HEAD_BYTES,
@@ -231,11 +234,37 @@ def _settle_version(
 
 
 def start_tuning(s: Settings, dataset: str, version: str, classes: list[str], image_count: int) -> dict[str, Any]:
-    """CreateHyperParameterTuningJob under a deterministic name; ResourceInUse means done already."""
+    """Ask the cost guard (:mod:`chalicelib.budget`), then start, queue or reject this version's tuning job."""
     name = naming.tuning_job_name(s.name_prefix, dataset, version)
     log_keys(dataset, tuning_job=name)
+    admission = budget.admit(s, dataset, version, name)
+    if admission.action is Action.OVER_BUDGET:
+        budget.reject_over_budget(s, dataset, version, name, admission)
+    store(s).save_version(dataset, version, classes, image_count, name)
+    if admission.action in (Action.QUEUE, Action.QUEUED):
+        return budget.note_queued(s, dataset, version, name, admission)
+    if admission.action is Action.SUPERSEDE:
+        budget.stop_superseded(s, dataset, version, admission)
+    else:
+        budget.note_dropped(s, dataset, version, admission)
+    result = create_tuning_job(s, dataset, version, name)
+    return {**result, "superseded": admission.previous} if admission.action is Action.SUPERSEDE else result
+
+
+def start_queued(s: Settings, dataset: str, version: str, name: str) -> dict[str, Any]:
+    """Start the version that waited for the data set's running tuning job (it holds the slot already)."""
+    log_keys(dataset, tuning_job=name, dataset_version=version)
+    logger.info("starting the queued version's tuning job")
+    return create_tuning_job(s, dataset, version, name)
+
+
+def create_tuning_job(s: Settings, dataset: str, version: str, name: str) -> dict[str, Any]:
+    """CreateHyperParameterTuningJob under a deterministic name; ResourceInUse means done already.
+
+    A refusal gives the cost guard's slot and count back (:func:`budget.refund`),
+    so a data set whose start failed is neither blocked nor charged for it.
+    """
     state = store(s)
-    state.save_version(dataset, version, classes, image_count, name)
     tags = pipeline_tags(s.name_prefix, STAGE_TUNING, dataset, version)
     request = build.create_tuning_job(s, name=name, dataset=dataset, region=clients.region(), tags=tags)
     try:
@@ -244,8 +273,10 @@ def start_tuning(s: Settings, dataset: str, version: str, classes: list[str], im
         if clients.error_code(exc) == "ResourceInUse":
             logger.info("tuning job already exists; nothing to start")
             return {"outcome": "already_started", "tuning_job": name, "dataset": dataset, "version": version}
+        budget.refund(s, dataset, name)
         count(TUNING_FAILED)
-        alert(f"could not start tuning job {name}", {"dataset": dataset, "error": clients.error_message(exc)})
+        alert(f"could not start tuning job {name}", {"dataset": dataset, "version": version, "error": clients.error_message(exc),
+                                                    "what_to_do": "fix the cause, then upload the data set's marker again"})
         raise PipelineError(f"CreateHyperParameterTuningJob {name}: {clients.error_message(exc)}") from exc
     state.record_job(name, stage=STAGE_TUNING, dataset=dataset, version=version, status=IN_PROGRESS)
     count(TUNING_STARTED)

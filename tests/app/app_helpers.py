@@ -98,6 +98,7 @@ _OPERATIONS = {
     "create_endpoint": ("CreateEndpoint", "EndpointName"),
     "update_endpoint": ("UpdateEndpoint", None),
     "describe_hyper_parameter_tuning_job": ("DescribeHyperParameterTuningJob", None),
+    "stop_hyper_parameter_tuning_job": ("StopHyperParameterTuningJob", None),
     "describe_training_job": ("DescribeTrainingJob", None),
     "describe_endpoint": ("DescribeEndpoint", None),
     "list_tags": ("ListTags", None),
@@ -119,6 +120,7 @@ class FakeSageMaker:
         self.training: dict[str, dict[str, Any]] = {}
         self.endpoint: dict[str, Any] | None = None
         self.tags_by_arn: dict[str, list[dict[str, str]]] = {}
+        self.stopped: list[str] = []  # tuning jobs StopHyperParameterTuningJob was accepted for
 
     def __getattr__(self, method: str) -> Any:
         if method not in _OPERATIONS:
@@ -165,6 +167,14 @@ class FakeSageMaker:
             if found is None:
                 raise client_error("ResourceNotFound", "Amazon SageMaker can't find a tuning job", operation)
             return found
+        if operation == "StopHyperParameterTuningJob":
+            name = params["HyperParameterTuningJobName"]
+            if name not in self.created.get("CreateHyperParameterTuningJob", {}):
+                raise client_error("ResourceNotFound", f"Amazon SageMaker can't find a tuning job with name {name}", operation)
+            if name in self.stopped:
+                raise client_error("ValidationException", f"The hyperparameter tuning job {name} is Stopping", operation)
+            self.stopped.append(name)
+            return {}
         if operation == "DescribeTrainingJob":
             found = self.training.get(params["TrainingJobName"])
             if found is None:
