@@ -237,6 +237,9 @@ def start_tuning(s: Settings, dataset: str, version: str, classes: list[str], im
     """Ask the cost guard (:mod:`chalicelib.budget`), then start, queue or reject this version's tuning job."""
     name = naming.tuning_job_name(s.name_prefix, dataset, version)
     log_keys(dataset, tuning_job=name)
+    if _tuned_before(s, dataset, name):
+        logger.info("this version was tuned before; nothing to start")
+        return {"outcome": "already_started", "tuning_job": name, "dataset": dataset, "version": version}
     admission = budget.admit(s, dataset, version, name)
     if admission.action is Action.OVER_BUDGET:
         budget.reject_over_budget(s, dataset, version, name, admission)
@@ -251,10 +254,22 @@ def start_tuning(s: Settings, dataset: str, version: str, classes: list[str], im
     return {**result, "superseded": admission.previous} if admission.action is Action.SUPERSEDE else result
 
 
+def _tuned_before(s: Settings, dataset: str, name: str) -> bool:
+    """The job of this version ran before (its content came back) and holds no slot: its name cannot start again.
+
+    Why ask first: CreateHyperParameterTuningJob would answer ResourceInUse
+    only after the cost guard had counted it, or stopped the running job for it.
+    """
+    state = store(s)
+    if state.job(name) is None:
+        return False
+    item = state.budget(dataset) or {}
+    return name not in (item.get("running"), item.get("queued"))
+
+
 def start_queued(s: Settings, dataset: str, version: str, name: str) -> dict[str, Any]:
     """Start the version that waited for the data set's running tuning job (it holds the slot already)."""
-    log_keys(dataset, tuning_job=name, dataset_version=version)
-    logger.info("starting the queued version's tuning job")
+    logger.info("starting the queued version's tuning job", extra={"queued_job": name, "queued_version": version})
     return create_tuning_job(s, dataset, version, name)
 
 

@@ -67,6 +67,13 @@ def tuning_event(result: dict, status: str) -> dict:
     return event
 
 
+def forget_idempotency(env) -> None:
+    """What 24 h do: every idempotency record has expired."""
+    ddb = boto3.client("dynamodb", region_name="us-east-1")
+    for row in ddb.scan(TableName=env["BREEDLINE_IDEMPOTENCY_TABLE"])["Items"]:
+        ddb.delete_item(TableName=env["BREEDLINE_IDEMPOTENCY_TABLE"], Key={"id": row["id"]})
+
+
 def created(sagemaker) -> list[str]:
     return [r["HyperParameterTuningJobName"] for r in sagemaker.requests("CreateHyperParameterTuningJob")]
 
@@ -232,9 +239,7 @@ def test_queue_mode_starts_the_newest_waiting_version_when_the_running_one_ends(
     assert item["running"] == newest["tuning_job"] and "queued" not in item
     assert state(env).job(newest["tuning_job"])["status"] == "InProgress"
     # a duplicate of that event, after its idempotency record expired, starts nothing more
-    ddb = boto3.client("dynamodb", region_name="us-east-1")
-    for row in ddb.scan(TableName=env["BREEDLINE_IDEMPOTENCY_TABLE"])["Items"]:
-        ddb.delete_item(TableName=env["BREEDLINE_IDEMPOTENCY_TABLE"], Key={"id": row["id"]})
+    forget_idempotency(env)
     invoke(client, "on_tuning_state_change", done)
     assert len(created(sagemaker)) == 2 and state(env).budget(DATASET)["running"] == newest["tuning_job"]
 
@@ -278,3 +283,20 @@ def test_plans_budget_before_slot_and_count_per_utc_day():
     assert budget.plan_release(full, "j0").item is None  # a job that does not hold the slot frees nothing
     assert budget.plan_release(full, "j1").item["running"] is None
     assert budget.frees_at("2026-12-31") == "2027-01-01T00:00:00Z"
+
+
+def test_content_that_was_tuned_before_stops_nothing_and_costs_nothing(client, sagemaker, aws, env, at_day):
+    aws.put_dataset(DATASET)
+    first = new_version(client, aws, 1)
+    second = new_version(client, aws, 2)
+    aws.s3.delete_object(Bucket="breedline-data", Key=f"datasets/{DATASET}/train/beagle/more_002.jpg")
+    marker = load_event("s3_ready_marker.json")  # now with the first version's files again
+    assert (
+        invoke(client, "on_dataset_upload", marker) == first
+    )  # within 24 h: Powertools replays its settlement
+    forget_idempotency(env)  # later: settled afresh
+    back = invoke(client, "on_dataset_upload", marker)
+    assert back["version"] == first["version"] and back["outcome"] == "already_started"
+    assert sagemaker.stopped == [first["tuning_job"]]  # the second version's job is not stopped for it
+    item = state(env).budget(DATASET)
+    assert (item["running"], item["started"]) == (second["tuning_job"], 2)
