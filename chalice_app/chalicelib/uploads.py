@@ -37,7 +37,7 @@ from chalicelib.datasets import (
 from chalicelib.decisions import STAGE_TUNING, pipeline_tags
 from chalicelib.observability import DATASETS_ACCEPTED, DATASETS_REJECTED, TUNING_FAILED, TUNING_STARTED, UPLOADS_SEEN, logger
 from chalicelib.lambda_runtime import PipelineError, alert, client_error, count, idempotent, log_keys, settings, store
-from contract import IN_PROGRESS
+from contract import IN_PROGRESS, TERMINAL_STATUSES
 
 if TYPE_CHECKING:  # imported by app.py on first use: the data classes cost the predict route's cold start
     from aws_lambda_powertools.utilities.data_classes import S3EventBridgeNotificationEvent
@@ -240,6 +240,8 @@ def start_tuning(s: Settings, dataset: str, version: str, classes: list[str], im
     if _tuned_before(s, dataset, name):
         logger.info("this version was tuned before; nothing to start")
         return {"outcome": "already_started", "tuning_job": name, "dataset": dataset, "version": version}
+    if s.supersede == "queue":
+        _free_a_stale_slot(s, dataset, name)
     admission = budget.admit(s, dataset, version, name)
     if admission.action is Action.OVER_BUDGET:
         budget.reject_over_budget(s, dataset, version, name, admission)
@@ -265,6 +267,40 @@ def _tuned_before(s: Settings, dataset: str, name: str) -> bool:
         return False
     item = state.budget(dataset) or {}
     return name not in (item.get("running"), item.get("queued"))
+
+
+def _free_a_stale_slot(s: Settings, dataset: str, name: str) -> None:
+    """Queue mode: a running job that SageMaker says has ended, whose end event never came, frees its slot now.
+
+    Why: in queue mode only that event frees the slot, so a lost one would
+    keep every later version waiting for good. One DescribeHyperParameterTuningJob
+    when a version would wait; the lost end is alerted once (its final job, if
+    it completed, was never started), and a version that waited starts as the
+    event would have started it.
+    """
+    holder = str((store(s).budget(dataset) or {}).get("running") or "")
+    if not holder or holder == name:
+        return
+    try:
+        status = str(clients.client("sagemaker").describe_hyper_parameter_tuning_job(
+            **build.describe_tuning_job(holder)).get("HyperParameterTuningJobStatus", ""))
+    except client_error() as exc:
+        if clients.error_code(exc) not in ("ResourceNotFound", "ValidationException"):
+            raise
+        status = "not found"
+    if status not in (*TERMINAL_STATUSES, "not found"):
+        return
+    freed = budget.release(s, dataset, holder)
+    if freed.item is None:
+        return  # the event arrived meanwhile
+    alert(
+        f"tuning job {holder} ended without its event",
+        {"dataset": dataset, "tuning_job": holder, "status": status, "what_to_do":
+         "its slot is freed now. If it completed, its final training job was not started: change or add a file "
+         "and upload the marker again for a new version, or see the on_tuning_state_change logs"},
+    )
+    if freed.next_job:
+        start_queued(s, dataset, freed.next_version, freed.next_job)
 
 
 def start_queued(s: Settings, dataset: str, version: str, name: str) -> dict[str, Any]:

@@ -164,6 +164,9 @@ class FakeSageMaker:
             return dict(self.endpoint)
         if operation == "DescribeHyperParameterTuningJob":
             found = self.tuning.get(params["HyperParameterTuningJobName"])
+            if found is None and params["HyperParameterTuningJobName"] in self.created.get("CreateHyperParameterTuningJob", {}):
+                return {"HyperParameterTuningJobName": params["HyperParameterTuningJobName"],
+                        "HyperParameterTuningJobStatus": "InProgress"}  # created, and no test has ended it
             if found is None:
                 raise client_error("ResourceNotFound", "Amazon SageMaker can't find a tuning job", operation)
             return found

@@ -300,3 +300,24 @@ def test_content_that_was_tuned_before_stops_nothing_and_costs_nothing(client, s
     assert sagemaker.stopped == [first["tuning_job"]]  # the second version's job is not stopped for it
     item = state(env).budget(DATASET)
     assert (item["running"], item["started"]) == (second["tuning_job"], 2)
+
+
+def test_queue_mode_frees_the_slot_of_a_job_whose_end_event_was_lost(
+    client, sagemaker, aws, env, monkeypatch, at_day
+):
+    monkeypatch.setenv("BREEDLINE_SUPERSEDE", "queue")
+    aws.put_dataset(DATASET)
+    lost = new_version(client, aws, 1)
+    waiting = new_version(client, aws, 2)
+    assert waiting["outcome"] == "queued"  # SageMaker says the first job is InProgress
+    sagemaker.tuning[lost["tuning_job"]] = {
+        "HyperParameterTuningJobName": lost["tuning_job"],
+        "HyperParameterTuningJobStatus": "Failed",
+    }
+    newest = new_version(client, aws, 3)  # the Failed event never came
+    assert newest["outcome"] == "queued" and newest["waits_for"] == waiting["tuning_job"]
+    assert created(sagemaker) == [lost["tuning_job"], waiting["tuning_job"]]  # the waiting one started
+    (sent,) = aws.alerts()
+    assert sent["subject"] == f"Breedline: tuning job {lost['tuning_job']} ended without its event"
+    item = state(env).budget(DATASET)
+    assert (item["running"], item["queued"]) == (waiting["tuning_job"], newest["tuning_job"])
