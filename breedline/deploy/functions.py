@@ -116,7 +116,15 @@ ROLLBACK_ALARMS = Grant(
 )
 #: What starting a tuning job takes (both upload handlers: the marker and the quiet check).
 START_TUNING = (
-    sagemaker("TuningJobs", "CreateHyperParameterTuningJob", "AddTags", on=("hyper-parameter-tuning-job",)),
+    # Describe and Stop: the cost guard (chalicelib/budget.py) stops a superseded job, checks a lost end
+    sagemaker(
+        "TuningJobs",
+        "CreateHyperParameterTuningJob",
+        "DescribeHyperParameterTuningJob",
+        "StopHyperParameterTuningJob",
+        "AddTags",
+        on=("hyper-parameter-tuning-job",),
+    ),
     PASS_ROLE,
 )
 
@@ -216,6 +224,9 @@ FUNCTIONS: tuple[Function, ...] = (
                 "TuningJobs",
                 "DescribeHyperParameterTuningJob",
                 "ListTags",
+                # the cost guard's queue mode starts the waiting version when a job ends
+                "CreateHyperParameterTuningJob",
+                "AddTags",
                 on=("hyper-parameter-tuning-job",),
             ),
             sagemaker("FinalTrainingJob", "CreateTrainingJob", "AddTags", on=("training-job",)),

@@ -25,6 +25,8 @@ from contract import DEBUGGER_MODES, SERVING_BACKENDS
 
 #: Accepted values of BREEDLINE_API_AUTH.
 API_AUTH_MODES: tuple[str, ...] = ("api_key", "iam", "none")
+#: Accepted values of BREEDLINE_SUPERSEDE.
+SUPERSEDE_MODES: tuple[str, ...] = ("stop", "queue")
 
 # Service quotas the predict route must fit in (docs/app.md, "Body limits", cites and adds them up).
 #: Lambda's synchronous invocation payload: the whole API Gateway proxy event, body base64-encoded.
@@ -187,6 +189,14 @@ def minutes(name: str, raw: str) -> int:
     return max(1, integer(name, raw))
 
 
+def positive(name: str, raw: str) -> int:
+    """A count of at least 1."""
+    value = integer(name, raw)
+    if value < 1:
+        raise ValueError(f"{name}={raw!r} must be at least 1")
+    return value
+
+
 def fraction(name: str, raw: str) -> float:
     """A share between 0 and 1 (0.05 is 5%)."""
     value = number(name, raw)
@@ -245,6 +255,9 @@ class Settings:
     objective_metric: str = setting("BREEDLINE_OBJECTIVE_METRIC", "valid_loss", "Tuning objective metric (one of the metric definitions).")
     objective_type: str = setting("BREEDLINE_OBJECTIVE_TYPE", "Minimize", "Minimize or Maximize the objective.")
     extra_hyperparameters: dict[str, str] = setting("BREEDLINE_EXTRA_HYPERPARAMETERS", "{}", "JSON object of static hyperparameters added to every job (e.g. image_size).", json_object, hash=False)
+    # Cost guard (issue 15, item 16; docs/app.md "Cost guard")
+    max_tuning_jobs_per_day: int = setting("BREEDLINE_MAX_TUNING_JOBS_PER_DAY", "3", "Cost guard: at most this many tuning jobs accepted (started, or queued) per data set per UTC day; a data set version over it is rejected with an alert, and its data stays in S3. At least 1.", positive)
+    supersede: str = setting("BREEDLINE_SUPERSEDE", "stop", "Cost guard: at most one tuning job runs per data set. A newer version arriving while one runs: stop (StopHyperParameterTuningJob on the running one, which then starts no final job, and start the newer one) or queue (the newest waiting version starts when the running one ends; older waiting versions are dropped).", one_of(SUPERSEDE_MODES))
     # Instances
     tuning_instance_type: str = setting("BREEDLINE_TUNING_INSTANCE_TYPE", "ml.g4dn.xlarge", "Instance type of tuning trials.")
     training_instance_type: str = setting("BREEDLINE_TRAINING_INSTANCE_TYPE", "ml.g4dn.xlarge", "Instance type of the final training job.")

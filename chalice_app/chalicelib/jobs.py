@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from chalicelib import clients, naming
+from chalicelib import budget, clients, naming, uploads
 from chalicelib import sagemaker_requests as build
 from chalicelib.decisions import (
     STAGE_TRAINING,
@@ -28,8 +28,9 @@ from chalicelib.decisions import (
 from chalicelib.deployment import deploy_if_better, history_kept
 from chalicelib.observability import TRAINING_FAILED, TRAINING_STARTED, TUNING_COMPLETED, TUNING_FAILED, logger
 from chalicelib.lambda_runtime import PipelineError, alert, client_error, count, idempotent, log_keys, settings, store
+from chalicelib.config import Settings
 from chalicelib.state import JobChange
-from contract import COMPLETED, FAILED, IN_PROGRESS, STOPPED, unquote_hyperparameters
+from contract import COMPLETED, FAILED, IN_PROGRESS, STOPPED, TERMINAL_STATUSES, unquote_hyperparameters
 
 if TYPE_CHECKING:  # imported by app.py on first use: the data classes cost the predict route's cold start
     from aws_lambda_powertools.utilities.data_classes import EventBridgeEvent
@@ -71,7 +72,11 @@ def _identify_job(
 
 # -- tuning jobs ------------------------------------------------------------------------
 def handle_tuning_event(event: EventBridgeEvent) -> dict[str, Any]:
-    """Tuning job state change: Completed starts the final job; Failed/Stopped alert."""
+    """Tuning job state change: Completed starts the final job; Failed/Stopped alert.
+
+    Any end first frees the data set's cost-guard slot (:mod:`chalicelib.budget`);
+    the end of a superseded job then only records it.
+    """
     s = settings()
     detail = _detail(event)
     name, status, tags, relevance = _identify_job(detail, "HyperParameterTuningJob", classify_tuning_job, s.name_prefix)
@@ -81,6 +86,11 @@ def handle_tuning_event(event: EventBridgeEvent) -> dict[str, Any]:
     dataset, version = tags.get(TAG_DATASET, ""), tags.get(TAG_VERSION, "")
     log_keys(dataset, tuning_job=name, dataset_version=version)
     event_ms = event_time_ms(_event_time(event), detail)
+    if status in TERMINAL_STATUSES:
+        _free_budget_slot(s, dataset, name)
+        later = budget.superseded_by(name)
+        if later:
+            return _superseded_end(name, status, dataset, version, later, event_ms)
     if status == COMPLETED:
         return _start_final_training(request={"tuning_job": name}, dataset=dataset, version=version, event_ms=event_ms)
     if status in (FAILED, STOPPED):
@@ -94,6 +104,35 @@ def handle_tuning_event(event: EventBridgeEvent) -> dict[str, Any]:
             event_ms=event_ms,
         )
     return {"outcome": "ignored", "reason": f"status {status}", "tuning_job": name}
+
+
+def _free_budget_slot(s: Settings, dataset: str, name: str) -> None:
+    """The tuning job ended: give its data set's slot to the waiting version, if any, and start that one.
+
+    First, before anything else the event does, so a failure further on
+    cannot keep the slot taken. A job that does not hold the slot (superseded,
+    or a duplicate event after the slot moved on) frees nothing. A queued
+    start that SageMaker refuses is alerted and gives the slot back
+    (:func:`chalicelib.uploads.create_tuning_job`); this event goes on.
+    """
+    freed = budget.release(s, dataset, name)
+    if not freed.next_job:
+        return
+    try:
+        uploads.start_queued(s, dataset, freed.next_version, freed.next_job)
+    except PipelineError:
+        logger.exception("the queued version's tuning job could not start", extra={"queued": freed.next_job})
+
+
+def _superseded_end(name: str, status: str, dataset: str, version: str, later: str, event_ms: int | None) -> dict[str, Any]:
+    """A superseded tuning job's end: recorded with why, no alert, no failure metric, no final job."""
+    state = store(settings())
+    reason = f"superseded by version {later}"
+    if state.record_job(name, stage=STAGE_TUNING, dataset=dataset, version=version, status=status, reason=reason,
+                        event_ms=event_ms) is JobChange.REFUSED:
+        return history_kept(name, status, state.job(name))
+    logger.info("superseded tuning job ended; nothing started", extra={"status": status, "superseded_by": later})
+    return {"outcome": "superseded", "tuning_job": name, "status": status, "superseded_by": later}
 
 
 def _tuning_failure_reason(name: str) -> str:

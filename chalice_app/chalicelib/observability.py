@@ -22,6 +22,7 @@ DATASETS_REJECTED = "DatasetsRejected"
 TUNING_STARTED = "TuningJobsStarted"
 TUNING_COMPLETED = "TuningJobsCompleted"
 TUNING_FAILED = "TuningJobsFailed"
+TUNING_OVER_BUDGET = "TuningJobsOverBudget"  # versions rejected by the cost guard (chalicelib.budget)
 TRAINING_STARTED = "TrainingJobsStarted"
 TRAINING_COMPLETED = "TrainingJobsCompleted"
 TRAINING_FAILED = "TrainingJobsFailed"
@@ -43,6 +44,7 @@ PIPELINE_METRICS: tuple[str, ...] = (
     TUNING_STARTED,
     TUNING_COMPLETED,
     TUNING_FAILED,
+    TUNING_OVER_BUDGET,
     TRAINING_STARTED,
     TRAINING_COMPLETED,
     TRAINING_FAILED,

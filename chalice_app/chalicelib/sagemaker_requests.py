@@ -426,6 +426,11 @@ def describe_tuning_job(name: str) -> dict[str, Any]:
     return {"HyperParameterTuningJobName": name}
 
 
+def stop_tuning_job(name: str) -> dict[str, Any]:
+    """StopHyperParameterTuningJob: the cost guard's stop of a superseded tuning job (chalicelib.budget)."""
+    return {"HyperParameterTuningJobName": name}
+
+
 def describe_training_job(name: str) -> dict[str, Any]:
     return {"TrainingJobName": name}
 

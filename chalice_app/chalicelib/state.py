@@ -18,10 +18,15 @@ pk                        sk                attributes
                                             problem, problem_at (why the quiet check
                                             skips it; alerted once), sniff (listing
                                             digest, sampled, unreadable)
-``DATASET#<name>``        ``VERSION#<v>``   classes, image_count, tuning_job, created_at
+``DATASET#<name>``        ``VERSION#<v>``   classes, image_count, tuning_job, created_at,
+                                            budget_status, budget_note, budget_day (the
+                                            cost guard's word on it: :meth:`note_version`)
+``DATASET#<name>``        ``BUDGET``        day, started, running, running_version, queued,
+                                            queued_version, rev (:mod:`chalicelib.budget`;
+                                            written only by :meth:`put_budget`)
 ``JOB#<job name>``        ``JOB``           stage, dataset, version, status, reason, updated_at,
                                             event_ms, alerted (status moves only forward:
-                                            :meth:`record_job`)
+                                            :meth:`record_job`), superseded_by
 ``LATEST``                ``tuning`` /      job, dataset, started_at
                           ``training``
 ``LIVE``                  ``MODEL``         model, training_job, accuracy, labels, dataset,
@@ -72,6 +77,7 @@ TABLE_DEFINITIONS: dict[str, dict[str, Any]] = {
 TTL_ATTRIBUTES: dict[str, str] = {"idempotency_table": "expiration"}
 
 UPLOADS = "UPLOADS"
+BUDGET = "BUDGET"
 
 
 class JobChange(str, Enum):
@@ -262,6 +268,46 @@ class StateStore:
     def version(self, dataset: str, version: str) -> dict[str, Any] | None:
         return self._get(f"DATASET#{dataset}", f"VERSION#{version}")
 
+    def note_version(self, dataset: str, version: str, status: str, note: str, day: str) -> bool:
+        """The cost guard's word on a version (rejected, queued, dropped...); True only when it is new.
+
+        Why conditional: a duplicate marker of an over-budget version must not
+        alert twice the same day, while the same version rejected again on a
+        later day (its uploader retried too early) does alert.
+        """
+        return self._update(
+            f"DATASET#{dataset}",
+            f"VERSION#{version}",
+            "SET budget_status = :s, budget_note = :n, budget_day = :d",
+            {":s": status, ":n": note[:500], ":d": day},
+            "attribute_not_exists(budget_status) OR budget_status <> :s OR budget_day <> :d",
+        )
+
+    # -- the cost guard (chalicelib.budget) -----------------------------------
+    def budget(self, dataset: str) -> dict[str, Any] | None:
+        return self._get(f"DATASET#{dataset}", BUDGET)
+
+    def put_budget(self, dataset: str, item: dict[str, Any], expected_rev: int | None) -> bool:
+        """Write the data set's budget item whole, only if it is still at ``expected_rev``; False when it moved.
+
+        Why compare-and-set: two Lambdas settling two versions at once each read
+        the item, decide, and write; the one whose item moved underneath it
+        loses, reads again and decides again, so two cannot both take the slot.
+        """
+        body = {k: v for k, v in item.items() if v is not None and k not in ("pk", "sk", "rev")}
+        record = {"pk": f"DATASET#{dataset}", "sk": BUDGET, **body, "rev": (expected_rev or 0) + 1}
+        kwargs: dict[str, Any] = {"TableName": self._table, "Item": self._values(record)}
+        if expected_rev is None:
+            kwargs["ConditionExpression"] = "attribute_not_exists(pk)"
+        else:
+            kwargs["ConditionExpression"] = "rev = :rev"
+            kwargs["ExpressionAttributeValues"] = self._values({":rev": expected_rev})
+        try:
+            self._client.put_item(**kwargs)
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
     # -- jobs -----------------------------------------------------------------
     def record_job(
         self,
@@ -322,6 +368,10 @@ class StateStore:
             self._update("LATEST", stage, "SET job = :j, dataset = :d, started_at = :t", {":j": name, ":d": dataset, ":t": now})
         previous = (self._item(old) or {}).get("status")
         return JobChange.SAME if previous == status else JobChange.MOVED
+
+    def mark_superseded(self, name: str, version: str) -> None:
+        """Remember that tuning job ``name`` was stopped for ``version``: its end then alerts nothing and starts nothing."""
+        self._update(f"JOB#{name}", "JOB", "SET superseded_by = :v", {":v": version})
 
     def mark_alerted(self, name: str, status: str) -> None:
         """Remember that ``status`` of job ``name`` was alerted (a later duplicate then is not)."""

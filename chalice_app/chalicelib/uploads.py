@@ -5,7 +5,9 @@ when its uploads have gone quiet (:func:`check_quiet`, scheduled). Settling
 lists and validates the folder (:mod:`chalicelib.datasets`), reading the
 first and last bytes of a bounded sample of its images (:func:`sniff_objects`),
 and then, once per data set version, rejects it with an alert or starts one
-tuning job (alerting the files it skipped, if any).
+tuning job (alerting the files it skipped, if any), within the cost guard's
+budget (:mod:`chalicelib.budget`: rejected over it, stopping or queueing
+behind the data set's running tuning job).
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from chalicelib import clients, naming
+from chalicelib import budget, clients, naming
 from chalicelib import sagemaker_requests as build
+from chalicelib.budget import Action
 from chalicelib.config import Settings
 from chalicelib.datasets import (
     HEAD_BYTES,
@@ -34,7 +37,7 @@ from chalicelib.datasets import (
 from chalicelib.decisions import STAGE_TUNING, pipeline_tags
 from chalicelib.observability import DATASETS_ACCEPTED, DATASETS_REJECTED, TUNING_FAILED, TUNING_STARTED, UPLOADS_SEEN, logger
 from chalicelib.lambda_runtime import PipelineError, alert, client_error, count, idempotent, log_keys, settings, store
-from contract import IN_PROGRESS
+from contract import IN_PROGRESS, TERMINAL_STATUSES
 
 if TYPE_CHECKING:  # imported by app.py on first use: the data classes cost the predict route's cold start
     from aws_lambda_powertools.utilities.data_classes import S3EventBridgeNotificationEvent
@@ -231,11 +234,88 @@ def _settle_version(
 
 
 def start_tuning(s: Settings, dataset: str, version: str, classes: list[str], image_count: int) -> dict[str, Any]:
-    """CreateHyperParameterTuningJob under a deterministic name; ResourceInUse means done already."""
+    """Ask the cost guard (:mod:`chalicelib.budget`), then start, queue or reject this version's tuning job."""
     name = naming.tuning_job_name(s.name_prefix, dataset, version)
     log_keys(dataset, tuning_job=name)
+    if _tuned_before(s, dataset, name):
+        logger.info("this version was tuned before; nothing to start")
+        return {"outcome": "already_started", "tuning_job": name, "dataset": dataset, "version": version}
+    if s.supersede == "queue":
+        _free_a_stale_slot(s, dataset, name)
+    admission = budget.admit(s, dataset, version, name)
+    if admission.action is Action.OVER_BUDGET:
+        budget.reject_over_budget(s, dataset, version, name, admission)
+    store(s).save_version(dataset, version, classes, image_count, name)
+    if admission.action in (Action.QUEUE, Action.QUEUED):
+        return budget.note_queued(s, dataset, version, name, admission)
+    if admission.action is Action.SUPERSEDE:
+        budget.stop_superseded(s, dataset, version, admission)
+    else:
+        budget.note_dropped(s, dataset, version, admission)
+    result = create_tuning_job(s, dataset, version, name)
+    return {**result, "superseded": admission.previous} if admission.action is Action.SUPERSEDE else result
+
+
+def _tuned_before(s: Settings, dataset: str, name: str) -> bool:
+    """The job of this version ran before (its content came back) and holds no slot: its name cannot start again.
+
+    Why ask first: CreateHyperParameterTuningJob would answer ResourceInUse
+    only after the cost guard had counted it, or stopped the running job for it.
+    """
     state = store(s)
-    state.save_version(dataset, version, classes, image_count, name)
+    if state.job(name) is None:
+        return False
+    item = state.budget(dataset) or {}
+    return name not in (item.get("running"), item.get("queued"))
+
+
+def _free_a_stale_slot(s: Settings, dataset: str, name: str) -> None:
+    """Queue mode: a running job that SageMaker says has ended, whose end event never came, frees its slot now.
+
+    Why: in queue mode only that event frees the slot, so a lost one would
+    keep every later version waiting for good. One DescribeHyperParameterTuningJob
+    when a version would wait; the lost end is alerted once (its final job, if
+    it completed, was never started), and a version that waited starts as the
+    event would have started it.
+    """
+    holder = str((store(s).budget(dataset) or {}).get("running") or "")
+    if not holder or holder == name:
+        return
+    try:
+        status = str(clients.client("sagemaker").describe_hyper_parameter_tuning_job(
+            **build.describe_tuning_job(holder)).get("HyperParameterTuningJobStatus", ""))
+    except client_error() as exc:
+        if clients.error_code(exc) not in ("ResourceNotFound", "ValidationException"):
+            raise
+        status = "not found"
+    if status not in (*TERMINAL_STATUSES, "not found"):
+        return
+    freed = budget.release(s, dataset, holder)
+    if freed.item is None:
+        return  # the event arrived meanwhile
+    alert(
+        f"tuning job {holder} ended without its event",
+        {"dataset": dataset, "tuning_job": holder, "status": status, "what_to_do":
+         "its slot is freed now. If it completed, its final training job was not started: change or add a file "
+         "and upload the marker again for a new version, or see the on_tuning_state_change logs"},
+    )
+    if freed.next_job:
+        start_queued(s, dataset, freed.next_version, freed.next_job)
+
+
+def start_queued(s: Settings, dataset: str, version: str, name: str) -> dict[str, Any]:
+    """Start the version that waited for the data set's running tuning job (it holds the slot already)."""
+    logger.info("starting the queued version's tuning job", extra={"queued_job": name, "queued_version": version})
+    return create_tuning_job(s, dataset, version, name)
+
+
+def create_tuning_job(s: Settings, dataset: str, version: str, name: str) -> dict[str, Any]:
+    """CreateHyperParameterTuningJob under a deterministic name; ResourceInUse means done already.
+
+    A refusal gives the cost guard's slot and count back (:func:`budget.refund`),
+    so a data set whose start failed is neither blocked nor charged for it.
+    """
+    state = store(s)
     tags = pipeline_tags(s.name_prefix, STAGE_TUNING, dataset, version)
     request = build.create_tuning_job(s, name=name, dataset=dataset, region=clients.region(), tags=tags)
     try:
@@ -244,8 +324,10 @@ def start_tuning(s: Settings, dataset: str, version: str, classes: list[str], im
         if clients.error_code(exc) == "ResourceInUse":
             logger.info("tuning job already exists; nothing to start")
             return {"outcome": "already_started", "tuning_job": name, "dataset": dataset, "version": version}
+        budget.refund(s, dataset, name)
         count(TUNING_FAILED)
-        alert(f"could not start tuning job {name}", {"dataset": dataset, "error": clients.error_message(exc)})
+        alert(f"could not start tuning job {name}", {"dataset": dataset, "version": version, "error": clients.error_message(exc),
+                                                    "what_to_do": "fix the cause, then upload the data set's marker again"})
         raise PipelineError(f"CreateHyperParameterTuningJob {name}: {clients.error_message(exc)}") from exc
     state.record_job(name, stage=STAGE_TUNING, dataset=dataset, version=version, status=IN_PROGRESS)
     count(TUNING_STARTED)

@@ -98,6 +98,7 @@ _OPERATIONS = {
     "create_endpoint": ("CreateEndpoint", "EndpointName"),
     "update_endpoint": ("UpdateEndpoint", None),
     "describe_hyper_parameter_tuning_job": ("DescribeHyperParameterTuningJob", None),
+    "stop_hyper_parameter_tuning_job": ("StopHyperParameterTuningJob", None),
     "describe_training_job": ("DescribeTrainingJob", None),
     "describe_endpoint": ("DescribeEndpoint", None),
     "list_tags": ("ListTags", None),
@@ -121,6 +122,7 @@ class FakeSageMaker:
         #: the config an UpdateEndpoint asked for; DescribeEndpoint shows the old one until the update ends
         self.pending_config: str | None = None
         self.tags_by_arn: dict[str, list[dict[str, str]]] = {}
+        self.stopped: list[str] = []  # tuning jobs StopHyperParameterTuningJob was accepted for
 
     def __getattr__(self, method: str) -> Any:
         if method not in _OPERATIONS:
@@ -181,9 +183,20 @@ class FakeSageMaker:
             return dict(self.endpoint)
         if operation == "DescribeHyperParameterTuningJob":
             found = self.tuning.get(params["HyperParameterTuningJobName"])
+            if found is None and params["HyperParameterTuningJobName"] in self.created.get("CreateHyperParameterTuningJob", {}):
+                return {"HyperParameterTuningJobName": params["HyperParameterTuningJobName"],
+                        "HyperParameterTuningJobStatus": "InProgress"}  # created, and no test has ended it
             if found is None:
                 raise client_error("ResourceNotFound", "Amazon SageMaker can't find a tuning job", operation)
             return found
+        if operation == "StopHyperParameterTuningJob":
+            name = params["HyperParameterTuningJobName"]
+            if name not in self.created.get("CreateHyperParameterTuningJob", {}):
+                raise client_error("ResourceNotFound", f"Amazon SageMaker can't find a tuning job with name {name}", operation)
+            if name in self.stopped:
+                raise client_error("ValidationException", f"The hyperparameter tuning job {name} is Stopping", operation)
+            self.stopped.append(name)
+            return {}
         if operation == "DescribeTrainingJob":
             found = self.training.get(params["TrainingJobName"])
             if found is None:

@@ -71,6 +71,7 @@ def all_requests(s: Settings) -> dict[str, dict]:
         "CreateEndpoint": build.create_endpoint(s, config_name=config, tags=tags),
         "UpdateEndpoint": build.update_endpoint(s, config_name=config),
         "DescribeHyperParameterTuningJob": build.describe_tuning_job(tuning),
+        "StopHyperParameterTuningJob": build.stop_tuning_job(tuning),
         "DescribeTrainingJob": build.describe_training_job(final),
         "DescribeEndpoint": build.describe_endpoint(s),
         "ListTags": build.list_tags(f"arn:aws:sagemaker:us-east-1:123456789012:training-job/{final}"),

@@ -90,7 +90,7 @@ def test_a_widget_per_pipeline_stage_and_the_endpoint(template: dict[str, Any]) 
     by_title = {w["properties"].get("title", ""): _widget_metrics(w) for w in widgets if w["type"] == "metric"}
     stage_widgets = {
         "uploads": {"UploadsSeen", "DatasetsAccepted", "DatasetsRejected"},
-        "tuning": {"TuningJobsStarted", "TuningJobsCompleted", "TuningJobsFailed"},
+        "tuning": {"TuningJobsStarted", "TuningJobsCompleted", "TuningJobsFailed", "TuningJobsOverBudget"},
         "training": {"TrainingJobsStarted", "TrainingJobsCompleted", "TrainingJobsFailed"},
         "deploy": {"ModelsDeployed", "GateRejections"},
     }

@@ -24,6 +24,8 @@ STATE = {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem"}
 IDEMPOTENCY = {"dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"}
 DATA_SETS = {"s3:ListBucket", "s3:GetObject"}
 TUNING = {"sagemaker:CreateHyperParameterTuningJob", "sagemaker:AddTags", "iam:PassRole"}
+#: The cost guard (chalicelib/budget.py): stop a superseded tuning job, ask about one whose end was lost.
+COST_GUARD = {"sagemaker:DescribeHyperParameterTuningJob", "sagemaker:StopHyperParameterTuningJob"}
 #: Deploying a model: the training handler after its gate, the endpoint handler re-driving the queue.
 DEPLOY = {"sns:Publish", "iam:PassRole", "cloudwatch:DescribeAlarms", "dynamodb:DeleteItem"} | {
     "sagemaker:CreateModel",
@@ -37,10 +39,11 @@ DEPLOY = {"sns:Publish", "iam:PassRole", "cloudwatch:DescribeAlarms", "dynamodb:
 #: lambda_runtime.py), plus its own log group and, for the event handlers, its failure queue.
 EXPECTED = {
     "api_handler": {"sagemaker:InvokeEndpoint", "sagemaker:DescribeEndpoint", "dynamodb:GetItem"},
-    "on_dataset_upload": DATA_SETS | STATE | IDEMPOTENCY | TUNING | {"sns:Publish"},
-    "check_quiet_datasets": DATA_SETS | STATE | {"dynamodb:Scan"} | IDEMPOTENCY | TUNING | {"sns:Publish"},
+    "on_dataset_upload": DATA_SETS | STATE | IDEMPOTENCY | TUNING | COST_GUARD | {"sns:Publish"},
+    "check_quiet_datasets": DATA_SETS | STATE | {"dynamodb:Scan"} | IDEMPOTENCY | TUNING | COST_GUARD | {"sns:Publish"},
     "on_tuning_state_change": STATE
     | IDEMPOTENCY
+    | TUNING
     | {"sns:Publish", "iam:PassRole"}
     | {
         "sagemaker:DescribeHyperParameterTuningJob",

@@ -221,6 +221,38 @@ def test_tuning_job_runs_trials_and_picks_the_best(local_sagemaker, strategy):
     assert tuning_events[-1]["CreationTime"].isdigit()  # a string, as AWS's tuning-job example
 
 
+def test_stop_tuning_job_stops_its_trials_and_emits_stopped(local_sagemaker):
+    """The cost guard's StopHyperParameterTuningJob (issue 15, item 16), as the app builds it."""
+    from chalicelib import sagemaker_requests as build
+
+    sm = sagemaker_client(local_sagemaker)
+    name = "unit-tune-stop"
+    request = tuning_request(name, jobs=4, parallel=2)
+    request["TrainingJobDefinition"]["StaticHyperParameters"].update(epochs="100", sleep="0.5")
+    sm.create_hyper_parameter_tuning_job(**request)
+
+    def training_trials():
+        trials = sm.list_training_jobs_for_hyper_parameter_tuning_job(HyperParameterTuningJobName=name)
+        names = [t["TrainingJobName"] for t in trials["TrainingJobSummaries"]]
+        return names if names and all(
+            sm.describe_training_job(TrainingJobName=n)["SecondaryStatus"] == "Training" for n in names) else None
+
+    trials = wait_for(training_trials, timeout=60)
+    sm.stop_hyper_parameter_tuning_job(**build.stop_tuning_job(name))
+    job = wait_for(lambda: (d := sm.describe_hyper_parameter_tuning_job(HyperParameterTuningJobName=name))[
+        "HyperParameterTuningJobStatus"] in ("Completed", "Failed", "Stopped") and d, timeout=60)
+    assert job["HyperParameterTuningJobStatus"] == "Stopped"
+    assert [sm.describe_training_job(TrainingJobName=n)["TrainingJobStatus"] for n in trials] == ["Stopped"] * len(trials)
+    assert job["TrainingJobStatusCounters"]["Stopped"] == len(trials) and "BestTrainingJob" not in job
+    ended = [e["detail"] for e in local_sagemaker.backend.emitted
+             if e["detail-type"].startswith("SageMaker HyperParameter") and e["detail"]["HyperParameterTuningJobName"] == name]
+    assert ended[-1]["HyperParameterTuningJobStatus"] == "Stopped"
+    # a second stop is refused as AWS refuses it: the app reads that as "not running any more"
+    with pytest.raises(ClientError) as caught:
+        sm.stop_hyper_parameter_tuning_job(**build.stop_tuning_job(name))
+    assert caught.value.response["Error"]["Code"] == "ValidationException"
+
+
 def deploy(sm, job_name: str, suffix: str, endpoint: str, update: bool = False):
     job = sm.describe_training_job(TrainingJobName=job_name)
     sm.create_model(ModelName=f"m-{suffix}", ExecutionRoleArn="arn:aws:iam::123456789012:role/x",
