@@ -39,6 +39,7 @@ from breedline.deploy.stage import (
 from breedline.deploy.template import (
     CAPABILITIES,
     apply_api_auth,
+    apply_cors,
     build_merge_template,
     evaluate_conditions,
     name_functions_and_log_groups,
@@ -294,6 +295,7 @@ def chalice_package(
 
     template = json.loads((chalice_out / "sam.json").read_text())
     apply_api_auth(template, stage.api_auth)
+    apply_cors(template, stage_settings(stage).cors_origins)
     name_functions_and_log_groups(template)
     template["Description"] = f"Breedline stage {stage.name} (packaged by breedline.deploy)"
     template_path = out / "template.json"
