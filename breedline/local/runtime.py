@@ -143,10 +143,13 @@ def load_app(chalice_dir: Path = CHALICE_DIR) -> Any:
 def start_api_server(app: Any, port: int = 0) -> tuple[Any, threading.Thread, str]:
     """Chalice's local dev server around ``app`` on loopback, serving in a thread; its URL is allowed by CORS."""
     from chalice.config import Config
-    from chalice.local import create_local_server
+    from chalice.local import CustomLocalChalice, LocalDevServer, create_local_server
 
     config = Config.create(chalice_stage="local", app_name="breedline", project_dir=str(CHALICE_DIR))
-    server = create_local_server(app, config, "127.0.0.1", port)
+    if isinstance(app, CustomLocalChalice):  # served before in this process: create_local_server converts only once
+        server = LocalDevServer(app, config, "127.0.0.1", port)
+    else:
+        server = create_local_server(app, config, "127.0.0.1", port)
     import chalice.local
 
     # The local server logs every request to stderr; API Gateway's access log is not wanted here.
