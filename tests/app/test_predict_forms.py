@@ -153,3 +153,15 @@ def test_heif_brands_are_sniffed_and_avif_is_refused(http, runtime):
     status, payload = post(http, photo, "image/jpeg")
     assert (status, payload["code"]) == (415, "content_type_mismatch")
     runtime.assert_no_pending_responses()
+
+
+def test_the_lambda_zip_pins_the_python_multipart_tested_here(requirement_pins):
+    """chalice package installs chalice_app/requirements.txt: forms must be parsed by the version tested here."""
+    import python_multipart
+
+    from app_helpers import ROOT
+
+    lambda_pin = requirement_pins(ROOT / "chalice_app" / "requirements.txt").get("python-multipart")
+    assert lambda_pin is not None and lambda_pin == requirement_pins(ROOT / "requirements.txt").get("python-multipart")
+    assert lambda_pin == python_multipart.__version__
+    assert "pillow-heif" not in requirement_pins(ROOT / "chalice_app" / "requirements.txt")  # the Lambda never decodes
