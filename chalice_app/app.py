@@ -164,7 +164,9 @@ def _preflight(path: str) -> Response:
     """A browser's OPTIONS preflight: 204 with the allowed methods and headers, or 403 for another origin."""
     headers = cors.preflight_headers(path, app.current_request.headers.get("origin"), _cors_origins())
     if headers is None:
-        error = PredictError(ORIGIN_NOT_ALLOWED, "This origin may not call the API from a browser (BREEDLINE_CORS_ORIGINS)")
+        error = PredictError(
+            ORIGIN_NOT_ALLOWED, "This origin may not call the API from a browser (BREEDLINE_CORS_ORIGINS)"
+        )
         return _json(error.body(), error.status)
     return Response(body="", status_code=204, headers=headers)
 

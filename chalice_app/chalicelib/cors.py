@@ -14,14 +14,23 @@ its gateway responses from the same setting.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 #: Request headers a page may send: the body's type, the usage plan's key, SigV4 (IAM mode).
-ALLOWED_HEADERS: tuple[str, ...] = ("Content-Type", "x-api-key", "Authorization", "X-Amz-Date", "X-Amz-Security-Token")
+ALLOWED_HEADERS: tuple[str, ...] = (
+    "Content-Type",
+    "x-api-key",
+    "Authorization",
+    "X-Amz-Date",
+    "X-Amz-Security-Token",
+)
 #: How long a browser may reuse a preflight's answer, in seconds.
 MAX_AGE_SECONDS = 600
 #: The methods each route's preflight allows (the route's own and OPTIONS).
-PREFLIGHT_METHODS: dict[str, tuple[str, ...]] = {"/predict": ("POST", "OPTIONS"), "/labels": ("GET", "OPTIONS")}
+PREFLIGHT_METHODS: dict[str, tuple[str, ...]] = {
+    "/predict": ("POST", "OPTIONS"),
+    "/labels": ("GET", "OPTIONS"),
+}
 
 
 def allowed_origin(origin: str | None, allowed: tuple[str, ...]) -> str | None:

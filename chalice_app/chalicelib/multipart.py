@@ -14,6 +14,8 @@ and its bytes are forwarded unchanged, EXIF orientation included.
 
 from __future__ import annotations
 
+from contract import sniff_image
+
 from chalicelib.predict import (
     BAD_MULTIPART,
     CONTENT_TYPES,
@@ -22,7 +24,6 @@ from chalicelib.predict import (
     PredictError,
     media_type,
 )
-from contract import sniff_image
 
 #: The media type each decodable format is checked as when the part declares none of CONTENT_TYPES.
 FORMAT_TYPES: dict[str, str] = {"jpeg": "image/jpeg", "png": "image/png", "heif": "image/heic"}
@@ -104,7 +105,9 @@ def _parse(body: bytes, boundary: bytes) -> list[_Part]:
     except (MultipartParseError, ValueError) as exc:
         raise PredictError(BAD_MULTIPART, f"The multipart/form-data body cannot be parsed ({exc})") from exc
     if not ended[0]:
-        raise PredictError(BAD_MULTIPART, "The multipart/form-data body is cut off (it has no closing boundary)")
+        raise PredictError(
+            BAD_MULTIPART, "The multipart/form-data body is cut off (it has no closing boundary)"
+        )
     return parts
 
 
@@ -124,7 +127,8 @@ def form_image(body: bytes | None, content_type: str | None, max_bytes: int) -> 
         raise PredictError(EMPTY_BODY, "The request body is empty; send a form with one image file")
     if len(body) > max_bytes:
         raise PredictError(
-            PAYLOAD_TOO_LARGE, f"The form is {len(body)} bytes; the limit is {max_bytes} bytes. Resize the image and retry"
+            PAYLOAD_TOO_LARGE,
+            f"The form is {len(body)} bytes; the limit is {max_bytes} bytes. Resize the image and retry",
         )
     boundary = parse_options_header(content_type or "")[1].get(b"boundary")
     if not boundary:

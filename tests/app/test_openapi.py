@@ -14,10 +14,10 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+from chalicelib import cors, predict
 from openapi_spec_validator import validate
 
 from breedline.deploy.template import SECURITY_DEFINITIONS
-from chalicelib import cors, predict
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT = ROOT / "docs" / "openapi.yaml"
@@ -63,7 +63,9 @@ def test_the_document_is_valid_openapi_3_1(spec):
 
 
 def test_every_route_and_method_of_the_app_is_documented_and_nothing_else(spec, app_routes):
-    documented = {(path, method) for path, item in spec["paths"].items() for method in item if method in HTTP_METHODS}
+    documented = {
+        (path, method) for path, item in spec["paths"].items() for method in item if method in HTTP_METHODS
+    }
     assert documented == app_routes
     assert set(predict.ROUTE_ERRORS) == app_routes  # the table names every route too
 
@@ -76,9 +78,15 @@ def test_every_error_code_of_each_route_is_documented_and_only_those(spec):
 
 def test_the_route_table_holds_every_error_the_app_declares():
     """A new ``(status, "code")`` constant in chalicelib.predict must be answered by some route."""
-    declared = {value for name, value in vars(predict).items()
-                if name.isupper() and isinstance(value, tuple) and len(value) == 2
-                and isinstance(value[0], int) and isinstance(value[1], str)}
+    declared = {
+        value
+        for name, value in vars(predict).items()
+        if name.isupper()
+        and isinstance(value, tuple)
+        and len(value) == 2
+        and isinstance(value[0], int)
+        and isinstance(value[1], str)
+    }
     answered = {error for errors in predict.ROUTE_ERRORS.values() for error in errors}
     assert declared == answered
 
@@ -101,8 +109,11 @@ def test_auth_schemes_are_the_ones_the_template_applies(spec):
 
 def test_preflights_and_cors_headers_are_documented(spec):
     preflight = resolve(spec, spec["components"]["responses"]["Preflight"])
-    assert {"Access-Control-Allow-Origin", "Access-Control-Allow-Methods", "Access-Control-Allow-Headers"} <= set(
-        preflight["headers"])
+    assert {
+        "Access-Control-Allow-Origin",
+        "Access-Control-Allow-Methods",
+        "Access-Control-Allow-Headers",
+    } <= set(preflight["headers"])
     for header in cors.ALLOWED_HEADERS:
         assert header in preflight["headers"]["Access-Control-Allow-Headers"]["description"]
     for path, item in spec["paths"].items():
@@ -110,12 +121,21 @@ def test_preflights_and_cors_headers_are_documented(spec):
             for status, response in operation["responses"].items():
                 response = resolve(spec, response)
                 if method != "options" and status.startswith(("2", "5")) or status in ("400", "413", "415"):
-                    assert "Access-Control-Allow-Origin" in response.get("headers", {}), (path, method, status)
+                    assert "Access-Control-Allow-Origin" in response.get("headers", {}), (
+                        path,
+                        method,
+                        status,
+                    )
 
 
 def test_the_prediction_schema_accepts_what_the_route_answers_and_refuses_a_broken_one(spec):
-    schema = {**resolve(spec, spec["components"]["schemas"]["Prediction"]), "$schema": "https://json-schema.org/draft/2020-12/schema"}
-    answer = predict.shape_prediction(b'{"label": "a", "probability": 0.7, "top_k": [{"label": "a", "probability": 0.7}]}', "m1", 5)
+    schema = {
+        **resolve(spec, spec["components"]["schemas"]["Prediction"]),
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+    }
+    answer = predict.shape_prediction(
+        b'{"label": "a", "probability": 0.7, "top_k": [{"label": "a", "probability": 0.7}]}', "m1", 5
+    )
     jsonschema.validate(answer, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({**answer, "probability": 1.5}, schema)

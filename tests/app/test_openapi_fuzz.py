@@ -18,14 +18,20 @@ from typing import Any
 import boto3
 import pytest
 import schemathesis
-from schemathesis.config import SchemathesisConfig
 from hypothesis import HealthCheck, settings
-from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance
+from schemathesis.config import SchemathesisConfig
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Methods a route does not have are tried too, those the local server routes to the app (it answers 405);
 #: TRACE and the like stop in Python's http.server (501), and API Gateway answers them itself.
-CONFIG = SchemathesisConfig.from_dict({"phases": {"coverage": {"unexpected-methods": ["put", "delete", "patch"]}}})
+CONFIG = SchemathesisConfig.from_dict(
+    {"phases": {"coverage": {"unexpected-methods": ["put", "delete", "patch"]}}}
+)
 # HEIC bodies are bytes like any image's: sent as the octet-stream serializer sends them.
 schemathesis.serializer.alias(["image/heic", "image/heif"], "application/octet-stream")
 schema = schemathesis.openapi.from_path(ROOT / "docs" / "openapi.yaml", config=CONFIG)
@@ -45,15 +51,20 @@ def endpoint(env):
     calls: list[dict[str, Any]] = []
 
     def answer(params: dict[str, Any], **_: Any) -> tuple[Any, dict[str, Any]]:
+        import io
+
         from botocore.awsrequest import AWSResponse
         from botocore.response import StreamingBody
-        import io
 
         calls.append(params)
         payload = json.dumps(ANSWER).encode()
         http = AWSResponse("https://runtime.sagemaker.us-east-1.amazonaws.com", 200, {}, None)
-        return http, {"Body": StreamingBody(io.BytesIO(payload), len(payload)), "ContentType": "application/json",
-                      "InvokedProductionVariant": "m1", "ResponseMetadata": {"HTTPStatusCode": 200}}
+        return http, {
+            "Body": StreamingBody(io.BytesIO(payload), len(payload)),
+            "ContentType": "application/json",
+            "InvokedProductionVariant": "m1",
+            "ResponseMetadata": {"HTTPStatusCode": 200},
+        }
 
     client.meta.events.register("before-call.sagemaker-runtime.InvokeEndpoint", answer)
     aws_clients.set_client("sagemaker-runtime", client)
@@ -63,9 +74,9 @@ def endpoint(env):
 
 @pytest.fixture
 def local_api(aws, endpoint, monkeypatch):
-    from breedline.local.runtime import start_api_server
-
     import app as chalice_app
+
+    from breedline.local.runtime import start_api_server
 
     monkeypatch.setenv("BREEDLINE_CORS_ORIGINS", "https://app.example.com")
     server, thread, url = start_api_server(chalice_app.app, 0)
@@ -95,10 +106,22 @@ def json_errors_have_a_code(ctx: Any, response: Any, case: Any) -> bool | None:
 
 @pytest.mark.timeout(240)
 @schema.parametrize()
-@settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
-          suppress_health_check=list(HealthCheck))
+@settings(
+    max_examples=MAX_EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 def test_the_local_api_keeps_its_contract_under_fuzzing(case, local_api):
     response = case.call(base_url=local_api, timeout=30)
-    case.validate_response(response, checks=[status_code_conformance, content_type_conformance,
-                                             response_schema_conformance, json_errors_have_a_code])
+    case.validate_response(
+        response,
+        checks=[
+            status_code_conformance,
+            content_type_conformance,
+            response_schema_conformance,
+            json_errors_have_a_code,
+        ],
+    )
     assert response.status_code != 500

@@ -10,7 +10,6 @@ import json
 
 import pytest
 import requests
-
 from chalicelib.config import Settings
 
 ALLOWED = "https://app.example.com"
@@ -25,17 +24,19 @@ def cors_env(env, monkeypatch):
 
 @pytest.fixture
 def http(cors_env, tmp_path):
-    from chalice.test import Client
-
     import app as chalice_app
+    from chalice.test import Client
 
     with Client(chalice_app.app, project_dir=str(tmp_path)) as client:
         yield client.http
 
 
 def preflight(http, path, origin, method="POST"):
-    headers = {"Origin": origin, "Access-Control-Request-Method": method,
-               "Access-Control-Request-Headers": "content-type,x-api-key"}
+    headers = {
+        "Origin": origin,
+        "Access-Control-Request-Method": method,
+        "Access-Control-Request-Headers": "content-type,x-api-key",
+    }
     return http.request("OPTIONS", path, headers=headers)
 
 
@@ -67,7 +68,9 @@ def test_every_answer_errors_included_names_only_an_allowed_origin(http, runtime
         for response in (
             http.post("/predict", body=b"hello", headers={"Origin": origin, "Content-Type": "text/plain"}),
             http.post("/predict", body=b"", headers={"Origin": origin, "Content-Type": "image/jpeg"}),
-            http.post("/predict", body=b"x", headers={"Origin": origin, "Content-Type": "multipart/form-data"}),
+            http.post(
+                "/predict", body=b"x", headers={"Origin": origin, "Content-Type": "multipart/form-data"}
+            ),
         ):
             assert response.status_code in (400, 415)
             assert response.headers.get("Access-Control-Allow-Origin") == (origin if named else None)
@@ -87,20 +90,23 @@ def test_labels_answer_names_the_allowed_origin(http, monkeypatch):
 
 
 def test_without_origins_there_is_no_cors_at_all(env, tmp_path, monkeypatch):
-    from chalice.test import Client
-
     import app as chalice_app
+    from chalice.test import Client
 
     monkeypatch.delenv("BREEDLINE_CORS_ORIGINS", raising=False)
     with Client(chalice_app.app, project_dir=str(tmp_path)) as client:
         response = preflight(client.http, "/predict", ALLOWED)
         assert response.status_code == 403
-        response = client.http.post("/predict", body=b"x", headers={"Origin": ALLOWED, "Content-Type": "text/plain"})
+        response = client.http.post(
+            "/predict", body=b"x", headers={"Origin": ALLOWED, "Content-Type": "text/plain"}
+        )
         assert response.status_code == 415
         assert not {k.lower() for k in response.headers} & {"access-control-allow-origin", "vary"}
 
 
-@pytest.mark.parametrize("raw", ["*", "https://app.example.com/", "app.example.com", "https://a.example/path"])
+@pytest.mark.parametrize(
+    "raw", ["*", "https://app.example.com/", "app.example.com", "https://a.example/path"]
+)
 def test_an_origin_setting_that_is_no_origin_is_refused_or_normalised(raw):
     if raw == "https://app.example.com/":  # a trailing slash is what people paste: dropped
         assert Settings.from_env({"BREEDLINE_CORS_ORIGINS": raw}).cors_origins == ("https://app.example.com",)
@@ -112,9 +118,9 @@ def test_an_origin_setting_that_is_no_origin_is_refused_or_normalised(raw):
 @pytest.fixture
 def local_api(env, monkeypatch):
     """The local runtime's API server around the app, with the operator's origin set; it adds its own."""
-    from breedline.local.runtime import start_api_server
-
     import app as chalice_app
+
+    from breedline.local.runtime import start_api_server
 
     monkeypatch.setenv("BREEDLINE_CORS_ORIGINS", ALLOWED)
     server, thread, url = start_api_server(chalice_app.app, 0)
@@ -129,18 +135,32 @@ def local_api(env, monkeypatch):
 def test_the_local_api_server_answers_preflights_and_allows_its_own_origin(local_api):
     own = local_api  # the page the local API serves comes from this origin
     for origin in (ALLOWED, own):
-        response = requests.options(f"{local_api}/predict", headers={
-            "Origin": origin, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"},
-            timeout=10)
+        response = requests.options(
+            f"{local_api}/predict",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type",
+            },
+            timeout=10,
+        )
         assert response.status_code == 204, response.text
         assert response.headers["Access-Control-Allow-Origin"] == origin
         assert "POST" in response.headers["Access-Control-Allow-Methods"]
     response = requests.options(f"{local_api}/labels", headers={"Origin": OTHER}, timeout=10)
     assert response.status_code == 403 and response.json()["code"] == "origin_not_allowed"
     assert "Access-Control-Allow-Origin" not in response.headers
-    response = requests.post(f"{local_api}/predict", data=b"GIF89a....", timeout=10,
-                             headers={"Origin": own, "Content-Type": "image/gif"})
+    response = requests.post(
+        f"{local_api}/predict",
+        data=b"GIF89a....",
+        timeout=10,
+        headers={"Origin": own, "Content-Type": "image/gif"},
+    )
     assert response.status_code == 415 and response.headers["Access-Control-Allow-Origin"] == own
-    response = requests.post(f"{local_api}/predict", data=b"GIF89a....", timeout=10,
-                             headers={"Origin": OTHER, "Content-Type": "image/gif"})
+    response = requests.post(
+        f"{local_api}/predict",
+        data=b"GIF89a....",
+        timeout=10,
+        headers={"Origin": OTHER, "Content-Type": "image/gif"},
+    )
     assert response.status_code == 415 and "Access-Control-Allow-Origin" not in response.headers

@@ -13,9 +13,8 @@ import json
 
 import pytest
 from botocore.response import StreamingBody
-from PIL import Image
-
 from decoding import decode_for_size
+from PIL import Image
 
 ANSWER = {"label": "corgi", "probability": 0.9, "top_k": [{"label": "corgi", "probability": 0.9}]}
 BOUNDARY = "----breedline-test-4f1c"
@@ -45,11 +44,19 @@ def assert_upright(data: bytes) -> None:
 def form(*parts: tuple[list[str], bytes], close: bool = True) -> bytes:
     out = b""
     for headers, data in parts:
-        out += f"--{BOUNDARY}\r\n".encode() + "".join(f"{h}\r\n" for h in headers).encode() + b"\r\n" + data + b"\r\n"
+        out += (
+            f"--{BOUNDARY}\r\n".encode()
+            + "".join(f"{h}\r\n" for h in headers).encode()
+            + b"\r\n"
+            + data
+            + b"\r\n"
+        )
     return out + (f"--{BOUNDARY}--\r\n".encode() if close else b"")
 
 
-def file_part(data: bytes, content_type: str | None = "image/jpeg", filename: str = "photo.jpg") -> tuple[list[str], bytes]:
+def file_part(
+    data: bytes, content_type: str | None = "image/jpeg", filename: str = "photo.jpg"
+) -> tuple[list[str], bytes]:
     headers = [f'Content-Disposition: form-data; name="image"; filename="{filename}"']
     if content_type:
         headers.append(f"Content-Type: {content_type}")
@@ -58,9 +65,8 @@ def file_part(data: bytes, content_type: str | None = "image/jpeg", filename: st
 
 @pytest.fixture
 def http(env, tmp_path):
-    from chalice.test import Client
-
     import app as chalice_app
+    from chalice.test import Client
 
     with Client(chalice_app.app, project_dir=str(tmp_path)) as client:
         yield client.http
@@ -69,9 +75,16 @@ def http(env, tmp_path):
 def expect_invoke(runtime, data: bytes, content_type: str) -> None:
     runtime.add_response(
         "invoke_endpoint",
-        {"Body": StreamingBody(io.BytesIO(json.dumps(ANSWER).encode()), len(json.dumps(ANSWER))),
-         "InvokedProductionVariant": "m1"},
-        {"EndpointName": "breedline-classifier", "Body": data, "ContentType": content_type, "Accept": "application/json"},
+        {
+            "Body": StreamingBody(io.BytesIO(json.dumps(ANSWER).encode()), len(json.dumps(ANSWER))),
+            "InvokedProductionVariant": "m1",
+        },
+        {
+            "EndpointName": "breedline-classifier",
+            "Body": data,
+            "ContentType": content_type,
+            "Accept": "application/json",
+        },
     )
 
 
@@ -111,8 +124,18 @@ def _form_cases() -> list[tuple[bytes, str, int, str]]:
     photo = sideways_photo("JPEG")
     return [
         (form(file_part(photo), file_part(photo)), FORM, 400, "bad_multipart"),  # two files
-        (form((['Content-Disposition: form-data; name="note"'], b"hi")), FORM, 400, "bad_multipart"),  # no file
-        (form(file_part(b"", "application/octet-stream", "")), FORM, 400, "bad_multipart"),  # empty file input
+        (
+            form((['Content-Disposition: form-data; name="note"'], b"hi")),
+            FORM,
+            400,
+            "bad_multipart",
+        ),  # no file
+        (
+            form(file_part(b"", "application/octet-stream", "")),
+            FORM,
+            400,
+            "bad_multipart",
+        ),  # empty file input
         (form(file_part(photo), close=False), FORM, 400, "bad_multipart"),  # cut off
         (b"not a form at all", FORM, 400, "bad_multipart"),
         (form(file_part(photo)), "multipart/form-data", 400, "bad_multipart"),  # no boundary
@@ -126,8 +149,9 @@ def _form_cases() -> list[tuple[bytes, str, int, str]]:
 
 
 @pytest.mark.parametrize("data, content_type, status, code", _form_cases())
-def test_bad_forms_are_json_errors_that_never_reach_the_endpoint(http, runtime, monkeypatch, data, content_type,
-                                                                  status, code):
+def test_bad_forms_are_json_errors_that_never_reach_the_endpoint(
+    http, runtime, monkeypatch, data, content_type, status, code
+):
     monkeypatch.setenv("BREEDLINE_MAX_IMAGE_BYTES", "4096")
     got_status, payload = post(http, data, content_type)
     assert (got_status, payload["code"]) == (status, code), payload
@@ -158,10 +182,13 @@ def test_heif_brands_are_sniffed_and_avif_is_refused(http, runtime):
 def test_the_lambda_zip_pins_the_python_multipart_tested_here(requirement_pins):
     """chalice package installs chalice_app/requirements.txt: forms must be parsed by the version tested here."""
     import python_multipart
-
     from app_helpers import ROOT
 
     lambda_pin = requirement_pins(ROOT / "chalice_app" / "requirements.txt").get("python-multipart")
-    assert lambda_pin is not None and lambda_pin == requirement_pins(ROOT / "requirements.txt").get("python-multipart")
+    assert lambda_pin is not None and lambda_pin == requirement_pins(ROOT / "requirements.txt").get(
+        "python-multipart"
+    )
     assert lambda_pin == python_multipart.__version__
-    assert "pillow-heif" not in requirement_pins(ROOT / "chalice_app" / "requirements.txt")  # the Lambda never decodes
+    assert "pillow-heif" not in requirement_pins(
+        ROOT / "chalice_app" / "requirements.txt"
+    )  # the Lambda never decodes

@@ -9,12 +9,11 @@ from __future__ import annotations
 import io
 import json
 
-import pytest
-from PIL import Image
-
 import decoding
 import inference
+import pytest
 from ml_jobs import Job
+from PIL import Image
 
 
 def heic(image: Image.Image, orientation: int | None = None, thumbnails: tuple[int, ...] = ()) -> bytes:
