@@ -301,7 +301,41 @@ def package_size(section: Section) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def multipart_parse(section: Section, quick: bool) -> None:
+    """A form upload's parse (issue 16): python-multipart, as the route does it, against the stdlib's email parser.
+
+    The body is one 4 MB file part, as a browser's form sends a phone photo; both
+    paths return the same bytes (checked), so only the parser's time differs.
+    """
+    import email.parser
+    import email.policy
+
+    from chalicelib.multipart import form_image
+
+    size = 64 * 1024 if quick else BODY_BYTES
+    photo = b"\xff\xd8\xff\xe0" + os.urandom(size - 4)
+    boundary = "----breedline-bench"
+    body = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.jpg"\r\n'
+            f"Content-Type: image/jpeg\r\n\r\n").encode() + photo + f"\r\n--{boundary}--\r\n".encode()
+    content_type = f"multipart/form-data; boundary={boundary}"
+
+    def ours() -> bytes:
+        return form_image(body, content_type, len(body))[0]
+
+    def stdlib() -> bytes:
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            f"Content-Type: {content_type}\r\n\r\n".encode() + body)
+        return next(message.iter_parts()).get_payload(decode=True)
+
+    assert ours() == stdlib() == photo
+    samples = time_interleaved({"ours": ours, "stdlib": stdlib}, repeat=3 if quick else 15)
+    section.rows.append(Row("route", f"multipart form, one {size / 1e6:.1f} MB file part: parse (python-multipart)",
+                            Stats.of(samples["ours"]), "s", baseline=Stats.of(samples["stdlib"]),
+                            note="baseline: the stdlib's email.parser (policy=HTTP) on the same body"))
+
+
 def run(section: Section, quick: bool) -> None:
+    multipart_parse(section, quick)
     handler_time(section, quick)
     import_time(section, quick)
     if quick:

@@ -19,13 +19,14 @@ from typing import Any, Callable
 
 from chalice import Chalice, IAMAuthorizer, Rate, Response
 
-from chalicelib import api, endpoint_events, event_patterns, jobs, lambda_runtime, uploads
+from chalicelib import api, cors, endpoint_events, event_patterns, jobs, lambda_runtime, uploads
 from chalicelib.config import Settings
 from chalicelib.observability import flush, logger
-from chalicelib.predict import CONTENT_TYPES, PredictError
+from chalicelib.predict import CONTENT_TYPES, MULTIPART, ORIGIN_NOT_ALLOWED, STATE_UNAVAILABLE, PredictError
 
 app = Chalice(app_name="breedline")
-for _type in CONTENT_TYPES:
+# Binary: API Gateway then hands the Lambda these bodies base64-encoded, byte for byte.
+for _type in (*CONTENT_TYPES, MULTIPART):
     if _type not in app.api.binary_types:
         app.api.binary_types.append(_type)
 
@@ -37,7 +38,7 @@ if _BOOT.needs_make_deploy:
         "package or chalice deploy would build a stack that cannot work. Run make deploy STAGE=<stage> "
         "(add DRY_RUN=1 to only package it)."
     )
-_STATE_UNAVAILABLE = {"code": "state_unavailable", "message": "Pipeline state cannot be read right now"}
+_STATE_UNAVAILABLE = PredictError(STATE_UNAVAILABLE, "Pipeline state cannot be read right now")
 
 
 def _auth(mode: str, *, private: bool) -> dict[str, Any]:
@@ -120,23 +121,24 @@ def _json(body: Any, status: int = 200) -> Response:
 # Chalice's own error body; the accepted types are checked in chalicelib.predict.
 @app.route("/predict", methods=["POST"], content_types=["*/*"], **_auth(_BOOT.api_auth, private=False))
 def predict() -> Response:
-    """Classify one JPEG or PNG image."""
+    """Classify one JPEG, PNG or HEIC image, sent as the body or as a form's one file."""
     request = app.current_request
     answer, status_code = api.answer_predict(request.to_original_event(), request.headers.get("content-type"))
     return _json(answer, status_code)
 
 
-@app.route("/status", methods=["GET"], **_auth(_BOOT.api_auth, private=True))
+# content_types="*/*" on the GETs too: a stray Content-Type must not get Chalice's own 415 body.
+@app.route("/status", methods=["GET"], content_types=["*/*"], **_auth(_BOOT.api_auth, private=True))
 def status() -> Response:
     """The live model, its accuracy, and the latest jobs with their states."""
     try:
         return _json(api.status())
     except Exception:
         logger.exception("status failed")
-        return _json(_STATE_UNAVAILABLE, 503)
+        return _json(_STATE_UNAVAILABLE.body(), _STATE_UNAVAILABLE.status)
 
 
-@app.route("/labels", methods=["GET"], **_auth(_BOOT.api_auth, private=True))
+@app.route("/labels", methods=["GET"], content_types=["*/*"], **_auth(_BOOT.api_auth, private=True))
 def labels() -> Response:
     """The class names the live model predicts."""
     try:
@@ -145,4 +147,45 @@ def labels() -> Response:
         return _json(exc.body(), exc.status)
     except Exception:
         logger.exception("labels failed")
-        return _json(_STATE_UNAVAILABLE, 503)
+        return _json(_STATE_UNAVAILABLE.body(), _STATE_UNAVAILABLE.status)
+
+
+def _cors_origins() -> tuple[str, ...]:
+    """BREEDLINE_CORS_ORIGINS, read per request (the local runtime adds its own origin after the app loads)."""
+    try:
+        return lambda_runtime.settings().cors_origins
+    except Exception:  # noqa: BLE001 - a broken setting must not turn an answer into a 500; no CORS then
+        logger.exception("BREEDLINE_CORS_ORIGINS cannot be read; answering without CORS headers")
+        return ()
+
+
+@app.middleware("http")
+def cors_headers(event: Any, get_response: Callable[[Any], Response]) -> Response:
+    """Every HTTP answer, errors included, names an allowed ``Origin`` (chalicelib.cors)."""
+    response = get_response(event)
+    headers = cors.answer_headers(event.headers.get("origin"), _cors_origins())
+    response.headers.update(cors.merge_vary(response.headers, headers))
+    return response
+
+
+def _preflight(path: str) -> Response:
+    """A browser's OPTIONS preflight: 204 with the allowed methods and headers, or 403 for another origin."""
+    headers = cors.preflight_headers(path, app.current_request.headers.get("origin"), _cors_origins())
+    if headers is None:
+        error = PredictError(
+            ORIGIN_NOT_ALLOWED, "This origin may not call the API from a browser (BREEDLINE_CORS_ORIGINS)"
+        )
+        return _json(error.body(), error.status)
+    return Response(body="", status_code=204, headers=headers)
+
+
+# Preflights carry no credentials, so these views have no auth in any mode; any Content-Type, so
+# Chalice never answers one with its own 415 body (issue 16: schemathesis found that).
+@app.route("/predict", methods=["OPTIONS"], content_types=["*/*"])
+def predict_preflight() -> Response:
+    return _preflight("/predict")
+
+
+@app.route("/labels", methods=["OPTIONS"], content_types=["*/*"])
+def labels_preflight() -> Response:
+    return _preflight("/labels")

@@ -54,6 +54,13 @@ SERVING_BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx")
 #: The formats the model decodes, by the magic bytes an upload starts with. The predict
 #: route, the serving script and the training decoder all check bodies against these.
 IMAGE_SIGNATURES: tuple[tuple[bytes, str], ...] = ((b"\xff\xd8\xff", "jpeg"), (b"\x89PNG\r\n\x1a\n", "png"))
+#: HEIF (what iPhones store photos as) is an ISO base media file: a ``ftyp`` box at byte 4
+#: whose major brand (bytes 8-12) says what it holds. These brands are HEIC/HEIF still images
+#: (``heic``/``heix``: HEVC, ``mif1``/``msf1``: the generic HEIF image brands), decoded as ``"heif"``
+#: by pillow-heif in the model container; the Lambda only reads these bytes.
+HEIF_BRANDS: tuple[bytes, ...] = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1")
+#: ISO base media brands recognised but never decoded (415), by major brand.
+REFUSED_BRANDS: tuple[tuple[bytes, str], ...] = ((b"avif", "AVIF"), (b"avis", "AVIF"))
 #: Image formats recognised but never decoded (415 whatever the Content-Type says), by magic bytes.
 REFUSED_FORMATS: tuple[tuple[bytes, str], ...] = (
     (b"GIF87a", "GIF"), (b"GIF89a", "GIF"), (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
@@ -62,11 +69,20 @@ REFUSED_FORMATS: tuple[tuple[bytes, str], ...] = (
 )
 
 
+def iso_brand(data: bytes) -> bytes | None:
+    """The major brand of an ISO base media file (HEIF, AVIF, MP4), or None if ``data`` is not one."""
+    if len(data) >= 12 and data[4:8] == b"ftyp":
+        return bytes(data[8:12])
+    return None
+
+
 def sniff_image(data: bytes) -> str | None:
-    """The decodable format (``"jpeg"``/``"png"``) the first bytes announce, or None."""
+    """The decodable format (``"jpeg"``/``"png"``/``"heif"``) the first bytes announce, or None."""
     for magic, fmt in IMAGE_SIGNATURES:
         if data.startswith(magic):
             return fmt
+    if iso_brand(data) in HEIF_BRANDS:
+        return "heif"
     return None
 
 
@@ -74,6 +90,10 @@ def refused_format(data: bytes) -> str | None:
     """The name of a known image format the model never decodes (GIF, BMP, ...), if ``data`` starts with one."""
     for magic, name in REFUSED_FORMATS:
         if data.startswith(magic):
+            return name
+    brand = iso_brand(data)
+    for refused, name in REFUSED_BRANDS:
+        if brand == refused:
             return name
     return None
 

@@ -20,6 +20,16 @@ from PIL import Image, ImageFile, ImageOps
 # A truncated file is an error we count, never a half-grey image we learn from.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
+try:  # HEIC/HEIF (iPhone photos): the serving container installs pillow-heif (serving_requirements.txt)
+    from pillow_heif import register_heif_opener as _register_heif_opener
+except ImportError:  # without it a HEIF body is refused as undecodable, never half-read
+    _register_heif_opener = None
+else:
+    # Thumbnails on: decode_for_size's draft() may decode an embedded one that is big enough.
+    _register_heif_opener(thumbnails=True)
+#: Whether this process can decode HEIF (``"heif"`` in :data:`REQUEST_FORMATS` is only usable then).
+HEIF_AVAILABLE = _register_heif_opener is not None
+
 
 class ImageDecodeError(ValueError):
     """Bytes that are not a complete, decodable image."""
@@ -30,7 +40,7 @@ class DecodeBudgetError(ValueError):
 
 
 #: Pillow format names a request may declare, by the format its magic bytes show.
-REQUEST_FORMATS: dict[str, str] = {"jpeg": "JPEG", "png": "PNG"}
+REQUEST_FORMATS: dict[str, str] = {"jpeg": "JPEG", "png": "PNG", "heif": "HEIF"}
 
 #: Peak bytes per pixel while an image of each Pillow mode is decoded and made RGB by :func:`to_rgb`:
 #: the decoded buffer plus the conversions' copies (measured by ``python -m bench --only decode_budget``,
@@ -45,6 +55,9 @@ PALETTE_ALPHA_EXTRA = 12
 UNKNOWN_MODE_BYTES = 30
 #: The budget in bytes is its megapixels times what an RGBA image costs per pixel (the costliest 8-bit mode).
 BUDGET_BYTES_PER_PIXEL = PEAK_BYTES_PER_PIXEL["RGBA"]
+#: A HEIF decodes through libheif's own planes (YUV, then interleaved RGB) before Pillow's copy:
+#: counted on top of the mode's figure. An estimate from the buffers' sizes (1.5 + 3 bytes), not measured.
+HEIF_EXTRA_BYTES_PER_PIXEL = 5
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,8 @@ def check_budget(image: Image.Image, budget: DecodeBudget) -> None:
     width, height = image.size
     pixels = width * height
     cost = estimated_bytes(image.size, image.mode, "transparency" in image.info)
+    if image.format == "HEIF":
+        cost += pixels * HEIF_EXTRA_BYTES_PER_PIXEL
     if pixels > budget.max_pixels or cost > budget.max_bytes:
         raise DecodeBudgetError(
             f"the image would decode to {width} x {height} pixels ({pixels / 1e6:.1f} MP, mode {image.mode}, "
@@ -179,14 +194,17 @@ def decode_for_size(
 
     JPEGs are decoded by libjpeg at 1/2, 1/4 or 1/8 scale (Pillow's ``draft``),
     never below the size we need: a 12-megapixel photo decodes to ~500 px
-    instead of 4000 px, which is most of the cost of serving it. Other formats
-    decode in full. ``formats`` limits which Pillow decoders may open the bytes
+    instead of 4000 px, which is most of the cost of serving it. A HEIF has no
+    such scaling in libheif; its ``draft`` (pillow-heif) picks an embedded
+    thumbnail when one is at least that big, else it decodes in full, as other
+    formats do. ``formats`` limits which Pillow decoders may open the bytes
     (serving: only the declared one); ``budget`` is checked on the header, after
-    the JPEG draft, before any pixel is decoded.
+    the draft, before any pixel is decoded. HEIF rotation (``irot``/``imir``, which
+    pillow-heif writes from EXIF orientation) is applied by libheif while decoding.
     """
     image = _open(source, formats)
     width, height = image.size
-    if image.format == "JPEG" and min(width, height) > 0:
+    if image.format in ("JPEG", "HEIF") and min(width, height) > 0:
         # EXIF rotation swaps the sides but keeps the shorter one, so this is safe.
         scale = resize_size / min(width, height)
         request = (max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale)))

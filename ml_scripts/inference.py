@@ -63,6 +63,7 @@ from torch import nn
 from backbones import build_model, read_meta
 from contract import REFUSED_FORMATS, SERVING_BACKENDS, refused_format, sniff_image  # noqa: F401 (REFUSED_FORMATS: the serving contract's table)
 from decoding import (
+    HEIF_AVAILABLE,
     REQUEST_FORMATS,
     DecodeBudget,
     DecodeBudgetError,
@@ -77,7 +78,9 @@ from presets import Preprocessing
 CONTENT_TYPE_FORMATS: dict[str, tuple[str, ...]] = {
     "image/jpeg": ("jpeg",),
     "image/png": ("png",),
-    "application/x-image": ("jpeg", "png"),
+    "image/heic": ("heif",),
+    "image/heif": ("heif",),
+    "application/x-image": ("jpeg", "png", "heif"),
 }
 SUPPORTED_CONTENT_TYPES: frozenset[str] = frozenset(CONTENT_TYPE_FORMATS)
 DEFAULT_TOP_K = 5
@@ -291,8 +294,8 @@ def declared_format(body: bytes, media_type: str) -> str:
     if actual is None:
         name = refused_format(body)
         if name is not None:
-            raise InferenceInputError(f"{name} images are not supported; send a JPEG or PNG", 415)
-        raise InferenceInputError("the body is not a JPEG or PNG image (its first bytes say otherwise)", 400,
+            raise InferenceInputError(f"{name} images are not supported; send a JPEG, PNG or HEIC", 415)
+        raise InferenceInputError("the body is not a JPEG, PNG or HEIC image (its first bytes say otherwise)", 400,
                                   "not_an_image")
     if actual not in CONTENT_TYPE_FORMATS[media_type]:
         raise InferenceInputError(f"Content-Type says {media_type} but the body is a {actual.upper()} image", 415,
@@ -322,6 +325,8 @@ def input_fn(body: bytes, content_type: str | None) -> Image.Image:
     if len(body) > _max_bytes():
         raise InferenceInputError(f"image of {len(body)} bytes exceeds the {_max_bytes()} byte limit", 413)
     fmt = declared_format(body, media_type)
+    if fmt == "heif" and not HEIF_AVAILABLE:
+        raise InferenceInputError("this model container cannot decode HEIC/HEIF (pillow-heif is not installed)", 415)
     budget = _decode_budget()
     try:
         if fmt == "png":

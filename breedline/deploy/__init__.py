@@ -48,6 +48,7 @@ from breedline.deploy.teardown import destroy
 from breedline.deploy.template import (
     TABLE_RESOURCES,
     apply_api_auth,
+    apply_cors,
     point_code_at,
     sam_to_cloudformation,
     table_resources,
@@ -59,6 +60,7 @@ __all__ = [
     "Package",
     "Stage",
     "apply_api_auth",
+    "apply_cors",
     "build_parameters",
     "check_policy_prefixes",
     "check_stack_name",

@@ -41,6 +41,7 @@ from breedline.deploy.template import (
     CAPABILITIES,
     add_failure_queues,
     apply_api_auth,
+    apply_cors,
     build_merge_template,
     check_every_function_has_a_row,
     evaluate_conditions,
@@ -327,6 +328,7 @@ def chalice_package(
     template = json.loads((chalice_out / "sam.json").read_text())
     apply_api_auth(template, stage.api_auth)
     check_every_function_has_a_row(template)
+    apply_cors(template, stage_settings(stage).cors_origins)
     name_functions_and_log_groups(template)
     add_failure_queues(template)
     template["Description"] = f"Breedline stage {stage.name} (packaged by breedline.deploy)"

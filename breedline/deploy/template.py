@@ -116,6 +116,37 @@ def apply_api_auth(template: dict[str, Any], mode: str) -> dict[str, Any]:
     return template
 
 
+#: API Gateway's own answers (a missing API key, throttling, its timeout) that reach no Lambda, by type.
+GATEWAY_RESPONSE_TYPES = ("DEFAULT_4XX", "DEFAULT_5XX")
+
+
+def apply_cors(template: dict[str, Any], origins: tuple[str, ...]) -> dict[str, Any]:
+    """The stage's CORS in API Gateway: the preflight methods when origins are set, none otherwise.
+
+    Why here: the app always has its ``OPTIONS`` views (Chalice packages them as
+    Lambda proxy methods without auth, and the Lambda answers each preflight for
+    the origins of ``BREEDLINE_CORS_ORIGINS``); a stage without origins gets no
+    open ``OPTIONS`` methods at all. API Gateway's own errors never reach the
+    Lambda, so for one origin its gateway responses carry that origin; a static
+    header cannot pick one of several, so with several they carry only
+    ``Vary: Origin`` and a browser sees those few errors as network failures
+    (docs/app.md, "CORS").
+    """
+    api = template["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]
+    if not origins:
+        for methods in api.get("paths", {}).values():
+            methods.pop("options", None)
+        api.pop("x-amazon-apigateway-gateway-responses", None)
+        return template
+    headers = {"gatewayresponse.header.Vary": "'Origin'"}
+    if len(origins) == 1:
+        headers["gatewayresponse.header.Access-Control-Allow-Origin"] = f"'{origins[0]}'"
+    api["x-amazon-apigateway-gateway-responses"] = {
+        kind: {"responseParameters": dict(headers)} for kind in GATEWAY_RESPONSE_TYPES
+    }
+    return template
+
+
 #: The parameter of infra/breedline.yaml that every log group's retention comes from.
 LOG_RETENTION_PARAMETER = "LogRetentionDays"
 

@@ -140,6 +140,41 @@ def load_app(chalice_dir: Path = CHALICE_DIR) -> Any:
     return module.app
 
 
+def start_api_server(app: Any, port: int = 0) -> tuple[Any, threading.Thread, str]:
+    """Chalice's local dev server around ``app`` on loopback, serving in a thread; its URL is allowed by CORS."""
+    from chalice.config import Config
+    from chalice.local import CustomLocalChalice, LocalDevServer, create_local_server
+
+    config = Config.create(chalice_stage="local", app_name="breedline", project_dir=str(CHALICE_DIR))
+    if isinstance(app, CustomLocalChalice):  # served before in this process: create_local_server converts only once
+        server = LocalDevServer(app, config, "127.0.0.1", port)
+    else:
+        server = create_local_server(app, config, "127.0.0.1", port)
+    import chalice.local
+
+    # The local server logs every request to stderr; API Gateway's access log is not wanted here.
+    chalice.local.ChaliceRequestHandler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=server.server.serve_forever, name="predict-api", daemon=True)
+    thread.start()
+    host, bound = server.server.server_address[:2]
+    url = f"http://{host}:{bound}"
+    allow_own_origin(url, bound)
+    return server, thread, url
+
+
+def allow_own_origin(url: str, port: int) -> None:
+    """Add the local API's own origin (as 127.0.0.1 and as localhost) to BREEDLINE_CORS_ORIGINS.
+
+    Why after the server starts: its port is only known then, and the app reads
+    the setting per request. The operator's own origins stay first.
+    """
+    current = [o for o in os.environ.get("BREEDLINE_CORS_ORIGINS", "").split(",") if o.strip()]
+    for origin in (url, f"http://localhost:{port}"):
+        if origin not in current:
+            current.append(origin)
+    os.environ["BREEDLINE_CORS_ORIGINS"] = ",".join(current)
+
+
 @dataclass
 class RuntimeInfo:
     """What ``runtime.json`` records: where everything listens, for the CLI and tests."""
@@ -320,20 +355,8 @@ class LocalRuntime:
 
     def _start_api(self) -> str:
         """Chalice's local dev server around the same app object: ``POST /predict`` etc."""
-        from chalice.config import Config
-        from chalice.local import create_local_server
-
-        config = Config.create(chalice_stage="local", app_name="breedline", project_dir=str(CHALICE_DIR))
-        server = create_local_server(self.app, config, "127.0.0.1", self.api_port)
-        import chalice.local
-
-        # The local server logs every request to stderr; API Gateway's access log is not wanted here.
-        chalice.local.ChaliceRequestHandler.log_message = lambda *a, **k: None  # type: ignore[method-assign]
-        self.api_server = server
-        self.api_thread = threading.Thread(target=server.server.serve_forever, name="predict-api", daemon=True)
-        self.api_thread.start()
-        host, port = server.server.server_address[:2]
-        return f"http://{host}:{port}"
+        self.api_server, self.api_thread, url = start_api_server(self.app, self.api_port)
+        return url
 
     # ------------------------------------------------------------------- stop
     def stop(self) -> None:

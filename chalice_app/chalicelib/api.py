@@ -33,11 +33,13 @@ from chalicelib.predict import (
     ENDPOINT_UNREACHABLE,
     INTERNAL_ERROR,
     MODEL_NOT_DEPLOYED,
+    MULTIPART,
     PredictError,
     decode_event_body,
     error_original_message,
     error_status,
     map_invoke_error,
+    media_type,
     shape_prediction,
     validate_image_request,
 )
@@ -98,8 +100,16 @@ def observe_predict(code: str, status: int, elapsed_ms: float) -> None:
 
 
 def predict(body: bytes | None, content_type: str | None) -> dict[str, Any]:
-    """Validate, InvokeEndpoint, shape the answer; every failure is a PredictError."""
+    """Validate, InvokeEndpoint, shape the answer; every failure is a PredictError.
+
+    A ``multipart/form-data`` body is a form with one image part
+    (:mod:`chalicelib.multipart`): that part is checked and forwarded as a plain upload would be.
+    """
     s = settings()
+    if media_type(content_type) == MULTIPART:
+        from chalicelib.multipart import form_image
+
+        body, content_type = form_image(body, content_type, s.image_limit())
     kind = validate_image_request(content_type, body, s.image_limit(), s.max_decode_megapixels)
     client = clients.client("sagemaker-runtime", s.invoke_timeout_seconds)
     from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError

@@ -108,6 +108,25 @@ def kms_key(name: str, raw: str) -> str:
     return raw
 
 
+_ORIGIN = re.compile(r"^https?://[a-z0-9.-]+(:[0-9]{1,5})?$")
+
+
+def origins(name: str, raw: str) -> tuple[str, ...]:
+    """Browser origins (``scheme://host[:port]``, lowercased), as a browser sends them in ``Origin``.
+
+    Why strict: the route compares the header to these strings exactly, so a
+    trailing slash, a path or a ``*`` would silently allow nothing or everything.
+    """
+    found = tuple(part.lower().rstrip("/") for part in comma_list(name, raw))
+    for origin in found:
+        if not _ORIGIN.match(origin):
+            raise ValueError(
+                f"{name}: {origin!r} is not an origin; list each as scheme://host[:port] "
+                "(no path, no wildcard), e.g. https://app.example.com,http://localhost:8000"
+            )
+    return found
+
+
 def extensions(name: str, raw: str) -> tuple[str, ...]:
     return tuple(e.lower() for e in comma_list(name, raw))
 
@@ -288,6 +307,7 @@ class Settings:
     max_decode_megapixels: float = setting("BREEDLINE_MAX_DECODE_MEGAPIXELS", "16", "Decode budget of one predict image, checked on its header before any pixel is decoded, by the route (a lower bound) and by the model container (passed in the model's Environment): at most this many decoded megapixels (a JPEG counted at its reduced draft size), and at most this many megapixels of RGBA in estimated decode memory (20 bytes a pixel: 320 MB at 16; a 16-bit grey PNG costs 23, RGB 4). Larger images get 413 image_too_large. 16 accepts 12 MP phone photos in every mode (docs/reliability.md).", megapixels)
     invoke_timeout_seconds: float = setting("BREEDLINE_INVOKE_TIMEOUT_SECONDS", "25", "Time budget of the predict route's InvokeEndpoint call (connect plus read, one attempt, no botocore retry); when it runs out the route answers 504 endpoint_timeout. At most 27: API Gateway gives up after 29 s.", invoke_budget)
     api_auth: str = setting("BREEDLINE_API_AUTH", "api_key", "Auth of POST /predict: api_key (usage plan), iam or none. /status and /labels use iam when this is none (read when the app is packaged).", one_of(API_AUTH_MODES))
+    cors_origins: tuple[str, ...] = setting("BREEDLINE_CORS_ORIGINS", "", "Comma-separated browser origins (scheme://host[:port]) allowed to call the API from a web page: /predict and /labels answer their preflights (OPTIONS), and every answer, errors included, carries Access-Control-Allow-Origin for an allowed Origin and nothing for any other. Empty: no CORS. The local runtime adds its own API's origin. Read per request; make deploy keeps the preflight (OPTIONS) methods in API Gateway only for a stage that sets it (docs/app.md, CORS).", origins)
     # Packaging
     needs_make_deploy: bool = setting("BREEDLINE_NEEDS_MAKE_DEPLOY", "false", "true in the AWS stages of config.json: the stack fills in their bucket, role, tables, name prefix and image URIs, so app.py refuses to load with it and a raw chalice package or deploy stops; make deploy's build copy removes it.", flag)
     # Observability (read by Powertools itself; listed so they are documented and validated per stage)

@@ -22,7 +22,9 @@ except ImportError:  # a Lambda zip built without it still works, at the stdlib'
     _fast_base64 = None
 
 #: Content types the route accepts, mapped to the format their magic bytes must show.
-CONTENT_TYPES: dict[str, str] = {"image/jpeg": "jpeg", "image/png": "png"}
+CONTENT_TYPES: dict[str, str] = {"image/jpeg": "jpeg", "image/png": "png", "image/heic": "heif", "image/heif": "heif"}
+#: A form upload: one image part, whose own Content-Type (or magic bytes) is one of CONTENT_TYPES.
+MULTIPART = "multipart/form-data"
 #: Peak decode bytes per pixel of the Pillow mode each PNG (colour type, bit depth) opens as: the same
 #: figures as ml_scripts/decoding.py's PEAK_BYTES_PER_PIXEL (a test keeps them equal). A palette is
 #: counted without transparency, so the route's estimate never exceeds the model's.
@@ -56,6 +58,7 @@ BAD_MODEL_RESPONSE = (502, "bad_model_response")
 ENDPOINT_UNREACHABLE = (502, "endpoint_unreachable")
 ENDPOINT_TIMEOUT = (504, "endpoint_timeout")
 INTERNAL_ERROR = (502, "internal_error")
+BAD_MULTIPART = (400, "bad_multipart")
 
 ALL_ERRORS: tuple[tuple[int, str], ...] = (
     UNSUPPORTED_MEDIA_TYPE,
@@ -75,7 +78,20 @@ ALL_ERRORS: tuple[tuple[int, str], ...] = (
     ENDPOINT_UNREACHABLE,
     ENDPOINT_TIMEOUT,
     INTERNAL_ERROR,
+    BAD_MULTIPART,
 )
+#: The other routes' errors (GET /status and /labels, the CORS preflights); :data:`ROUTE_ERRORS` says which route answers which.
+STATE_UNAVAILABLE = (503, "state_unavailable")
+ORIGIN_NOT_ALLOWED = (403, "origin_not_allowed")
+#: Every error each route answers, by (path, method): the one table docs/openapi.yaml is checked
+#: against (tests/app/test_openapi.py), in both directions.
+ROUTE_ERRORS: dict[tuple[str, str], tuple[tuple[int, str], ...]] = {
+    ("/predict", "post"): ALL_ERRORS,
+    ("/predict", "options"): (ORIGIN_NOT_ALLOWED,),
+    ("/labels", "get"): (MODEL_NOT_DEPLOYED, STATE_UNAVAILABLE),
+    ("/labels", "options"): (ORIGIN_NOT_ALLOWED,),
+    ("/status", "get"): (STATE_UNAVAILABLE,),
+}
 
 
 class PredictError(Exception):
@@ -180,6 +196,8 @@ def check_decode_budget(body: bytes, fmt: str, max_megapixels: float) -> None:
             raise PredictError(UNDECODABLE_IMAGE, "The PNG is truncated (it does not end with its IEND chunk)")
         width, height, depth, colour = header
         pixels, per_pixel = width * height, PNG_PEAK_BYTES_PER_PIXEL[(colour, depth)]
+    elif fmt == "heif":
+        return  # its size is deep in the meta box; the model checks it on the header before decoding
     else:
         size = jpeg_size(body)
         if size is None:
@@ -206,7 +224,7 @@ def validate_image_request(
     """
     kind = media_type(content_type)
     if kind not in CONTENT_TYPES:
-        allowed = ", ".join(CONTENT_TYPES)
+        allowed = ", ".join((*CONTENT_TYPES, MULTIPART))
         raise PredictError(UNSUPPORTED_MEDIA_TYPE, f"Content-Type {kind or '(none)'!r} is not supported; send {allowed}")
     if not body:
         raise PredictError(EMPTY_BODY, "The request body is empty; send the image bytes as the body")
@@ -218,8 +236,8 @@ def validate_image_request(
     if actual is None:
         refused = refused_format(body)
         if refused is not None:
-            raise PredictError(UNSUPPORTED_MEDIA_TYPE, f"The body is a {refused} image; send a JPEG or PNG")
-        raise PredictError(NOT_AN_IMAGE, "The body is not a JPEG or PNG image (its first bytes say otherwise)")
+            raise PredictError(UNSUPPORTED_MEDIA_TYPE, f"The body is a {refused} image; send a JPEG, PNG or HEIC")
+        raise PredictError(NOT_AN_IMAGE, "The body is not a JPEG, PNG or HEIC image (its first bytes say otherwise)")
     if actual != CONTENT_TYPES[kind]:
         raise PredictError(
             CONTENT_TYPE_MISMATCH, f"Content-Type says {kind} but the body is a {actual.upper()} image"

@@ -59,7 +59,9 @@ def test_package_builds_a_small_zip_without_heavy_dependencies(packaged):
     assert "contract.py" in names  # the shared vocabulary, from the build copy's vendor/
     # The predict route's fast base64 decoder, as a compiled Lambda-platform extension.
     assert any(n.startswith("pybase64/_pybase64") and n.endswith(".so") for n in names)
-    for heavy in ("torch/", "sagemaker/", "botocore/", "boto3/", "numpy/"):
+    # Forms on /predict (issue 16): the parser is in the zip; HEIC is never decoded there, so no pillow-heif.
+    assert any(n.startswith("python_multipart/") for n in names)
+    for heavy in ("torch/", "sagemaker/", "botocore/", "boto3/", "numpy/", "pillow_heif/", "PIL/"):
         assert not any(n.startswith(heavy) for n in names), heavy
     print(f"deployment.zip: {size} bytes ({size / 1024 / 1024:.2f} MiB), {len(names)} files")
 

@@ -126,6 +126,7 @@ BAD_REQUESTS = [
         (b"", "image/jpeg", 400, "empty_body"),
         (b"this is not an image", "image/jpeg", 400, "not_an_image"),
         (JPEG + b"\x00" * 5000, "image/jpeg", 413, "payload_too_large"),
+        (b"--x\r\n", "multipart/form-data", 400, "bad_multipart"),  # no boundary (tests/app/test_predict_forms.py)
 ]
 
 

@@ -206,3 +206,44 @@ def test_autoscaling_is_switched_on_only_for_an_existing_instance_endpoint(packa
     serverless = copy.deepcopy(stage)
     serverless.environment["BREEDLINE_SERVERLESS_MEMORY_MB"] = "2048"
     assert deploy.build_parameters(serverless, endpoint_variant="v", **kwargs)["EnableEndpointAutoscaling"] == "false"
+
+
+def _chalice_sam(packaged: deploy.Package) -> dict[str, Any]:
+    """``chalice package``'s own template, before the stage's auth and CORS were applied to it."""
+    return json.loads((packaged.out_dir / "chalice" / "sam.json").read_text())
+
+
+def test_a_stage_without_cors_origins_has_no_open_preflight(template: dict[str, Any]) -> None:
+    api = template["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]
+    assert all("options" not in methods for methods in api["paths"].values())
+    assert "x-amazon-apigateway-gateway-responses" not in api
+
+
+@pytest.mark.parametrize("origins", [("https://app.example.com",), ("https://app.example.com", "http://localhost:8000")])
+def test_cors_origins_open_the_preflights_and_name_the_origin_on_gateway_errors(
+    packaged: deploy.Package, origins: tuple[str, ...]
+) -> None:
+    """The app's OPTIONS views become unauthenticated Lambda methods; API Gateway's own errors carry the origin."""
+    t = _chalice_sam(packaged)
+    deploy.apply_api_auth(t, "api_key")
+    deploy.apply_cors(t, origins)
+    deploy.point_code_at(t, "artifacts-bucket", "lambda.zip")
+    api = t["Resources"]["RestAPI"]["Properties"]["DefinitionBody"]
+    for path in ("/predict", "/labels"):
+        preflight = api["paths"][path]["options"]
+        assert "security" not in preflight  # browsers send preflights without the key
+        assert preflight["x-amazon-apigateway-integration"]["type"] == "aws_proxy"
+    assert "options" not in api["paths"]["/status"]
+    assert api["paths"]["/predict"]["post"]["security"] == [{"api_key": []}]
+    responses = api["x-amazon-apigateway-gateway-responses"]
+    assert set(responses) == {"DEFAULT_4XX", "DEFAULT_5XX"}
+    for response in responses.values():
+        params = response["responseParameters"]
+        assert params["gatewayresponse.header.Vary"] == "'Origin'"
+        if len(origins) == 1:
+            assert params["gatewayresponse.header.Access-Control-Allow-Origin"] == "'https://app.example.com'"
+        else:  # a static header cannot choose among several origins: none rather than a wrong one
+            assert "gatewayresponse.header.Access-Control-Allow-Origin" not in params
+    expanded = deploy.sam_to_cloudformation(t, packaged.parameters, "us-east-1")
+    rest = next(r for r in expanded["Resources"].values() if r["Type"] == "AWS::ApiGateway::RestApi")
+    assert "options" in rest["Properties"]["Body"]["paths"]["/predict"]

@@ -359,5 +359,5 @@ def test_serving_requirements_pin_what_the_tests_run(requirement_pins) -> None:
     root = Path(train.__file__).resolve().parent.parent
     serving = requirement_pins(root / "ml_scripts" / train.SERVING_REQUIREMENTS)
     dev = requirement_pins(root / "requirements.txt")
-    for name in ("onnx", "onnxruntime", "efficientnet-lite-pytorch"):
+    for name in ("onnx", "onnxruntime", "efficientnet-lite-pytorch", "pillow-heif"):
         assert serving[name] == dev[name], name
