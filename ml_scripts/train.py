@@ -43,12 +43,13 @@ import torch
 from torch import nn
 
 import checkpoints
+import evaluation
 from backbones import PretrainedWeightsError, build_model, count_parameters, parameter_groups, set_train_mode
 from checkpoints import Progress
-from contract import CHANNELS, format_metric
+from contract import CHAMPION_CHANNEL, CHANNELS, EVALUATION_FILE, format_metric
 from debugging import Debugger
-from image_folder import (CachedImageDataset, DataSetError, Split, batch_to_model_input, collate_skip_bad,
-                          scan_dataset)
+from image_folder import (CachedImageDataset, DataSetError, Indexed, Split, batch_to_model_input,
+                          collate_indexed, collate_skip_bad, scan_dataset)
 from job_config import (Paths, cpu_count, gpu_allowed, parse_args, report_skipped, run_hyperparameters,
                         use_pretrained_channel, write_failure)
 from presets import Preprocessing
@@ -63,7 +64,8 @@ SERVING_FILES: tuple[str, ...] = (
 SERVING_REQUIREMENTS = "serving_requirements.txt"
 #: Per epoch in ``model_meta.json``'s ``history``: the epoch metric lines' values (None if a resumed
 #: checkpoint's history predates the key).
-HISTORY_KEYS: tuple[str, ...] = ("epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy")
+HISTORY_KEYS: tuple[str, ...] = ("epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy",
+                                 "valid_balanced_accuracy", "valid_macro_f1")
 
 
 def default_num_workers(cpus: int, cached: bool, cuda: bool = False) -> int:
@@ -116,6 +118,8 @@ class Trainer:
         self.device = torch.device("cuda" if self.cuda else "cpu")
         self.channels_last = args.channels_last == "true" or (args.channels_last == "auto" and self.cuda)
         self.loss_fn = nn.CrossEntropyLoss()
+        #: The model's class count (set by :func:`train` once the data is scanned).
+        self.num_classes = 0
         #: How uint8 batches become model input (``image_folder.batch_to_model_input``).
         self.prep = Preprocessing(image_size=args.image_size)
 
@@ -133,8 +137,14 @@ class Trainer:
         optimizer: torch.optim.Optimizer | None = None,
         scaler: Any = None,
         profiler: StepProfiler | None = None,
-    ) -> dict[str, float]:
-        """One pass over ``loader``: training steps when ``optimizer`` is given, else evaluation."""
+        collect: bool = False,
+    ) -> dict[str, Any]:
+        """One pass over ``loader``: training steps when ``optimizer`` is given, else evaluation.
+
+        An evaluation also returns ``balanced_accuracy`` and ``macro_f1``; with
+        ``collect`` (a loader of ``image_folder.collate_indexed`` batches) it
+        returns every image's float32 ``logits``, ``labels`` and dataset ``indices`` too.
+        """
         train = optimizer is not None
         if train:
             set_train_mode(model)
@@ -142,12 +152,16 @@ class Trainer:
             model.eval()
         debugger.set_mode(phase)
         total_loss, correct, seen, skipped = 0.0, 0, 0, 0
+        predicted: list[torch.Tensor] = []
+        truth: list[torch.Tensor] = []
+        logits_seen: list[torch.Tensor] = []
+        indices_seen: list[torch.Tensor] = []
         grad = torch.enable_grad() if train else torch.no_grad()
         iterator = iter(loader)
         while True:
             t0 = time.perf_counter()
             try:
-                images, labels, bad = next(iterator)
+                images, labels, bad, *indices = next(iterator)
             except StopIteration:
                 break
             t1 = time.perf_counter()
@@ -169,13 +183,30 @@ class Trainer:
             total_loss += float(loss.detach()) * n
             correct += int((logits.detach().argmax(1) == labels).sum())
             seen += n
+            if not train:
+                predicted.append(logits.detach().argmax(1).cpu())
+                truth.append(labels.cpu())
+            if collect:
+                logits_seen.append(logits.detach().float().cpu())
+                indices_seen.append(indices[0])
             if profiler is not None:
                 if self.cuda:
                     torch.cuda.synchronize()
                 profiler.record(t1 - t0, time.perf_counter() - t1)
         if seen == 0:
             raise DataSetError(f"no readable images in the {phase} split ({skipped} skipped)")
-        return {"loss": total_loss / seen, "accuracy": correct / seen, "skipped": skipped, "seen": seen}
+        result: dict[str, Any] = {"loss": total_loss / seen, "accuracy": correct / seen, "skipped": skipped,
+                                  "seen": seen}
+        if not train:
+            labels_all = torch.cat(truth).numpy()
+            scores = evaluation.classification_metrics(
+                labels_all, torch.cat(predicted).numpy(), [str(i) for i in range(self.num_classes)]
+            )
+            result.update(balanced_accuracy=scores["balanced_accuracy"], macro_f1=scores["macro_f1"])
+            if collect:
+                result.update(logits=torch.cat(logits_seen).numpy(), labels=labels_all,
+                              indices=torch.cat(indices_seen).numpy())
+        return result
 
     def num_workers(self, dataset: torch.utils.data.Dataset) -> int:
         """``--num_workers`` if given, else :func:`default_num_workers` for this split."""
@@ -184,9 +215,10 @@ class Trainer:
         return default_num_workers(cpu_count(), cached=bool(getattr(dataset, "cached", False)), cuda=self.cuda)
 
     def loader(
-        self, dataset: torch.utils.data.Dataset, shuffle: bool, workers: int | None = None
+        self, dataset: torch.utils.data.Dataset, shuffle: bool, workers: int | None = None,
+        collate: Any = collate_skip_bad,
     ) -> torch.utils.data.DataLoader:
-        """Batches of (uint8 NHWC images, labels, bad-item count); ``workers`` None: :meth:`num_workers`."""
+        """Batches of (uint8 NHWC images, labels, bad count[, indices]); ``workers`` None: num_workers()."""
         if workers is None:
             workers = self.num_workers(dataset)
         generator = torch.Generator()
@@ -196,7 +228,7 @@ class Trainer:
             batch_size=self.args.batch_size,
             shuffle=shuffle,
             num_workers=workers,
-            collate_fn=collate_skip_bad,
+            collate_fn=collate,
             pin_memory=self.cuda,
             persistent_workers=workers > 0,
             generator=generator,
@@ -235,9 +267,11 @@ def train_one_epoch(
     return trainer.run_epoch(run.net, loader, "train", run.debugger, run.optimizer, run.scaler, profiler)
 
 
-def evaluate(trainer: Trainer, run: Run, loader: torch.utils.data.DataLoader, phase: str) -> dict[str, float]:
-    """Loss and accuracy on the valid or test split, without gradients."""
-    return trainer.run_epoch(run.net, loader, phase, run.debugger)
+def evaluate(
+    trainer: Trainer, run: Run, loader: torch.utils.data.DataLoader, phase: str, collect: bool = False
+) -> dict[str, Any]:
+    """Loss, accuracy, balanced accuracy and macro-F1 on the valid or test split, without gradients."""
+    return trainer.run_epoch(run.net, loader, phase, run.debugger, collect=collect)
 
 
 def load_splits(args: argparse.Namespace, paths: Paths, cpus: int) -> dict[str, Split]:
@@ -268,11 +302,33 @@ def build_datasets(splits: dict[str, Split], prep: Preprocessing, cpus: int) -> 
     return datasets
 
 
+def weigh_classes(
+    args: argparse.Namespace, trainer: Trainer, train_set: CachedImageDataset, class_names: list[str]
+) -> tuple[bool, str]:
+    """``--class_weights``: weigh the loss by inverse class frequency when on (or ``auto`` finds imbalance).
+
+    The weights are ``n / (k * n_c)`` over the readable train images, in every
+    phase's loss (so ``valid_loss``, which early stopping and tuning read,
+    weighs each class the same as training does). docs/ml.md says why.
+    """
+    counts = np.bincount([label for _, label in train_set.samples], minlength=len(class_names)).tolist()
+    enabled, reason = evaluation.class_weighting(args.class_weights, counts)
+    if enabled:
+        trainer.loss_fn = nn.CrossEntropyLoss(weight=evaluation.class_weights(counts).to(trainer.device))
+    print(f"class weighting: {'on' if enabled else 'off'} ({reason})", flush=True)
+    return enabled, reason
+
+
 def build_loaders(
     args: argparse.Namespace, trainer: Trainer, datasets: dict[str, CachedImageDataset]
 ) -> dict[str, torch.utils.data.DataLoader]:
-    """One loader per split: on the CPU cached splits load in-process, the test split with workers."""
-    loaders = {name: trainer.loader(ds, shuffle=name == "train") for name, ds in datasets.items()}
+    """One loader per split: on the CPU cached splits load in-process, the test split with workers.
+
+    The test split's batches carry each image's index (``image_folder.Indexed``): its
+    evaluation names the files of the worst mistakes.
+    """
+    loaders = {name: trainer.loader(datasets[name], shuffle=name == "train") for name in ("train", "valid")}
+    loaders["test"] = trainer.loader(Indexed(datasets["test"]), shuffle=False, collate=collate_indexed)
     print("loader workers: " + ", ".join(f"{name}={loader.num_workers}" for name, loader in loaders.items())
           + ("" if args.num_workers is None else " (--num_workers)"), flush=True)
     return loaders
@@ -318,9 +374,14 @@ def fit(
         metric("train_accuracy", tr["accuracy"], epoch)
         metric("valid_loss", va["loss"], epoch)
         metric("valid_accuracy", va["accuracy"], epoch)
+        metric("valid_balanced_accuracy", va["balanced_accuracy"], epoch)
+        metric("valid_macro_f1", va["macro_f1"], epoch)
         metric("epoch_seconds", seconds, epoch)
         progress.history.append({"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
-                                 "valid_loss": va["loss"], "valid_accuracy": va["accuracy"], "epoch_seconds": seconds})
+                                 "valid_loss": va["loss"], "valid_accuracy": va["accuracy"],
+                                 "valid_balanced_accuracy": va["balanced_accuracy"],
+                                 "valid_macro_f1": va["macro_f1"],
+                                 "epoch_seconds": seconds})
         checkpoints.record_epoch(folder, progress, epoch, va["loss"], run.model, run.optimizer, signature)
         run.debugger.after_epoch(epoch, args.epochs)
         if progress.bad_epochs >= args.patience:
@@ -366,18 +427,91 @@ def save_model(
     shutil.copyfile(HERE / SERVING_REQUIREMENTS, code / "requirements.txt")
 
 
+def valid_logits_of_best(
+    args: argparse.Namespace, trainer: Trainer, datasets: dict[str, CachedImageDataset],
+    state: dict[str, torch.Tensor],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The best weights' logits on ``valid`` (for the temperature), from a fresh copy of the network.
+
+    Why a copy: the trained module carries the Debugger's hooks, and another
+    pass through it would add EVAL steps after the test to the trial the rules read.
+    """
+    module = build_model(args.model, trainer.num_classes, image_size=args.image_size, pretrained=False)
+    module.load_state_dict(state)
+    module = module.to(trainer.device)
+    if trainer.channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    loader = trainer.loader(Indexed(datasets["valid"]), shuffle=False, collate=collate_indexed)
+    def to_input(x: torch.Tensor) -> torch.Tensor:
+        return batch_to_model_input(x, trainer.prep, trainer.device, trainer.channels_last)
+
+    logits, labels, _ = evaluation.predict_logits(module, loader, to_input, trainer.autocast)
+    return logits, labels
+
+
+def evaluate_champion(
+    paths: Paths, trainer: Trainer, split: Split, class_names: list[str]
+) -> dict[str, float] | None:
+    """The live model (the ``champion`` channel) on the same test images, with its own preprocessing.
+
+    None, after one log line saying why, when there is no champion, it cannot
+    be loaded, or it predicts another class list.
+    """
+    champion, why = evaluation.load_champion(paths.champion_dir, class_names)
+    if champion is None:
+        if why:
+            print(why, flush=True)
+        return None
+    try:
+        prep = Preprocessing.from_meta(champion.meta)
+        module = champion.module.to(trainer.device)
+        if trainer.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        dataset = Indexed(CachedImageDataset(split, prep, train=False, cache=False))
+        logits, labels, _ = evaluation.predict_logits(
+            module, trainer.loader(dataset, shuffle=False, collate=collate_indexed),
+            lambda x: batch_to_model_input(x, prep, trainer.device, trainer.channels_last), trainer.autocast,
+        )
+        if len(labels) == 0:
+            raise DataSetError("no readable test images")
+    except Exception as exc:  # noqa: BLE001 - the champion's failure never fails the new model's job
+        print(f"champion: not evaluated ({type(exc).__name__}: {json.dumps(str(exc)[:300])})", flush=True)
+        return None
+    scores = evaluation.champion_scores(logits, labels, class_names)
+    print(f"champion: the {CHAMPION_CHANNEL} channel's model ({champion.meta.get('architecture')}) "
+          f"evaluated on {scores['num_images']} test images", flush=True)
+    return scores
+
+
 def test_and_save(
     args: argparse.Namespace, paths: Paths, trainer: Trainer, run: Run,
     loaders: dict[str, torch.utils.data.DataLoader], datasets: dict[str, CachedImageDataset],
-    class_names: list[str], progress: Progress,
+    splits: dict[str, Split], progress: Progress, weighting: tuple[bool, str],
 ) -> dict[str, float]:
-    """The test split on the best weights, then the skipped-image report and the model directory."""
+    """The test split on the best weights, calibration, the champion, the model directory, evaluation.json."""
+    class_names = splits["train"].class_names
     if progress.best_state is not None:
         run.model.load_state_dict(progress.best_state)
-    te = evaluate(trainer, run, loaders["test"], "test")
+    te = evaluate(trainer, run, loaders["test"], "test", collect=True)
     metric("test_loss", te["loss"])
     metric("test_accuracy", te["accuracy"])
     run.debugger.close()
+    best_state = progress.best_state or checkpoints.cpu_state(run.model)
+    valid_logits, valid_labels = valid_logits_of_best(args, trainer, datasets, best_state)
+    champion = evaluate_champion(paths, trainer, splits["test"], class_names)
+    test_files = evaluation.relative_files([datasets["test"].samples[i][0] for i in te["indices"]],
+                                           splits["test"].root)
+    final = evaluation.final_evaluation(
+        class_names=class_names, test_logits=te["logits"], test_labels=te["labels"], test_files=test_files,
+        valid_logits=valid_logits, valid_labels=valid_labels,
+        train_labels=np.array([label for _, label in datasets["train"].samples], dtype=np.int64),
+        weighting=weighting, champion=champion,
+    )
+    for name, value in final.metrics.items():
+        metric(name, value)
+    print(f"calibration: temperature {final.temperature:.4f} fitted on {len(valid_labels)} valid images "
+          f"(valid ECE {final.document['calibration']['ece_before']:.4f} -> "
+          f"{final.document['calibration']['ece_after']:.4f})", flush=True)
     counts = report_skipped(paths, {name: list(ds.skipped) for name, ds in datasets.items()}, te["skipped"])
     history, best_epoch = progress.history, progress.best_epoch
     metrics = {
@@ -385,13 +519,21 @@ def test_and_save(
         "valid_accuracy": next((h["valid_accuracy"] for h in history if h["epoch"] == best_epoch), float("nan")),
         "test_loss": te["loss"],
         "test_accuracy": te["accuracy"],
+        **final.metrics,
     }
     save_model(
-        paths, progress.best_state or checkpoints.cpu_state(run.model), args, class_names, trainer.prep, metrics,
+        paths, best_state, args, class_names, trainer.prep, metrics,
         {"best_epoch": best_epoch, "epochs_run": len(history), "skipped_images": counts,
+         "temperature": final.temperature,
+         "class_weighting": final.document["class_weighting"],
          "history": [{key: h.get(key) for key in HISTORY_KEYS} for h in history]},
     )
-    print(f"model saved to {paths.model_dir} (best epoch {best_epoch})", flush=True)
+    text = json.dumps(final.document, indent=2, allow_nan=False)
+    for folder in (paths.model_dir, paths.output_data_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / EVALUATION_FILE).write_text(text, encoding="utf-8")
+    print(f"model saved to {paths.model_dir} (best epoch {best_epoch}); {EVALUATION_FILE} beside it and in "
+          f"{paths.output_data_dir}", flush=True)
     return metrics
 
 
@@ -404,11 +546,13 @@ def train(args: argparse.Namespace, paths: Paths) -> dict[str, float]:
     splits = load_splits(args, paths, cpus)
     class_names = splits["train"].class_names
     trainer = Trainer(args, paths)
+    trainer.num_classes = len(class_names)
     model = build_model(args.model, len(class_names), image_size=args.image_size,
                         pretrained_weights=args.pretrained_weights, trainable_blocks=args.trainable_blocks)
     trainable, total = count_parameters(model)
     print(f"model: {total:,} parameters, {trainable:,} trainable; device={trainer.device}", flush=True)
     datasets = build_datasets(splits, trainer.prep, cpus)
+    weighting = weigh_classes(args, trainer, datasets["train"], class_names)
     loaders = build_loaders(args, trainer, datasets)
     run = prepare_run(args, paths, trainer, model)
     signature = checkpoints.signature(run_hyperparameters(args), splits, run.model, args.pretrained_weights)
@@ -416,7 +560,7 @@ def train(args: argparse.Namespace, paths: Paths) -> dict[str, float]:
     progress = checkpoints.resume(checkpoint_dir, signature, run.model, run.optimizer, args.patience)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     fit(args, paths, trainer, run, loaders, progress, signature)
-    return test_and_save(args, paths, trainer, run, loaders, datasets, class_names, progress)
+    return test_and_save(args, paths, trainer, run, loaders, datasets, splits, progress, weighting)
 
 
 def main(argv: list[str] | None = None) -> int:
