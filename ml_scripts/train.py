@@ -151,7 +151,7 @@ class Trainer:
         else:
             model.eval()
         debugger.set_mode(phase)
-        total_loss, correct, seen, skipped = 0.0, 0, 0, 0
+        total_loss, correct, seen, skipped, classes = 0.0, 0, 0, 0, 0
         predicted: list[torch.Tensor] = []
         truth: list[torch.Tensor] = []
         logits_seen: list[torch.Tensor] = []
@@ -184,6 +184,7 @@ class Trainer:
             correct += int((logits.detach().argmax(1) == labels).sum())
             seen += n
             if not train:
+                classes = logits.shape[1]
                 predicted.append(logits.detach().argmax(1).cpu())
                 truth.append(labels.cpu())
             if collect:
@@ -200,7 +201,7 @@ class Trainer:
         if not train:
             labels_all = torch.cat(truth).numpy()
             scores = evaluation.classification_metrics(
-                labels_all, torch.cat(predicted).numpy(), [str(i) for i in range(self.num_classes)]
+                labels_all, torch.cat(predicted).numpy(), [str(i) for i in range(classes)]
             )
             result.update(balanced_accuracy=scores["balanced_accuracy"], macro_f1=scores["macro_f1"])
             if collect:
