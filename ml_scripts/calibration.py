@@ -149,7 +149,7 @@ def calibrate(
         "method": "temperature scaling: NLL on valid, golden-section search over log T",
         "temperature": temperature,
         "split": "valid",
-        "num_images": int(len(valid_labels)),
+        "num_images": len(valid_labels),
         "ece_before": expected_calibration_error(valid_before, valid_labels),
         "ece_after": expected_calibration_error(valid_after, valid_labels),
         "nll_before": negative_log_likelihood(valid_logits, valid_labels) if len(valid_labels) else None,

@@ -27,9 +27,10 @@ import json
 import os
 import tarfile
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -245,11 +246,8 @@ def load_champion(channel: Path | None, class_names: list[str]) -> tuple[Champio
                 )
             module = load_saved_model(folder, meta)
     except Exception as exc:  # noqa: BLE001 - any broken champion: no champion metrics, one line why
-        return (
-            None,
-            f"champion: not evaluated, the {CHAMPION_CHANNEL} channel could not be loaded "
-            f"({quote_name(exc)})",
-        )
+        why = f"the {CHAMPION_CHANNEL} channel could not be loaded ({quote_name(exc)})"
+        return None, f"champion: not evaluated, {why}"
     return Champion(module, meta), ""
 
 
