@@ -151,6 +151,15 @@ MAXIMISED_METRICS: frozenset[str] = frozenset(
     name for name in METRIC_NAMES if name.endswith(("_accuracy", "_macro_f1"))
 )
 
+
+def objective_direction(name: str) -> str:
+    """The tuning objective type a metric needs: ``Maximize`` for accuracies and F1, else ``Minimize``.
+
+    Why: a tuner told to minimise macro-F1 would pick the worst trial; the app refuses the mismatch.
+    """
+    return "Maximize" if name in MAXIMISED_METRICS else "Minimize"
+
+
 #: Every metric line starts with this, at the start of the line. Why: the log also holds
 #: file names (a skipped image, say), and a data set may hold ``test_accuracy=99.jpg``. Every
 #: name ``train.py`` logs is quoted (:func:`quote_name`), so no logged name can start a line,

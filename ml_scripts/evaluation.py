@@ -11,8 +11,6 @@
 - :func:`worst_mistakes` -- the most confident wrong answers, with their file
   paths below the test channel (for the report's thumbnails);
 - :func:`class_weighting` -- whether the loss weighs classes (``--class_weights``);
-- :func:`load_champion` -- the live model from the ``champion`` channel, if it
-  predicts the same classes;
 - :func:`evaluation_document` -- all of it as ``evaluation.json`` (schema 1).
 
 Definitions follow scikit-learn's defaults, so the numbers mean what a reader
@@ -23,10 +21,7 @@ predicted, with 0 where a precision or recall is 0/0.
 
 from __future__ import annotations
 
-import json
 import os
-import tarfile
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,8 +31,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from backbones import load_saved_model
-from contract import CHAMPION_CHANNEL, quote_name
 
 #: Schema version of ``evaluation.json``.
 SCHEMA = 1
@@ -46,8 +39,6 @@ WORST_MISTAKES = 16
 #: ``--class_weights auto`` weighs the loss when the biggest train class has more than this many
 #: times the images of the smallest (issue 13's rule of thumb; docs/ml.md says why).
 IMBALANCE_RATIO = 3.0
-#: The champion channel holds the live model's ``model.tar.gz``; these members are all we read of it.
-CHAMPION_MEMBERS: tuple[str, ...] = ("model.pt", "model_meta.json")
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -159,9 +150,61 @@ def class_weights(counts: list[int]) -> torch.Tensor:
     return counts_t.sum() / (len(counts) * counts_t)
 
 
+def weigh_classes(setting: str, trainer: Any, train_set: Any, class_names: list[str]) -> tuple[bool, str]:
+    """``--class_weights``: weigh the loss by inverse class frequency when on (or ``auto`` finds imbalance).
+
+    The weights are ``n / (k * n_c)`` over the readable train images, in every
+    phase's loss (so ``valid_loss``, which early stopping and tuning read,
+    weighs each class the same as training does). docs/ml.md says why.
+    """
+    counts = np.bincount([label for _, label in train_set.samples], minlength=len(class_names)).tolist()
+    enabled, reason = class_weighting(setting, counts)
+    if enabled:
+        trainer.loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights(counts).to(trainer.device))
+    print(f"class weighting: {'on' if enabled else 'off'} ({reason})", flush=True)
+    return enabled, reason
+
+
 def relative_files(paths: list[str], root: Path) -> list[str]:
     """Each file's path below its channel folder, with ``/`` separators (what ``evaluation.json`` lists)."""
     return [Path(os.path.relpath(p, root)).as_posix() for p in paths]
+
+
+class Collector:
+    """What an evaluation pass keeps per batch: arg-max and labels (and logits and indices if asked)."""
+
+    def __init__(self, keep_logits: bool) -> None:
+        self.keep_logits = keep_logits
+        self.predicted: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        self.logits: list[torch.Tensor] = []
+        self.indices: list[torch.Tensor] = []
+        self.classes = 0
+
+    def add(self, logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None) -> None:
+        self.classes = logits.shape[1]
+        self.predicted.append(logits.argmax(1).cpu())
+        self.labels.append(labels.cpu())
+        if self.keep_logits:
+            if indices is None:
+                raise ValueError("keeping logits needs image_folder.collate_indexed batches (their indices)")
+            self.logits.append(logits.float().cpu())
+            self.indices.append(indices)
+
+    def result(self) -> dict[str, Any]:
+        """The scalar scores; with ``keep_logits`` also ``logits``, ``labels`` and ``indices``."""
+        labels = torch.cat(self.labels).numpy()
+        names = [str(i) for i in range(self.classes)]
+        scores = classification_metrics(labels, torch.cat(self.predicted).numpy(), names)
+        out: dict[str, Any] = {
+            "balanced_accuracy": scores["balanced_accuracy"],
+            "macro_f1": scores["macro_f1"],
+        }
+        if self.keep_logits:
+            out.update(
+                logits=torch.cat(self.logits).numpy(), labels=labels, indices=torch.cat(self.indices).numpy()
+            )
+        return out
 
 
 @torch.no_grad()
@@ -189,66 +232,6 @@ def predict_logits(
     if not logits:
         return np.zeros((0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     return np.concatenate(logits), np.concatenate(labels), np.concatenate(indices)
-
-
-@dataclass
-class Champion:
-    """The live model as the champion channel delivered it, ready to evaluate."""
-
-    module: nn.Module
-    meta: dict[str, Any]
-
-
-def _extract_champion(channel: Path, into: Path) -> Path:
-    """The folder holding the champion's ``model.pt`` and ``model_meta.json``.
-
-    The channel holds one ``model.tar.gz`` (the live model's S3 object); only
-    its two regular-file members :data:`CHAMPION_MEMBERS` are extracted, by
-    name, so no member path can write outside ``into``. A channel that is
-    already an unpacked model directory is used as it is.
-    """
-    if all((channel / name).is_file() for name in CHAMPION_MEMBERS):
-        return channel
-    tarballs = sorted(p for p in channel.rglob("*.tar.gz") if p.is_file())
-    if len(tarballs) != 1:
-        raise ValueError(f"expected one model.tar.gz, found {len(tarballs)} .tar.gz file(s)")
-    with tarfile.open(tarballs[0], "r:gz") as archive:
-        members = {m.name.removeprefix("./"): m for m in archive.getmembers() if m.isfile()}
-        for name in CHAMPION_MEMBERS:
-            member = members.get(name)
-            if member is None:
-                raise ValueError(f"{quote_name(tarballs[0].name)} has no {name}")
-            source = archive.extractfile(member)
-            assert source is not None  # a regular file always has its bytes
-            (into / name).write_bytes(source.read())
-    return into
-
-
-def load_champion(channel: Path | None, class_names: list[str]) -> tuple[Champion | None, str]:
-    """The champion to evaluate, or None and the one log line that says why not.
-
-    Never fails the job: a missing channel, an unreadable tarball or a model
-    that predicts another class list (another data set, or a class added or
-    removed) means no champion metrics, and the gate decides without them.
-    """
-    if channel is None:
-        return None, ""
-    try:
-        with tempfile.TemporaryDirectory(prefix="champion-") as tmp:
-            folder = _extract_champion(channel, Path(tmp))
-            meta = json.loads((folder / "model_meta.json").read_text(encoding="utf-8"))
-            champion_classes = [str(c) for c in meta.get("class_names") or []]
-            if champion_classes != list(class_names):
-                return None, (
-                    f"champion: not evaluated, its classes differ from this model's "
-                    f"(champion {len(champion_classes)}: {quote_name(json.dumps(champion_classes)[:300])}; "
-                    f"this model {len(class_names)}: {quote_name(json.dumps(list(class_names))[:300])})"
-                )
-            module = load_saved_model(folder, meta)
-    except Exception as exc:  # noqa: BLE001 - any broken champion: no champion metrics, one line why
-        why = f"the {CHAMPION_CHANNEL} channel could not be loaded ({quote_name(exc)})"
-        return None, f"champion: not evaluated, {why}"
-    return Champion(module, meta), ""
 
 
 def evaluation_document(
@@ -335,9 +318,3 @@ def final_evaluation(
         champion=champion,
     )
     return FinalEvaluation(document, metrics, temperature)
-
-
-def champion_scores(logits: np.ndarray, labels: np.ndarray, class_names: list[str]) -> dict[str, float]:
-    """``evaluation.json``'s ``champion``: the live model's accuracy, balanced accuracy, macro-F1 on test."""
-    scores = classification_metrics(labels, logits.argmax(axis=1), class_names)
-    return {key: scores[key] for key in ("accuracy", "balanced_accuracy", "macro_f1", "num_images")}

@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import random
-import shutil
 import sys
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,10 +41,12 @@ from torch import nn
 
 import checkpoints
 import evaluation
+import final_job
 from backbones import PretrainedWeightsError, build_model, count_parameters, parameter_groups, set_train_mode
 from checkpoints import Progress
-from contract import CHAMPION_CHANNEL, CHANNELS, EVALUATION_FILE, format_metric
+from contract import CHANNELS, EVALUATION_FILE, format_metric
 from debugging import Debugger
+from final_job import SERVING_FILES, SERVING_REQUIREMENTS, save_model  # noqa: F401 (train.SERVING_FILES: the contract's name)
 from image_folder import (CachedImageDataset, DataSetError, Indexed, Split, batch_to_model_input,
                           collate_indexed, collate_skip_bad, scan_dataset)
 from job_config import (Paths, cpu_count, gpu_allowed, parse_args, report_skipped, run_hyperparameters,
@@ -55,13 +54,6 @@ from job_config import (Paths, cpu_count, gpu_allowed, parse_args, report_skippe
 from presets import Preprocessing
 from profiling import StepProfiler, log_scalar
 
-HERE = Path(__file__).resolve().parent
-#: Files copied into ``model/code/`` so ``model.tar.gz`` serves on its own:
-#: ``inference.py`` and every sibling module it imports.
-SERVING_FILES: tuple[str, ...] = (
-    "inference.py", "backbones.py", "contract.py", "decoding.py", "image_folder.py", "presets.py",
-)
-SERVING_REQUIREMENTS = "serving_requirements.txt"
 #: Per epoch in ``model_meta.json``'s ``history``: the epoch metric lines' values (None if a resumed
 #: checkpoint's history predates the key).
 HISTORY_KEYS: tuple[str, ...] = ("epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy",
@@ -151,11 +143,8 @@ class Trainer:
         else:
             model.eval()
         debugger.set_mode(phase)
-        total_loss, correct, seen, skipped, classes = 0.0, 0, 0, 0, 0
-        predicted: list[torch.Tensor] = []
-        truth: list[torch.Tensor] = []
-        logits_seen: list[torch.Tensor] = []
-        indices_seen: list[torch.Tensor] = []
+        total_loss, correct, seen, skipped = 0.0, 0, 0, 0
+        collector = None if train else evaluation.Collector(keep_logits=collect)
         grad = torch.enable_grad() if train else torch.no_grad()
         iterator = iter(loader)
         while True:
@@ -183,31 +172,16 @@ class Trainer:
             total_loss += float(loss.detach()) * n
             correct += int((logits.detach().argmax(1) == labels).sum())
             seen += n
-            if not train:
-                classes = logits.shape[1]
-                predicted.append(logits.detach().argmax(1).cpu())
-                truth.append(labels.cpu())
-            if collect:
-                logits_seen.append(logits.detach().float().cpu())
-                indices_seen.append(indices[0])
+            if collector is not None:
+                collector.add(logits.detach(), labels, indices[0] if indices else None)
             if profiler is not None:
                 if self.cuda:
                     torch.cuda.synchronize()
                 profiler.record(t1 - t0, time.perf_counter() - t1)
         if seen == 0:
             raise DataSetError(f"no readable images in the {phase} split ({skipped} skipped)")
-        result: dict[str, Any] = {"loss": total_loss / seen, "accuracy": correct / seen, "skipped": skipped,
-                                  "seen": seen}
-        if not train:
-            labels_all = torch.cat(truth).numpy()
-            scores = evaluation.classification_metrics(
-                labels_all, torch.cat(predicted).numpy(), [str(i) for i in range(classes)]
-            )
-            result.update(balanced_accuracy=scores["balanced_accuracy"], macro_f1=scores["macro_f1"])
-            if collect:
-                result.update(logits=torch.cat(logits_seen).numpy(), labels=labels_all,
-                              indices=torch.cat(indices_seen).numpy())
-        return result
+        result = {"loss": total_loss / seen, "accuracy": correct / seen, "skipped": skipped, "seen": seen}
+        return result if collector is None else {**result, **collector.result()}
 
     def num_workers(self, dataset: torch.utils.data.Dataset) -> int:
         """``--num_workers`` if given, else :func:`default_num_workers` for this split."""
@@ -303,23 +277,6 @@ def build_datasets(splits: dict[str, Split], prep: Preprocessing, cpus: int) -> 
     return datasets
 
 
-def weigh_classes(
-    args: argparse.Namespace, trainer: Trainer, train_set: CachedImageDataset, class_names: list[str]
-) -> tuple[bool, str]:
-    """``--class_weights``: weigh the loss by inverse class frequency when on (or ``auto`` finds imbalance).
-
-    The weights are ``n / (k * n_c)`` over the readable train images, in every
-    phase's loss (so ``valid_loss``, which early stopping and tuning read,
-    weighs each class the same as training does). docs/ml.md says why.
-    """
-    counts = np.bincount([label for _, label in train_set.samples], minlength=len(class_names)).tolist()
-    enabled, reason = evaluation.class_weighting(args.class_weights, counts)
-    if enabled:
-        trainer.loss_fn = nn.CrossEntropyLoss(weight=evaluation.class_weights(counts).to(trainer.device))
-    print(f"class weighting: {'on' if enabled else 'off'} ({reason})", flush=True)
-    return enabled, reason
-
-
 def build_loaders(
     args: argparse.Namespace, trainer: Trainer, datasets: dict[str, CachedImageDataset]
 ) -> dict[str, torch.utils.data.DataLoader]:
@@ -393,97 +350,6 @@ def fit(
         profiler.finish()
 
 
-def save_model(
-    paths: Paths,
-    model_state: dict[str, torch.Tensor],
-    args: argparse.Namespace,
-    class_names: list[str],
-    prep: Preprocessing,
-    metrics: dict[str, float],
-    extra: dict[str, Any],
-) -> None:
-    """``model.pt``, ``model_meta.json`` and ``code/`` (:data:`SERVING_FILES`): it serves on its own."""
-    import torchvision
-
-    model_dir = paths.model_dir
-    model_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(model_state, model_dir / "model.pt")
-    meta = {
-        "architecture": args.model,
-        "class_names": class_names,
-        "num_classes": len(class_names),
-        **prep.to_meta(),
-        "metrics": metrics,
-        "hyperparameters": {
-            k: getattr(args, k) for k in ("learning_rate", "batch_size", "epochs", "image_size", "patience", "seed")
-        },
-        "framework": {"torch": torch.__version__, "torchvision": torchvision.__version__},
-        **extra,
-    }
-    (model_dir / "model_meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    code = model_dir / "code"
-    code.mkdir(exist_ok=True)
-    for name in SERVING_FILES:
-        shutil.copyfile(HERE / name, code / name)  # copyfile follows symlinks: real files in the tarball
-    shutil.copyfile(HERE / SERVING_REQUIREMENTS, code / "requirements.txt")
-
-
-def valid_logits_of_best(
-    args: argparse.Namespace, trainer: Trainer, datasets: dict[str, CachedImageDataset],
-    state: dict[str, torch.Tensor],
-) -> tuple[np.ndarray, np.ndarray]:
-    """The best weights' logits on ``valid`` (for the temperature), from a fresh copy of the network.
-
-    Why a copy: the trained module carries the Debugger's hooks, and another
-    pass through it would add EVAL steps after the test to the trial the rules read.
-    """
-    module = build_model(args.model, trainer.num_classes, image_size=args.image_size, pretrained=False)
-    module.load_state_dict(state)
-    module = module.to(trainer.device)
-    if trainer.channels_last:
-        module = module.to(memory_format=torch.channels_last)
-    loader = trainer.loader(Indexed(datasets["valid"]), shuffle=False, collate=collate_indexed)
-    def to_input(x: torch.Tensor) -> torch.Tensor:
-        return batch_to_model_input(x, trainer.prep, trainer.device, trainer.channels_last)
-
-    logits, labels, _ = evaluation.predict_logits(module, loader, to_input, trainer.autocast)
-    return logits, labels
-
-
-def evaluate_champion(
-    paths: Paths, trainer: Trainer, split: Split, class_names: list[str]
-) -> dict[str, float] | None:
-    """The live model (the ``champion`` channel) on the same test images, with its own preprocessing.
-
-    None, after one log line saying why, when there is no champion, it cannot
-    be loaded, or it predicts another class list.
-    """
-    champion, why = evaluation.load_champion(paths.champion_dir, class_names)
-    if champion is None:
-        if why:
-            print(why, flush=True)
-        return None
-    try:
-        prep = Preprocessing.from_meta(champion.meta)
-        module = champion.module.to(trainer.device)
-        if trainer.channels_last:
-            module = module.to(memory_format=torch.channels_last)
-        dataset = Indexed(CachedImageDataset(split, prep, train=False, cache=False))
-        logits, labels, _ = evaluation.predict_logits(
-            module, trainer.loader(dataset, shuffle=False, collate=collate_indexed),
-            lambda x: batch_to_model_input(x, prep, trainer.device, trainer.channels_last), trainer.autocast,
-        )
-        if len(labels) == 0:
-            raise DataSetError("no readable test images")
-    except Exception as exc:  # noqa: BLE001 - the champion's failure never fails the new model's job
-        print(f"champion: not evaluated ({type(exc).__name__}: {json.dumps(str(exc)[:300])})", flush=True)
-        return None
-    scores = evaluation.champion_scores(logits, labels, class_names)
-    print(f"champion: the {CHAMPION_CHANNEL} channel's model ({champion.meta.get('architecture')}) "
-          f"evaluated on {scores['num_images']} test images", flush=True)
-    return scores
-
-
 def test_and_save(
     args: argparse.Namespace, paths: Paths, trainer: Trainer, run: Run,
     loaders: dict[str, torch.utils.data.DataLoader], datasets: dict[str, CachedImageDataset],
@@ -498,21 +364,7 @@ def test_and_save(
     metric("test_accuracy", te["accuracy"])
     run.debugger.close()
     best_state = progress.best_state or checkpoints.cpu_state(run.model)
-    valid_logits, valid_labels = valid_logits_of_best(args, trainer, datasets, best_state)
-    champion = evaluate_champion(paths, trainer, splits["test"], class_names)
-    test_files = evaluation.relative_files([datasets["test"].samples[i][0] for i in te["indices"]],
-                                           splits["test"].root)
-    final = evaluation.final_evaluation(
-        class_names=class_names, test_logits=te["logits"], test_labels=te["labels"], test_files=test_files,
-        valid_logits=valid_logits, valid_labels=valid_labels,
-        train_labels=np.array([label for _, label in datasets["train"].samples], dtype=np.int64),
-        weighting=weighting, champion=champion,
-    )
-    for name, value in final.metrics.items():
-        metric(name, value)
-    print(f"calibration: temperature {final.temperature:.4f} fitted on {len(valid_labels)} valid images "
-          f"(valid ECE {final.document['calibration']['ece_before']:.4f} -> "
-          f"{final.document['calibration']['ece_after']:.4f})", flush=True)
+    final = final_job.assess(args, paths, trainer, datasets, splits, te, best_state, weighting, metric)
     counts = report_skipped(paths, {name: list(ds.skipped) for name, ds in datasets.items()}, te["skipped"])
     history, best_epoch = progress.history, progress.best_epoch
     metrics = {
@@ -529,10 +381,7 @@ def test_and_save(
          "class_weighting": final.document["class_weighting"],
          "history": [{key: h.get(key) for key in HISTORY_KEYS} for h in history]},
     )
-    text = json.dumps(final.document, indent=2, allow_nan=False)
-    for folder in (paths.model_dir, paths.output_data_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / EVALUATION_FILE).write_text(text, encoding="utf-8")
+    final_job.write_evaluation(paths, final.document)
     print(f"model saved to {paths.model_dir} (best epoch {best_epoch}); {EVALUATION_FILE} beside it and in "
           f"{paths.output_data_dir}", flush=True)
     return metrics
@@ -553,7 +402,7 @@ def train(args: argparse.Namespace, paths: Paths) -> dict[str, float]:
     trainable, total = count_parameters(model)
     print(f"model: {total:,} parameters, {trainable:,} trainable; device={trainer.device}", flush=True)
     datasets = build_datasets(splits, trainer.prep, cpus)
-    weighting = weigh_classes(args, trainer, datasets["train"], class_names)
+    weighting = evaluation.weigh_classes(args.class_weights, trainer, datasets["train"], class_names)
     loaders = build_loaders(args, trainer, datasets)
     run = prepare_run(args, paths, trainer, model)
     signature = checkpoints.signature(run_hyperparameters(args), splits, run.model, args.pretrained_weights)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from contract import (CHANNELS, DEBUGGER_HYPERPARAMETER, DEBUGGER_MODES, MAXIMISED_METRICS, METRIC_DEFINITIONS,
-                      METRIC_NAMES, PRETRAINED_CHANNEL, RULE_NAMES, TOOLKIT_PREFIX, encode_hyperparameter)
+from contract import (CHANNELS, DEBUGGER_HYPERPARAMETER, DEBUGGER_MODES, METRIC_DEFINITIONS, METRIC_NAMES,
+                      PRETRAINED_CHANNEL, RULE_NAMES, TOOLKIT_PREFIX, encode_hyperparameter, objective_direction)
 
 from chalicelib.config import SERVERLESS_MEMORY_SIZES, Settings
 
@@ -186,11 +186,8 @@ def tuning_job_config(settings: Settings) -> dict[str, Any]:
     strategy = settings.tuning_strategy
     if settings.objective_metric not in METRIC_NAMES:
         raise ValueError(f"BREEDLINE_OBJECTIVE_METRIC={settings.objective_metric!r} is not one of {METRIC_NAMES}")
-    direction = "Maximize" if settings.objective_metric in MAXIMISED_METRICS else "Minimize"
-    if settings.objective_type != direction:  # a tuner minimising macro-F1 would pick the worst trial
-        better = "higher" if direction == "Maximize" else "lower"
-        raise ValueError(f"BREEDLINE_OBJECTIVE_METRIC={settings.objective_metric} is better {better}: "
-                         f"set BREEDLINE_OBJECTIVE_TYPE={direction}")
+    if settings.objective_type != (direction := objective_direction(settings.objective_metric)):
+        raise ValueError(f"BREEDLINE_OBJECTIVE_METRIC={settings.objective_metric} needs OBJECTIVE_TYPE={direction}")
     if strategy == "Grid":
         raise ValueError("BREEDLINE_TUNING_STRATEGY=Grid needs categorical ranges only; learning_rate is continuous")
     config: dict[str, Any] = {

@@ -24,8 +24,8 @@ import torch
 import calibration
 import contract
 import evaluation
+import final_job
 import inference
-import train
 from ml_jobs import HYPERPARAMETERS, Job
 
 # A training, validation and test image each, named like metric lines (the old regex read 99 from the first).
@@ -388,12 +388,12 @@ def test_a_champion_with_other_classes_is_not_evaluated(trained_job: Job, tmp_pa
     channel = model_tarball(model_dir, tmp_path / "champion" / "model.tar.gz").parent
     split = SimpleNamespace(samples=[], class_names=[str(i) for i in range(10)])
     paths = SimpleNamespace(champion_dir=channel)
-    assert train.evaluate_champion(paths, None, split, [str(i) for i in range(10)]) is None
+    assert final_job.evaluate_champion(paths, None, split, [str(i) for i in range(10)]) is None
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("champion: not evaluated, its classes differ")
     assert '\\"breed 0\\"' in lines[0] and not contract.parse_metrics(lines[0])
 
     (channel / "model.tar.gz").write_bytes(b"not a tarball")
-    assert train.evaluate_champion(paths, None, split, [str(i) for i in range(10)]) is None
+    assert final_job.evaluate_champion(paths, None, split, [str(i) for i in range(10)]) is None
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and "could not be loaded" in lines[0]
