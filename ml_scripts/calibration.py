@@ -91,7 +91,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 def reliability_bins(
     probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
 ) -> list[dict[str, Any]]:
-    """Equal-width bins of the top-1 confidence: ``lower``, ``upper``, ``count``, ``confidence``, ``accuracy``.
+    """Equal bins of the top-1 confidence: ``lower``, ``upper``, ``count``, ``confidence``, ``accuracy``.
 
     A bin holds the predictions with ``lower < confidence <= upper`` (the
     first also holds 0). An empty bin has ``confidence`` and ``accuracy`` None.

@@ -160,6 +160,13 @@ def objective_direction(name: str) -> str:
     return "Maximize" if name in MAXIMISED_METRICS else "Minimize"
 
 
+def check_objective(name: str, objective_type: str) -> None:
+    """Refuse a tuning objective type that points the wrong way for its metric (``BREEDLINE_OBJECTIVE_*``)."""
+    if objective_type != (direction := objective_direction(name)):
+        raise ValueError(f"BREEDLINE_OBJECTIVE_METRIC={name} needs BREEDLINE_OBJECTIVE_TYPE={direction}, "
+                         f"not {objective_type!r}")
+
+
 #: Every metric line starts with this, at the start of the line. Why: the log also holds
 #: file names (a skipped image, say), and a data set may hold ``test_accuracy=99.jpg``. Every
 #: name ``train.py`` logs is quoted (:func:`quote_name`), so no logged name can start a line,

@@ -46,7 +46,7 @@ from backbones import PretrainedWeightsError, build_model, count_parameters, par
 from checkpoints import Progress
 from contract import CHANNELS, EVALUATION_FILE, format_metric
 from debugging import Debugger
-from final_job import SERVING_FILES, SERVING_REQUIREMENTS, save_model  # noqa: F401 (train.SERVING_FILES: the contract's name)
+from final_job import SERVING_FILES, SERVING_REQUIREMENTS, save_model  # noqa: F401 (train.SERVING_FILES)
 from image_folder import (CachedImageDataset, DataSetError, Indexed, Split, batch_to_model_input,
                           collate_indexed, collate_skip_bad, scan_dataset)
 from job_config import (Paths, cpu_count, gpu_allowed, parse_args, report_skipped, run_hyperparameters,
