@@ -259,8 +259,10 @@ def run_train(work: Path, device: str, epochs: int, image_size: int, extra: list
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     seconds = time.perf_counter() - start
     lines = (proc.stdout + proc.stderr).splitlines()
-    metrics = {line.split("=", 1)[0]: line.split("=", 1)[1] for line in lines
-               if line.startswith(("test_loss=", "test_accuracy="))}
+    from contract import parse_metrics  # the ML modules are on sys.path (see the module docstring)
+
+    metrics = {name: values[-1] for name, values in parse_metrics("\n".join(lines)).items()
+               if name.startswith("test_")}
     return {"argv": argv[2:], "returncode": proc.returncode, "seconds": round(seconds, 1), "metrics": metrics,
             "tail": lines[-40:],
             "model_dir": str(work / "model"), "test_dir": str(data / "test"),

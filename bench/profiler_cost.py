@@ -23,7 +23,7 @@ from bench.core import Row, Section, Stats
 
 ROOT = Path(__file__).resolve().parent.parent
 ML = ROOT / "ml_scripts"
-EPOCH_SECONDS = re.compile(r"^epoch=(\d+) epoch_seconds=([0-9.]+)$", re.MULTILINE)
+EPOCH_SECONDS = re.compile(r"^#breedline-metric epoch=(\d+) epoch_seconds=([0-9.]+)$", re.MULTILINE)
 
 
 def _env(base: Path, data: Path) -> dict[str, str]:

@@ -230,6 +230,21 @@ def read_meta(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
         return json.load(fh)
 
 
+def load_saved_model(model_dir: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> nn.Module:
+    """A model directory's network: the bare shape ``model_meta.json`` names, ``model.pt`` in it, eval mode.
+
+    Serving (``inference.model_fn``) and the final job's champion evaluation
+    both load a model this way, so they load the same network.
+    """
+    meta = read_meta(model_dir) if meta is None else meta
+    module = build_model(
+        meta["architecture"], int(meta["num_classes"]), image_size=int(meta["image_size"]), pretrained=False
+    )
+    state = torch.load(Path(model_dir) / "model.pt", map_location="cpu", weights_only=True)
+    module.load_state_dict(state)
+    return module.eval()
+
+
 def count_parameters(model: nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts, for the job log."""
     params: Iterable[torch.Tensor] = list(model.parameters())

@@ -7,10 +7,11 @@ and serving scripts can import this module as they run there
 operator CLI and the benchmarks import it from the checkout. One definition
 of each word, so the parts cannot drift apart:
 
-- the data channels (one per split), the pretrained-weights channel, and the
-  job statuses that end a job;
+- the data channels (one per split), the pretrained-weights and champion
+  channels, and the job statuses that end a job;
 - the training metrics: their names, the stdout line ``train.py`` prints for
-  each and the ``MetricDefinitions`` regexes SageMaker parses them with;
+  each (anchored, with a prefix no quoted file name can produce) and the
+  ``MetricDefinitions`` regexes SageMaker parses them with;
 - the hyperparameter codec: how values are quoted on the way into a job and
   unquoted on the way out of the tuner and into ``train.py``;
 - the serving backends the model container accepts;
@@ -34,6 +35,12 @@ CHANNELS: tuple[str, ...] = ("train", "valid", "test")
 #: The optional input channel that carries one pretrained weights file
 #: (``SM_CHANNEL_PRETRAINED``): not a data split, so not in :data:`CHANNELS`.
 PRETRAINED_CHANNEL = "pretrained"
+#: The optional input channel of the final job that carries the live model's ``model.tar.gz``
+#: (``SM_CHANNEL_CHAMPION``): ``train.py`` evaluates it on the same test split as the new model.
+CHAMPION_CHANNEL = "champion"
+#: The final job's evaluation of its best weights on ``test``: in the model dir (so in
+#: ``model.tar.gz``) and in the job output (``SM_OUTPUT_DATA_DIR``, so in ``output.tar.gz``).
+EVALUATION_FILE = "evaluation.json"
 
 # -- job statuses -----------------------------------------------------------------------
 COMPLETED = "Completed"
@@ -136,45 +143,108 @@ def rule_metric_name(rule: str) -> str:
 RULE_METRIC_NAMES: tuple[str, ...] = tuple(rule_metric_name(r) for r in RULE_NAMES)
 
 # -- metrics ----------------------------------------------------------------------------
-#: Metric names, in the order train.py reports them.
+#: Metric names, in the order train.py reports them: per epoch (``epoch_seconds`` last), then the
+#: final job's evaluation of the best weights on ``test``, then the live model (the ``champion``
+#: channel) evaluated on the same test images.
 METRIC_NAMES: tuple[str, ...] = (
     "train_loss",
     "train_accuracy",
     "valid_loss",
     "valid_accuracy",
+    "valid_balanced_accuracy",
+    "valid_macro_f1",
+    "epoch_seconds",
     "test_loss",
     "test_accuracy",
-    "epoch_seconds",
+    "test_balanced_accuracy",
+    "test_macro_f1",
+    "test_majority_accuracy",
+    "test_majority_macro_f1",
+    "test_ece",
+    "champion_test_accuracy",
+    "champion_test_balanced_accuracy",
+    "champion_test_macro_f1",
+)
+#: Metrics where higher is better (a tuning objective on one of them is maximised); the rest
+#: (losses, ``test_ece``, ``epoch_seconds``) are better lower.
+MAXIMISED_METRICS: frozenset[str] = frozenset(
+    name for name in METRIC_NAMES if name.endswith(("_accuracy", "_macro_f1"))
 )
 
-_NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+
+def objective_direction(name: str) -> str:
+    """The tuning objective type a metric needs: ``Maximize`` for accuracies and F1, else ``Minimize``.
+
+    Why: a tuner told to minimise macro-F1 would pick the worst trial; the app refuses the mismatch.
+    """
+    return "Maximize" if name in MAXIMISED_METRICS else "Minimize"
+
+
+def check_objective(name: str, objective_type: str) -> None:
+    """Refuse a tuning objective type that points the wrong way for its metric (``BREEDLINE_OBJECTIVE_*``)."""
+    if objective_type != (direction := objective_direction(name)):
+        raise ValueError(f"BREEDLINE_OBJECTIVE_METRIC={name} needs BREEDLINE_OBJECTIVE_TYPE={direction}, "
+                         f"not {objective_type!r}")
+
+
+#: Every metric line starts with this, at the start of the line. Why: the log also holds
+#: file names (a skipped image, say), and a data set may hold ``test_accuracy=99.jpg``. Every
+#: name ``train.py`` logs is quoted (:func:`quote_name`), so no logged name can start a line,
+#: and a line that starts with this prefix and holds nothing but one metric is one of ours.
+METRIC_LINE_PREFIX = "#breedline-metric"
+
+_NUMBER = r"([-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)"
+
+
+def metric_regex(name: str) -> str:
+    """The ``MetricDefinitions`` regex of one metric: anchored at both ends of its line.
+
+    ``^#breedline-metric (epoch=N )?name=NUMBER`` and nothing after it but
+    blanks. SageMaker matches it against each log line (one CloudWatch event);
+    :func:`parse_metrics` does the same with ``re.MULTILINE``.
+    """
+    if not re.fullmatch(r"[A-Za-z0-9_]+", name):
+        raise ValueError(f"metric name {name!r}: letters, digits and _ only (it is written into a regex)")
+    # Written out, not re.escape'd: '#', '-' and the name are literal in every regex dialect.
+    return rf"^{METRIC_LINE_PREFIX} (?:epoch=[0-9]+ )?{name}={_NUMBER}[ \t\r]*$"
+
 
 #: SageMaker ``MetricDefinitions``: a name and a regex with one capture group.
 METRIC_DEFINITIONS: list[dict[str, str]] = [
-    {"Name": name, "Regex": rf"\b{name}={_NUMBER}"} for name in METRIC_NAMES + RULE_METRIC_NAMES
+    {"Name": name, "Regex": metric_regex(name)} for name in METRIC_NAMES + RULE_METRIC_NAMES
 ]
 
 
 def format_metric(name: str, value: float, epoch: int | None = None) -> str:
-    """Return the log line for one metric, e.g. ``epoch=2 valid_loss=0.412300``.
+    """Return the log line for one metric, e.g. ``#breedline-metric epoch=2 valid_loss=0.412300``.
 
     One metric per line keeps every regex independent of the others.
     """
     if name not in METRIC_NAMES and name not in RULE_METRIC_NAMES:
         raise ValueError(f"unknown metric {name!r}; add it to METRIC_NAMES first")
-    prefix = "" if epoch is None else f"epoch={epoch} "
-    return f"{prefix}{name}={float(value):.6f}"
+    tag = "" if epoch is None else f"epoch={int(epoch)} "
+    return f"{METRIC_LINE_PREFIX} {tag}{name}={float(value):.6f}"
+
+
+def quote_name(name: object) -> str:
+    """A file or class name as the job's log shows it: JSON-quoted, control and non-ASCII characters escaped.
+
+    Why: a name may hold anything a file system allows, a newline included;
+    quoted, it can neither start a log line nor end one, so it can never
+    look like a metric line (:data:`METRIC_LINE_PREFIX`).
+    """
+    return json.dumps(str(name))
 
 
 def parse_metrics(log_text: str, definitions: list[dict[str, str]] | None = None) -> dict[str, list[float]]:
-    """Apply ``MetricDefinitions`` to log text the way SageMaker does.
+    """Apply ``MetricDefinitions`` to log text the way SageMaker does: each regex to each line.
 
     Returns every value seen per metric name, in order; the last one is the
     final value SageMaker reports in ``FinalMetricDataList``.
     """
     found: dict[str, list[float]] = {}
     for definition in definitions or METRIC_DEFINITIONS:
-        pattern = re.compile(definition["Regex"])
+        pattern = re.compile(definition["Regex"], re.MULTILINE)
         values = [float(m.group(1)) for m in pattern.finditer(log_text)]
         if values:
             found[definition["Name"]] = values

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from contract import CHANNELS
+from contract import CHANNELS, quote_name
 from decoding import ImageDecodeError, load_resized_square
 from presets import Preprocessing
 
@@ -58,28 +58,29 @@ def scan_split(root: str | os.PathLike[str], class_names: list[str] | None = Non
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataSetError(f"data folder {root} does not exist")
+        raise DataSetError(f"data folder {quote_name(root)} does not exist")
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith((".", "_")))
     names = [p.name for p in folders]
     if class_names is None:
         if not folders:
-            raise DataSetError(f"no class folders in {root}: expected {root}/<class>/<image files>")
+            raise DataSetError(f"no class folders in {quote_name(root)}: expected <class>/<image files>")
         class_names = names
     else:
         unknown = [n for n in names if n not in class_names]
         if unknown:
             raise DataSetError(
-                f"class folder(s) {', '.join(unknown)} in {root} are missing from the train split"
+                f"class folder(s) {', '.join(quote_name(n) for n in unknown)} in {quote_name(root)} "
+                f"are missing from the train split"
             )
     index = {name: i for i, name in enumerate(class_names)}
     samples: list[tuple[str, int]] = []
     for folder in folders:
         files = sorted(p for p in folder.rglob("*") if _is_image(p))
         if not files and class_names is names:
-            raise DataSetError(f"class folder {folder} has no images")
+            raise DataSetError(f"class folder {quote_name(folder)} has no images")
         samples.extend((str(p), index[folder.name]) for p in files)
     if not samples:
-        raise DataSetError(f"no images in {root}: expected {root}/<class>/<image files>")
+        raise DataSetError(f"no images in {quote_name(root)}: expected <class>/<image files>")
     return Split(root=root, samples=samples, class_names=list(class_names))
 
 
@@ -217,6 +218,36 @@ def collate_skip_bad(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, int]
     images = torch.from_numpy(np.stack([np.asarray(item[0]) for item in good]))
     labels = torch.tensor([item[1] for item in good], dtype=torch.long)
     return images, labels, bad
+
+
+class Indexed(torch.utils.data.Dataset):
+    """A dataset whose items also carry their index, so each prediction can name its file.
+
+    Why: bad items are dropped from a batch (:func:`collate_skip_bad`), so a
+    batch's position no longer says which sample it was. Batch these with
+    :func:`collate_indexed`.
+    """
+
+    def __init__(self, dataset: CachedImageDataset) -> None:
+        self.dataset = dataset
+
+    @property
+    def cached(self) -> bool:
+        return self.dataset.cached
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int] | None:
+        item = self.dataset[index]
+        return None if item is None else (item[0], item[1], index)
+
+
+def collate_indexed(batch: list[Any]) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+    """:func:`collate_skip_bad` of :class:`Indexed` items, plus the good items' indices."""
+    good = [item for item in batch if item is not None]
+    images, labels, _ = collate_skip_bad([(item[0], item[1]) for item in good])
+    return images, labels, len(batch) - len(good), torch.tensor([item[2] for item in good], dtype=torch.long)
 
 
 def batch_to_model_input(

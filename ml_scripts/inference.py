@@ -3,10 +3,11 @@
 The PyTorch serving container (and the local runtime's endpoint server) finds
 this file as ``code/inference.py`` inside ``model.tar.gz`` and calls:
 
-- ``model_fn(model_dir)`` once per process: the architecture, class names and
-  preprocessing all come from ``model_meta.json``, the weights from ``model.pt``;
+- ``model_fn(model_dir)`` once per process: the architecture, class names,
+  preprocessing and calibration temperature all come from ``model_meta.json``,
+  the weights from ``model.pt``;
 - ``input_fn(body, content_type)`` per request: bytes -> decoded RGB image;
-- ``predict_fn(data, model)``: image -> top-k prediction;
+- ``predict_fn(data, model)``: image -> top-k prediction, ``softmax(logits / T)``;
 - ``output_fn(prediction, accept)``: prediction -> JSON text.
 
 Bad input raises :class:`InferenceInputError` with an HTTP ``status_code``
@@ -60,7 +61,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from backbones import build_model, read_meta
+from backbones import load_saved_model, read_meta
 from contract import REFUSED_FORMATS, SERVING_BACKENDS, refused_format, sniff_image  # noqa: F401 (REFUSED_FORMATS: the serving contract's table)
 from decoding import (
     HEIF_AVAILABLE,
@@ -165,6 +166,8 @@ class LoadedModel:
     session: Any = None
     #: Why ONNX Runtime is not used, when it is not (logged by model_fn).
     backend_reason: str = ""
+    #: ``model_meta.json``'s calibration temperature: answers are ``softmax(logits / T)`` (1: as trained).
+    temperature: float = 1.0
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits for an NCHW float batch, on the CPU, by whichever backend was chosen."""
@@ -228,6 +231,22 @@ def onnx_session(module: nn.Module, image_size: int) -> tuple[Any, str]:
     return session, ""
 
 
+def model_temperature(meta: dict[str, Any]) -> float:
+    """The calibration temperature ``train.py`` fitted on ``valid`` (``calibration.py``); 1 for older models.
+
+    A temperature that is present but not a finite positive number is a broken
+    model directory: refusing to load it beats serving probabilities it never had.
+    """
+    value = meta.get("temperature", 1.0)
+    try:
+        temperature = float(value)
+    except (TypeError, ValueError):
+        temperature = float("nan")
+    if isinstance(value, bool) or not (0.0 < temperature < float("inf")):
+        raise ValueError(f"model_meta.json temperature {value!r} is not a positive number")
+    return temperature
+
+
 _models: dict[str, LoadedModel] = {}
 _lock = threading.Lock()
 
@@ -241,12 +260,8 @@ def model_fn(model_dir: str) -> LoadedModel:
             return _models[key]
         meta = read_meta(model_dir)
         prep = Preprocessing.from_meta(meta)
-        module = build_model(
-            meta["architecture"], int(meta["num_classes"]), image_size=prep.image_size, pretrained=False
-        )
-        state = torch.load(Path(model_dir) / "model.pt", map_location="cpu", weights_only=True)
-        module.load_state_dict(state)
-        module = module.eval()
+        module = load_saved_model(model_dir, meta)
+        temperature = model_temperature(meta)
         backend = _backend_setting()
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         session, reason = None, "BREEDLINE_SERVING_BACKEND=torch"
@@ -262,10 +277,12 @@ def model_fn(model_dir: str) -> LoadedModel:
         loaded = LoadedModel(
             module, list(meta["class_names"]), prep, meta["architecture"], device,
             backend="onnx" if session is not None else "torch", session=session, backend_reason=reason,
+            temperature=temperature,
         )
         print(
             json.dumps({"message": "model loaded", "model_dir": key, "architecture": loaded.architecture,
-                        "backend": loaded.backend, "why_not_onnx": reason or None}),
+                        "backend": loaded.backend, "why_not_onnx": reason or None,
+                        "temperature": temperature}),
             flush=True,
         )
         _draft_short_side = max(_draft_short_side, prep.resize_size * JPEG_DRAFT_GAP)
@@ -362,7 +379,8 @@ def predict_fn(data: Image.Image | torch.Tensor, model: LoadedModel) -> dict[str
     batch = data if isinstance(data, torch.Tensor) else preprocess(data, model)
     if batch.dim() == 3:
         batch = batch.unsqueeze(0)
-    probabilities = torch.softmax(model.forward(batch), dim=1)[0]
+    # The calibration temperature scales the logits of either backend (torch or ONNX Runtime) alike.
+    probabilities = torch.softmax(model.forward(batch) / model.temperature, dim=1)[0]
     k = min(_top_k(), len(model.class_names))
     values, indices = torch.topk(probabilities, k)
     top = [

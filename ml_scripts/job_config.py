@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from backbones import ARCHITECTURES, DEFAULT_ARCHITECTURE
-from contract import (CHANNELS, DEBUGGER_HYPERPARAMETER, PRETRAINED_CHANNEL, RULE_NAMES, unquote_hyperparameter,
-                      unquote_hyperparameters)
+from contract import (CHAMPION_CHANNEL, CHANNELS, DEBUGGER_HYPERPARAMETER, PRETRAINED_CHANNEL, RULE_NAMES,
+                      quote_name, unquote_hyperparameter, unquote_hyperparameters)
 
 #: CreateTrainingJob's pattern for ``TrainingJobName``: the job's checkpoint folder is named after it.
 JOB_NAME_PATTERN = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
@@ -57,6 +57,8 @@ class Paths:
         self.checkpoint_dir = env_path("BREEDLINE_CHECKPOINT_DIR", "/opt/ml/checkpoints")
         #: The pretrained-weights channel's folder, or None when the job has no such channel.
         self.pretrained_dir: Path | None = _channel_if_present(PRETRAINED_CHANNEL)
+        #: The champion channel's folder (the live model's ``model.tar.gz``), or None without one.
+        self.champion_dir: Path | None = _channel_if_present(CHAMPION_CHANNEL)
 
     def job_checkpoint_dir(self) -> Path:
         """This job's own checkpoint folder: ``<checkpoint dir>/<training job name>/``.
@@ -154,6 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=_typed(int), default=None)
     p.add_argument("--seed", type=_typed(int), default=42)
     p.add_argument(
+        "--class_weights", type=_typed(str), default="auto", choices=("auto", "on", "off"),
+        help="class-weighted loss: auto means on when the biggest train class has over 3x the images "
+        "of the smallest (docs/ml.md)",
+    )
+    p.add_argument(
         "--channels_last", type=_typed(str), default="auto", choices=("auto", "true", "false"),
         help="auto: only with CUDA; true also speeds up efficientnet_lite0 on a CPU",
     )
@@ -218,14 +225,15 @@ def use_pretrained_channel(args: argparse.Namespace, paths: Paths) -> None:
         return
     files = sorted(p for p in paths.pretrained_dir.rglob("*") if p.is_file())
     if len(files) != 1:
-        found = ", ".join(str(p.relative_to(paths.pretrained_dir)) for p in files[:5]) or "nothing"
+        found = ", ".join(quote_name(p.relative_to(paths.pretrained_dir)) for p in files[:5]) or "nothing"
         raise ValueError(
-            f"the {PRETRAINED_CHANNEL} channel {paths.pretrained_dir} must hold exactly one weights file, "
+            f"the {PRETRAINED_CHANNEL} channel {quote_name(paths.pretrained_dir)} must hold exactly one "
+            f"weights file, "
             f"found {len(files)} ({found}): point BREEDLINE_PRETRAINED_WEIGHTS_URI at one object "
             f"whose key is not the start of another key"
         )
     args.pretrained_weights = str(files[0])
-    print(f"pretrained weights from the {PRETRAINED_CHANNEL} channel: {files[0]}", flush=True)
+    print(f"pretrained weights from the {PRETRAINED_CHANNEL} channel: {quote_name(files[0])}", flush=True)
 
 
 def cpu_count() -> int:
@@ -254,7 +262,9 @@ def report_skipped(paths: Paths, skipped: dict[str, list[str]], test_skipped: in
     counts = {name: (len(v) if name != "test" else test_skipped) for name, v in skipped.items()}
     for name, count in counts.items():
         if count:
-            print(f"skipped {count} unreadable image(s) in {name}: {skipped[name][:10]}", flush=True)
+            # JSON-quoted names: an image named like a metric line can never start a log line.
+            names = json.dumps(skipped[name][:10])
+            print(f"skipped {count} unreadable image(s) in {name}: {names}", flush=True)
     paths.output_data_dir.mkdir(parents=True, exist_ok=True)
     (paths.output_data_dir / "skipped_images.json").write_text(
         json.dumps({"counts": counts, "files": skipped}, indent=2), encoding="utf-8"

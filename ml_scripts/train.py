@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import random
-import shutil
 import sys
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,27 +40,24 @@ import torch
 from torch import nn
 
 import checkpoints
+import evaluation
+import final_job
 from backbones import PretrainedWeightsError, build_model, count_parameters, parameter_groups, set_train_mode
 from checkpoints import Progress
-from contract import CHANNELS, format_metric
+from contract import CHANNELS, EVALUATION_FILE, format_metric
 from debugging import Debugger
-from image_folder import (CachedImageDataset, DataSetError, Split, batch_to_model_input, collate_skip_bad,
-                          scan_dataset)
+from final_job import SERVING_FILES, SERVING_REQUIREMENTS, save_model  # noqa: F401 (train.SERVING_FILES)
+from image_folder import (CachedImageDataset, DataSetError, Indexed, Split, batch_to_model_input,
+                          collate_indexed, collate_skip_bad, scan_dataset)
 from job_config import (Paths, cpu_count, gpu_allowed, parse_args, report_skipped, run_hyperparameters,
                         use_pretrained_channel, write_failure)
 from presets import Preprocessing
 from profiling import StepProfiler, log_scalar
 
-HERE = Path(__file__).resolve().parent
-#: Files copied into ``model/code/`` so ``model.tar.gz`` serves on its own:
-#: ``inference.py`` and every sibling module it imports.
-SERVING_FILES: tuple[str, ...] = (
-    "inference.py", "backbones.py", "contract.py", "decoding.py", "image_folder.py", "presets.py",
-)
-SERVING_REQUIREMENTS = "serving_requirements.txt"
 #: Per epoch in ``model_meta.json``'s ``history``: the epoch metric lines' values (None if a resumed
 #: checkpoint's history predates the key).
-HISTORY_KEYS: tuple[str, ...] = ("epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy")
+HISTORY_KEYS: tuple[str, ...] = ("epoch", "train_loss", "train_accuracy", "valid_loss", "valid_accuracy",
+                                 "valid_balanced_accuracy", "valid_macro_f1")
 
 
 def default_num_workers(cpus: int, cached: bool, cuda: bool = False) -> int:
@@ -116,6 +110,8 @@ class Trainer:
         self.device = torch.device("cuda" if self.cuda else "cpu")
         self.channels_last = args.channels_last == "true" or (args.channels_last == "auto" and self.cuda)
         self.loss_fn = nn.CrossEntropyLoss()
+        #: The model's class count (set by :func:`train` once the data is scanned).
+        self.num_classes = 0
         #: How uint8 batches become model input (``image_folder.batch_to_model_input``).
         self.prep = Preprocessing(image_size=args.image_size)
 
@@ -133,8 +129,14 @@ class Trainer:
         optimizer: torch.optim.Optimizer | None = None,
         scaler: Any = None,
         profiler: StepProfiler | None = None,
-    ) -> dict[str, float]:
-        """One pass over ``loader``: training steps when ``optimizer`` is given, else evaluation."""
+        collect: bool = False,
+    ) -> dict[str, Any]:
+        """One pass over ``loader``: training steps when ``optimizer`` is given, else evaluation.
+
+        An evaluation also returns ``balanced_accuracy`` and ``macro_f1``; with
+        ``collect`` (a loader of ``image_folder.collate_indexed`` batches) it
+        returns every image's float32 ``logits``, ``labels`` and dataset ``indices`` too.
+        """
         train = optimizer is not None
         if train:
             set_train_mode(model)
@@ -142,12 +144,13 @@ class Trainer:
             model.eval()
         debugger.set_mode(phase)
         total_loss, correct, seen, skipped = 0.0, 0, 0, 0
+        collector = None if train else evaluation.Collector(keep_logits=collect)
         grad = torch.enable_grad() if train else torch.no_grad()
         iterator = iter(loader)
         while True:
             t0 = time.perf_counter()
             try:
-                images, labels, bad = next(iterator)
+                images, labels, bad, *indices = next(iterator)
             except StopIteration:
                 break
             t1 = time.perf_counter()
@@ -169,13 +172,16 @@ class Trainer:
             total_loss += float(loss.detach()) * n
             correct += int((logits.detach().argmax(1) == labels).sum())
             seen += n
+            if collector is not None:
+                collector.add(logits.detach(), labels, indices[0] if indices else None)
             if profiler is not None:
                 if self.cuda:
                     torch.cuda.synchronize()
                 profiler.record(t1 - t0, time.perf_counter() - t1)
         if seen == 0:
             raise DataSetError(f"no readable images in the {phase} split ({skipped} skipped)")
-        return {"loss": total_loss / seen, "accuracy": correct / seen, "skipped": skipped, "seen": seen}
+        result = {"loss": total_loss / seen, "accuracy": correct / seen, "skipped": skipped, "seen": seen}
+        return result if collector is None else {**result, **collector.result()}
 
     def num_workers(self, dataset: torch.utils.data.Dataset) -> int:
         """``--num_workers`` if given, else :func:`default_num_workers` for this split."""
@@ -184,9 +190,10 @@ class Trainer:
         return default_num_workers(cpu_count(), cached=bool(getattr(dataset, "cached", False)), cuda=self.cuda)
 
     def loader(
-        self, dataset: torch.utils.data.Dataset, shuffle: bool, workers: int | None = None
+        self, dataset: torch.utils.data.Dataset, shuffle: bool, workers: int | None = None,
+        collate: Any = collate_skip_bad,
     ) -> torch.utils.data.DataLoader:
-        """Batches of (uint8 NHWC images, labels, bad-item count); ``workers`` None: :meth:`num_workers`."""
+        """Batches of (uint8 NHWC images, labels, bad count[, indices]); ``workers`` None: num_workers()."""
         if workers is None:
             workers = self.num_workers(dataset)
         generator = torch.Generator()
@@ -196,7 +203,7 @@ class Trainer:
             batch_size=self.args.batch_size,
             shuffle=shuffle,
             num_workers=workers,
-            collate_fn=collate_skip_bad,
+            collate_fn=collate,
             pin_memory=self.cuda,
             persistent_workers=workers > 0,
             generator=generator,
@@ -235,9 +242,11 @@ def train_one_epoch(
     return trainer.run_epoch(run.net, loader, "train", run.debugger, run.optimizer, run.scaler, profiler)
 
 
-def evaluate(trainer: Trainer, run: Run, loader: torch.utils.data.DataLoader, phase: str) -> dict[str, float]:
-    """Loss and accuracy on the valid or test split, without gradients."""
-    return trainer.run_epoch(run.net, loader, phase, run.debugger)
+def evaluate(
+    trainer: Trainer, run: Run, loader: torch.utils.data.DataLoader, phase: str, collect: bool = False
+) -> dict[str, Any]:
+    """Loss, accuracy, balanced accuracy and macro-F1 on the valid or test split, without gradients."""
+    return trainer.run_epoch(run.net, loader, phase, run.debugger, collect=collect)
 
 
 def load_splits(args: argparse.Namespace, paths: Paths, cpus: int) -> dict[str, Split]:
@@ -271,8 +280,13 @@ def build_datasets(splits: dict[str, Split], prep: Preprocessing, cpus: int) -> 
 def build_loaders(
     args: argparse.Namespace, trainer: Trainer, datasets: dict[str, CachedImageDataset]
 ) -> dict[str, torch.utils.data.DataLoader]:
-    """One loader per split: on the CPU cached splits load in-process, the test split with workers."""
-    loaders = {name: trainer.loader(ds, shuffle=name == "train") for name, ds in datasets.items()}
+    """One loader per split: on the CPU cached splits load in-process, the test split with workers.
+
+    The test split's batches carry each image's index (``image_folder.Indexed``): its
+    evaluation names the files of the worst mistakes.
+    """
+    loaders = {name: trainer.loader(datasets[name], shuffle=name == "train") for name in ("train", "valid")}
+    loaders["test"] = trainer.loader(Indexed(datasets["test"]), shuffle=False, collate=collate_indexed)
     print("loader workers: " + ", ".join(f"{name}={loader.num_workers}" for name, loader in loaders.items())
           + ("" if args.num_workers is None else " (--num_workers)"), flush=True)
     return loaders
@@ -318,9 +332,14 @@ def fit(
         metric("train_accuracy", tr["accuracy"], epoch)
         metric("valid_loss", va["loss"], epoch)
         metric("valid_accuracy", va["accuracy"], epoch)
+        metric("valid_balanced_accuracy", va["balanced_accuracy"], epoch)
+        metric("valid_macro_f1", va["macro_f1"], epoch)
         metric("epoch_seconds", seconds, epoch)
         progress.history.append({"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
-                                 "valid_loss": va["loss"], "valid_accuracy": va["accuracy"], "epoch_seconds": seconds})
+                                 "valid_loss": va["loss"], "valid_accuracy": va["accuracy"],
+                                 "valid_balanced_accuracy": va["balanced_accuracy"],
+                                 "valid_macro_f1": va["macro_f1"],
+                                 "epoch_seconds": seconds})
         checkpoints.record_epoch(folder, progress, epoch, va["loss"], run.model, run.optimizer, signature)
         run.debugger.after_epoch(epoch, args.epochs)
         if progress.bad_epochs >= args.patience:
@@ -331,53 +350,21 @@ def fit(
         profiler.finish()
 
 
-def save_model(
-    paths: Paths,
-    model_state: dict[str, torch.Tensor],
-    args: argparse.Namespace,
-    class_names: list[str],
-    prep: Preprocessing,
-    metrics: dict[str, float],
-    extra: dict[str, Any],
-) -> None:
-    """``model.pt``, ``model_meta.json`` and ``code/`` (:data:`SERVING_FILES`): it serves on its own."""
-    import torchvision
-
-    model_dir = paths.model_dir
-    model_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(model_state, model_dir / "model.pt")
-    meta = {
-        "architecture": args.model,
-        "class_names": class_names,
-        "num_classes": len(class_names),
-        **prep.to_meta(),
-        "metrics": metrics,
-        "hyperparameters": {
-            k: getattr(args, k) for k in ("learning_rate", "batch_size", "epochs", "image_size", "patience", "seed")
-        },
-        "framework": {"torch": torch.__version__, "torchvision": torchvision.__version__},
-        **extra,
-    }
-    (model_dir / "model_meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    code = model_dir / "code"
-    code.mkdir(exist_ok=True)
-    for name in SERVING_FILES:
-        shutil.copyfile(HERE / name, code / name)  # copyfile follows symlinks: real files in the tarball
-    shutil.copyfile(HERE / SERVING_REQUIREMENTS, code / "requirements.txt")
-
-
 def test_and_save(
     args: argparse.Namespace, paths: Paths, trainer: Trainer, run: Run,
     loaders: dict[str, torch.utils.data.DataLoader], datasets: dict[str, CachedImageDataset],
-    class_names: list[str], progress: Progress,
+    splits: dict[str, Split], progress: Progress, weighting: tuple[bool, str],
 ) -> dict[str, float]:
-    """The test split on the best weights, then the skipped-image report and the model directory."""
+    """The test split on the best weights, calibration, the champion, the model directory, evaluation.json."""
+    class_names = splits["train"].class_names
     if progress.best_state is not None:
         run.model.load_state_dict(progress.best_state)
-    te = evaluate(trainer, run, loaders["test"], "test")
+    te = evaluate(trainer, run, loaders["test"], "test", collect=True)
     metric("test_loss", te["loss"])
     metric("test_accuracy", te["accuracy"])
     run.debugger.close()
+    best_state = progress.best_state or checkpoints.cpu_state(run.model)
+    final = final_job.assess(args, paths, trainer, datasets, splits, te, best_state, weighting, metric)
     counts = report_skipped(paths, {name: list(ds.skipped) for name, ds in datasets.items()}, te["skipped"])
     history, best_epoch = progress.history, progress.best_epoch
     metrics = {
@@ -385,13 +372,18 @@ def test_and_save(
         "valid_accuracy": next((h["valid_accuracy"] for h in history if h["epoch"] == best_epoch), float("nan")),
         "test_loss": te["loss"],
         "test_accuracy": te["accuracy"],
+        **final.metrics,
     }
     save_model(
-        paths, progress.best_state or checkpoints.cpu_state(run.model), args, class_names, trainer.prep, metrics,
+        paths, best_state, args, class_names, trainer.prep, metrics,
         {"best_epoch": best_epoch, "epochs_run": len(history), "skipped_images": counts,
+         "temperature": final.temperature,
+         "class_weighting": final.document["class_weighting"],
          "history": [{key: h.get(key) for key in HISTORY_KEYS} for h in history]},
     )
-    print(f"model saved to {paths.model_dir} (best epoch {best_epoch})", flush=True)
+    final_job.write_evaluation(paths, final.document)
+    print(f"model saved to {paths.model_dir} (best epoch {best_epoch}); {EVALUATION_FILE} beside it and in "
+          f"{paths.output_data_dir}", flush=True)
     return metrics
 
 
@@ -404,11 +396,13 @@ def train(args: argparse.Namespace, paths: Paths) -> dict[str, float]:
     splits = load_splits(args, paths, cpus)
     class_names = splits["train"].class_names
     trainer = Trainer(args, paths)
+    trainer.num_classes = len(class_names)
     model = build_model(args.model, len(class_names), image_size=args.image_size,
                         pretrained_weights=args.pretrained_weights, trainable_blocks=args.trainable_blocks)
     trainable, total = count_parameters(model)
     print(f"model: {total:,} parameters, {trainable:,} trainable; device={trainer.device}", flush=True)
     datasets = build_datasets(splits, trainer.prep, cpus)
+    weighting = evaluation.weigh_classes(args.class_weights, trainer, datasets["train"], class_names)
     loaders = build_loaders(args, trainer, datasets)
     run = prepare_run(args, paths, trainer, model)
     signature = checkpoints.signature(run_hyperparameters(args), splits, run.model, args.pretrained_weights)
@@ -416,7 +410,7 @@ def train(args: argparse.Namespace, paths: Paths) -> dict[str, float]:
     progress = checkpoints.resume(checkpoint_dir, signature, run.model, run.optimizer, args.patience)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     fit(args, paths, trainer, run, loaders, progress, signature)
-    return test_and_save(args, paths, trainer, run, loaders, datasets, class_names, progress)
+    return test_and_save(args, paths, trainer, run, loaders, datasets, splits, progress, weighting)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from contract import (CHANNELS, DEBUGGER_HYPERPARAMETER, DEBUGGER_MODES, METRIC_DEFINITIONS, METRIC_NAMES,
-                      PRETRAINED_CHANNEL, RULE_NAMES, TOOLKIT_PREFIX, encode_hyperparameter)
+                      PRETRAINED_CHANNEL, RULE_NAMES, TOOLKIT_PREFIX, check_objective, encode_hyperparameter)
 
 from chalicelib.config import SERVERLESS_MEMORY_SIZES, Settings
 
@@ -186,6 +186,7 @@ def tuning_job_config(settings: Settings) -> dict[str, Any]:
     strategy = settings.tuning_strategy
     if settings.objective_metric not in METRIC_NAMES:
         raise ValueError(f"BREEDLINE_OBJECTIVE_METRIC={settings.objective_metric!r} is not one of {METRIC_NAMES}")
+    check_objective(settings.objective_metric, settings.objective_type)  # Maximize macro-F1, Minimize a loss
     if strategy == "Grid":
         raise ValueError("BREEDLINE_TUNING_STRATEGY=Grid needs categorical ranges only; learning_rate is continuous")
     config: dict[str, Any] = {

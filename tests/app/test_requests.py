@@ -30,6 +30,11 @@ VARIANTS = {
     "random_auto_stop": {"BREEDLINE_TUNING_STRATEGY": "Random", "BREEDLINE_EARLY_STOPPING": "Auto"},
     "hyperband": {"BREEDLINE_TUNING_STRATEGY": "Hyperband", "BREEDLINE_EARLY_STOPPING": "Auto"},
     "maximize_accuracy": {"BREEDLINE_OBJECTIVE_METRIC": "valid_accuracy", "BREEDLINE_OBJECTIVE_TYPE": "Maximize"},
+    # issue 13: the class-balanced objectives
+    "maximize_macro_f1": {"BREEDLINE_OBJECTIVE_METRIC": "valid_macro_f1",
+                          "BREEDLINE_OBJECTIVE_TYPE": "Maximize"},
+    "maximize_balanced_accuracy": {"BREEDLINE_OBJECTIVE_METRIC": "valid_balanced_accuracy",
+                                   "BREEDLINE_OBJECTIVE_TYPE": "Maximize"},
     "no_rule_image": {"BREEDLINE_DEBUGGER_RULE_IMAGE": ""},
     "serverless": {"BREEDLINE_SERVERLESS_MEMORY_MB": "3072"},
     "canary_fleet": {"BREEDLINE_ENDPOINT_INSTANCE_COUNT": "3", "BREEDLINE_CANARY_PERCENT": "25"},
@@ -300,6 +305,8 @@ def test_hyperband_gets_its_strategy_config():
     [
         {"BREEDLINE_TUNING_STRATEGY": "Grid"},
         {"BREEDLINE_OBJECTIVE_METRIC": "accuracy"},
+        {"BREEDLINE_OBJECTIVE_METRIC": "valid_macro_f1"},  # better higher, but the type is Minimize
+        {"BREEDLINE_OBJECTIVE_METRIC": "valid_loss", "BREEDLINE_OBJECTIVE_TYPE": "Maximize"},
         {"BREEDLINE_LEARNING_RATE_RANGE": "0.1,0.01"},
         {"BREEDLINE_BATCH_SIZES": ""},
     ],

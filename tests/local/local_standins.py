@@ -43,10 +43,10 @@ STANDIN_TRAIN = textwrap.dedent('''
     for epoch in range(1, args.epochs + 1):
         time.sleep(args.sleep)
         loss = abs(args.learning_rate - 0.01) * 10 + 1.0 / epoch
-        print(f"epoch={epoch} train_loss={loss + 0.1:.6f}", flush=True)
-        print(f"epoch={epoch} valid_loss={loss:.6f}", flush=True)
-        print(f"epoch={epoch} valid_accuracy={1 - loss / 10:.6f}", flush=True)
-    print("test_accuracy=0.9", flush=True)
+        print(f"#breedline-metric epoch={epoch} train_loss={loss + 0.1:.6f}", flush=True)
+        print(f"#breedline-metric epoch={epoch} valid_loss={loss:.6f}", flush=True)
+        print(f"#breedline-metric epoch={epoch} valid_accuracy={1 - loss / 10:.6f}", flush=True)
+    print("#breedline-metric test_accuracy=0.9", flush=True)
     model = pathlib.Path(os.environ["SM_MODEL_DIR"])
     (model / "code").mkdir(parents=True, exist_ok=True)
     (model / "model_meta.json").write_text(json.dumps({"class_names": classes,

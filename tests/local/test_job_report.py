@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from contract import (
+    METRIC_LINE_PREFIX,
     PROFILER_DIR,
     PROFILER_REPORT_FILE,
     RULE_NAMES,
@@ -69,6 +70,7 @@ def metric_lines_per_epoch(log: str) -> dict[str, dict[int, float]]:
     """``epoch=N name=value`` lines read the plain way (the last line of an epoch wins), for comparison."""
     found: dict[str, dict[int, float]] = {}
     for line in log.splitlines():
+        line = line.removeprefix(METRIC_LINE_PREFIX + " ")
         words = dict(w.split("=", 1) for w in line.split() if "=" in w)
         if line.startswith("epoch=") and len(words) == 2:
             name = next(k for k in words if k != "epoch")
@@ -77,7 +79,8 @@ def metric_lines_per_epoch(log: str) -> dict[str, dict[int, float]]:
 
 
 def final_value(log: str, name: str) -> float:
-    return float([line for line in log.splitlines() if line.startswith(f"{name}=")][-1].split("=")[1])
+    return float([line for line in log.splitlines() if line.startswith(f"{METRIC_LINE_PREFIX} {name}=")][-1]
+                 .split("=")[1])
 
 
 def write_trial(folder: Path, train_values: list[float], eval_values: list[float]) -> None:

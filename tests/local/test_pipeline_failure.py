@@ -30,8 +30,8 @@ FAILING_FINAL = textwrap.dedent('''
         (pathlib.Path(os.environ["SM_OUTPUT_DIR"]) / "failure").write_text(reason)
         print(reason, file=sys.stderr)
         sys.exit(1)
-    print("epoch=1 valid_loss=0.5", flush=True)
-    print("test_accuracy=0.9", flush=True)
+    print("#breedline-metric epoch=1 valid_loss=0.5", flush=True)
+    print("#breedline-metric test_accuracy=0.9", flush=True)
     (pathlib.Path(os.environ["SM_MODEL_DIR"]) / "model_meta.json").write_text("{}")
 ''')
 

@@ -25,7 +25,7 @@ PROBE = textwrap.dedent('''
     seen = {"argv": sys.argv[1:], "cwd": os.getcwd(), "env": dict(os.environ),
             "code": sorted(os.listdir(os.getcwd()))}
     (pathlib.Path(os.environ["SM_MODEL_DIR"]) / "probe.json").write_text(json.dumps(seen))
-    print("epoch=1 valid_loss=0.25", flush=True)
+    print("#breedline-metric epoch=1 valid_loss=0.25", flush=True)
     sys.exit(int(args.get("--exit_code", "0")))
 ''')
 

@@ -42,7 +42,7 @@ def test_the_pretrained_channel_supplies_the_weights(tmp_path: Path, digits_smal
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     state = torch.load(job.model_dir / "model.pt", map_location="cpu", weights_only=True)
     assert torch.all(state["_conv_stem.weight"] == MARK)  # the frozen stem is the channel file's, not the package's
-    assert f"pretrained weights from the pretrained channel: {weights}" in result.stdout
+    assert f'pretrained weights from the pretrained channel: "{weights}"' in result.stdout
 
 
 def test_an_explicit_flag_wins_over_the_channel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -78,5 +78,5 @@ def test_a_channel_with_more_than_one_file_fails_the_job(
             monkeypatch.setenv(key, value)
     assert train.main(["--epochs", "1"]) == 1
     reason = (job.output_dir / "failure").read_text()
-    assert "must hold exactly one weights file, found 2 (w.pth, w.pth.bak)" in reason
+    assert 'must hold exactly one weights file, found 2 ("w.pth", "w.pth.bak")' in reason
     assert "BREEDLINE_PRETRAINED_WEIGHTS_URI" in reason

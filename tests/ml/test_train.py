@@ -164,7 +164,7 @@ def test_failure_on_an_empty_split(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     _paths(monkeypatch, job)
     assert train.main(["--model", "efficientnet_lite0"]) == 1
     reason = (job.output_dir / "failure").read_text()
-    assert f"no images in {data / 'test'}" in reason
+    assert f'no images in "{data / "test"}"' in reason  # names are JSON-quoted in every message
 
 
 def test_failure_without_pretrained_weights_names_the_flag(
