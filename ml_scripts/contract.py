@@ -34,6 +34,7 @@ CHANNELS: tuple[str, ...] = ("train", "valid", "test")
 #: The optional input channel that carries one pretrained weights file
 #: (``SM_CHANNEL_PRETRAINED``): not a data split, so not in :data:`CHANNELS`.
 PRETRAINED_CHANNEL = "pretrained"
+CHAMPION_CHANNEL = "champion"
 
 # -- job statuses -----------------------------------------------------------------------
 COMPLETED = "Completed"
