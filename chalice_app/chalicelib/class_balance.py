@@ -59,4 +59,6 @@ def imbalances(counts: Mapping[str, Mapping[str, int]], max_ratio: float) -> lis
 
 def class_counts(counts: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
     """``{split: {class: images}}`` for every split, classes sorted: what the version record keeps."""
-    return {split: {name: int(n) for name, n in sorted((counts.get(split) or {}).items())} for split in CHANNELS}
+    return {
+        split: {name: int(n) for name, n in sorted((counts.get(split) or {}).items())} for split in CHANNELS
+    }

@@ -41,7 +41,13 @@ LIVE_JOB = "breedline-dog-breeds-00000000-final"
 
 def good(**extra: float) -> dict[str, float]:
     """A sound 3-class model's lines: 0.83 on everything, the balanced 3-class majority baseline."""
-    return {"test_accuracy": 0.83, "test_balanced_accuracy": 0.83, "test_macro_f1": 0.83, **MAJORITY_3, **extra}
+    return {
+        "test_accuracy": 0.83,
+        "test_balanced_accuracy": 0.83,
+        "test_macro_f1": 0.83,
+        **MAJORITY_3,
+        **extra,
+    }
 
 
 def live(labels=CLASSES, metrics=None, accuracy=0.70, job=LIVE_JOB) -> LiveFigures:
@@ -57,8 +63,12 @@ def test_first_model_passes_on_floor_and_baseline():
 
 def test_an_always_majority_model_on_an_imbalanced_set_is_rejected_with_the_reason():
     """The issue's case: 91% of test is one class; the model always answers it."""
-    metrics = {"test_accuracy": 0.91, "test_macro_f1": 0.48, "test_balanced_accuracy": 0.5,
-               "test_majority_accuracy": 0.91}
+    metrics = {
+        "test_accuracy": 0.91,
+        "test_macro_f1": 0.48,
+        "test_balanced_accuracy": 0.5,
+        "test_majority_accuracy": 0.91,
+    }
     decision = quality_gate(metrics, ("big", "small"), None, POLICY, JOB)
     assert not decision.deploy and decision.alert
     # derived from the majority share: 2 * 0.91 / 1.91 / 2 = 0.4764
@@ -70,16 +80,27 @@ def test_an_always_majority_model_on_an_imbalanced_set_is_rejected_with_the_reas
     printed = quality_gate({**metrics, "test_majority_macro_f1": 0.476}, ("big", "small"), None, POLICY, JOB)
     assert not printed.deploy and "baseline 0.4760" in printed.reason
     # a model that also finds the small class passes
-    fine = quality_gate({**metrics, "test_macro_f1": 0.81, "test_balanced_accuracy": 0.78}, ("big", "small"), None, POLICY, JOB)
+    fine = quality_gate(
+        {**metrics, "test_macro_f1": 0.81, "test_balanced_accuracy": 0.78},
+        ("big", "small"),
+        None,
+        POLICY,
+        JOB,
+    )
     assert fine.deploy
 
 
 def test_majority_baseline_per_metric():
     assert majority_baseline({"test_majority_accuracy": 0.5}, "test_accuracy", 2) == 0.5
     assert majority_baseline({}, "test_accuracy", 2) is None
-    assert majority_baseline({"test_majority_accuracy": 0.5}, "test_macro_f1", 2) == pytest.approx(2 * 0.5 / 1.5 / 2)
+    assert majority_baseline({"test_majority_accuracy": 0.5}, "test_macro_f1", 2) == pytest.approx(
+        2 * 0.5 / 1.5 / 2
+    )
     assert majority_baseline({}, "test_balanced_accuracy", 4) == pytest.approx(0.25)
-    assert majority_baseline({"test_majority_accuracy": 0.9, "test_majority_macro_f1": 0.3}, "test_macro_f1", 2) == 0.3
+    assert (
+        majority_baseline({"test_majority_accuracy": 0.9, "test_majority_macro_f1": 0.3}, "test_macro_f1", 2)
+        == 0.3
+    )
     assert majority_baseline({}, "test_macro_f1", 3) is None
 
 
@@ -102,12 +123,18 @@ def test_every_metric_it_reads_must_lie_in_0_1(bad):
 
 
 def test_read_metrics_keeps_nan_and_turns_junk_into_nan():
-    data = [{"MetricName": "test_accuracy", "Value": 0.8}, {"MetricName": "test_macro_f1", "Value": "x"},
-            {"MetricName": "test_accuracy", "Value": 0.1}, {"Value": 3}]
+    data = [
+        {"MetricName": "test_accuracy", "Value": 0.8},
+        {"MetricName": "test_macro_f1", "Value": "x"},
+        {"MetricName": "test_accuracy", "Value": 0.1},
+        {"Value": 3},
+    ]
     found = read_metrics(data)
     assert found["test_accuracy"] == 0.8 and math.isnan(found["test_macro_f1"]) and len(found) == 2
     assert headline_metrics({**found, "valid_loss": 0.3, "champion_test_macro_f1": 0.7}) == {
-        "test_accuracy": 0.8, "champion_test_macro_f1": 0.7}
+        "test_accuracy": 0.8,
+        "champion_test_macro_f1": 0.7,
+    }
 
 
 @pytest.mark.parametrize("missing", ["test_accuracy", "test_macro_f1"])
@@ -115,7 +142,9 @@ def test_missing_accuracy_or_gate_metric_rejects_and_alerts(missing):
     metrics = good()
     del metrics[missing]
     decision = quality_gate(metrics, CLASSES, None, POLICY, JOB)
-    assert not decision.deploy and decision.alert and f"no {missing} in FinalMetricDataList" in decision.reason
+    assert (
+        not decision.deploy and decision.alert and f"no {missing} in FinalMetricDataList" in decision.reason
+    )
 
 
 @pytest.mark.parametrize("accuracy", [0.5, 0.4])
@@ -136,8 +165,13 @@ def test_the_floor_is_strict(accuracy):
 )
 def test_beats_the_champion_on_the_same_test_split_by_the_margin(champion, deploy):
     # the live record's own figure (its own, easier test split) would say otherwise: the champion line wins
-    decision = quality_gate(good(champion_test_macro_f1=champion), CLASSES,
-                            live(metrics={"test_macro_f1": 0.99}, accuracy=0.99), POLICY, JOB)
+    decision = quality_gate(
+        good(champion_test_macro_f1=champion),
+        CLASSES,
+        live(metrics={"test_macro_f1": 0.99}, accuracy=0.99),
+        POLICY,
+        JOB,
+    )
     assert decision.deploy is deploy
     assert decision.compared_with == "the live model on the same test split"
     if not deploy:
@@ -164,7 +198,13 @@ def test_a_different_class_list_awaits_approval_and_says_what_changed():
     # the same classes in another order also change what /labels means
     reordered = quality_gate(good(), ("husky", "beagle", "corgi"), live(), POLICY, JOB)
     assert reordered.outcome == AWAITING_APPROVAL
-    allowed = quality_gate(good(champion_test_macro_f1=0.99), ("beagle", "husky"), live(), GatePolicy(allow_class_change=True), JOB)
+    allowed = quality_gate(
+        good(champion_test_macro_f1=0.99),
+        ("beagle", "husky"),
+        live(),
+        GatePolicy(allow_class_change=True),
+        JOB,
+    )
     assert allowed.deploy and allowed.compared_with == "nothing: class list changed"
     # a bad model never asks for approval: it is rejected first
     bad = quality_gate(good(test_accuracy=0.3), ("beagle", "husky"), live(), POLICY, JOB)
@@ -185,14 +225,21 @@ def test_the_gate_metric_is_configurable():
     assert decision.deploy and "test_balanced_accuracy 0.4000 beats the live model" in decision.reason
     near = quality_gate(good(test_balanced_accuracy=0.38), CLASSES, None, policy, JOB)
     assert not near.deploy and "baseline 0.3333" in near.reason
-    on_accuracy = quality_gate(good(champion_test_accuracy=0.9), CLASSES, live(), GatePolicy(metric="test_accuracy"), JOB)
+    on_accuracy = quality_gate(
+        good(champion_test_accuracy=0.9), CLASSES, live(), GatePolicy(metric="test_accuracy"), JOB
+    )
     assert not on_accuracy.deploy and "test_accuracy 0.8300 does not beat" in on_accuracy.reason
 
 
 def test_gate_settings_parse_and_refuse_bad_values():
     s = Settings.from_env({})
     assert (s.gate_metric, s.gate_margin, s.baseline_margin, s.allow_class_change, s.imbalance_ratio) == (
-        "test_macro_f1", 0.01, 0.05, False, 3.0)
+        "test_macro_f1",
+        0.01,
+        0.05,
+        False,
+        3.0,
+    )
     with pytest.raises(ValueError, match="BREEDLINE_GATE_METRIC"):
         Settings.from_env({"BREEDLINE_GATE_METRIC": "valid_loss"})
     with pytest.raises(ValueError, match="BREEDLINE_GATE_MARGIN"):
@@ -203,11 +250,23 @@ def test_gate_settings_parse_and_refuse_bad_values():
 
 # -- class balance --------------------------------------------------------------------------
 def test_imbalance_is_found_per_split_and_worded_with_the_counts():
-    counts = {"train": {"big": 100, "small": 2}, "valid": {"big": 6, "small": 2}, "test": {"big": 5, "small": 5}}
+    counts = {
+        "train": {"big": 100, "small": 2},
+        "valid": {"big": 6, "small": 2},
+        "test": {"big": 5, "small": 5},
+    }
     (found,) = imbalances(counts, 3.0)
-    assert (found.split, found.largest, found.largest_count, found.smallest, found.smallest_count) == ("train", "big", 100, "small", 2)
+    assert (found.split, found.largest, found.largest_count, found.smallest, found.smallest_count) == (
+        "train",
+        "big",
+        100,
+        "small",
+        2,
+    )
     assert found.ratio == 50.0
-    assert "train: classes imbalanced 50.0x (more than 3x" in found.warning(3.0) and "big has 100 images" in found.warning(3.0)
+    assert "train: classes imbalanced 50.0x (more than 3x" in found.warning(
+        3.0
+    ) and "big has 100 images" in found.warning(3.0)
     assert [f.split for f in imbalances(counts, 2.5)] == ["train", "valid"]
     assert imbalances({"train": {"a": 3, "b": 1}}, 3.0) == []  # exactly 3x is not more than 3x
     assert imbalances({"train": {"a": 3, "b": 0}}, 3.0) == []  # an empty class is the layout rules' business
@@ -216,9 +275,13 @@ def test_imbalance_is_found_per_split_and_worded_with_the_counts():
 
 # -- the champion channel -------------------------------------------------------------------
 def _settings(**overrides: str) -> Settings:
-    return Settings.from_env({"BREEDLINE_TRAINING_IMAGE": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.6.0-gpu-py312",
-                              "BREEDLINE_DEBUGGER_RULE_IMAGE": "503895931360.dkr.ecr.us-east-1.amazonaws.com/sagemaker-debugger-rules:latest",
-                              **overrides})
+    return Settings.from_env(
+        {
+            "BREEDLINE_TRAINING_IMAGE": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.6.0-gpu-py312",
+            "BREEDLINE_DEBUGGER_RULE_IMAGE": "503895931360.dkr.ecr.us-east-1.amazonaws.com/sagemaker-debugger-rules:latest",
+            **overrides,
+        }
+    )
 
 
 @pytest.mark.parametrize("mode", ["in_job", "service", "off"])
@@ -226,21 +289,50 @@ def test_the_final_job_gets_the_champion_channel_and_botocore_accepts_it(mode):
     s = _settings()
     uri = f"s3://{s.bucket}/jobs/{LIVE_JOB}/output/model.tar.gz"
     tags = pipeline_tags(s.name_prefix, "training", "dog-breeds", "0123456789abcdef")
-    request = build.create_training_job(s, name=JOB, dataset="dog-breeds", region="us-east-1", hyperparameters={},
-                                        tags=tags, debugger=mode, champion_uri=uri)
+    request = build.create_training_job(
+        s,
+        name=JOB,
+        dataset="dog-breeds",
+        region="us-east-1",
+        hyperparameters={},
+        tags=tags,
+        debugger=mode,
+        champion_uri=uri,
+    )
     validate_request("sagemaker", "CreateTrainingJob", request)
     channels = request["InputDataConfig"]
     assert [c["ChannelName"] for c in channels] == [*CHANNELS, CHAMPION_CHANNEL]
-    assert channels[-1] == {"ChannelName": "champion", "InputMode": "File", "DataSource": {"S3DataSource": {
-        "S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated"}}}
-    plain = build.create_training_job(s, name=JOB, dataset="dog-breeds", region="us-east-1", hyperparameters={}, tags=tags)
+    assert channels[-1] == {
+        "ChannelName": "champion",
+        "InputMode": "File",
+        "DataSource": {
+            "S3DataSource": {
+                "S3DataType": "S3Prefix",
+                "S3Uri": uri,
+                "S3DataDistributionType": "FullyReplicated",
+            }
+        },
+    }
+    plain = build.create_training_job(
+        s, name=JOB, dataset="dog-breeds", region="us-east-1", hyperparameters={}, tags=tags
+    )
     assert [c["ChannelName"] for c in plain["InputDataConfig"]] == list(CHANNELS)
-    tuning = build.create_tuning_job(s, name="breedline-dog-breeds-ee486b7b", dataset="dog-breeds", region="us-east-1", tags=tags)
-    assert CHAMPION_CHANNEL not in [c["ChannelName"] for c in tuning["TrainingJobDefinition"]["InputDataConfig"]]
+    tuning = build.create_tuning_job(
+        s, name="breedline-dog-breeds-ee486b7b", dataset="dog-breeds", region="us-east-1", tags=tags
+    )
+    assert CHAMPION_CHANNEL not in [
+        c["ChannelName"] for c in tuning["TrainingJobDefinition"]["InputDataConfig"]
+    ]
 
 
-@pytest.mark.parametrize("uri", ["s3://another-bucket/jobs/x/output/model.tar.gz", "s3://breedline-data/jobs/x/output/",
-                                 "s3://breedline-data/datasets/x/model.tar.gz"])
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "s3://another-bucket/jobs/x/output/model.tar.gz",
+        "s3://breedline-data/jobs/x/output/",
+        "s3://breedline-data/datasets/x/model.tar.gz",
+    ],
+)
 def test_a_champion_outside_the_job_outputs_is_refused(uri):
     with pytest.raises(ValueError, match="champion model"):
         build.champion_channel(_settings(), uri)
@@ -263,12 +355,25 @@ def invoke(client, name: str, event: dict):
     return client.lambda_.invoke(name, event).payload
 
 
-def seed(env, classes=CLASSES, live_labels=CLASSES, artifacts: str | None = LIVE_ARTIFACTS, metrics=None) -> None:
-    state(env).save_version(DATASET, VERSION, list(classes), 27, TUNING,
-                            class_counts={"train": dict.fromkeys(classes, 3), "valid": {}, "test": {}})
+def seed(
+    env, classes=CLASSES, live_labels=CLASSES, artifacts: str | None = LIVE_ARTIFACTS, metrics=None
+) -> None:
+    state(env).save_version(
+        DATASET,
+        VERSION,
+        list(classes),
+        27,
+        TUNING,
+        class_counts={"train": dict.fromkeys(classes, 3), "valid": {}, "test": {}},
+    )
     if live_labels is not None:
-        record = {"model": LIVE_JOB, "training_job": LIVE_JOB, "accuracy": 0.70, "labels": list(live_labels),
-                  "metrics": metrics or {"test_macro_f1": 0.70}}
+        record = {
+            "model": LIVE_JOB,
+            "training_job": LIVE_JOB,
+            "accuracy": 0.70,
+            "labels": list(live_labels),
+            "metrics": metrics or {"test_macro_f1": 0.70},
+        }
         if artifacts:
             record["artifacts"] = artifacts
         assert state(env).set_live_model(record, None)
@@ -286,7 +391,10 @@ def test_the_final_job_evaluates_the_live_model_when_it_has_the_same_classes(cli
     seed(env)
     request = start_final(client, sagemaker)
     champion = request["InputDataConfig"][-1]
-    assert champion["ChannelName"] == "champion" and champion["DataSource"]["S3DataSource"]["S3Uri"] == LIVE_ARTIFACTS
+    assert (
+        champion["ChannelName"] == "champion"
+        and champion["DataSource"]["S3DataSource"]["S3Uri"] == LIVE_ARTIFACTS
+    )
 
 
 def test_no_champion_channel_for_a_different_class_list(client, sagemaker, aws, env):
@@ -299,20 +407,32 @@ def test_an_old_live_record_finds_its_artifacts_through_its_training_job(client,
     seed(env, artifacts=None)
     sagemaker.training[LIVE_JOB] = completed_training(LIVE_JOB, 0.7)
     request = start_final(client, sagemaker)
-    assert [op for op, _ in sagemaker.calls] == ["DescribeHyperParameterTuningJob", "DescribeTrainingJob", "CreateTrainingJob"]
+    assert [op for op, _ in sagemaker.calls] == [
+        "DescribeHyperParameterTuningJob",
+        "DescribeTrainingJob",
+        "CreateTrainingJob",
+    ]
     assert request["InputDataConfig"][-1]["DataSource"]["S3DataSource"]["S3Uri"] == LIVE_ARTIFACTS
 
 
 def test_the_gate_deploys_on_the_champion_line_and_stores_the_headline_metrics(client, sagemaker, aws, env):
     seed(env)
-    sagemaker.training[FINAL] = completed_training(FINAL, 0.83, extra={"champion_test_macro_f1": 0.75, "test_ece": 0.04})
+    sagemaker.training[FINAL] = completed_training(
+        FINAL, 0.83, extra={"champion_test_macro_f1": 0.75, "test_ece": 0.04}
+    )
     result = invoke(client, "on_training_state_change", load_event("training_completed.json"))
     assert result["outcome"] == "deployed"
     live = state(env).live_model()
     assert live["artifacts"] == f"s3://breedline-data/jobs/{FINAL}/output/model.tar.gz"
-    assert live["metrics"] == {"test_accuracy": 0.83, "test_balanced_accuracy": 0.83, "test_macro_f1": 0.83,
-                               "test_majority_accuracy": 0.34, "test_majority_macro_f1": 0.169, "test_ece": 0.04,
-                               "champion_test_macro_f1": 0.75}
+    assert live["metrics"] == {
+        "test_accuracy": 0.83,
+        "test_balanced_accuracy": 0.83,
+        "test_macro_f1": 0.83,
+        "test_majority_accuracy": 0.34,
+        "test_majority_macro_f1": 0.169,
+        "test_ece": 0.04,
+        "champion_test_macro_f1": 0.75,
+    }
     body = client.http.get("/status").json_body
     assert body["live_model"]["metrics"]["test_macro_f1"] == pytest.approx(0.83)
     assert body["live_model"]["metrics"]["champion_test_macro_f1"] == pytest.approx(0.75)
@@ -333,8 +453,16 @@ def test_a_model_that_loses_to_the_champion_on_the_same_data_is_not_deployed(cli
 
 def test_an_always_majority_model_is_rejected_and_alerted(client, sagemaker, aws, env):
     seed(env, classes=("big", "small"), live_labels=None)
-    sagemaker.training[FINAL] = completed_training(FINAL, None, extra={
-        "test_accuracy": 0.91, "test_macro_f1": 0.48, "test_balanced_accuracy": 0.5, "test_majority_accuracy": 0.91})
+    sagemaker.training[FINAL] = completed_training(
+        FINAL,
+        None,
+        extra={
+            "test_accuracy": 0.91,
+            "test_macro_f1": 0.48,
+            "test_balanced_accuracy": 0.5,
+            "test_majority_accuracy": 0.91,
+        },
+    )
     result = invoke(client, "on_training_state_change", load_event("training_completed.json"))
     assert result["outcome"] == "gate_rejected" and state(env).live_model() is None
     (alert,) = aws.alerts()
@@ -353,7 +481,9 @@ def test_a_forged_metric_rejects_the_model_and_alerts(client, sagemaker, aws, en
     assert state(env).live_model()["model"] == LIVE_JOB
 
 
-def test_a_class_change_waits_for_approval_then_deploys_when_allowed(client, sagemaker, aws, env, monkeypatch):
+def test_a_class_change_waits_for_approval_then_deploys_when_allowed(
+    client, sagemaker, aws, env, monkeypatch
+):
     seed(env, classes=("beagle", "corgi", "husky", "pug"))
     sagemaker.training[FINAL] = completed_training(FINAL, 0.83)
     event = load_event("training_completed.json")
@@ -395,4 +525,7 @@ def test_a_balanced_data_set_is_accepted_silently_with_its_counts_recorded(clien
     aws.put_dataset(DATASET, classes={"beagle": 3, "corgi": 2})
     result = invoke(client, "on_dataset_upload", load_event("s3_ready_marker.json"))
     assert result["outcome"] == "started" and aws.alerts() == []
-    assert state(env).version(DATASET, result["version"])["class_counts"]["train"] == {"beagle": 3, "corgi": 2}
+    assert state(env).version(DATASET, result["version"])["class_counts"]["train"] == {
+        "beagle": 3,
+        "corgi": 2,
+    }
