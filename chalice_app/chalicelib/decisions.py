@@ -211,6 +211,27 @@ def majority_baseline(metrics: Mapping[str, float], metric: str, num_classes: in
     return None
 
 
+def redrive_event(job: str, arn: str, tags: Iterable[Mapping[str, str]], region: str, time: str) -> dict[str, Any]:
+    """A ``Completed`` state-change event of ``job`` that ``on_training_state_change`` accepts as SageMaker's.
+
+    Why: approving a class change means running the gate again, and EventBridge
+    refuses ``aws.*`` sources from PutEvents, so the operator invokes the
+    function with this payload (the awaiting-approval alert carries it).
+    """
+    return {
+        "version": "0",
+        "id": f"redrive-{job}",
+        "detail-type": "SageMaker Training Job State Change",
+        "source": "aws.sagemaker",
+        "account": arn.split(":")[4] if arn.count(":") >= 5 else "",
+        "time": time,
+        "region": region,
+        "resources": [arn] if arn else [],
+        "detail": {"TrainingJobName": job, "TrainingJobArn": arn, "TrainingJobStatus": "Completed",
+                   "Tags": tags_to_dict(list(tags))},
+    }
+
+
 def _class_change(old: tuple[str, ...], new: tuple[str, ...]) -> dict[str, list[str]] | None:
     if list(old) == list(new):
         return None

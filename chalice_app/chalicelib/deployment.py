@@ -20,7 +20,7 @@ from chalicelib import sagemaker_requests as build
 from chalicelib.config import Settings
 from chalicelib.decisions import (
     ALREADY_LIVE, AWAITING_APPROVAL, GATE_REJECTED, STAGE_TRAINING, GateDecision, GatePolicy, LiveFigures, final_metric,
-    headline_metrics, pipeline_tags, quality_gate, read_metrics, triggered_rules,
+    headline_metrics, pipeline_tags, quality_gate, read_metrics, redrive_event, triggered_rules,
 )
 from chalicelib.observability import GATE_REJECTIONS, MODEL_ACCURACY, MODELS_DEPLOYED, TRAINING_COMPLETED, logger
 from chalicelib.lambda_runtime import (
@@ -92,8 +92,9 @@ def deploy_if_better(
     if decision.deploy and blocked:
         decision = replace(decision, deploy=False, reason=blocked)
     if not decision.deploy:
-        return _not_deployed(state, decision, outcome, name=name, dataset=dataset, version=version,
-                             metrics=metrics, version_record=version_record, live_accuracy=live_accuracy)
+        return _not_deployed(state, decision, outcome, name=name, dataset=dataset, version=version, metrics=metrics,
+                             version_record=version_record, live_accuracy=live_accuracy,
+                             arn=str(described.get("TrainingJobArn") or ""))
     logger.info("quality gate passed", extra={"reason": decision.reason, "compared_with": decision.compared_with})
     return deploy(s, state, name=name, dataset=dataset, version=version, artifacts=str(artifacts),
                   accuracy=float(accuracy or 0), live=live, metrics=headline_metrics(metrics))
@@ -127,14 +128,15 @@ def live_figures(live: dict[str, Any] | None) -> LiveFigures | None:
 
 def _not_deployed(
     state: StateStore, decision: GateDecision, outcome: str, *, name: str, dataset: str, version: str,
-    metrics: dict[str, float], version_record: dict[str, Any], live_accuracy: float | None,
+    metrics: dict[str, float], version_record: dict[str, Any], live_accuracy: float | None, arn: str = "",
 ) -> dict[str, Any]:
     """Record why, count it, and alert when the model is broken or needs a person.
 
     A class change awaiting approval keeps no idempotency record (:class:`NotYet`):
     once ``BREEDLINE_ALLOW_CLASS_CHANGE=true`` is set, re-sending the job's
-    Completed event runs the gate again and deploys. Its alert is sent once
-    per job (``alerted`` on the job record), however often the event comes.
+    Completed event (``redrive_event`` in the alert) runs the gate again and
+    deploys. Its alert is sent once per job (``alerted`` on the job record),
+    however often the event comes.
     """
     result = {"outcome": outcome, "reason": decision.reason, "training_job": name}
     if decision.outcome == ALREADY_LIVE:
@@ -152,10 +154,16 @@ def _not_deployed(
         details: dict[str, Any] = {"dataset": dataset, "version": version, "training_job": name,
                                    "reason": decision.reason, "metrics": headline_metrics(metrics)}
         if awaiting:
+            tags = pipeline_tags(settings().name_prefix, STAGE_TRAINING, dataset, version)
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
             details.update(class_change=dict(decision.class_change or {}),
                            class_counts=version_record.get("class_counts") or {},
-                           what_to_do="to deploy it, set BREEDLINE_ALLOW_CLASS_CHANGE=true and re-send this job's "
-                                      "Completed event (docs/app.md, section Quality gate); /labels will change")
+                           what_to_do="to deploy it (/labels will change): set BREEDLINE_ALLOW_CLASS_CHANGE=true on the "
+                                      "on_training_state_change function, then invoke it with redrive_event as the payload "
+                                      "(aws lambda invoke --function-name <that function> --cli-binary-format "
+                                      "raw-in-base64-out --payload file://redrive_event.json out.json; docs/app.md, "
+                                      "section Quality gate)",
+                           redrive_event=redrive_event(name, arn, tags, clients.region(), when))
             subject = f"model {name} changes the class list: awaiting approval"
         else:
             subject = f"model {name} rejected by the quality gate"

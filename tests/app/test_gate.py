@@ -500,9 +500,12 @@ def test_a_class_change_waits_for_approval_then_deploys_when_allowed(
     assert invoke(client, "on_training_state_change", event)["outcome"] == AWAITING_APPROVAL
     assert aws.alerts() == [] and not sagemaker.requests("CreateModel")
     assert client.http.get("/labels").json_body["labels"] == list(CLASSES)
-    # approval: set the setting and re-send the Completed event (nothing was remembered as done)
+    # approval: set the setting and invoke the function with the alert's event (nothing was remembered as done)
+    redrive = message["redrive_event"]
+    assert redrive["source"] == "aws.sagemaker" and redrive["detail"]["TrainingJobName"] == FINAL
+    assert redrive["detail"]["Tags"]["breedline:version"] == VERSION
     monkeypatch.setenv("BREEDLINE_ALLOW_CLASS_CHANGE", "true")
-    result = invoke(client, "on_training_state_change", event)
+    result = invoke(client, "on_training_state_change", redrive)
     assert result["outcome"] == "deployed"
     assert client.http.get("/labels").json_body["labels"] == ["beagle", "corgi", "husky", "pug"]
 
@@ -529,3 +532,17 @@ def test_a_balanced_data_set_is_accepted_silently_with_its_counts_recorded(clien
         "beagle": 3,
         "corgi": 2,
     }
+
+
+def test_the_redrive_event_is_one_the_training_handler_takes_for_sagemakers():
+    from chalicelib.decisions import Relevance, classify_training_job, redrive_event, tags_to_dict
+
+    arn = f"arn:aws:sagemaker:eu-west-1:123456789012:training-job/{JOB}"
+    tags = pipeline_tags("breedline", "training", "dog-breeds", "3f9a1c0d5e7b2a64")
+    event = redrive_event(JOB, arn, tags, "eu-west-1", "2026-12-02T12:00:00Z")
+    assert event["account"] == "123456789012" and event["resources"] == [arn]
+    assert (
+        event["detail-type"] == "SageMaker Training Job State Change"
+        and event["detail"]["TrainingJobStatus"] == "Completed"
+    )
+    assert classify_training_job(JOB, tags_to_dict(event["detail"]["Tags"]), "breedline") is Relevance.OURS
