@@ -39,6 +39,8 @@ SERVERLESS_PAYLOAD_BYTES = 4_000_000
 API_GATEWAY_TIMEOUT_SECONDS = 29.0
 #: Room kept inside that timeout for the route's own work and its answer.
 ROUTE_ALLOWANCE_SECONDS = 2.0
+#: Accepted values of BREEDLINE_GATE_METRIC: test-split metrics train.py prints with a champion_ twin (ml_scripts/contract.py).
+GATE_METRICS: tuple[str, ...] = ("test_macro_f1", "test_balanced_accuracy", "test_accuracy")
 #: Serverless Inference's memory sizes (ProductionVariantServerlessConfig.MemorySizeInMB).
 SERVERLESS_MEMORY_SIZES: tuple[int, ...] = (1024, 2048, 3072, 4096, 5120, 6144)
 
@@ -224,6 +226,14 @@ def fraction(name: str, raw: str) -> float:
     return value
 
 
+def ratio(name: str, raw: str) -> float:
+    """A ratio of at least 1 (3 is "three times")."""
+    value = number(name, raw)
+    if not value >= 1.0:
+        raise ValueError(f"{name}={raw!r} must be a ratio of at least 1 (3 is three times)")
+    return value
+
+
 def setting(name: str, default: str, doc: str, parse: Parser = text, *, hash: bool = True) -> Any:
     """A :class:`Settings` field read from environment variable ``name`` (``default`` when unset)."""
     return field(metadata={"variable": Variable(name, default, doc), "parse": parse}, hash=hash)
@@ -260,6 +270,7 @@ class Settings:
     # The uploader's data set (issue 15, items 4 and 13; docs/reliability.md)
     max_bad_file_share: float = setting("BREEDLINE_MAX_BAD_FILE_SHARE", "0.05", "Share of a data set's files that may be unusable (empty, not an image by suffix, or failing the first/last-bytes check) and are then skipped and listed in the notification; above it the set is rejected. 0 rejects any unusable file.", fraction)
     sniff_max_objects: int = setting("BREEDLINE_SNIFF_MAX_OBJECTS", "500", "How many images settling checks by their first 16 and last 4,096 bytes (ranged GETs, a fixed sample of the listing) for text under an image name and truncated JPEG, PNG, WebP or BMP; 0 checks only sizes and suffixes.", integer)
+    imbalance_ratio: float = setting("BREEDLINE_IMBALANCE_RATIO", "3", "Warn (never reject) when a split's largest class has more than this many times the images of its smallest; the notification and the version record carry the per-class counts.", ratio)
     # Model and tuning
     model: str = setting("BREEDLINE_MODEL", "vgg11", "Architecture passed to train.py --model.")
     pretrained_weights_uri: str = setting("BREEDLINE_PRETRAINED_WEIGHTS_URI", "", "S3 URI of one pretrained weights file (a state dict of the model's architecture) in the data bucket, under code/ (the SageMaker role reads it there). Every job gets it as the pretrained input channel and train.py uses it as --pretrained_weights, so no job downloads weights. Empty: vgg11 and resnet50 fetch theirs from the torchvision hub at job start (needs internet), efficientnet_lite0 uses its packaged file.")
@@ -296,6 +307,10 @@ class Settings:
     serverless_memory_mb: int = setting("BREEDLINE_SERVERLESS_MEMORY_MB", "0", "0 deploys on instances; 1024, 2048, 3072, 4096, 5120 or 6144 deploys as Serverless Inference with that memory (make deploy refuses a size too small for BREEDLINE_MODEL, docs/aws.md), and caps the predict body at its 4,000,000-byte payload.", serverless_memory)
     serverless_max_concurrency: int = setting("BREEDLINE_SERVERLESS_MAX_CONCURRENCY", "5", "Serverless Inference MaxConcurrency.", integer)
     accuracy_floor: float = setting("BREEDLINE_ACCURACY_FLOOR", "0.5", "Quality gate: test_accuracy a model must exceed to be deployed at all.", number)
+    gate_metric: str = setting("BREEDLINE_GATE_METRIC", "test_macro_f1", "Quality gate: the test-split metric a new model must improve: test_macro_f1, test_balanced_accuracy or test_accuracy. It is compared with the live model's champion_<metric> from the same job on the same test split, and must beat the majority-class baseline (docs/app.md, section Quality gate).", one_of(GATE_METRICS))
+    gate_margin: float = setting("BREEDLINE_GATE_MARGIN", "0.01", "Quality gate: how much the new model's BREEDLINE_GATE_METRIC must exceed the live model's on the same test split (0.01 is one point), so retraining noise does not churn the endpoint.", fraction)
+    baseline_margin: float = setting("BREEDLINE_BASELINE_MARGIN", "0.05", "Quality gate: how much BREEDLINE_GATE_METRIC must exceed what an always-majority-class model scores on the same test split (test_majority_* lines).", fraction)
+    allow_class_change: bool = setting("BREEDLINE_ALLOW_CLASS_CHANGE", "false", "true: a model whose class list differs from the live model's may replace it (/labels changes). false: it waits for approval: recorded as awaiting approval and alerted with what changed; set this and re-send the job's Completed event to deploy it.", flag)
     rollback_alarms: tuple[str, ...] = setting("BREEDLINE_ROLLBACK_ALARMS", "", "Comma-separated CloudWatch alarm names for blue/green auto-rollback.", comma_list)
     canary_percent: int = setting("BREEDLINE_CANARY_PERCENT", "10", "Blue/green canary size in percent of capacity; 0 means all at once.", integer)
     serving_backend: str = setting("BREEDLINE_SERVING_BACKEND", "auto", "What runs the model on the endpoint: auto (ONNX Runtime on a CPU instance when its export matches torch, else torch), torch, or onnx (fail rather than fall back). Passed to the model container.", one_of(SERVING_BACKENDS))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Iterable, Mapping
 
@@ -22,8 +22,23 @@ TAG_VERSION = "breedline:version"
 STAGE_TUNING = "tuning"
 STAGE_TRAINING = "training"
 
-#: The metric the quality gate reads from FinalMetricDataList.
-GATE_METRIC = "test_accuracy"
+#: The metric the quality gate reads by default (BREEDLINE_GATE_METRIC) and the floor's metric.
+GATE_METRIC = "test_macro_f1"
+ACCURACY_METRIC = "test_accuracy"
+#: The always-majority-class model's figure on the same test split, per gate metric (printed by train.py).
+#: Its balanced accuracy needs no line: it is 1/K for K classes, whatever the counts.
+MAJORITY_METRICS: dict[str, str] = {
+    "test_accuracy": "test_majority_accuracy",
+    "test_macro_f1": "test_majority_macro_f1",
+}
+#: The live model's figures, evaluated by the new job on its own test split.
+CHAMPION_PREFIX = "champion_"
+#: Metrics that are shares: each one the gate finds must be a finite number in [0, 1].
+SHARE_METRICS: tuple[str, ...] = (
+    "test_accuracy", "test_balanced_accuracy", "test_macro_f1", "test_majority_accuracy",
+    "test_majority_macro_f1", "test_ece",
+    "champion_test_accuracy", "champion_test_balanced_accuracy", "champion_test_macro_f1",
+)
 
 
 class Relevance(str, Enum):
@@ -94,7 +109,7 @@ def classify_tuning_job(name: str, tags: Mapping[str, str], prefix: str) -> Rele
     return Relevance.LOOKUP
 
 
-def final_metric(metric_data: Iterable[Mapping[str, Any]], name: str = GATE_METRIC) -> float | None:
+def final_metric(metric_data: Iterable[Mapping[str, Any]], name: str = ACCURACY_METRIC) -> float | None:
     """The value of ``name`` in DescribeTrainingJob's FinalMetricDataList, or None."""
     for entry in metric_data or ():
         if entry.get("MetricName") == name:
@@ -106,33 +121,214 @@ def final_metric(metric_data: Iterable[Mapping[str, Any]], name: str = GATE_METR
     return None
 
 
+def read_metrics(metric_data: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """Every metric of FinalMetricDataList by name, NaN and out-of-range values kept (the gate judges them).
+
+    A value that is not a number becomes NaN, so it is rejected, not skipped.
+    """
+    found: dict[str, float] = {}
+    for entry in metric_data or ():
+        name = entry.get("MetricName")
+        if not isinstance(name, str) or name in found:
+            continue
+        try:
+            found[name] = float(entry.get("Value"))
+        except (TypeError, ValueError):
+            found[name] = math.nan
+    return found
+
+
+def headline_metrics(metrics: Mapping[str, float]) -> dict[str, float]:
+    """The share metrics worth keeping on the live model's record (``/status``): present and finite."""
+    return {name: float(metrics[name]) for name in SHARE_METRICS if name in metrics and math.isfinite(metrics[name])}
+
+
+@dataclass(frozen=True)
+class GatePolicy:
+    """The gate's settings: ``BREEDLINE_GATE_METRIC``, its margins, the floor, the class-change switch."""
+
+    metric: str = GATE_METRIC
+    margin: float = 0.01
+    baseline_margin: float = 0.05
+    accuracy_floor: float = 0.5
+    allow_class_change: bool = False
+
+
+@dataclass(frozen=True)
+class LiveFigures:
+    """What the gate knows of the live model from its record: its job, classes and own figures."""
+
+    training_job: str
+    labels: tuple[str, ...]
+    #: Its own test figures (its own test split, so only a fallback); may be empty for old records.
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    accuracy: float | None = None
+
+
+#: GateDecision.outcome values.
+DEPLOY = "deploy"
+GATE_REJECTED = "gate_rejected"
+AWAITING_APPROVAL = "awaiting_approval"
+ALREADY_LIVE = "already_live"
+
+
 @dataclass(frozen=True)
 class GateDecision:
-    """Deploy or not, and why (the reason goes to logs, alerts and /status)."""
+    """Deploy or not, and why (the reason goes to logs, alerts and /status).
+
+    ``alert``: the model is not merely "not better" but wrong or degenerate
+    (a metric out of [0, 1], no metric, below the floor or the baseline) or
+    needs a person (class change): operators are told, not only the logs.
+    """
 
     deploy: bool
     reason: str
     accuracy: float | None
+    outcome: str = GATE_REJECTED
+    alert: bool = False
+    #: What the gate metric was compared with (also on the reason).
+    compared_with: str = ""
+    #: Classes added and removed against the live model, when the list differs.
+    class_change: Mapping[str, list[str]] | None = None
 
 
-def quality_gate(new_accuracy: float | None, live_accuracy: float | None, floor: float) -> GateDecision:
-    """A model goes live only if it beats both the floor and the live model, strictly.
+def majority_baseline(metrics: Mapping[str, float], metric: str, num_classes: int) -> float | None:
+    """What an always-majority-class model scores on ``metric`` on this test split; None when unknown.
 
-    Strictly: a duplicate Completed event for the live model itself compares
-    equal and is not deployed twice.
+    The printed ``test_majority_*`` line wins. Without it the figure follows
+    from the majority class's share p (``test_majority_accuracy``) and the
+    class count K: that model's balanced accuracy is 1/K and its macro-F1
+    is 2p/(1+p)/K (F1 of the majority class, zero for every other class).
     """
-    if new_accuracy is None:
-        return GateDecision(False, f"no finite {GATE_METRIC} in FinalMetricDataList", None)
-    if new_accuracy <= floor:
-        return GateDecision(False, f"{GATE_METRIC} {new_accuracy:.4f} does not beat the floor {floor:.4f}", new_accuracy)
-    if live_accuracy is not None and new_accuracy <= live_accuracy:
-        return GateDecision(
-            False,
-            f"{GATE_METRIC} {new_accuracy:.4f} does not beat the live model's {live_accuracy:.4f}",
-            new_accuracy,
-        )
-    against = "no live model" if live_accuracy is None else f"live {live_accuracy:.4f}"
-    return GateDecision(True, f"{GATE_METRIC} {new_accuracy:.4f} beats floor {floor:.4f} and {against}", new_accuracy)
+    printed = MAJORITY_METRICS.get(metric)
+    if printed and printed in metrics:
+        return metrics[printed]
+    if metric == "test_balanced_accuracy" and num_classes >= 2:
+        return 1.0 / num_classes
+    share = metrics.get("test_majority_accuracy")
+    if metric == "test_macro_f1" and share is not None and num_classes >= 2:
+        return 2 * share / (1 + share) / num_classes
+    return None
+
+
+def redrive_event(job: str, arn: str, tags: Iterable[Mapping[str, str]], region: str, time: str) -> dict[str, Any]:
+    """A ``Completed`` state-change event of ``job`` that ``on_training_state_change`` accepts as SageMaker's.
+
+    Why: approving a class change means running the gate again, and EventBridge
+    refuses ``aws.*`` sources from PutEvents, so the operator invokes the
+    function with this payload (the awaiting-approval alert carries it).
+    """
+    return {
+        "version": "0",
+        "id": f"redrive-{job}",
+        "detail-type": "SageMaker Training Job State Change",
+        "source": "aws.sagemaker",
+        "account": arn.split(":")[4] if arn.count(":") >= 5 else "",
+        "time": time,
+        "region": region,
+        "resources": [arn] if arn else [],
+        "detail": {"TrainingJobName": job, "TrainingJobArn": arn, "TrainingJobStatus": "Completed",
+                   "Tags": tags_to_dict(list(tags))},
+    }
+
+
+def _class_change(old: tuple[str, ...], new: tuple[str, ...]) -> dict[str, list[str]] | None:
+    if list(old) == list(new):
+        return None
+    return {"added": sorted(set(new) - set(old)), "removed": sorted(set(old) - set(new)),
+            "before": list(old), "after": list(new)}
+
+
+def quality_gate(
+    metrics: Mapping[str, float],
+    classes: Iterable[str],
+    live: LiveFigures | None,
+    policy: GatePolicy,
+    job: str = "",
+) -> GateDecision:
+    """Deploy the new model ``job`` or not, from its FinalMetricDataList (:func:`read_metrics`).
+
+    In order, each check with its own reason:
+
+    1. ``job`` is already live (a duplicate Completed event): nothing to do.
+    2. Every share metric present (:data:`SHARE_METRICS`) is finite and in
+       [0, 1]: a NaN or a forged 99.0 rejects and alerts.
+    3. ``test_accuracy`` and the gate metric are there, and accuracy beats
+       the floor.
+    4. The gate metric beats the always-majority-class model by
+       ``baseline_margin`` (:func:`majority_baseline`): a model that always
+       answers the big class is rejected however high its accuracy.
+    5. The class list equals the live model's, or a change is allowed
+       (``allow_class_change``); otherwise it awaits approval.
+    6. It beats the live model by ``margin`` on the same test split
+       (``champion_<metric>``). Fallbacks, each said in the reason: the live
+       record's own figure of the metric (its own test split), then its
+       accuracy against ``test_accuracy``; no live model, or an allowed class
+       change, compares with nothing beyond 2-4.
+
+    Strictly greater everywhere: equal is not better.
+    """
+    classes = tuple(classes)
+    accuracy = metrics.get(ACCURACY_METRIC)
+    metric = policy.metric
+    if live is not None and job and live.training_job == job:
+        return GateDecision(False, f"{job} is already the live model", accuracy, ALREADY_LIVE)
+    bad = [f"{name}={metrics[name]!r}" for name in SHARE_METRICS
+           if name in metrics and not (math.isfinite(metrics[name]) and 0.0 <= metrics[name] <= 1.0)]
+    if bad:
+        reason = f"metrics outside [0, 1]: {', '.join(bad)} (a broken evaluation or a forged metric line)"
+        return GateDecision(False, reason, None, alert=True)
+    missing = [name for name in dict.fromkeys((ACCURACY_METRIC, metric)) if name not in metrics]
+    if missing:
+        return GateDecision(False, f"no {', '.join(missing)} in FinalMetricDataList", accuracy, alert=True)
+    if not classes:
+        return GateDecision(False, "the data set version has no class list (no version record)", accuracy, alert=True)
+    value = metrics[metric]
+    assert accuracy is not None
+    if accuracy <= policy.accuracy_floor:
+        reason = f"{ACCURACY_METRIC} {accuracy:.4f} does not beat the floor {policy.accuracy_floor:.4f}"
+        return GateDecision(False, reason, accuracy, alert=True)
+    baseline = majority_baseline(metrics, metric, len(classes))
+    if baseline is None:
+        reason = f"no majority-class baseline for {metric} (test_majority_accuracy missing)"
+        return GateDecision(False, reason, accuracy, alert=True)
+    if value <= baseline + policy.baseline_margin:
+        majority = metrics.get("test_majority_accuracy")
+        shape = f"; {ACCURACY_METRIC} {accuracy:.4f} vs the majority class's share {majority:.4f}" if majority is not None else ""
+        reason = (f"{metric} {value:.4f} does not beat the always-majority-class baseline {baseline:.4f} by "
+                  f"{policy.baseline_margin:.4f}{shape}: a model that mostly answers the largest class")
+        return GateDecision(False, reason, accuracy, alert=True)
+    passed = f"{metric} {value:.4f} beats the majority baseline {baseline:.4f} by > {policy.baseline_margin:.4f}, " \
+             f"{ACCURACY_METRIC} {accuracy:.4f} beats the floor {policy.accuracy_floor:.4f}"
+    if live is None:
+        return GateDecision(True, f"{passed}; no live model", accuracy, DEPLOY, compared_with="no live model")
+    change = _class_change(live.labels, classes)
+    if change is not None:
+        what = f"added {change['added'] or 'none'}, removed {change['removed'] or 'none'}" \
+               f" ({len(live.labels)} -> {len(classes)} classes)"
+        if not policy.allow_class_change:
+            reason = (f"class list differs from the live model's: {what}; awaiting approval "
+                      "(BREEDLINE_ALLOW_CLASS_CHANGE=true, then re-send this job's Completed event)")
+            return GateDecision(False, reason, accuracy, AWAITING_APPROVAL, alert=True, class_change=change)
+        reason = f"{passed}; class list changed ({what}), allowed by BREEDLINE_ALLOW_CLASS_CHANGE"
+        return GateDecision(True, reason, accuracy, DEPLOY, compared_with="nothing: class list changed",
+                            class_change=change)
+    champion = metrics.get(CHAMPION_PREFIX + metric)
+    if champion is not None:
+        against, old, name = "the live model on the same test split", champion, metric
+    elif metric in live.metrics and math.isfinite(live.metrics[metric]):
+        against, old, name = "the live model's own test split (no champion line)", live.metrics[metric], metric
+    elif live.accuracy is not None:
+        against, old, name = "the live model's own test_accuracy (no champion line, old record)", live.accuracy, ACCURACY_METRIC
+    else:
+        return GateDecision(True, f"{passed}; the live record has no figure to compare with", accuracy, DEPLOY,
+                            compared_with="nothing: no live figure")
+    new = metrics[name]
+    if new <= old + policy.margin:
+        reason = f"{name} {new:.4f} does not beat {against}, {old:.4f}, by {policy.margin:.4f}"
+        return GateDecision(False, reason, accuracy, compared_with=against)
+    reason = f"{passed}; {name} {new:.4f} beats {against}, {old:.4f}, by > {policy.margin:.4f}"
+    return GateDecision(True, reason, accuracy, DEPLOY, compared_with=against)
 
 
 # -- Debugger (issue 14) ------------------------------------------------------------------

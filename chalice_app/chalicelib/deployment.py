@@ -1,6 +1,8 @@
 """Deployment: the quality gate on a finished final job, then model, endpoint config and endpoint.
 
-A model goes live only when it beats the accuracy floor and the live model
+A model goes live only when its metrics are sane, it beats the accuracy floor
+and the majority-class baseline, keeps the live model's class list (or a
+change is allowed) and beats the live model on the same test split
 (:func:`chalicelib.decisions.quality_gate`). The first model creates the
 endpoint; later ones update it blue/green (:mod:`chalicelib.sagemaker_requests`
 builds the deployment guardrails). The live model's record in the state
@@ -13,14 +15,17 @@ the endpoint's InService event re-drives (:mod:`chalicelib.endpoint_events`).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 from chalicelib import clients, naming
 from chalicelib import sagemaker_requests as build
 from chalicelib.config import Settings
 from chalicelib.decisions import (
-    ENDPOINT_BUSY, ENDPOINT_FAILED, ENDPOINT_IN_SERVICE, ENDPOINT_ROLLBACK_FAILED, RETRIABLE_ERROR_CODES,
-    STAGE_TRAINING, busy_refusal, end_time_ms, endpoint_status, final_metric, pipeline_tags, quality_gate, triggered_rules,
+    ALREADY_LIVE, AWAITING_APPROVAL, ENDPOINT_BUSY, ENDPOINT_FAILED, ENDPOINT_IN_SERVICE, ENDPOINT_ROLLBACK_FAILED,
+    GATE_REJECTED, RETRIABLE_ERROR_CODES, STAGE_TRAINING, GateDecision, GatePolicy, LiveFigures, busy_refusal,
+    end_time_ms, endpoint_status, final_metric, headline_metrics, pipeline_tags, quality_gate, read_metrics,
+    redrive_event, triggered_rules,
 )
 from chalicelib.live import settle
 from chalicelib.observability import (
@@ -68,7 +73,9 @@ def deploy_if_better(
         said = described.get("TrainingJobStatus")
         raise NotYet({"outcome": "not_yet", "reason": f"DescribeTrainingJob says {said}", "training_job": name})
     state = store(s)
-    accuracy = final_metric(described.get("FinalMetricDataList") or [])
+    metric_data = described.get("FinalMetricDataList") or []
+    metrics = read_metrics(metric_data)
+    accuracy = final_metric(metric_data)
     artifacts = (described.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
     change = state.record_job(
         name, stage=STAGE_TRAINING, dataset=dataset, version=version, status=COMPLETED, event_ms=event_ms
@@ -83,27 +90,100 @@ def deploy_if_better(
         settle(s, state, endpoint)  # the gate compares against what the endpoint serves (its event may be late)
     live = state.live_model()
     live_accuracy = float(live["accuracy"]) if live and live.get("accuracy") is not None else None
-    decision = quality_gate(accuracy, live_accuracy, s.accuracy_floor)
+    version_record = state.version(dataset, version) or {}
+    decision = quality_gate(metrics, version_record.get("classes") or [], live_figures(live), gate_policy(s), job=name)
     if decision.deploy and not artifacts:
-        decision = type(decision)(False, "no ModelArtifacts in DescribeTrainingJob", accuracy)
+        decision = replace(decision, deploy=False, reason="no ModelArtifacts in DescribeTrainingJob", alert=True,
+                           outcome=GATE_REJECTED)
     log_keys(dataset, model=naming.model_name(name))
     blocked = _report_rules(s, described, name, dataset)
-    outcome = "rules_blocked" if decision.deploy and blocked else "gate_rejected"
+    outcome = "rules_blocked" if decision.deploy and blocked else decision.outcome
     if decision.deploy and blocked:
-        decision = type(decision)(False, blocked, accuracy)
+        decision = replace(decision, deploy=False, reason=blocked)
     if not decision.deploy:
-        count(GATE_REJECTIONS)
-        state.record_job(
-            name, stage=STAGE_TRAINING, dataset=dataset, version=version, status=COMPLETED, reason=f"not deployed: {decision.reason}"
-        )
-        logger.warning("quality gate: not deployed", extra={"reason": decision.reason, "accuracy": accuracy, "live_accuracy": live_accuracy})
-        return {"outcome": outcome, "reason": decision.reason, "training_job": name}
-    logger.info("quality gate passed", extra={"reason": decision.reason})
+        return _not_deployed(state, decision, outcome, name=name, dataset=dataset, version=version, metrics=metrics,
+                             version_record=version_record, live_accuracy=live_accuracy,
+                             arn=str(described.get("TrainingJobArn") or ""))
+    logger.info("quality gate passed", extra={"reason": decision.reason, "compared_with": decision.compared_with})
     order_ms = end_time_ms(described.get("TrainingEndTime")) or event_ms or int(time.time() * 1000)
     return deploy(
         s, state, name=name, dataset=dataset, version=version, artifacts=str(artifacts),
-        accuracy=float(accuracy or 0), order_ms=order_ms, endpoint=endpoint,
+        accuracy=float(accuracy or 0), order_ms=order_ms, endpoint=endpoint, metrics=metrics,
     )
+
+
+def gate_policy(s: Settings) -> GatePolicy:
+    """The gate's settings (BREEDLINE_GATE_METRIC, its margins, the floor, BREEDLINE_ALLOW_CLASS_CHANGE)."""
+    return GatePolicy(metric=s.gate_metric, margin=s.gate_margin, baseline_margin=s.baseline_margin,
+                      accuracy_floor=s.accuracy_floor, allow_class_change=s.allow_class_change)
+
+
+def live_figures(live: dict[str, Any] | None) -> LiveFigures | None:
+    """What the gate needs of the live-model record; records from before issue 13 have no ``metrics``."""
+    if not live:
+        return None
+    raw = live.get("metrics") if isinstance(live.get("metrics"), dict) else {}
+    figures: dict[str, float] = {}
+    for key, value in raw.items():
+        try:
+            figures[str(key)] = float(value)
+        except (TypeError, ValueError):
+            continue
+    accuracy = live.get("accuracy")
+    return LiveFigures(
+        training_job=str(live.get("training_job") or ""),
+        labels=tuple(str(label) for label in live.get("labels") or ()),
+        metrics=figures,
+        accuracy=float(accuracy) if isinstance(accuracy, (int, float)) else None,
+    )
+
+
+def _not_deployed(
+    state: StateStore, decision: GateDecision, outcome: str, *, name: str, dataset: str, version: str,
+    metrics: dict[str, float], version_record: dict[str, Any], live_accuracy: float | None, arn: str = "",
+) -> dict[str, Any]:
+    """Record why, count it, and alert when the model is broken or needs a person.
+
+    A class change awaiting approval keeps no idempotency record (:class:`NotYet`):
+    once ``BREEDLINE_ALLOW_CLASS_CHANGE=true`` is set, re-sending the job's
+    Completed event (``redrive_event`` in the alert) runs the gate again and
+    deploys. Its alert is sent once per job (``alerted`` on the job record),
+    however often the event comes.
+    """
+    result = {"outcome": outcome, "reason": decision.reason, "training_job": name}
+    if decision.outcome == ALREADY_LIVE:
+        logger.info("quality gate: already live", extra={"reason": decision.reason})
+        return result
+    awaiting = decision.outcome == AWAITING_APPROVAL
+    prefix = "awaiting approval" if awaiting else "not deployed"
+    count(GATE_REJECTIONS)
+    state.record_job(
+        name, stage=STAGE_TRAINING, dataset=dataset, version=version, status=COMPLETED, reason=f"{prefix}: {decision.reason}"
+    )
+    logger.warning(f"quality gate: {prefix}", extra={"reason": decision.reason, "accuracy": decision.accuracy,
+                                                     "live_accuracy": live_accuracy, "metrics": metrics})
+    if decision.alert and (state.job(name) or {}).get("alerted") != outcome:
+        details: dict[str, Any] = {"dataset": dataset, "version": version, "training_job": name,
+                                   "reason": decision.reason, "metrics": headline_metrics(metrics)}
+        if awaiting:
+            tags = pipeline_tags(settings().name_prefix, STAGE_TRAINING, dataset, version)
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            details.update(class_change=dict(decision.class_change or {}),
+                           class_counts=version_record.get("class_counts") or {},
+                           what_to_do="to deploy it (/labels will change): set BREEDLINE_ALLOW_CLASS_CHANGE=true on the "
+                                      "on_training_state_change function, then invoke it with redrive_event as the payload "
+                                      "(aws lambda invoke --function-name <that function> --cli-binary-format "
+                                      "raw-in-base64-out --payload file://redrive_event.json out.json; docs/app.md, "
+                                      "section Quality gate)",
+                           redrive_event=redrive_event(name, arn, tags, clients.region(), when))
+            subject = f"model {name} changes the class list: awaiting approval"
+        else:
+            subject = f"model {name} rejected by the quality gate"
+        alert(subject, details)
+        state.mark_alerted(name, outcome)
+    if awaiting:
+        raise NotYet(result)
+    return result
 
 
 def _report_rules(s: Settings, described: dict[str, Any], name: str, dataset: str) -> str:
@@ -166,18 +246,21 @@ def deploy(
     accuracy: float,
     order_ms: int,
     endpoint: dict[str, Any] | None,
+    metrics: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """CreateModel, CreateEndpointConfig, then CreateEndpoint or a blue/green UpdateEndpoint; LIVE waits for InService.
 
     ``endpoint`` is DescribeEndpoint's answer (None: no endpoint yet). A busy
-    endpoint queues the deployment (:func:`_queue`); a refusal that a retry
-    cannot change is recorded and alerted (:func:`_refused`); throttling and
-    SageMaker's own errors raise, for the Lambda's retries.
+    endpoint queues the deployment (:func:`_queue`), with ``metrics`` (the job's
+    FinalMetricDataList, read) so its re-drive passes the same gate; a refusal that
+    a retry cannot change is recorded and alerted (:func:`_refused`); throttling
+    and SageMaker's own errors raise, for the Lambda's retries. The LIVE record
+    it prepares keeps the headline figures (``/status``, the next gate's fallback).
     """
     model = naming.model_name(name)
     config_name = naming.endpoint_config_name(model, build.serverless(s))
     job = {"training_job": name, "model": model, "dataset": dataset, "version": version,
-           "artifacts": artifacts, "accuracy": accuracy, "order_ms": int(order_ms)}
+           "artifacts": artifacts, "accuracy": accuracy, "order_ms": int(order_ms), "metrics": dict(metrics or {})}
     status = str((endpoint or {}).get("EndpointStatus", ""))
     if endpoint is not None and endpoint.get("EndpointConfigName") == config_name:
         return {"outcome": "deployed", "action": "unchanged", "model": model, "endpoint_config": config_name}
@@ -195,6 +278,7 @@ def deploy(
         _create_once(sm.create_endpoint_config, build.create_endpoint_config(s, name=config_name, model_name=model, tags=tags))
         state.save_deployment({
             "model": model, "training_job": name, "accuracy": accuracy,
+            "metrics": headline_metrics(metrics or {}), "artifacts": artifacts,
             "labels": list(version_record.get("classes") or []), "dataset": dataset, "version": version,
             "endpoint": s.endpoint_name, "endpoint_config": config_name, "serverless": build.serverless(s),
             "deployed_at": int(time.time()),

@@ -24,7 +24,7 @@ from chalicelib.decisions import (
     endpoint_status,
     quality_gate,
 )
-from chalicelib.deployment import deploy, describe_endpoint
+from chalicelib.deployment import deploy, describe_endpoint, gate_policy, live_figures
 from chalicelib.lambda_runtime import count, log_keys, settings, store
 from chalicelib.live import settle, settle_failed
 from chalicelib.observability import GATE_REJECTIONS, logger
@@ -90,10 +90,13 @@ def redrive_queued(s: Settings, state: StateStore, endpoint: dict[str, Any]) -> 
     log_keys(str(queued.get("dataset", "")), training_job=name)
     if not state.claim_queued(queued):
         return {"outcome": "claimed_elsewhere", "training_job": name}
-    live = state.live_model()
-    live_accuracy = float(live["accuracy"]) if live and live.get("accuracy") is not None else None
+    dataset, version = str(queued.get("dataset", "")), str(queued.get("version", ""))
+    metrics = {str(k): float(v) for k, v in (queued.get("metrics") or {}).items()}
     accuracy = float(queued.get("accuracy") or 0)
-    decision = quality_gate(accuracy, live_accuracy, s.accuracy_floor)
+    if not metrics:  # queued before issue 13's metrics were kept: the accuracy is all there is
+        metrics = {"test_accuracy": accuracy}
+    classes = (state.version(dataset, version) or {}).get("classes") or []
+    decision = quality_gate(metrics, classes, live_figures(state.live_model()), gate_policy(s), job=name)
     if not decision.deploy:
         count(GATE_REJECTIONS)
         state.record_job(
@@ -117,6 +120,7 @@ def redrive_queued(s: Settings, state: StateStore, endpoint: dict[str, Any]) -> 
             accuracy=accuracy,
             order_ms=int(queued["order_ms"]),
             endpoint=endpoint,
+            metrics=metrics,
         )
     except Exception:
         state.queue_deployment(queued)  # the retry finds it again (unless a newer one came meanwhile)

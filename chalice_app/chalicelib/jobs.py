@@ -189,8 +189,9 @@ def _start_final_training(
     log_keys(dataset, training_job=name, best_trial=best["TrainingJobName"])
     logger.info("starting final training job", extra={"hyperparameters": tuned, "objective": objective})
     tags = pipeline_tags(s.name_prefix, STAGE_TRAINING, dataset, version)
+    champion = _champion_model(sm, state, dataset, version)
     try:
-        mode = _create_final_job(sm, name=name, dataset=dataset, hyperparameters=tuned, tags=tags)
+        mode = _create_final_job(sm, name=name, dataset=dataset, hyperparameters=tuned, tags=tags, champion=champion)
     except client_error() as exc:
         if clients.error_code(exc) == "ResourceInUse":
             logger.info("final training job already exists")
@@ -200,10 +201,47 @@ def _start_final_training(
         raise PipelineError(f"CreateTrainingJob {name}: {clients.error_message(exc)}") from exc
     state.record_job(name, stage=STAGE_TRAINING, dataset=dataset, version=version, status=IN_PROGRESS, debugger=mode)
     count(TRAINING_STARTED)
-    return {"outcome": "started", "training_job": name, "hyperparameters": tuned, "debugger": mode}
+    return {"outcome": "started", "training_job": name, "hyperparameters": tuned, "debugger": mode, "champion": champion}
 
 
-def _create_final_job(sm: Any, *, name: str, dataset: str, hyperparameters: dict[str, str], tags: list[dict[str, str]]) -> str:
+def _champion_model(sm: Any, state: Any, dataset: str, version: str) -> str | None:
+    """The live model's model.tar.gz URI when it predicts the new version's class list, else None.
+
+    Why only then: train.py can score the champion on the new test split only
+    when both models name the same classes in the same order; a different list
+    goes to the class-change guard instead. A live record from before issue 13
+    has no ``artifacts``: DescribeTrainingJob of its job says where they are.
+    """
+    live = state.live_model()
+    if not live:
+        return None
+    classes = list((state.version(dataset, version) or {}).get("classes") or [])
+    if not classes or list(live.get("labels") or []) != classes:
+        logger.info("no champion channel: the class list differs from the live model's",
+                    extra={"live_labels": live.get("labels"), "classes": classes})
+        return None
+    uri = live.get("artifacts")
+    if not uri and live.get("training_job"):
+        try:
+            described = sm.describe_training_job(**build.describe_training_job(str(live["training_job"])))
+        except client_error():
+            logger.exception("no champion channel: the live model's training job could not be described")
+            return None
+        uri = (described.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+    if not uri:
+        return None
+    try:
+        build.champion_channel(settings(), str(uri))
+    except ValueError:
+        logger.warning("no champion channel: the live model's artifacts are outside the data bucket", extra={"uri": uri})
+        return None
+    return str(uri)
+
+
+def _create_final_job(
+    sm: Any, *, name: str, dataset: str, hyperparameters: dict[str, str], tags: list[dict[str, str]],
+    champion: str | None = None,
+) -> str:
     """CreateTrainingJob in the configured Debugger mode; returns the mode the job really runs with.
 
     ``auto`` sends ``service`` first. Refused for a Debugger reason
@@ -216,7 +254,8 @@ def _create_final_job(sm: Any, *, name: str, dataset: str, hyperparameters: dict
 
     def request(mode: str) -> dict[str, Any]:
         return build.create_training_job(
-            s, name=name, dataset=dataset, region=clients.region(), hyperparameters=hyperparameters, tags=tags, debugger=mode
+            s, name=name, dataset=dataset, region=clients.region(), hyperparameters=hyperparameters, tags=tags,
+            debugger=mode, champion_uri=champion,
         )
 
     try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from contract import (CHANNELS, DEBUGGER_HYPERPARAMETER, DEBUGGER_MODES, METRIC_DEFINITIONS, METRIC_NAMES,
+from contract import (CHAMPION_CHANNEL, CHANNELS, DEBUGGER_HYPERPARAMETER, DEBUGGER_MODES, METRIC_DEFINITIONS, METRIC_NAMES,
                       PRETRAINED_CHANNEL, RULE_NAMES, TOOLKIT_PREFIX, check_objective, encode_hyperparameter)
 
 from chalicelib.config import SERVERLESS_MEMORY_SIZES, Settings
@@ -110,6 +110,21 @@ def input_channels(settings: Settings, dataset: str) -> list[dict[str, Any]]:
     if pretrained is not None:
         channels.append(pretrained)
     return channels
+
+
+def champion_channel(settings: Settings, model_uri: str) -> dict[str, Any]:
+    """The ``champion`` channel: the live model's ``model.tar.gz``, for the final job to evaluate on its test split.
+
+    Why: the gate compares like with like only when both models are scored on
+    the same images (``champion_*`` metric lines). An S3Prefix naming one
+    object copies just that object, to
+    ``/opt/ml/input/data/champion/model.tar.gz`` (SM_CHANNEL_CHAMPION); it must
+    be a job output in the data bucket, which the execution role reads.
+    """
+    bucket = f"s3://{settings.bucket}/"
+    if not model_uri.startswith(bucket) or model_uri.endswith("/") or model_uri[len(bucket):].startswith(settings.data_prefix):
+        raise ValueError(f"champion model {model_uri!r} must be one object in {bucket} outside {settings.data_prefix}")
+    return _file_channel(CHAMPION_CHANNEL, model_uri)
 
 
 def _algorithm(settings: Settings) -> dict[str, Any]:
@@ -285,6 +300,7 @@ def create_training_job(
     hyperparameters: Mapping[str, str],
     tags: list[dict[str, str]],
     debugger: str | None = None,
+    champion_uri: str | None = None,
 ) -> dict[str, Any]:
     """CreateTrainingJob for the final model: best hyperparameters, Debugger mode, profiler, spot.
 
@@ -293,6 +309,8 @@ def create_training_job(
     ``BREEDLINE_DEBUGGER``, ``auto`` meaning ``service``); train.py learns it
     from the ``debugger`` hyperparameter. Service rules need the region's rule
     image; without one (local stage) the hook and profiler still run.
+    ``champion_uri``: the live model's model.tar.gz when it predicts the same
+    classes (:func:`champion_channel`); None sends no champion channel.
     """
     mode = request_debugger_mode(debugger or settings.debugger)
     values = static_hyperparameters(settings, region)
@@ -304,7 +322,8 @@ def create_training_job(
         "HyperParameters": values,
         "AlgorithmSpecification": {**_algorithm(settings), "EnableSageMakerMetricsTimeSeries": True},
         "RoleArn": settings.role_arn,
-        "InputDataConfig": input_channels(settings, dataset),
+        "InputDataConfig": input_channels(settings, dataset)
+        + ([champion_channel(settings, champion_uri)] if champion_uri else []),
         "OutputDataConfig": _output(settings),
         "ResourceConfig": _resources(settings.training_instance_type, settings),
         "StoppingCondition": _stopping(settings),

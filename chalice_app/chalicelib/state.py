@@ -18,7 +18,8 @@ pk                        sk                attributes
                                             problem, problem_at (why the quiet check
                                             skips it; alerted once), sniff (listing
                                             digest, sampled, unreadable)
-``DATASET#<name>``        ``VERSION#<v>``   classes, image_count, tuning_job, created_at,
+``DATASET#<name>``        ``VERSION#<v>``   classes, image_count, class_counts (split ->
+                                            class -> images), tuning_job, created_at,
                                             budget_status, budget_note, budget_day (the
                                             cost guard's word on it: :meth:`note_version`)
 ``DATASET#<name>``        ``BUDGET``        day, started, running, running_version, queued,
@@ -29,7 +30,9 @@ pk                        sk                attributes
                                             :meth:`record_job`), superseded_by
 ``LATEST``                ``tuning`` /      job, dataset, started_at
                           ``training``
-``LIVE``                  ``MODEL``         model, training_job, accuracy, labels, dataset,
+``LIVE``                  ``MODEL``         model, training_job, accuracy, metrics (headline
+                                            test figures), artifacts (model.tar.gz URI, the
+                                            next final job's champion), labels, dataset,
                                             version, endpoint, endpoint_config, deployed_at,
                                             previous_model, live_since (written only from
                                             what DescribeEndpoint says it serves)
@@ -257,12 +260,17 @@ class StateStore:
         )
 
     # -- data set versions -------------------------------------------------
-    def save_version(self, dataset: str, version: str, classes: Iterable[str], image_count: int, tuning_job: str) -> None:
+    def save_version(
+        self, dataset: str, version: str, classes: Iterable[str], image_count: int, tuning_job: str,
+        class_counts: dict[str, dict[str, int]] | None = None,
+    ) -> None:
+        """The version's classes (the model's output order) and, when known, its per-split class counts."""
         self._update(
             f"DATASET#{dataset}",
             f"VERSION#{version}",
-            "SET classes = :c, image_count = :n, tuning_job = :j, created_at = if_not_exists(created_at, :t)",
-            {":c": list(classes), ":n": image_count, ":j": tuning_job, ":t": int(time.time())},
+            "SET classes = :c, image_count = :n, tuning_job = :j, class_counts = :k, "
+            "created_at = if_not_exists(created_at, :t)",
+            {":c": list(classes), ":n": image_count, ":j": tuning_job, ":k": class_counts or {}, ":t": int(time.time())},
         )
 
     def version(self, dataset: str, version: str) -> dict[str, Any] | None:

@@ -21,6 +21,7 @@ from chalicelib import budget, clients, naming
 from chalicelib import sagemaker_requests as build
 from chalicelib.budget import Action
 from chalicelib.config import Settings
+from chalicelib.class_balance import class_counts, imbalances
 from chalicelib.datasets import (
     HEAD_BYTES,
     TAIL_BYTES,
@@ -139,14 +140,19 @@ def sniff_objects(s: Settings, sample: list[ObjectRef]) -> tuple[dict[str, str],
     return {key: why for key, why in checked if why}, len(checked)
 
 
-def _summary(report: LayoutReport) -> dict[str, Any]:
-    """What a notification tells the uploader besides the verdict: counts, skipped files, warnings."""
+def _summary(report: LayoutReport, max_ratio: float) -> dict[str, Any]:
+    """What a notification tells the uploader besides the verdict: counts, skipped files, warnings.
+
+    Strong class imbalance (:mod:`chalicelib.class_balance`) is one more warning, never a reason.
+    """
+    imbalanced = imbalances(report.counts, max_ratio)
     return {  # the per-class counts last: they are the longest part, and a reader skims from the top
         "skipped_count": report.skipped_count,
         "skipped": [f"{key}: {why}" for key, why in report.skipped],
-        "warnings": list(report.warnings),
+        "warnings": list(report.warnings) + [found.warning(max_ratio) for found in imbalanced],
+        "imbalanced_splits": [found.split for found in imbalanced],
         "bad_share": report.bad_share,
-        "counts": report.counts,
+        "counts": class_counts(report.counts),
     }
 
 
@@ -173,7 +179,7 @@ def settle_dataset(dataset: str, trigger: str) -> dict[str, Any]:
         classes=list(report.classes),
         image_count=report.image_count,
         trigger=trigger,
-        summary=_summary(report),
+        summary=_summary(report, s.imbalance_ratio),
     )
     store(s).settle(dataset, report.version, str(result.get("outcome")), listed_at, report.reasons, sniff)
     return result
@@ -224,17 +230,24 @@ def _settle_version(
     count(DATASETS_ACCEPTED)
     logger.info("data set accepted", extra={"classes": len(classes), "images": image_count, "trigger": trigger, **summary})
     if skipped or summary.get("warnings"):
+        imbalanced = ", classes imbalanced" if summary.get("imbalanced_splits") else ""
         alert(
-            f"data set {dataset} accepted, {skipped} files skipped",
+            f"data set {dataset} accepted, {skipped} files skipped{imbalanced}",
             {"dataset": dataset, "version": version, "images": image_count,
              "what_to_do": "nothing needed; replace the skipped files and upload again to train on them", **summary},
         )
-    result = start_tuning(s, dataset, version, classes, image_count)
+    result = start_tuning(s, dataset, version, classes, image_count, summary.get("counts"))
     return {**result, "skipped_files": skipped} if skipped else result
 
 
-def start_tuning(s: Settings, dataset: str, version: str, classes: list[str], image_count: int) -> dict[str, Any]:
-    """Ask the cost guard (:mod:`chalicelib.budget`), then start, queue or reject this version's tuning job."""
+def start_tuning(
+    s: Settings, dataset: str, version: str, classes: list[str], image_count: int,
+    counts: dict[str, dict[str, int]] | None = None,
+) -> dict[str, Any]:
+    """Ask the cost guard (:mod:`chalicelib.budget`), then start, queue or reject this version's tuning job.
+
+    ``counts`` (split -> class -> images) go on the version record beside its classes.
+    """
     name = naming.tuning_job_name(s.name_prefix, dataset, version)
     log_keys(dataset, tuning_job=name)
     if _tuned_before(s, dataset, name):
@@ -245,7 +258,7 @@ def start_tuning(s: Settings, dataset: str, version: str, classes: list[str], im
     admission = budget.admit(s, dataset, version, name)
     if admission.action is Action.OVER_BUDGET:
         budget.reject_over_budget(s, dataset, version, name, admission)
-    store(s).save_version(dataset, version, classes, image_count, name)
+    store(s).save_version(dataset, version, classes, image_count, name, class_counts=counts)
     if admission.action in (Action.QUEUE, Action.QUEUED):
         return budget.note_queued(s, dataset, version, name, admission)
     if admission.action is Action.SUPERSEDE:

@@ -308,8 +308,10 @@ def test_training_completed_deploys_the_first_model(client, sagemaker, aws, env)
     assert len(sagemaker.requests("CreateEndpoint")) == 1 and len(sagemaker.calls) == 6
 
 
-def _live(env, accuracy: float, model: str = "breedline-dog-breeds-00000000-final", config: str = "old-rt") -> None:
-    record = {"model": model, "accuracy": accuracy, "labels": ["a"], "training_job": model, "endpoint_config": config}
+def _live(env, accuracy: float, model: str = "breedline-dog-breeds-00000000-final", config: str = "old-rt",
+          labels=("beagle", "corgi", "husky")) -> None:
+    """A live model from before issue 13 (no metrics, no artifacts), predicting ``labels``."""
+    record = {"model": model, "accuracy": accuracy, "labels": list(labels), "training_job": model, "endpoint_config": config}
     assert state(env).set_live_model(record, None)
 
 
@@ -331,6 +333,7 @@ def test_better_model_updates_the_endpoint_blue_green(client, sagemaker, aws, en
 
 
 def test_worse_model_is_not_deployed(client, sagemaker, aws, env, capsys):
+    seed_version(env)
     _live(env, 0.90)
     sagemaker.training[FINAL] = completed_training(FINAL, 0.85)
     result = invoke(client, "on_training_state_change", load_event("training_completed.json"))

@@ -13,7 +13,6 @@ from chalicelib.decisions import (
     classify_training_job,
     classify_tuning_job,
     final_metric,
-    quality_gate,
     tags_to_dict,
 )
 from chalicelib.predict import (
@@ -203,24 +202,6 @@ def test_final_metric():
     assert final_metric(data) == pytest.approx(0.81)
     assert final_metric([{"MetricName": "test_accuracy", "Value": float("nan")}]) is None
     assert final_metric([]) is None
-
-
-@pytest.mark.parametrize(
-    "new, live, floor, deploy",
-    [
-        (0.8, None, 0.5, True),
-        (0.8, 0.7, 0.5, True),
-        (0.7, 0.7, 0.5, False),  # equal to live: the duplicate event case
-        (0.6, 0.7, 0.5, False),
-        (0.5, None, 0.5, False),  # must beat the floor, not reach it
-        (0.4, None, 0.5, False),
-        (None, None, 0.5, False),
-    ],
-)
-def test_quality_gate(new, live, floor, deploy):
-    decision = quality_gate(new, live, floor)
-    assert decision.deploy is deploy
-    assert decision.reason
 
 
 # -- predict checks -------------------------------------------------------------------------
