@@ -317,7 +317,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     connect(args)
     out = Path(args.out) if args.out else _state_dir(args) / "report"
-    from breedline.model_card import state_store
+    from breedline.card_facts import state_store
 
     found = collect_report(boto3.client("sagemaker"), boto3.client("s3"), args.job, out, _state_dir(args),
                            state=state_store(boto3.client("dynamodb"), _settings().state_table))

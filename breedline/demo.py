@@ -397,7 +397,7 @@ def demo_state_store(info: RuntimeInfo) -> Any:
     import boto3
     from chalicelib.config import Settings  # type: ignore[import-not-found]
 
-    from breedline.model_card import state_store
+    from breedline.card_facts import state_store
 
     dynamodb = boto3.client("dynamodb", endpoint_url=info.aws_url, region_name=info.region,
                             aws_access_key_id="testing", aws_secret_access_key="testing")

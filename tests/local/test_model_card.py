@@ -24,7 +24,7 @@ from contract import METRIC_DEFINITIONS
 from local_standins import BUCKET, sagemaker_client  # type: ignore[import-not-found]
 from PIL import Image
 
-from breedline import cli, job_evaluation, job_report, model_card
+from breedline import card_facts, cli, job_evaluation, job_report, model_card
 from breedline.demo_digits import write_digits
 from breedline.local.sagemaker import SageMakerBackend
 from breedline.local.sagemaker_http import LocalSageMakerServer
@@ -84,7 +84,7 @@ def record_gate(dynamodb, sm) -> object:
     from chalicelib.state import TABLE_DEFINITIONS
 
     dynamodb.create_table(TableName=TABLE, **TABLE_DEFINITIONS["state_table"])
-    state = model_card.state_store(dynamodb, TABLE)
+    state = card_facts.state_store(dynamodb, TABLE)
     state.record_job(FINAL, stage="training", dataset=DATASET, version=VERSION, status="Completed")
     accuracy = final_metric(sm.describe_training_job(TrainingJobName=FINAL)["FinalMetricDataList"])
     decision = quality_gate(accuracy, None, 0.5)
@@ -165,8 +165,8 @@ def pipeline(moto_stack, tmp_path_factory):
             HyperParameters={**definition.pop("StaticHyperParameters"), **best},
             Tags=[
                 {"Key": "breedline:stage", "Value": "training"},
-                {"Key": model_card.TAG_DATASET, "Value": DATASET},
-                {"Key": model_card.TAG_VERSION, "Value": VERSION},
+                {"Key": card_facts.TAG_DATASET, "Value": DATASET},
+                {"Key": card_facts.TAG_VERSION, "Value": VERSION},
             ],
             **definition,
         )
@@ -304,7 +304,7 @@ def test_a_rejected_model_says_why_on_its_card(pipeline, reported, tmp_path):
 
     dynamodb = boto_dynamodb(s3)
     dynamodb.create_table(TableName="card-rejected", **TABLE_DEFINITIONS["state_table"])
-    state = model_card.state_store(dynamodb, "card-rejected")
+    state = card_facts.state_store(dynamodb, "card-rejected")
     state.record_job(
         FINAL,
         stage="training",
