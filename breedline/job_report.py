@@ -279,7 +279,9 @@ def format_job(report: JobReport) -> str:
     lines += format_rules(report.rule_table)
     if report.model_card:
         card = report.model_card
-        lines.append(f"  model card {card['path']}" + (f"\n             in S3: {card['s3_uri']}" if card["s3_uri"] else ""))
+        lines.append(f"  model card  {card['path']}")
+        if card["s3_uri"]:
+            lines.append(f"              in S3: {card['s3_uri']}")
         lines.append(f"  quality gate  {card['gate']['decision']}: {card['gate']['reason']}")
     for note in report.notes:
         lines.append(f"  note       {note}")

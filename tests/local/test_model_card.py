@@ -11,6 +11,7 @@ card are then built the way ``python -m breedline report`` builds them.
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import re
@@ -313,7 +314,7 @@ def test_a_rejected_model_says_why_on_its_card(pipeline, reported, tmp_path):
         status="Completed",
         reason="not deployed: test_accuracy 0.4000 does not beat the floor 0.5000",
     )
-    report = reported[0].training
+    report = copy.deepcopy(reported[0].training)  # the module's report stays as the CLI left it
     card = model_card.write_model_card(sm, s3, report, tmp_path, state=state, upload=False)
     assert card is not None and card.s3_uri is None
     assert 'data-decision="rejected"' in card.html
