@@ -403,3 +403,25 @@ def test_malformed_evaluation_parts_cost_only_those_parts_and_names_are_escaped(
     assert "macro-F1 -" in text
     card = model_card.write_model_card(sm, s3, report, tmp_path, upload=False)
     assert card is not None and "<b>cat</b>" not in card.html and "&lt;b&gt;cat&lt;/b&gt;" in card.html
+
+
+def test_gate_facts_read_each_state_the_app_leaves(moto_stack):
+    """Pending, rejected (a failed job), replaced, unknown: each from the real StateStore's records."""
+    from chalicelib.state import TABLE_DEFINITIONS
+
+    dynamodb = moto_stack.client("dynamodb")
+    dynamodb.create_table(TableName="card-states", **TABLE_DEFINITIONS["state_table"])
+    state = card_facts.state_store(dynamodb, "card-states")
+    state.record_job("a-final", stage="training", dataset="d", version="1", status="Completed")
+    assert card_facts.gate_facts(state, "a-final").decision == "pending"
+    state.record_job("b-final", stage="training", dataset="d", version="1", status="Failed", reason="OOM")
+    failed = card_facts.gate_facts(state, "b-final")
+    assert failed.decision == "rejected" and "Failed: OOM" in failed.reason
+    state.set_live_model({"model": "a-final", "training_job": "a-final"}, None)
+    assert card_facts.gate_facts(state, "a-final").decision == "deployed"
+    state.set_live_model({"model": "c-final", "training_job": "c-final"}, "a-final")
+    replaced = card_facts.gate_facts(state, "a-final")
+    assert replaced.decision == "replaced" and "c-final" in replaced.reason
+    assert card_facts.gate_facts(state, "nobody").decision == "unknown"
+    missing = card_facts.gate_facts(card_facts.state_store(dynamodb, "no-such-table"), "a-final")
+    assert missing.decision == "unknown" and "could not be read" in missing.reason
