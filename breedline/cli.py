@@ -13,7 +13,7 @@ Commands::
     python -m breedline demo [--data DIR] [--name NAME]   # the whole pipeline locally
     python -m breedline up [--keep-state]                 # just the local runtime, until Ctrl-C
     python -m breedline status [--json]                   # pipeline and endpoint states
-    python -m breedline report JOB [--json]               # metrics, loss curve, profiler, rules
+    python -m breedline report JOB [--json]               # metrics, evaluation, pictures, model card
     python -m breedline predict IMAGE [--api URL]         # classify one image
 
 A command that cannot reach what it needs (no runtime and no AWS
@@ -246,13 +246,17 @@ class Report:
     training: Any = None
 
 
-def collect_report(sm: Any, s3: Any, name: str, out: Path, state_dir: Path | None = None) -> Report:
-    """The tuning job and its best trial's report, or the training job ``name``'s report.
+def collect_report(sm: Any, s3: Any, name: str, out: Path, state_dir: Path | None = None,
+                   state: Any = None) -> Report:
+    """The tuning job and its best trial's report, or the training job ``name``'s report and model card.
 
     ``training`` is None for a tuning job with no best trial yet. A name that is
     neither a tuning job nor a training job raises the service's ClientError.
+    A training job named directly (a final job: a model the gate judged) also
+    gets ``model_card.html`` (:mod:`breedline.model_card`); ``state`` is the
+    app's state store the card reads the gate's decision from.
     """
-    from breedline import job_report
+    from breedline import job_report, model_card
 
     found = Report(job=name)
     try:
@@ -264,6 +268,8 @@ def collect_report(sm: Any, s3: Any, name: str, out: Path, state_dir: Path | Non
         if not name:
             return found
     found.training = job_report.job_report(sm, s3, name, out, state_dir=state_dir)
+    if found.tuning is None:
+        model_card.write_model_card(sm, s3, found.training, out, state=state)
     return found
 
 
@@ -281,9 +287,10 @@ def report_data(found: Report) -> dict[str, Any]:
     report = found.training
     if report is not None:
         training = {f.name: getattr(report, f.name) for f in dataclasses.fields(report)
-                    if f.name not in ("loss_plot", "rule_table")}
+                    if f.name not in ("loss_plot", "rule_table", "evaluation")}
         training.update(loss_curve=str(report.loss_curve) if report.loss_curve else None,
-                        loss_points=report.loss_points, rules=report.rules)
+                        loss_points=report.loss_points, rules=report.rules,
+                        evaluation=report.evaluation.figures() if report.evaluation else None)
         data["training"] = training
     return data
 
@@ -310,7 +317,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     connect(args)
     out = Path(args.out) if args.out else _state_dir(args) / "report"
-    found = collect_report(boto3.client("sagemaker"), boto3.client("s3"), args.job, out, _state_dir(args))
+    from breedline.card_facts import state_store
+
+    found = collect_report(boto3.client("sagemaker"), boto3.client("s3"), args.job, out, _state_dir(args),
+                           state=state_store(boto3.client("dynamodb"), _settings().state_table))
     print(json.dumps(report_data(found), indent=2, default=str) if args.json else format_report(found))
     return 0
 
@@ -368,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", parents=[common], help="pipeline and endpoint states")
     status.add_argument("--json", action="store_true", help="one JSON object with stable keys (docs/local.md)")
     status.set_defaults(func=cmd_status)
-    report = sub.add_parser("report", parents=[common], help="metrics, loss curve, profiler summary and rules of a job")
+    report = sub.add_parser("report", parents=[common], help="metrics, evaluation pictures, loss curve, profiler, rules and model card of a job")
     report.add_argument("job", help="training job name, or a tuning job name (reports its best trial)")
     report.add_argument("--out", default=None, help="where plots and downloads go (default: the run's report/)")
     report.add_argument("--json", action="store_true", help="one JSON object with stable keys (docs/local.md)")

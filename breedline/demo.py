@@ -252,14 +252,14 @@ def run_demo(data: Path | None, dataset: str, state_dir: Path | None = None, pre
         watcher = Watcher(sm, clock, prefix, endpoint_name, info.api_url)
         if not wait_for_deployment(watcher, sqs, info, child, timeout):
             if watcher.tuning_name:  # still show what was trained and why it stopped there
-                print_report(sm, s3, watcher, state_dir, clock)
+                print_report(sm, s3, watcher, state_dir, clock, demo_state_store(info))
             say(clock, f"the pipeline did not deploy; logs: {state_dir / 'logs'}, jobs: {state_dir / 'jobs'}")
             return 1
         clock.stage_done("deployment (endpoint InService)")
 
         predict_test_images(clock, info.api_url, Path(data), predictions)
         clock.stage_done("predictions")
-        print_report(sm, s3, watcher, state_dir, clock)
+        print_report(sm, s3, watcher, state_dir, clock, demo_state_store(info))
         print_wall_times(clock, state_dir)
         if keep_running:
             print(f"The runtime keeps running (API {info.api_url}); "
@@ -392,8 +392,21 @@ def _pipeline_failed(sm: Any, watcher: Watcher) -> bool:
     return False
 
 
-def print_report(sm: Any, s3: Any, watcher: Watcher, state_dir: Path, clock: Clock) -> None:
-    from breedline import job_report
+def demo_state_store(info: RuntimeInfo) -> Any:
+    """The app's state table on moto, where the model card reads the gate's decision."""
+    import boto3
+    from chalicelib.config import Settings  # type: ignore[import-not-found]
+
+    from breedline.card_facts import state_store
+
+    dynamodb = boto3.client("dynamodb", endpoint_url=info.aws_url, region_name=info.region,
+                            aws_access_key_id="testing", aws_secret_access_key="testing")
+    return state_store(dynamodb, Settings.from_env({**os.environ, **info.env}).state_table)
+
+
+def print_report(sm: Any, s3: Any, watcher: Watcher, state_dir: Path, clock: Clock, state: Any = None) -> None:
+    """The report: trials, the final job's figures and pictures, and its model card (uploaded to its output)."""
+    from breedline import job_report, model_card
 
     print("\n" + "=" * 100)
     print("REPORT")
@@ -406,8 +419,14 @@ def print_report(sm: Any, s3: Any, watcher: Watcher, state_dir: Path, clock: Clo
     if watcher.final_name:
         print(f"\nFinal training job {watcher.final_name}:")
         report = job_report.job_report(sm, s3, watcher.final_name, state_dir / "report", state_dir=state_dir)
+        card = model_card.write_model_card(sm, s3, report, state_dir / "report", state=state,
+                                           tuning_name=watcher.tuning_name)
         print(job_report.format_job(report))
         opened = [f"  loss plot        {report.loss_curve}"] if report.loss_curve else []
+        pictures = report.evaluation.pictures if report.evaluation else {}
+        opened += [f"  {what}  {path}" for what, path in pictures.items()]
+        if card is not None:
+            opened.append(f"  model card       {card.path.resolve().as_uri()}")
         if "profiler report" in report.links:
             opened.append(f"  profiler report  {report.links['profiler report']}")
         if opened:

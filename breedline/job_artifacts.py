@@ -51,18 +51,41 @@ def extract_output(s3: Any, output_uri: str, out: Path, notes: list[str]) -> Pat
 
 def model_meta(s3: Any, model_uri: str | None, out: Path, notes: list[str]) -> dict[str, Any]:
     """``model_meta.json`` from ``model.tar.gz`` (only that member is read); {} when there is none."""
+    return model_members(s3, model_uri, out, ("model_meta.json",), notes).get("model_meta.json", {})
+
+
+def model_members(s3: Any, model_uri: str | None, out: Path, names: tuple[str, ...],
+                  notes: list[str]) -> dict[str, dict[str, Any]]:
+    """The JSON members ``names`` of ``model.tar.gz`` (one download); a missing or unreadable one is left out.
+
+    Why one download for several: the archive holds the weights (tens of MB
+    for a real model), and the report reads both ``model_meta.json`` and
+    ``evaluation.json`` from it.
+    """
     archive = download(s3, model_uri, out / "model.tar.gz") if model_uri else None
     if archive is None:
         return {}
+    found: dict[str, dict[str, Any]] = {}
     try:
         with tarfile.open(archive) as tar:
-            member = next((m for m in tar.getmembers() if m.name.lstrip("./") == "model_meta.json"), None)
-            handle = tar.extractfile(member) if member is not None else None
-            meta = json.loads(handle.read()) if handle is not None else {}
-    except (tarfile.TarError, OSError, ValueError) as exc:
-        notes.append(f"model_meta.json unreadable in {model_uri}: {exc}")
+            members = {m.name.lstrip("./"): m for m in tar.getmembers() if m.isfile()}
+            for name in names:
+                if name not in members:
+                    continue
+                handle = tar.extractfile(members[name])
+                try:
+                    value = json.loads(handle.read()) if handle is not None else None
+                except ValueError as exc:
+                    notes.append(f"{name} unreadable in {model_uri}: {exc}")
+                    continue
+                if isinstance(value, dict):
+                    found[name] = value
+                else:
+                    notes.append(f"{name} in {model_uri} is not a JSON object")
+    except (tarfile.TarError, OSError) as exc:
+        notes.append(f"model.tar.gz unreadable ({model_uri}): {exc}")
         return {}
-    return meta if isinstance(meta, dict) else {}
+    return found
 
 
 def job_log(state_dir: Path | None, name: str) -> tuple[str, str] | None:

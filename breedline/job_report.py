@@ -24,7 +24,7 @@ from contract import (
     TERMINAL_STATUSES,
 )
 
-from breedline import job_artifacts, loss_plot
+from breedline import job_artifacts, job_evaluation, loss_plot
 from breedline.job_rules import RuleTable, format_rules, rule_table
 
 #: Where the profiler's TensorBoard trace and scalars lie inside the job's output
@@ -57,6 +57,11 @@ class JobReport:
     #: ``profiler report`` (the HTML file on disk), ``profiler report in S3``, ``tensorboard`` (a folder).
     links: dict[str, str] = field(default_factory=dict)
     rule_table: RuleTable | None = None
+    #: ``evaluation.json`` and the pictures drawn from it (None for jobs without one).
+    evaluation: job_evaluation.EvaluationReport | None = None
+    #: ``model_card.html`` (:mod:`breedline.model_card`): ``path``, ``s3_uri``, ``dataset``, ``version``,
+    #: ``class_counts`` and the quality ``gate``'s decision; None until a card is written.
+    model_card: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -153,6 +158,20 @@ def _profiler(report: JobReport, output: Path, output_uri: str) -> None:
         report.links["tensorboard"] = f"tensorboard --logdir {(output / TENSORBOARD_DIR).resolve()}"
 
 
+def _evaluation(report: JobReport, job: dict[str, Any], s3: Any, members: dict[str, dict[str, Any]],
+                model: str | None, output: Path | None, out: Path) -> None:
+    """``evaluation.json`` and its pictures; a job without it gets one note."""
+    evaluation = job_evaluation.read_evaluation(members, model, output, report.notes)
+    if evaluation is None:
+        return
+    try:
+        job_evaluation.draw(evaluation, s3, job, out)
+    except Exception as exc:  # noqa: BLE001 - a malformed file costs the pictures, not the report
+        evaluation.notes.append(f"pictures from {job_evaluation.EVALUATION_FILE} not drawn: {exc}")
+    report.notes += evaluation.notes
+    report.evaluation = evaluation
+
+
 def _rules(report: JobReport, job: dict[str, Any], output: Path | None, output_uri: str) -> None:
     """The rule table from ``rules.json`` (in_job), the service's statuses or the ``rule_*`` metrics."""
     data = None
@@ -194,8 +213,10 @@ def job_report(sm: Any, s3: Any, name: str, out_dir: Path, state_dir: Path | Non
     if output is not None:
         _profiler(report, output, output_uri)
     tensors = job_artifacts.tensors_dir(s3, job, output, out, report.notes, report.artifacts)
-    _plot(report, job_artifacts.model_meta(s3, model, out, report.notes), job_artifacts.job_log(state_dir, name),
-          tensors, out)
+    members = job_artifacts.model_members(s3, model, out, ("model_meta.json", job_evaluation.EVALUATION_FILE),
+                                          report.notes)
+    _plot(report, members.get("model_meta.json", {}), job_artifacts.job_log(state_dir, name), tensors, out)
+    _evaluation(report, job, s3, members, model, output, out)
     _rules(report, job, output, output_uri)
     if job.get("ProfilerConfig", {}).get("S3OutputPath"):
         report.artifacts["profiler output"] = job["ProfilerConfig"]["S3OutputPath"].rstrip("/") + \
@@ -244,6 +265,7 @@ def format_job(report: JobReport) -> str:
                                                    if k not in RULE_METRIC_NAMES))
     if report.loss_plot:
         lines += format_loss_plot(report.loss_plot)
+    lines += job_evaluation.format_evaluation(report.evaluation)
     if report.profiler:
         p = report.profiler
         lines.append(f"  profiler   {p.get('steps')} steps, mean step {p.get('step_time_mean_s', 0):.3f} s, "
@@ -255,6 +277,12 @@ def format_job(report: JobReport) -> str:
         if what in report.links:
             lines.append(f"  {what:<22} {report.links[what]}")
     lines += format_rules(report.rule_table)
+    if report.model_card:
+        card = report.model_card
+        lines.append(f"  model card  {card['path']}")
+        if card["s3_uri"]:
+            lines.append(f"              in S3: {card['s3_uri']}")
+        lines.append(f"  quality gate  {card['gate']['decision']}: {card['gate']['reason']}")
     for note in report.notes:
         lines.append(f"  note       {note}")
     lines.append("  artifacts")

@@ -124,6 +124,13 @@ def test_upload_alone_drives_tuning_training_deployment_and_prediction(tmp_path:
         assert best["TrainingJobName"] in shown and "trials best first" in shown
         shown = cli("report", final["TrainingJobName"], *state, "--out", str(tmp_path / "cli-report"))
         assert "loss plot" in shown and "Debugger rules" in shown and "test_accuracy=" in shown and "profiler" in shown
+        # The model card, with the decision the app recorded in its state table (it deployed this model).
+        assert "quality gate  deployed:" in shown and "model card  " in shown
+        card = tmp_path / "cli-report" / final["TrainingJobName"] / "model_card.html"
+        output = final["OutputDataConfig"]["S3OutputPath"][5:].rstrip("/").split("/", 1)
+        uploaded = s3.get_object(Bucket=output[0],
+                                 Key=f"{output[1]}/{final['TrainingJobName']}/output/model_card.html")
+        assert uploaded["Body"].read() == card.read_bytes() and 'data-decision="deployed"' in card.read_text()
     print(f"pipeline: upload to correct predictions in {pipeline_seconds:.0f} s; "
           f"whole test {time.monotonic() - started:.0f} s")
     assert pipeline_seconds < 180

@@ -361,3 +361,8 @@ def test_the_demos_final_report_reads_the_job_log_and_links_the_html_report(moto
     html = (tmp_path / "state" / "report" / name / "output" / PROFILER_DIR / PROFILER_REPORT_FILE).resolve()
     assert "Open in a browser or viewer" in printed and f"profiler report  {html.as_uri()}" in printed
     assert "per-epoch values from the job log's metric lines (" in printed and str(tmp_path / "state" / "report" / name) in printed
+    # The card of a job without evaluation.json (older jobs): written, uploaded, linked; the report says why it is thin.
+    card = tmp_path / "state" / "report" / name / "model_card.html"
+    assert f"model card       {card.resolve().as_uri()}" in printed and "no evaluation.json" in printed
+    uploaded = s3.get_object(Bucket=BUCKET, Key=f"{prefix}/{name}/output/model_card.html")
+    assert uploaded["ContentType"].startswith("text/html") and uploaded["Body"].read() == card.read_bytes()
