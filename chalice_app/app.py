@@ -18,8 +18,7 @@ import json
 from typing import Any, Callable
 
 from chalice import Chalice, IAMAuthorizer, Rate, Response
-
-from chalicelib import api, event_patterns, jobs, lambda_runtime, uploads
+from chalicelib import api, event_patterns, jobs, lambda_runtime, try_page, uploads
 from chalicelib.config import Settings
 from chalicelib.observability import flush, logger
 from chalicelib.predict import CONTENT_TYPES, PredictError
@@ -138,3 +137,19 @@ def labels() -> Response:
     except Exception:
         logger.exception("labels failed")
         return _json(_STATE_UNAVAILABLE, 503)
+
+
+if _BOOT.try_page:
+
+    @app.route("/try", methods=["GET"])
+    def try_it() -> Response:
+        """The try-it page (public: it holds no secret; the key is typed in the browser)."""
+        body, headers = try_page.page()
+        return Response(body=body, status_code=200, headers=headers)
+
+    @app.route("/try/{name}", methods=["GET"])
+    def try_asset(name: str) -> Response:
+        found = try_page.asset(name)
+        if found is None:
+            return _json({"code": "not_found", "message": f"No such file: {name}"}, 404)
+        return Response(body=found[0], status_code=200, headers=found[1])
