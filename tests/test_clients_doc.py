@@ -8,7 +8,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "clients.md"
-EXAMPLES = [ROOT / "docs" / "examples" / "predict.sh", ROOT / "docs" / "examples" / "predict.py",
+EXAMPLES = [ROOT / "docs" / "examples" / "predict.sh", ROOT / "docs" / "examples" / "classify_image.py",
             ROOT / "chalice_app" / "chalicelib" / "web" / "client.js"]
 
 

@@ -186,10 +186,10 @@ def test_the_curl_and_python_examples_work(digits_pipeline: DigitsPipeline) -> N
     expected = server_answer(api_url, image.read_bytes())
     examples = REPO_ROOT / "docs" / "examples"
     for command in (["sh", str(examples / "predict.sh"), api_url, str(image)],
-                    [sys.executable, str(examples / "predict.py"), api_url, str(image)]):
+                    [sys.executable, str(examples / "classify_image.py"), api_url, str(image)]):
         done = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0, done.stdout + done.stderr
         assert json.loads(done.stdout)["label"] == expected["label"], (command, done.stdout)
-    bad = subprocess.run([sys.executable, str(examples / "predict.py"), api_url, str(examples / "predict.sh")],
+    bad = subprocess.run([sys.executable, str(examples / "classify_image.py"), api_url, str(examples / "predict.sh")],
                          capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 1 and json.loads(bad.stdout)["code"], bad.stdout + bad.stderr

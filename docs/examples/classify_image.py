@@ -1,4 +1,4 @@
-"""Classify one image with Python's requests: ``python predict.py API_URL IMAGE [API_KEY]``.
+"""Classify one image with Python's requests: ``python classify_image.py API_URL IMAGE [API_KEY]``.
 
 Prints the API's JSON answer. An error answer is JSON too ({"code", "message"}),
 so the status code and the code decide what to do: 4xx means fix the request,
