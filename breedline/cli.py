@@ -363,7 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--name", help="data set name (default: the folder's name, or digits)")
     demo.add_argument("--per-class", type=int, default=DEMO_PER_CLASS,
                       help="digits per class for the built-in data set (0: all ~180)")
-    demo.add_argument("--keep-running", action="store_true", help="leave the runtime up after the report")
+    demo.add_argument("--keep-running", action=argparse.BooleanOptionalAction, default=None,
+                      help="leave the runtime up after the report, for the try-it page and the CLI "
+                           "(default: yes on a terminal, no otherwise; --no-keep-running stops it)")
     demo.add_argument("--timeout", type=float, default=1200.0, help="seconds to wait for the endpoint")
     demo.set_defaults(func=cmd_demo)
     up = sub.add_parser("up", parents=[common], help="run the local runtime until Ctrl-C")

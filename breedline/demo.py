@@ -13,6 +13,7 @@ from __future__ import annotations
 import mimetypes
 import os
 import random
+import shlex
 import shutil
 import signal
 import subprocess
@@ -222,8 +223,15 @@ DEMO_PER_CLASS = 100
 
 
 def run_demo(data: Path | None, dataset: str, state_dir: Path | None = None, predictions: int = 6,
-             timeout: float = 900.0, keep_running: bool = False, per_class: int | None = DEMO_PER_CLASS) -> int:
-    """The demo; returns the process exit code. ``state_dir``: see :func:`run_state_dir`."""
+             timeout: float = 900.0, keep_running: bool | None = None, per_class: int | None = DEMO_PER_CLASS) -> int:
+    """The demo; returns the process exit code. ``state_dir``: see :func:`run_state_dir`.
+
+    ``keep_running`` None: keep the runtime up when a person watches (stdin and
+    stdout are terminals), so the try-it page it prints can be opened; stop it
+    under CI, pipes and scripts.
+    """
+    if keep_running is None:
+        keep_running = sys.stdin.isatty() and sys.stdout.isatty()
     clock = Clock()
     state_dir = run_state_dir(state_dir).resolve()
     # `timeout`, CI and process managers send SIGTERM: treat it as Ctrl-C so the runtime is stopped.
@@ -257,13 +265,14 @@ def run_demo(data: Path | None, dataset: str, state_dir: Path | None = None, pre
             return 1
         clock.stage_done("deployment (endpoint InService)")
 
-        predict_test_images(clock, info.api_url, Path(data), predictions)
+        picked = predict_test_images(clock, info.api_url, Path(data), predictions)
         clock.stage_done("predictions")
         print_report(sm, s3, watcher, state_dir, clock, demo_state_store(info))
         print_wall_times(clock, state_dir)
+        print_try_it(info.api_url, picked[0][0] if picked else None, keep_running)
         if keep_running:
-            print(f"The runtime keeps running (API {info.api_url}); "
-                  "try `python -m breedline status` or `predict IMAGE`. Ctrl-C stops it.")
+            print("The runtime keeps running; also try `python -m breedline status` or `predict IMAGE`. "
+                  "Ctrl-C stops it.", flush=True)
             child.wait()
         return 0
     except KeyboardInterrupt:
@@ -350,8 +359,8 @@ def wait_for_deployment(watcher: Watcher, sqs: Any, info: RuntimeInfo, child: su
     return False
 
 
-def predict_test_images(clock: Clock, api_url: str, data: Path, predictions: int) -> None:
-    """A few held-out test images through ``POST /predict``, each with its verdict."""
+def predict_test_images(clock: Clock, api_url: str, data: Path, predictions: int) -> list[tuple[Path, str, str]]:
+    """A few held-out test images through ``POST /predict``, each with its verdict; returns those picked."""
     say(clock, f"STAGE 5  predictions through POST {api_url}/predict (held-out test images)")
     correct = 0
     picked = pick_test_images(data, predictions)
@@ -367,6 +376,17 @@ def predict_test_images(clock: Clock, api_url: str, data: Path, predictions: int
         else:
             say(clock, f"  {path.name:<22} HTTP {answer.status_code}: {body}")
     say(clock, f"  {correct}/{len(picked)} correct")
+    return picked
+
+
+def print_try_it(api_url: str, image: Path | None, keep_running: bool) -> None:
+    """The try-it page's URL and the exact curl command for the local API (docs/clients.md)."""
+    example = shlex.quote(str(image)) if image else "photo.jpg"
+    print("\nTry it with your own photo:")
+    print(f"  in a browser:  {api_url}/try")
+    print(f"  with curl:  curl -H 'Content-Type: image/jpeg' --data-binary @{example} {api_url}/predict")
+    if not keep_running:
+        print("  (the runtime stops now; make demo ARGS=--keep-running keeps it up for these)")
 
 
 def print_wall_times(clock: Clock, state_dir: Path) -> None:

@@ -19,10 +19,10 @@ from typing import Any, Callable
 
 from chalice import Chalice, IAMAuthorizer, Rate, Response
 
-from chalicelib import api, cors, endpoint_events, event_patterns, jobs, lambda_runtime, uploads
+from chalicelib import api, cors, endpoint_events, event_patterns, jobs, lambda_runtime, try_page, uploads
 from chalicelib.config import Settings
 from chalicelib.observability import flush, logger
-from chalicelib.predict import CONTENT_TYPES, MULTIPART, ORIGIN_NOT_ALLOWED, STATE_UNAVAILABLE, PredictError
+from chalicelib.predict import CONTENT_TYPES, MULTIPART, NOT_FOUND, ORIGIN_NOT_ALLOWED, STATE_UNAVAILABLE, PredictError
 
 app = Chalice(app_name="breedline")
 # Binary: API Gateway then hands the Lambda these bodies base64-encoded, byte for byte.
@@ -189,3 +189,20 @@ def predict_preflight() -> Response:
 @app.route("/labels", methods=["OPTIONS"], content_types=["*/*"])
 def labels_preflight() -> Response:
     return _preflight("/labels")
+
+
+if _BOOT.try_page:
+
+    @app.route("/try", methods=["GET"])
+    def try_it() -> Response:
+        """The try-it page (public: it holds no secret; the key is typed in the browser)."""
+        body, headers = try_page.page()
+        return Response(body=body, status_code=200, headers=headers)
+
+    @app.route("/try/{name}", methods=["GET"])
+    def try_asset(name: str) -> Response:
+        found = try_page.asset(name)
+        if found is None:
+            error = PredictError(NOT_FOUND, f"No such file: {name}")
+            return _json(error.body(), error.status)
+        return Response(body=found[0], status_code=200, headers=found[1])

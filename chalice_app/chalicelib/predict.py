@@ -83,6 +83,7 @@ ALL_ERRORS: tuple[tuple[int, str], ...] = (
 #: The other routes' errors (GET /status and /labels, the CORS preflights); :data:`ROUTE_ERRORS` says which route answers which.
 STATE_UNAVAILABLE = (503, "state_unavailable")
 ORIGIN_NOT_ALLOWED = (403, "origin_not_allowed")
+NOT_FOUND = (404, "not_found")
 #: Every error each route answers, by (path, method): the one table docs/openapi.yaml is checked
 #: against (tests/app/test_openapi.py), in both directions.
 ROUTE_ERRORS: dict[tuple[str, str], tuple[tuple[int, str], ...]] = {
@@ -91,6 +92,8 @@ ROUTE_ERRORS: dict[tuple[str, str], tuple[tuple[int, str], ...]] = {
     ("/labels", "get"): (MODEL_NOT_DEPLOYED, STATE_UNAVAILABLE),
     ("/labels", "options"): (ORIGIN_NOT_ALLOWED,),
     ("/status", "get"): (STATE_UNAVAILABLE,),
+    ("/try", "get"): (),
+    ("/try/{name}", "get"): (NOT_FOUND,),
 }
 
 

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -91,3 +92,14 @@ def endpoint_in_service(sm, name: str = "breedline-classifier") -> dict | None:
         return None
     assert endpoint["EndpointStatus"] != "Failed", endpoint.get("FailureReason")
     return endpoint if endpoint["EndpointStatus"] == "InService" else None
+
+
+@dataclass
+class DigitsPipeline:
+    """A local runtime that took a digits upload all the way to an InService endpoint."""
+
+    started: float
+    root: Path
+    data: Path
+    info: RuntimeInfo
+    endpoint: dict
