@@ -7,7 +7,9 @@ this file as ``code/inference.py`` inside ``model.tar.gz`` and calls:
   preprocessing all come from ``model_meta.json``, the weights from ``model.pt``;
 - ``input_fn(body, content_type)`` per request: bytes -> decoded RGB image;
 - ``predict_fn(data, model)``: image -> top-k prediction;
-- ``output_fn(prediction, accept)``: prediction -> JSON text.
+- ``output_fn(prediction, accept)``: prediction -> JSON text, abstaining (``"label": null``,
+  ``"abstained": true``, a ``"reason"``) when :mod:`abstention` says so, unless the Accept
+  header carries ``abstain=false`` (``application/json; abstain=false``: the raw answer).
 
 Bad input raises :class:`InferenceInputError` with an HTTP ``status_code``
 (415 unsupported type, 413 too large or a decompression bomb, 400 empty or
@@ -60,8 +62,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from backbones import build_model, read_meta
-from contract import REFUSED_FORMATS, SERVING_BACKENDS, refused_format, sniff_image  # noqa: F401 (REFUSED_FORMATS: the serving contract's table)
+import abstention
+from backbones import FeatureTap, build_model, read_meta
+from contract import ABSTAIN_PARAMETER, REFUSED_FORMATS, SERVING_BACKENDS, refused_format, sniff_image  # noqa: F401 (REFUSED_FORMATS: the serving contract's table)
 from decoding import (
     REQUEST_FORMATS,
     DecodeBudget,
@@ -147,6 +150,19 @@ class InferenceInputError(_ToolkitError, ValueError):
         return self.message
 
 
+class _LogitsAndFeatures(nn.Module):
+    """The model with two outputs, logits and penultimate features: what the ONNX export traces."""
+
+    def __init__(self, module: nn.Module, tap: FeatureTap) -> None:
+        super().__init__()
+        self.module = module
+        self.tap = tap
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.module(x)
+        return logits, self.tap.take()
+
+
 @dataclass
 class LoadedModel:
     """What predict_fn needs: the network, its class names and its preprocessing."""
@@ -162,19 +178,31 @@ class LoadedModel:
     session: Any = None
     #: Why ONNX Runtime is not used, when it is not (logged by model_fn).
     backend_reason: str = ""
+    #: When to answer "I don't know" (:mod:`abstention`); None for a model trained without it.
+    abstainer: abstention.Abstainer | None = None
+    #: The head's input, read by the torch backend when ``abstainer`` needs features.
+    tap: FeatureTap | None = None
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits for an NCHW float batch, on the CPU, by whichever backend was chosen."""
+        return self.forward_with_features(batch)[0]
+
+    def forward_with_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Logits and, when the model abstains, its penultimate features (else None)."""
         if self.session is not None:
-            (logits,) = self.session.run(None, {ONNX_INPUT: batch.contiguous().numpy()})
-            return torch.from_numpy(logits)
+            outputs = self.session.run(None, {ONNX_INPUT: batch.contiguous().numpy()})
+            return torch.from_numpy(outputs[0]), (outputs[1] if len(outputs) > 1 else None)
         with torch.inference_mode():
             x = batch.to(self.device, memory_format=torch.channels_last)
-            return self.module(x).float().cpu()
+            logits = self.module(x).float().cpu()
+            features = self.tap.take().float().cpu().numpy() if self.tap is not None else None
+        return logits, features
 
 
 ONNX_INPUT = "image"
 ONNX_OUTPUT = "logits"
+#: The second output of a model that abstains: the head's input.
+ONNX_FEATURES = "features"
 
 
 class ServingBackendError(RuntimeError):
@@ -188,12 +216,13 @@ def _backend_setting() -> str:
     return value
 
 
-def onnx_session(module: nn.Module, image_size: int) -> tuple[Any, str]:
+def onnx_session(module: nn.Module, image_size: int, tap: FeatureTap | None = None) -> tuple[Any, str]:
     """Export ``module`` to ONNX in memory and open it in ONNX Runtime's CPU provider.
 
     Returns ``(session, "")``, or ``(None, reason)`` when onnxruntime is missing,
     the export fails, or the session's logits differ from torch's on a seeded
-    probe batch: a faster wrong answer is never served.
+    probe batch: a faster wrong answer is never served. With ``tap`` the graph
+    has a second output, the penultimate features, checked the same way.
     """
     try:
         import onnxruntime
@@ -201,27 +230,31 @@ def onnx_session(module: nn.Module, image_size: int) -> tuple[Any, str]:
         return None, "onnxruntime is not installed"
     probe = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     buffer = io.BytesIO()
+    # eval(): the exporter restores the wrapper's mode afterwards, and a new module starts in training mode.
+    exported = module if tap is None else _LogitsAndFeatures(module, tap).eval()
+    outputs = [ONNX_OUTPUT] if tap is None else [ONNX_OUTPUT, ONNX_FEATURES]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation and tracing notices
             torch.onnx.export(
-                module, probe[:1], buffer, input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
-                dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}}, dynamo=False,
+                exported, probe[:1], buffer, input_names=[ONNX_INPUT], output_names=outputs,
+                dynamic_axes={name: {0: "batch"} for name in [ONNX_INPUT, *outputs]}, dynamo=False,
             )
         options = onnxruntime.SessionOptions()
         # ORT's worker threads spin after each run by default, which slows its own calls
         # and a torch call in the same process after it on a small machine (docs/benchmarks.md).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-        (got,) = session.run(None, {ONNX_INPUT: probe.numpy()})
+        got_all = session.run(None, {ONNX_INPUT: probe.numpy()})
     except Exception as exc:  # noqa: BLE001 - any exporter or runtime failure means: serve with torch
         first_line = (str(exc).strip().splitlines() or [""])[0][:300]  # the exporter appends whole graphs
         return None, f"ONNX export or session failed: {type(exc).__name__}: {first_line}"
     with torch.inference_mode():
-        expected = module(probe).float().numpy()
-    if got.shape != expected.shape or not np.allclose(got, expected, rtol=ONNX_RTOL, atol=ONNX_ATOL):
-        diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
-        return None, f"ONNX Runtime logits differ from torch's (max |diff| {diff:.2g})"
+        expected_all = [t.float().numpy() for t in exported(probe)] if tap is not None else [module(probe).float().numpy()]
+    for name, got, expected in zip(outputs, got_all, expected_all):
+        if got.shape != expected.shape or not np.allclose(got, expected, rtol=ONNX_RTOL, atol=ONNX_ATOL):
+            diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
+            return None, f"ONNX Runtime {name} differ from torch's (max |diff| {diff:.2g})"
     return session, ""
 
 
@@ -244,6 +277,8 @@ def model_fn(model_dir: str) -> LoadedModel:
         state = torch.load(Path(model_dir) / "model.pt", map_location="cpu", weights_only=True)
         module.load_state_dict(state)
         module = module.eval()
+        abstainer = abstention.load(model_dir, meta)
+        tap = FeatureTap(module, meta["architecture"]) if abstainer is not None else None
         backend = _backend_setting()
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         session, reason = None, "BREEDLINE_SERVING_BACKEND=torch"
@@ -251,7 +286,7 @@ def model_fn(model_dir: str) -> LoadedModel:
             if device.type == "cuda":
                 reason = "a GPU is present: torch runs the model on it"
             else:
-                session, reason = onnx_session(module, prep.image_size)
+                session, reason = onnx_session(module, prep.image_size, tap)
             if session is None and backend == "onnx":
                 raise ServingBackendError(f"BREEDLINE_SERVING_BACKEND=onnx, but {reason}")
         # channels-last: the same numbers, faster convolutions (measured by make bench).
@@ -259,10 +294,12 @@ def model_fn(model_dir: str) -> LoadedModel:
         loaded = LoadedModel(
             module, list(meta["class_names"]), prep, meta["architecture"], device,
             backend="onnx" if session is not None else "torch", session=session, backend_reason=reason,
+            abstainer=abstainer, tap=tap,
         )
         print(
             json.dumps({"message": "model loaded", "model_dir": key, "architecture": loaded.architecture,
-                        "backend": loaded.backend, "why_not_onnx": reason or None}),
+                        "backend": loaded.backend, "why_not_onnx": reason or None,
+                        "abstention": abstainer is not None}),
             flush=True,
         )
         _draft_short_side = max(_draft_short_side, prep.resize_size * JPEG_DRAFT_GAP)
@@ -357,14 +394,56 @@ def predict_fn(data: Image.Image | torch.Tensor, model: LoadedModel) -> dict[str
     batch = data if isinstance(data, torch.Tensor) else preprocess(data, model)
     if batch.dim() == 3:
         batch = batch.unsqueeze(0)
-    probabilities = torch.softmax(model.forward(batch), dim=1)[0]
+    logits, features = model.forward_with_features(batch)
+    probabilities = torch.softmax(logits, dim=1)[0]
     k = min(_top_k(), len(model.class_names))
     values, indices = torch.topk(probabilities, k)
     top = [
         {"label": model.class_names[int(i)], "probability": round(float(v), 6)}
         for v, i in zip(values.tolist(), indices.tolist())
     ]
-    return {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+    answer: dict[str, Any] = {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+    if model.abstainer is not None and features is not None:
+        answer[ABSTAIN_REASON] = model.abstainer.reason(float(values[0]), features[0])
+    return answer
+
+
+#: predict_fn's private key: why output_fn should abstain (None: answer). Never sent to the client.
+ABSTAIN_REASON = "_abstain_reason"
+
+
+def abstain_allowed(accept: str | None) -> bool:
+    """False when the Accept header asks for the raw answer: a JSON range with ``abstain=false``.
+
+    Why an Accept parameter: it is the one request field that reaches ``output_fn``
+    in every serving path (the toolkit, the local runtime), and InvokeEndpoint
+    carries it as it is. A value other than ``true`` or ``false`` is a 406.
+    """
+    for item in (accept or "").split(","):
+        for param in item.split(";")[1:]:
+            name, _, value = param.partition("=")
+            if name.strip().lower() != ABSTAIN_PARAMETER:
+                continue
+            value = value.strip().strip('"').lower()
+            if value not in ("true", "false"):
+                raise InferenceInputError(f"abstain={value!r} in Accept: use abstain=true or abstain=false", 406)
+            if value == "false":
+                return False
+    return True
+
+
+def apply_abstention(prediction: dict[str, Any], allowed: bool = True) -> dict[str, Any]:
+    """The client's answer: ``"abstained"`` always; when abstaining ``label``/``probability`` null and a ``reason``.
+
+    ``top_k`` is kept either way, so a client can still show the candidates.
+    """
+    answer = {key: value for key, value in prediction.items() if key != ABSTAIN_REASON}
+    reason = prediction.get(ABSTAIN_REASON) if allowed else None
+    if reason is None:
+        answer["abstained"] = False
+        return answer
+    answer.update({"label": None, "probability": None, "abstained": True, "reason": reason})
+    return answer
 
 
 def accepts_json(accept: str | None) -> bool:
@@ -406,7 +485,7 @@ def output_fn(prediction: dict[str, Any], accept: str | None = JSON) -> str | tu
     """
     if not accepts_json(accept):
         raise InferenceInputError(f"cannot answer in {accept!r}; accept application/json", 406)
-    text = json.dumps(prediction, allow_nan=False)
+    text = json.dumps(apply_abstention(prediction, abstain_allowed(accept)), allow_nan=False)
     if (accept or JSON).strip().lower() in (JSON, "*/*"):  # the toolkit turns */* into its default, JSON
         return text
     return text, JSON

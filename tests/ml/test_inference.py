@@ -37,7 +37,13 @@ def _png(image: Image.Image, mode: str = "RGBA") -> bytes:
 
 def _check_answer(text: str, class_names: list[str], k: int = 5) -> dict:
     answer = json.loads(text)
-    assert set(answer) == {"label", "probability", "top_k"}
+    if answer["abstained"]:  # issue 13: "I don't know" keeps the candidates
+        assert set(answer) == {"label", "probability", "top_k", "abstained", "reason"}
+        assert answer["label"] is None and answer["probability"] is None
+        assert answer["reason"] in ("low_confidence", "out_of_distribution")
+        answer = {**answer, "label": answer["top_k"][0]["label"], "probability": answer["top_k"][0]["probability"]}
+    else:
+        assert set(answer) == {"label", "probability", "top_k", "abstained"}
     assert answer["label"] in class_names and 0.0 <= answer["probability"] <= 1.0
     assert len(answer["top_k"]) == k
     assert answer["top_k"][0] == {"label": answer["label"], "probability": answer["probability"]}
