@@ -34,6 +34,7 @@ from chalicelib.predict import (
     INTERNAL_ERROR,
     MODEL_NOT_DEPLOYED,
     PredictError,
+    abstain_parameter,
     decode_event_body,
     error_original_message,
     error_status,
@@ -56,7 +57,7 @@ def answer_predict(event: dict[str, Any], content_type: str | None) -> tuple[dic
     started = time.perf_counter()
     code = "ok"
     try:
-        answer, status = predict(decode_event_body(event), content_type), 200
+        answer, status = predict(decode_event_body(event), content_type, abstain_parameter(event)), 200
     except PredictError as exc:
         code, answer, status = exc.code, exc.body(), exc.status
     except Exception as exc:  # noqa: BLE001 - never a 500: an unexpected failure is still a JSON error
@@ -97,15 +98,19 @@ def observe_predict(code: str, status: int, elapsed_ms: float) -> None:
         report_failure("predict error log failed", exc)
 
 
-def predict(body: bytes | None, content_type: str | None) -> dict[str, Any]:
-    """Validate, InvokeEndpoint, shape the answer; every failure is a PredictError."""
+def predict(body: bytes | None, content_type: str | None, abstain: bool = True) -> dict[str, Any]:
+    """Validate, InvokeEndpoint, shape the answer; every failure is a PredictError.
+
+    ``abstain=False`` (``?abstain=false``) asks the model for its raw answer (issue 13).
+    """
     s = settings()
     kind = validate_image_request(content_type, body, s.image_limit(), s.max_decode_megapixels)
     client = clients.client("sagemaker-runtime", s.invoke_timeout_seconds)
     from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
 
     try:
-        response = client.invoke_endpoint(**build.invoke_endpoint(s, body=body or b"", content_type=kind))
+        response = client.invoke_endpoint(**build.invoke_endpoint(s, body=body or b"", content_type=kind,
+                                                                  abstain=abstain))
         payload = response["Body"].read()
     except ClientError as exc:
         original = error_status(exc.response) or error_status(exc.response.get("Error", {}))

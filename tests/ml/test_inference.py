@@ -155,9 +155,10 @@ def test_body_size_limit(monkeypatch, digit_jpeg: bytes) -> None:
 
 def test_non_json_accept_is_refused(model, digit_jpeg: bytes) -> None:
     prediction = inference.predict_fn(inference.input_fn(digit_jpeg, "image/jpeg"), model)
-    assert json.loads(inference.output_fn(prediction, "*/*")) == prediction
-    assert json.loads(inference.output_fn(prediction, None)) == prediction
-    assert json.loads(inference.output_fn(prediction, "")) == prediction
+    answer = inference.apply_abstention(prediction)
+    assert json.loads(inference.output_fn(prediction, "*/*")) == answer
+    assert json.loads(inference.output_fn(prediction, None)) == answer
+    assert json.loads(inference.output_fn(prediction, "")) == answer
     with pytest.raises(inference.InferenceInputError) as info:
         inference.output_fn(prediction, "text/csv")
     assert info.value.status_code == 406
