@@ -43,7 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from contract import LOW_CONFIDENCE, OUT_OF_DISTRIBUTION
 
 METHOD = "mahalanobis"
@@ -81,8 +80,11 @@ class GaussianStats:
 
     def save(self, path: str | Path) -> None:
         np.savez(
-            path, means=self.means.astype(np.float32), components=self.components.astype(np.float32),
-            variances=self.variances.astype(np.float64), residual_variance=np.float64(self.residual_variance),
+            path,
+            means=self.means.astype(np.float32),
+            components=self.components.astype(np.float32),
+            variances=self.variances.astype(np.float64),
+            residual_variance=np.float64(self.residual_variance),
             shrinkage=np.float64(self.shrinkage),
         )
 
@@ -113,7 +115,9 @@ class GaussianStats:
         for start in range(0, len(z), chunk):
             diff = z_proj[start : start + chunk, None, :] - m_proj[None, :, :]  # (rows, classes, r)
             along = (diff**2 / self.variances).sum(axis=2)
-            rest = np.maximum(full[start : start + chunk] - (diff**2).sum(axis=2), 0.0) / self.residual_variance
+            rest = (
+                np.maximum(full[start : start + chunk] - (diff**2).sum(axis=2), 0.0) / self.residual_variance
+            )
             out[start : start + chunk] = (along + rest).min(axis=1)
         return out
 
@@ -137,7 +141,9 @@ def fit_gaussian(features: np.ndarray, labels: np.ndarray, num_classes: int) -> 
     if n < 2:
         raise ValueError(f"need at least 2 train images to fit the out-of-distribution score, got {n}")
     overall = x.mean(axis=0)
-    means = np.stack([x[labels == c].mean(axis=0) if np.any(labels == c) else overall for c in range(num_classes)])
+    means = np.stack(
+        [x[labels == c].mean(axis=0) if np.any(labels == c) else overall for c in range(num_classes)]
+    )
     z = x - means[labels]
     if n <= d:
         gram = z @ z.T / n  # same non-zero eigenvalues as the covariance
@@ -170,8 +176,11 @@ def fit_gaussian(features: np.ndarray, labels: np.ndarray, num_classes: int) -> 
     residual = float(rest.mean()) if len(rest) else float(shrunk[-1])
     residual = max(residual, 1e-12)
     return GaussianStats(
-        means=means.astype(np.float32), components=np.ascontiguousarray(components[:, :r]).astype(np.float32),
-        variances=np.maximum(shrunk[:r], 1e-12), residual_variance=residual, shrinkage=float(shrinkage),
+        means=means.astype(np.float32),
+        components=np.ascontiguousarray(components[:, :r]).astype(np.float32),
+        variances=np.maximum(shrunk[:r], 1e-12),
+        residual_variance=residual,
+        shrinkage=float(shrinkage),
     )
 
 
@@ -233,8 +242,13 @@ class Abstainer:
         """:meth:`reason` for precomputed OOD ``scores`` (training-time figures)."""
         out: list[str | None] = []
         for p, s in zip(top_probabilities, scores):
-            out.append(OUT_OF_DISTRIBUTION if s > self.ood_threshold
-                       else LOW_CONFIDENCE if p < self.confidence_threshold else None)
+            out.append(
+                OUT_OF_DISTRIBUTION
+                if s > self.ood_threshold
+                else LOW_CONFIDENCE
+                if p < self.confidence_threshold
+                else None
+            )
         return out
 
 
@@ -248,11 +262,17 @@ def load(model_dir: str | Path, meta: dict[str, Any]) -> Abstainer | None:
     if not section:
         return None
     if section.get("method") != METHOD:
-        raise ValueError(f"model_meta.json abstention method {section.get('method')!r}; this code knows {METHOD!r}")
+        raise ValueError(
+            f"model_meta.json abstention method {section.get('method')!r}; this code knows {METHOD!r}"
+        )
     path = Path(model_dir) / str(section.get("stats_file") or STATS_FILE)
     if not path.is_file():
-        raise FileNotFoundError(f"model_meta.json names abstention, but {path.name} is not in the model directory")
-    return Abstainer(GaussianStats.load(path), float(section["confidence_threshold"]), float(section["ood_threshold"]))
+        raise FileNotFoundError(
+            f"model_meta.json names abstention, but {path.name} is not in the model directory"
+        )
+    return Abstainer(
+        GaussianStats.load(path), float(section["confidence_threshold"]), float(section["ood_threshold"])
+    )
 
 
 @dataclass
@@ -265,7 +285,11 @@ class SplitOutputs:
 
 
 def fit(
-    train: SplitOutputs, valid: SplitOutputs, test: SplitOutputs | None, num_classes: int, temperature: float = 1.0
+    train: SplitOutputs,
+    valid: SplitOutputs,
+    test: SplitOutputs | None,
+    num_classes: int,
+    temperature: float = 1.0,
 ) -> tuple[GaussianStats, dict[str, Any], dict[str, Any]]:
     """Fit the score on ``train``, both thresholds on ``valid``; report ``test``.
 
@@ -279,22 +303,34 @@ def fit(
     confidence_threshold = conformal_lower(valid_probs.max(axis=1), CONFIDENCE_VALID_SHARE)
     abstainer = Abstainer(stats, confidence_threshold, ood_threshold)
     meta = {
-        "method": METHOD, "confidence_threshold": confidence_threshold, "ood_threshold": ood_threshold,
-        "temperature_applied": temperature != 1.0, "temperature": temperature, "stats_file": STATS_FILE,
-        "feature_dim": int(stats.means.shape[1]), "components": int(stats.components.shape[1]),
-        "shrinkage": stats.shrinkage, "ood_valid_share": OOD_VALID_SHARE,
-        "confidence_valid_share": CONFIDENCE_VALID_SHARE, "fitted_on": {"score": "train", "thresholds": "valid"},
+        "method": METHOD,
+        "confidence_threshold": confidence_threshold,
+        "ood_threshold": ood_threshold,
+        "temperature_applied": temperature != 1.0,
+        "temperature": temperature,
+        "stats_file": STATS_FILE,
+        "feature_dim": int(stats.means.shape[1]),
+        "components": int(stats.components.shape[1]),
+        "shrinkage": stats.shrinkage,
+        "ood_valid_share": OOD_VALID_SHARE,
+        "confidence_valid_share": CONFIDENCE_VALID_SHARE,
+        "fitted_on": {"score": "train", "thresholds": "valid"},
     }
     evaluation = {
-        "method": METHOD, "score": SCORE_DESCRIPTION, "confidence_threshold": confidence_threshold,
-        "ood_threshold": ood_threshold, "valid": split_figures(abstainer, valid, valid_scores, temperature),
+        "method": METHOD,
+        "score": SCORE_DESCRIPTION,
+        "confidence_threshold": confidence_threshold,
+        "ood_threshold": ood_threshold,
+        "valid": split_figures(abstainer, valid, valid_scores, temperature),
     }
     if test is not None and len(test.labels):
         evaluation["test"] = split_figures(abstainer, test, stats.score(test.features), temperature)
     return stats, meta, evaluation
 
 
-def split_figures(abstainer: Abstainer, split: SplitOutputs, scores: np.ndarray, temperature: float) -> dict[str, Any]:
+def split_figures(
+    abstainer: Abstainer, split: SplitOutputs, scores: np.ndarray, temperature: float
+) -> dict[str, Any]:
     """Coverage, accuracy of the answered images, and the share abstaining for each reason."""
     probs = softmax(split.logits, temperature)
     reasons = abstainer.reasons(probs.max(axis=1), scores)

@@ -363,8 +363,8 @@ def shape_prediction(payload: bytes, model: str, top_k: int) -> dict[str, Any]:
     try:
         data = json.loads(payload, parse_float=_finite, parse_constant=_no_constant)
         abstained = data.get("abstained", False)
-        if not isinstance(abstained, bool):
-            raise ValueError(f"abstained {abstained!r} is not true or false")
+        if abstained not in (True, False) or isinstance(abstained, int) and not isinstance(abstained, bool):
+            raise KeyError(f"abstained {abstained!r} is not true or false")
         items = [(str(item["label"]), item["probability"]) for item in data.get("top_k", [])]
         if abstained:
             if data.get("reason") not in ABSTAIN_REASONS or data.get("label") is not None:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pytest
-from PIL import Image
-
 import abstention
 import inference
+import numpy as np
+import pytest
 from ml_jobs import Job
+from PIL import Image
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry", "retina", "cat", "colorwheel")
 
@@ -75,11 +74,16 @@ def test_thresholds_and_statistics_travel_with_the_model(trained_job: Job) -> No
     assert (trained_job.model_dir / "code" / "abstention.py").is_file()
     evaluation = json.loads((trained_job.model_dir / "evaluation.json").read_text())["abstention"]
     assert evaluation["valid"]["coverage"] >= 0.9 and evaluation["test"]["abstained_share"] <= 0.10
-    assert json.loads((trained_job.output_data_dir / "evaluation.json").read_text())["abstention"] == evaluation
+    assert (
+        json.loads((trained_job.output_data_dir / "evaluation.json").read_text())["abstention"] == evaluation
+    )
 
 
 def test_onnx_and_torch_backends_give_the_same_decision(trained_job: Job, monkeypatch) -> None:
-    images = _ood_images()[:6] + [Image.open(p).convert("RGB") for p in sorted(trained_job.data.glob("test/*/*.jpg"))][:6]
+    images = (
+        _ood_images()[:6]
+        + [Image.open(p).convert("RGB") for p in sorted(trained_job.data.glob("test/*/*.jpg"))][:6]
+    )
     served = {}
     for backend in ("onnx", "torch"):
         monkeypatch.setenv("BREEDLINE_SERVING_BACKEND", backend)
@@ -93,10 +97,22 @@ def test_onnx_and_torch_backends_give_the_same_decision(trained_job: Job, monkey
 
 def test_output_fn_abstains_unless_asked_for_the_raw_answer() -> None:
     top = [{"label": "cat", "probability": 0.4}, {"label": "dog", "probability": 0.3}]
-    prediction = {"label": "cat", "probability": 0.4, "top_k": top, inference.ABSTAIN_REASON: "low_confidence"}
+    prediction = {
+        "label": "cat",
+        "probability": 0.4,
+        "top_k": top,
+        inference.ABSTAIN_REASON: "low_confidence",
+    }
     answer = json.loads(inference.output_fn(prediction, "application/json"))
-    assert answer == {"label": None, "probability": None, "top_k": top, "abstained": True, "reason": "low_confidence"}
+    assert answer == {
+        "label": None,
+        "probability": None,
+        "top_k": top,
+        "abstained": True,
+        "reason": "low_confidence",
+    }
     text, content_type = inference.output_fn(prediction, "application/json; abstain=false")
+    assert content_type == "application/json"
     assert json.loads(text) == {"label": "cat", "probability": 0.4, "top_k": top, "abstained": False}
     confident = {"label": "cat", "probability": 0.9, "top_k": top, inference.ABSTAIN_REASON: None}
     assert json.loads(inference.output_fn(confident))["abstained"] is False
