@@ -43,13 +43,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from contract import LOW_CONFIDENCE, OUT_OF_DISTRIBUTION
+from contract import ABSTAIN_PARAMETER, LOW_CONFIDENCE, OUT_OF_DISTRIBUTION
 
 METHOD = "mahalanobis"
 SCORE_DESCRIPTION = (
     "Mahalanobis distance (Lee et al. 2018) of the L2-normalised penultimate features to the nearest class mean, "
     "shared covariance with Ledoit-Wolf shrinkage, fitted on the train split; higher is less familiar"
 )
+#: ``inference.predict_fn``'s private key: why ``output_fn`` should abstain (None: answer); never sent.
+ABSTAIN_REASON = "_abstain_reason"
 #: The model directory's file with the fitted class means and covariance.
 STATS_FILE = "abstention.npz"
 #: At most this share of in-distribution images abstains as out of distribution (conformal, on valid).
@@ -346,3 +348,41 @@ def split_figures(
         "low_confidence_share": sum(r == LOW_CONFIDENCE for r in reasons) / n if n else 0.0,
         "out_of_distribution_share": sum(r == OUT_OF_DISTRIBUTION for r in reasons) / n if n else 0.0,
     }
+
+
+class AbstainParameterError(ValueError):
+    """An Accept header's ``abstain`` parameter that is neither ``true`` nor ``false``."""
+
+
+def abstain_allowed(accept: str | None) -> bool:
+    """False when the Accept header asks for the raw answer: a JSON range with ``abstain=false``.
+
+    Why an Accept parameter: it is the one request field that reaches ``output_fn``
+    in every serving path (the toolkit, the local runtime), and InvokeEndpoint
+    carries it as it is. A value other than ``true`` or ``false`` is an :class:`AbstainParameterError` (``output_fn``: a 406).
+    """
+    for item in (accept or "").split(","):
+        for param in item.split(";")[1:]:
+            name, _, value = param.partition("=")
+            if name.strip().lower() != ABSTAIN_PARAMETER:
+                continue
+            value = value.strip().strip('"').lower()
+            if value not in ("true", "false"):
+                raise AbstainParameterError(f"abstain={value!r} in Accept: use abstain=true or abstain=false")
+            if value == "false":
+                return False
+    return True
+
+
+def apply_abstention(prediction: dict[str, Any], allowed: bool = True) -> dict[str, Any]:
+    """The client's answer: ``"abstained"`` always; when abstaining ``label``/``probability`` null and a ``reason``.
+
+    ``top_k`` is kept either way, so a client can still show the candidates.
+    """
+    answer = {key: value for key, value in prediction.items() if key != ABSTAIN_REASON}
+    reason = prediction.get(ABSTAIN_REASON) if allowed else None
+    if reason is None:
+        answer["abstained"] = False
+        return answer
+    answer.update({"label": None, "probability": None, "abstained": True, "reason": reason})
+    return answer

@@ -256,6 +256,19 @@ class FeatureTap:
         self.handle.remove()
 
 
+class LogitsAndFeatures(nn.Module):
+    """The model with two outputs, logits and penultimate features: what the ONNX export traces."""
+
+    def __init__(self, module: nn.Module, tap: FeatureTap) -> None:
+        super().__init__()
+        self.module = module
+        self.tap = tap
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.module(x)
+        return logits, self.tap.take()
+
+
 def read_meta(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """``model_meta.json`` as ``train.py`` writes it: architecture, classes, preprocessing."""
     with open(Path(model_dir) / "model_meta.json", encoding="utf-8") as fh:

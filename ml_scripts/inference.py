@@ -63,8 +63,8 @@ from PIL import Image
 from torch import nn
 
 import abstention
-from backbones import FeatureTap, build_model, read_meta
-from contract import ABSTAIN_PARAMETER, REFUSED_FORMATS, SERVING_BACKENDS, refused_format, sniff_image  # noqa: F401 (REFUSED_FORMATS: the serving contract's table)
+from backbones import FeatureTap, LogitsAndFeatures, build_model, read_meta
+from contract import REFUSED_FORMATS, SERVING_BACKENDS, refused_format, sniff_image  # noqa: F401 (REFUSED_FORMATS: the serving contract's table)
 from decoding import (
     REQUEST_FORMATS,
     DecodeBudget,
@@ -150,19 +150,6 @@ class InferenceInputError(_ToolkitError, ValueError):
         return self.message
 
 
-class _LogitsAndFeatures(nn.Module):
-    """The model with two outputs, logits and penultimate features: what the ONNX export traces."""
-
-    def __init__(self, module: nn.Module, tap: FeatureTap) -> None:
-        super().__init__()
-        self.module = module
-        self.tap = tap
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.module(x)
-        return logits, self.tap.take()
-
-
 @dataclass
 class LoadedModel:
     """What predict_fn needs: the network, its class names and its preprocessing."""
@@ -180,8 +167,7 @@ class LoadedModel:
     backend_reason: str = ""
     #: When to answer "I don't know" (:mod:`abstention`); None for a model trained without it.
     abstainer: abstention.Abstainer | None = None
-    #: The head's input, read by the torch backend when ``abstainer`` needs features.
-    tap: FeatureTap | None = None
+    tap: FeatureTap | None = None  # the head's input, read by the torch backend when ``abstainer`` needs it
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits for an NCHW float batch, on the CPU, by whichever backend was chosen."""
@@ -201,8 +187,9 @@ class LoadedModel:
 
 ONNX_INPUT = "image"
 ONNX_OUTPUT = "logits"
-#: The second output of a model that abstains: the head's input.
-ONNX_FEATURES = "features"
+ONNX_FEATURES = "features"  # the second output of a model that abstains: the head's input
+#: predict_fn's private key: why output_fn should abstain (None: answer). Never sent to the client.
+ABSTAIN_REASON = abstention.ABSTAIN_REASON
 
 
 class ServingBackendError(RuntimeError):
@@ -231,7 +218,7 @@ def onnx_session(module: nn.Module, image_size: int, tap: FeatureTap | None = No
     probe = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
     buffer = io.BytesIO()
     # eval(): the exporter restores the wrapper's mode afterwards, and a new module starts in training mode.
-    exported = module if tap is None else _LogitsAndFeatures(module, tap).eval()
+    exported = module if tap is None else LogitsAndFeatures(module, tap).eval()
     outputs = [ONNX_OUTPUT] if tap is None else [ONNX_OUTPUT, ONNX_FEATURES]
     try:
         with warnings.catch_warnings():
@@ -408,44 +395,6 @@ def predict_fn(data: Image.Image | torch.Tensor, model: LoadedModel) -> dict[str
     return answer
 
 
-#: predict_fn's private key: why output_fn should abstain (None: answer). Never sent to the client.
-ABSTAIN_REASON = "_abstain_reason"
-
-
-def abstain_allowed(accept: str | None) -> bool:
-    """False when the Accept header asks for the raw answer: a JSON range with ``abstain=false``.
-
-    Why an Accept parameter: it is the one request field that reaches ``output_fn``
-    in every serving path (the toolkit, the local runtime), and InvokeEndpoint
-    carries it as it is. A value other than ``true`` or ``false`` is a 406.
-    """
-    for item in (accept or "").split(","):
-        for param in item.split(";")[1:]:
-            name, _, value = param.partition("=")
-            if name.strip().lower() != ABSTAIN_PARAMETER:
-                continue
-            value = value.strip().strip('"').lower()
-            if value not in ("true", "false"):
-                raise InferenceInputError(f"abstain={value!r} in Accept: use abstain=true or abstain=false", 406)
-            if value == "false":
-                return False
-    return True
-
-
-def apply_abstention(prediction: dict[str, Any], allowed: bool = True) -> dict[str, Any]:
-    """The client's answer: ``"abstained"`` always; when abstaining ``label``/``probability`` null and a ``reason``.
-
-    ``top_k`` is kept either way, so a client can still show the candidates.
-    """
-    answer = {key: value for key, value in prediction.items() if key != ABSTAIN_REASON}
-    reason = prediction.get(ABSTAIN_REASON) if allowed else None
-    if reason is None:
-        answer["abstained"] = False
-        return answer
-    answer.update({"label": None, "probability": None, "abstained": True, "reason": reason})
-    return answer
-
-
 def accepts_json(accept: str | None) -> bool:
     """Whether an Accept header lets us answer JSON: any of its ranges (q > 0) covers application/json.
 
@@ -485,7 +434,10 @@ def output_fn(prediction: dict[str, Any], accept: str | None = JSON) -> str | tu
     """
     if not accepts_json(accept):
         raise InferenceInputError(f"cannot answer in {accept!r}; accept application/json", 406)
-    text = json.dumps(apply_abstention(prediction, abstain_allowed(accept)), allow_nan=False)
+    try:  # abstain=false in Accept: the raw answer (issue 13)
+        text = json.dumps(abstention.apply_abstention(prediction, abstention.abstain_allowed(accept)), allow_nan=False)
+    except abstention.AbstainParameterError as exc:
+        raise InferenceInputError(str(exc), 406) from exc
     if (accept or JSON).strip().lower() in (JSON, "*/*"):  # the toolkit turns */* into its default, JSON
         return text
     return text, JSON

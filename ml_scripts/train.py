@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import math
 import random
@@ -45,8 +44,8 @@ from torch import nn
 
 import abstention
 import checkpoints
-from backbones import (FeatureTap, PretrainedWeightsError, build_model, count_parameters, parameter_groups,
-                       set_train_mode)
+from abstention_training import fit_abstention, write_evaluation_section
+from backbones import PretrainedWeightsError, build_model, count_parameters, parameter_groups, set_train_mode
 from checkpoints import Progress
 from contract import CHANNELS, format_metric
 from debugging import Debugger
@@ -367,65 +366,6 @@ def save_model(
     for name in SERVING_FILES:
         shutil.copyfile(HERE / name, code / name)  # copyfile follows symlinks: real files in the tarball
     shutil.copyfile(HERE / SERVING_REQUIREMENTS, code / "requirements.txt")
-
-
-def split_outputs(
-    trainer: Trainer, model: nn.Module, tap: FeatureTap, loader: torch.utils.data.DataLoader
-) -> abstention.SplitOutputs:
-    """Logits, penultimate features and labels of every readable image of ``loader``, in eval mode."""
-    model.eval()
-    logits, features, labels = [], [], []
-    with torch.no_grad(), trainer.autocast():
-        for images, batch_labels, _bad in loader:
-            if len(batch_labels) == 0:
-                continue
-            logits.append(model(batch_to_model_input(images, trainer.prep, trainer.device, trainer.channels_last))
-                          .float().cpu().numpy())
-            features.append(tap.take().float().cpu().numpy())
-            labels.append(batch_labels.numpy())
-    if not labels:
-        return abstention.SplitOutputs(np.zeros((0, 0)), np.zeros((0, 0)), np.zeros(0, dtype=np.int64))
-    return abstention.SplitOutputs(np.concatenate(logits), np.concatenate(features), np.concatenate(labels))
-
-
-def fit_abstention(
-    args: argparse.Namespace, trainer: Trainer, run: Run, datasets: dict[str, CachedImageDataset],
-    loaders: dict[str, torch.utils.data.DataLoader], num_classes: int, temperature: float = 1.0,
-) -> tuple[abstention.GaussianStats, dict[str, Any], dict[str, Any]]:
-    """Issue 13's "I don't know" (:mod:`abstention`): the OOD score on train's centre crops, thresholds on valid.
-
-    Costs one more forward pass over train, valid and test (no gradients), with
-    the best weights already loaded. Train is read without augmentation.
-    """
-    plain_train = copy.copy(datasets["train"])
-    plain_train.train = False  # centre crops: the features serving will see
-    tap = FeatureTap(run.model, args.model)
-    try:
-        outputs = {
-            "train": split_outputs(trainer, run.model, tap, trainer.loader(plain_train, shuffle=False)),
-            "valid": split_outputs(trainer, run.model, tap, loaders["valid"]),
-            "test": split_outputs(trainer, run.model, tap, loaders["test"]),
-        }
-    finally:
-        tap.remove()
-    stats, meta, evaluation = abstention.fit(outputs["train"], outputs["valid"], outputs["test"], num_classes,
-                                             temperature)
-    test = evaluation.get("test", {})
-    print(f"abstention: {meta['method']} ood_threshold={meta['ood_threshold']:.6g} "
-          f"confidence_threshold={meta['confidence_threshold']:.6g}; valid coverage "
-          f"{evaluation['valid']['coverage']:.3f}, test abstained {test.get('abstained_share', float('nan')):.3f}",
-          flush=True)
-    return stats, meta, evaluation
-
-
-def write_evaluation_section(paths: Paths, key: str, section: dict[str, Any]) -> None:
-    """Put ``section`` under ``key`` of ``evaluation.json`` in the model dir and the output, keeping the rest."""
-    for folder in (paths.model_dir, paths.output_data_dir):
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / "evaluation.json"
-        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"schema": 1, "split": "test"}
-        data[key] = section
-        path.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
 def test_and_save(

@@ -439,10 +439,7 @@ def list_tags(arn: str) -> dict[str, Any]:
 
 
 def invoke_endpoint(settings: Settings, *, body: bytes, content_type: str, abstain: bool = True) -> dict[str, Any]:
-    """sagemaker-runtime InvokeEndpoint; ``abstain=False`` (``/predict?abstain=false``) asks for the raw answer.
-
-    Why an Accept parameter: it reaches the model's ``output_fn`` in every serving path.
-    """
+    """sagemaker-runtime InvokeEndpoint; ``abstain=False`` (``?abstain=false``): an Accept parameter, the raw answer."""
     return {
         "EndpointName": settings.endpoint_name,
         "Body": body,

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import abstention
 import backbones
 import decoding
 import inference
@@ -155,7 +156,7 @@ def test_body_size_limit(monkeypatch, digit_jpeg: bytes) -> None:
 
 def test_non_json_accept_is_refused(model, digit_jpeg: bytes) -> None:
     prediction = inference.predict_fn(inference.input_fn(digit_jpeg, "image/jpeg"), model)
-    answer = inference.apply_abstention(prediction)
+    answer = abstention.apply_abstention(prediction)
     assert json.loads(inference.output_fn(prediction, "*/*")) == answer
     assert json.loads(inference.output_fn(prediction, None)) == answer
     assert json.loads(inference.output_fn(prediction, "")) == answer
