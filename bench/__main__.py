@@ -38,6 +38,7 @@ SECTIONS: dict[str, str] = {
     "profiler": "7. Profiler cost per epoch (--profile_steps, train.py on digits)",
     "debugger": "8. In-job Debugger (--debugger in_job: smdebug hook and the five rules) per epoch",
     "soak": "9. Predict soak (local API on loopback, bounded)",
+    "ood": "10. \"I don't know\": OOD AUROC and abstained shares (digits and photo models, issue 13)",
 }
 
 
@@ -58,6 +59,8 @@ def _runner(key: str):
         from bench import debugger_cost as mod
     elif key == "soak":
         from bench import soak_bench as mod
+    elif key == "ood":
+        from bench import ood_bench as mod
     else:
         from bench import demo_bench as mod
     return mod.run

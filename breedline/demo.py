@@ -368,7 +368,11 @@ def predict_test_images(clock: Clock, api_url: str, data: Path, predictions: int
         answer = requests.post(f"{api_url}/predict", data=path.read_bytes(),
                                headers={"Content-Type": content_type}, timeout=60)
         body = answer.json()
-        if answer.status_code == 200:
+        if answer.status_code == 200 and body.get("abstained"):  # issue 13: "I don't know", with its candidates
+            top = body["top_k"][0] if body.get("top_k") else {"label": "?", "probability": 0.0}
+            say(clock, f"  {path.name:<22} true={true_label:<6} abstained ({body.get('reason')}), "
+                       f"top-1 {top['label']} p={top['probability']:.3f}")
+        elif answer.status_code == 200:
             mark = "ok" if body["label"] == true_label else "WRONG"
             correct += body["label"] == true_label
             say(clock, f"  {path.name:<22} true={true_label:<6} predicted={body['label']:<6} "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -222,6 +223,50 @@ def set_train_mode(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
+
+
+class FeatureTap:
+    """Keeps the input of the model's classification head (its penultimate features) per thread.
+
+    Why a forward pre-hook: the three backbones end in different places
+    (``classifier.6``, ``fc``, ``_fc``, :data:`HEAD_PREFIX`), and a hook
+    reads the head's input without rebuilding the network. Thread-local, so two
+    requests served by threads of one process never read each other's features.
+    The ONNX export traces through the hook too (``inference.onnx_session``).
+    """
+
+    def __init__(self, module: nn.Module, architecture: str) -> None:
+        self._local = threading.local()
+        head = module.get_submodule(HEAD_PREFIX[architecture].rstrip("."))
+        self.handle = head.register_forward_pre_hook(self._keep)
+
+    def _keep(self, _module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        self._local.features = args[0]
+
+    def take(self) -> torch.Tensor:
+        """The features of this thread's last forward pass (and forget them)."""
+        features = getattr(self._local, "features", None)
+        if features is None:
+            raise RuntimeError("no features were captured: the head did not run")
+        self._local.features = None
+        return features
+
+    def remove(self) -> None:
+        """Detach the hook (train.py taps the model only while fitting abstention)."""
+        self.handle.remove()
+
+
+class LogitsAndFeatures(nn.Module):
+    """The model with two outputs, logits and penultimate features: what the ONNX export traces."""
+
+    def __init__(self, module: nn.Module, tap: FeatureTap) -> None:
+        super().__init__()
+        self.module = module
+        self.tap = tap
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.module(x)
+        return logits, self.tap.take()
 
 
 def read_meta(model_dir: str | os.PathLike[str]) -> dict[str, Any]:

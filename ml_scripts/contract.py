@@ -56,6 +56,14 @@ TERMINAL_STATUSES: tuple[str, ...] = (COMPLETED, FAILED, STOPPED)
 #: (ONNX Runtime on a CPU instance when its export matches torch, else torch),
 #: ``torch``, or ``onnx`` (fail rather than fall back).
 SERVING_BACKENDS: tuple[str, ...] = ("auto", "torch", "onnx")
+#: Why a predict answer says ``"abstained": true`` (issue 13): its top-1 probability is below
+#: the model's confidence threshold, or its features are unlike every class (that one wins).
+LOW_CONFIDENCE = "low_confidence"
+OUT_OF_DISTRIBUTION = "out_of_distribution"
+ABSTAIN_REASONS: tuple[str, ...] = (LOW_CONFIDENCE, OUT_OF_DISTRIBUTION)
+#: The Accept media-type parameter that asks the endpoint for the raw answer (``?abstain=false``
+#: on /predict): ``application/json; abstain=false``.
+ABSTAIN_PARAMETER = "abstain"
 
 # -- image formats ----------------------------------------------------------------------
 #: The formats the model decodes, by the magic bytes an upload starts with. The predict

@@ -51,6 +51,8 @@ HERE = Path(__file__).resolve().parent
 #: ``inference.py`` and every sibling module it imports.
 SERVING_FILES: tuple[str, ...] = (
     "inference.py",
+    "abstention.py",
+    "onnx_serving.py",
     "backbones.py",
     "contract.py",
     "decoding.py",

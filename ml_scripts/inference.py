@@ -8,7 +8,9 @@ this file as ``code/inference.py`` inside ``model.tar.gz`` and calls:
   the weights from ``model.pt``;
 - ``input_fn(body, content_type)`` per request: bytes -> decoded RGB image;
 - ``predict_fn(data, model)``: image -> top-k prediction, ``softmax(logits / T)``;
-- ``output_fn(prediction, accept)``: prediction -> JSON text.
+- ``output_fn(prediction, accept)``: prediction -> JSON text, abstaining (``"label": null``,
+  ``"abstained": true``, a ``"reason"``) when :mod:`abstention` says so, unless the Accept
+  header carries ``abstain=false`` (``application/json; abstain=false``: the raw answer).
 
 Bad input raises :class:`InferenceInputError` with an HTTP ``status_code``
 (415 unsupported type, 413 too large or a decompression bomb, 400 empty or
@@ -46,7 +48,6 @@ the serving container puts on ``sys.path``.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import threading
@@ -61,8 +62,10 @@ import torch
 from PIL import Image
 from torch import nn
 
-from backbones import load_saved_model, read_meta
+import abstention
+from backbones import FeatureTap, load_saved_model, read_meta
 from contract import REFUSED_FORMATS, SERVING_BACKENDS, refused_format, sniff_image  # noqa: F401 (REFUSED_FORMATS: the serving contract's table)
+from onnx_serving import ONNX_ATOL, ONNX_FEATURES, ONNX_INPUT, ONNX_OUTPUT, ONNX_RTOL, onnx_session  # noqa: F401
 from decoding import (
     HEIF_AVAILABLE,
     REQUEST_FORMATS,
@@ -96,9 +99,6 @@ JPEG_DRAFT_GAP = 4
 #: Decode JPEGs at least this big before the model's own resize (raised by model_fn).
 _draft_short_side = 256 * JPEG_DRAFT_GAP
 DEFAULT_BACKEND = "auto"
-#: ONNX Runtime is used only if its logits match torch's this closely on the probe batch.
-ONNX_RTOL = 1e-3
-ONNX_ATOL = 1e-4
 
 
 try:  # the serving containers ship the toolkit; its error class is what sets the HTTP status
@@ -168,19 +168,28 @@ class LoadedModel:
     backend_reason: str = ""
     #: ``model_meta.json``'s calibration temperature: answers are ``softmax(logits / T)`` (1: as trained).
     temperature: float = 1.0
+    #: When to answer "I don't know" (:mod:`abstention`); None for a model trained without it.
+    abstainer: abstention.Abstainer | None = None
+    tap: FeatureTap | None = None  # the head's input, read by the torch backend when ``abstainer`` needs it
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         """Logits for an NCHW float batch, on the CPU, by whichever backend was chosen."""
+        return self.forward_with_features(batch)[0]
+
+    def forward_with_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, np.ndarray | None]:
+        """Logits and, when the model abstains, its penultimate features (else None)."""
         if self.session is not None:
-            (logits,) = self.session.run(None, {ONNX_INPUT: batch.contiguous().numpy()})
-            return torch.from_numpy(logits)
+            outputs = self.session.run(None, {ONNX_INPUT: batch.contiguous().numpy()})
+            return torch.from_numpy(outputs[0]), (outputs[1] if len(outputs) > 1 else None)
         with torch.inference_mode():
             x = batch.to(self.device, memory_format=torch.channels_last)
-            return self.module(x).float().cpu()
+            logits = self.module(x).float().cpu()
+            features = self.tap.take().float().cpu().numpy() if self.tap is not None else None
+        return logits, features
 
 
-ONNX_INPUT = "image"
-ONNX_OUTPUT = "logits"
+#: predict_fn's private key: why output_fn should abstain (None: answer). Never sent to the client.
+ABSTAIN_REASON = abstention.ABSTAIN_REASON
 
 
 class ServingBackendError(RuntimeError):
@@ -192,43 +201,6 @@ def _backend_setting() -> str:
     if value not in SERVING_BACKENDS:
         raise ServingBackendError(f"BREEDLINE_SERVING_BACKEND={value!r}: use one of {', '.join(SERVING_BACKENDS)}")
     return value
-
-
-def onnx_session(module: nn.Module, image_size: int) -> tuple[Any, str]:
-    """Export ``module`` to ONNX in memory and open it in ONNX Runtime's CPU provider.
-
-    Returns ``(session, "")``, or ``(None, reason)`` when onnxruntime is missing,
-    the export fails, or the session's logits differ from torch's on a seeded
-    probe batch: a faster wrong answer is never served.
-    """
-    try:
-        import onnxruntime
-    except ImportError:
-        return None, "onnxruntime is not installed"
-    probe = torch.randn(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0))
-    buffer = io.BytesIO()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's deprecation and tracing notices
-            torch.onnx.export(
-                module, probe[:1], buffer, input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
-                dynamic_axes={ONNX_INPUT: {0: "batch"}, ONNX_OUTPUT: {0: "batch"}}, dynamo=False,
-            )
-        options = onnxruntime.SessionOptions()
-        # ORT's worker threads spin after each run by default, which slows its own calls
-        # and a torch call in the same process after it on a small machine (docs/benchmarks.md).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = onnxruntime.InferenceSession(buffer.getvalue(), options, providers=["CPUExecutionProvider"])
-        (got,) = session.run(None, {ONNX_INPUT: probe.numpy()})
-    except Exception as exc:  # noqa: BLE001 - any exporter or runtime failure means: serve with torch
-        first_line = (str(exc).strip().splitlines() or [""])[0][:300]  # the exporter appends whole graphs
-        return None, f"ONNX export or session failed: {type(exc).__name__}: {first_line}"
-    with torch.inference_mode():
-        expected = module(probe).float().numpy()
-    if got.shape != expected.shape or not np.allclose(got, expected, rtol=ONNX_RTOL, atol=ONNX_ATOL):
-        diff = float(np.abs(got - expected).max()) if got.shape == expected.shape else float("inf")
-        return None, f"ONNX Runtime logits differ from torch's (max |diff| {diff:.2g})"
-    return session, ""
 
 
 def model_temperature(meta: dict[str, Any]) -> float:
@@ -262,6 +234,8 @@ def model_fn(model_dir: str) -> LoadedModel:
         prep = Preprocessing.from_meta(meta)
         module = load_saved_model(model_dir, meta)
         temperature = model_temperature(meta)
+        abstainer = abstention.load(model_dir, meta)
+        tap = FeatureTap(module, meta["architecture"]) if abstainer is not None else None
         backend = _backend_setting()
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         session, reason = None, "BREEDLINE_SERVING_BACKEND=torch"
@@ -269,7 +243,7 @@ def model_fn(model_dir: str) -> LoadedModel:
             if device.type == "cuda":
                 reason = "a GPU is present: torch runs the model on it"
             else:
-                session, reason = onnx_session(module, prep.image_size)
+                session, reason = onnx_session(module, prep.image_size, tap)
             if session is None and backend == "onnx":
                 raise ServingBackendError(f"BREEDLINE_SERVING_BACKEND=onnx, but {reason}")
         # channels-last: the same numbers, faster convolutions (measured by make bench).
@@ -277,12 +251,12 @@ def model_fn(model_dir: str) -> LoadedModel:
         loaded = LoadedModel(
             module, list(meta["class_names"]), prep, meta["architecture"], device,
             backend="onnx" if session is not None else "torch", session=session, backend_reason=reason,
-            temperature=temperature,
+            temperature=temperature, abstainer=abstainer, tap=tap,
         )
         print(
             json.dumps({"message": "model loaded", "model_dir": key, "architecture": loaded.architecture,
                         "backend": loaded.backend, "why_not_onnx": reason or None,
-                        "temperature": temperature}),
+                        "temperature": temperature, "abstention": abstainer is not None}),
             flush=True,
         )
         _draft_short_side = max(_draft_short_side, prep.resize_size * JPEG_DRAFT_GAP)
@@ -379,15 +353,20 @@ def predict_fn(data: Image.Image | torch.Tensor, model: LoadedModel) -> dict[str
     batch = data if isinstance(data, torch.Tensor) else preprocess(data, model)
     if batch.dim() == 3:
         batch = batch.unsqueeze(0)
-    # The calibration temperature scales the logits of either backend (torch or ONNX Runtime) alike.
-    probabilities = torch.softmax(model.forward(batch) / model.temperature, dim=1)[0]
+    # The calibration temperature scales the logits of either backend (torch or ONNX Runtime) alike;
+    # the abstention's confidence threshold was fitted on these calibrated probabilities.
+    logits, features = model.forward_with_features(batch)
+    probabilities = torch.softmax(logits / model.temperature, dim=1)[0]
     k = min(_top_k(), len(model.class_names))
     values, indices = torch.topk(probabilities, k)
     top = [
         {"label": model.class_names[int(i)], "probability": round(float(v), 6)}
         for v, i in zip(values.tolist(), indices.tolist())
     ]
-    return {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+    answer: dict[str, Any] = {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+    if model.abstainer is not None and features is not None:
+        answer[ABSTAIN_REASON] = model.abstainer.reason(float(values[0]), features[0])
+    return answer
 
 
 def accepts_json(accept: str | None) -> bool:
@@ -429,7 +408,10 @@ def output_fn(prediction: dict[str, Any], accept: str | None = JSON) -> str | tu
     """
     if not accepts_json(accept):
         raise InferenceInputError(f"cannot answer in {accept!r}; accept application/json", 406)
-    text = json.dumps(prediction, allow_nan=False)
+    try:  # abstain=false in Accept: the raw answer (issue 13)
+        text = json.dumps(abstention.apply_abstention(prediction, abstention.abstain_allowed(accept)), allow_nan=False)
+    except abstention.AbstainParameterError as exc:
+        raise InferenceInputError(str(exc), 406) from exc
     if (accept or JSON).strip().lower() in (JSON, "*/*"):  # the toolkit turns */* into its default, JSON
         return text
     return text, JSON

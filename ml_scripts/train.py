@@ -39,9 +39,11 @@ import numpy as np
 import torch
 from torch import nn
 
+import abstention
 import checkpoints
 import evaluation
 import final_job
+from abstention_training import fit_abstention
 from backbones import PretrainedWeightsError, build_model, count_parameters, parameter_groups, set_train_mode
 from checkpoints import Progress
 from contract import CHANNELS, EVALUATION_FILE, format_metric
@@ -365,6 +367,10 @@ def test_and_save(
     run.debugger.close()
     best_state = progress.best_state or checkpoints.cpu_state(run.model)
     final = final_job.assess(args, paths, trainer, datasets, splits, te, best_state, weighting, metric)
+    # on the calibrated probabilities, as serving computes them
+    stats, abstention_meta, abstention_evaluation = fit_abstention(
+        args, trainer, run, datasets, loaders, len(class_names), temperature=final.temperature
+    )
     counts = report_skipped(paths, {name: list(ds.skipped) for name, ds in datasets.items()}, te["skipped"])
     history, best_epoch = progress.history, progress.best_epoch
     metrics = {
@@ -379,9 +385,10 @@ def test_and_save(
         {"best_epoch": best_epoch, "epochs_run": len(history), "skipped_images": counts,
          "temperature": final.temperature,
          "class_weighting": final.document["class_weighting"],
-         "history": [{key: h.get(key) for key in HISTORY_KEYS} for h in history]},
+         "history": [{key: h.get(key) for key in HISTORY_KEYS} for h in history], "abstention": abstention_meta},
     )
-    final_job.write_evaluation(paths, final.document)
+    stats.save(paths.model_dir / abstention.STATS_FILE)
+    final_job.write_evaluation(paths, {**final.document, "abstention": abstention_evaluation})
     print(f"model saved to {paths.model_dir} (best epoch {best_epoch}); {EVALUATION_FILE} beside it and in "
           f"{paths.output_data_dir}", flush=True)
     return metrics

@@ -35,6 +35,7 @@ from chalicelib.predict import (
     MODEL_NOT_DEPLOYED,
     MULTIPART,
     PredictError,
+    abstain_parameter,
     decode_event_body,
     error_original_message,
     error_status,
@@ -58,7 +59,7 @@ def answer_predict(event: dict[str, Any], content_type: str | None) -> tuple[dic
     started = time.perf_counter()
     code = "ok"
     try:
-        answer, status = predict(decode_event_body(event), content_type), 200
+        answer, status = predict(decode_event_body(event), content_type, abstain_parameter(event)), 200
     except PredictError as exc:
         code, answer, status = exc.code, exc.body(), exc.status
     except Exception as exc:  # noqa: BLE001 - never a 500: an unexpected failure is still a JSON error
@@ -99,11 +100,12 @@ def observe_predict(code: str, status: int, elapsed_ms: float) -> None:
         report_failure("predict error log failed", exc)
 
 
-def predict(body: bytes | None, content_type: str | None) -> dict[str, Any]:
+def predict(body: bytes | None, content_type: str | None, abstain: bool = True) -> dict[str, Any]:
     """Validate, InvokeEndpoint, shape the answer; every failure is a PredictError.
 
     A ``multipart/form-data`` body is a form with one image part
     (:mod:`chalicelib.multipart`): that part is checked and forwarded as a plain upload would be.
+    ``abstain=False`` (``?abstain=false``) asks the model for its raw answer (issue 13).
     """
     s = settings()
     if media_type(content_type) == MULTIPART:
@@ -115,7 +117,8 @@ def predict(body: bytes | None, content_type: str | None) -> dict[str, Any]:
     from botocore.exceptions import BotoCoreError, ClientError, ConnectTimeoutError, ReadTimeoutError
 
     try:
-        response = client.invoke_endpoint(**build.invoke_endpoint(s, body=body or b"", content_type=kind))
+        response = client.invoke_endpoint(**build.invoke_endpoint(s, body=body or b"", content_type=kind,
+                                                                  abstain=abstain))
         payload = response["Body"].read()
     except ClientError as exc:
         original = error_status(exc.response) or error_status(exc.response.get("Error", {}))

@@ -14,7 +14,7 @@ import math
 import struct
 from typing import Any, Mapping
 
-from contract import REFUSED_FORMATS, refused_format, sniff_image  # noqa: F401 (REFUSED_FORMATS: the route's table)
+from contract import ABSTAIN_REASONS, REFUSED_FORMATS, refused_format, sniff_image  # noqa: F401 (REFUSED_FORMATS: the route's table)
 
 try:  # SIMD base64, far faster than the stdlib on a multi-megabyte body (see decode_event_body)
     import pybase64 as _fast_base64
@@ -46,6 +46,7 @@ CONTENT_TYPE_MISMATCH = (415, "content_type_mismatch")
 PAYLOAD_TOO_LARGE = (413, "payload_too_large")
 IMAGE_TOO_LARGE = (413, "image_too_large")
 EMPTY_BODY = (400, "empty_body")
+INVALID_PARAMETER = (400, "invalid_parameter")
 NOT_AN_IMAGE = (400, "not_an_image")
 UNDECODABLE_IMAGE = (400, "undecodable_image")
 NOT_ACCEPTABLE = (406, "not_acceptable")
@@ -66,6 +67,7 @@ ALL_ERRORS: tuple[tuple[int, str], ...] = (
     PAYLOAD_TOO_LARGE,
     IMAGE_TOO_LARGE,
     EMPTY_BODY,
+    INVALID_PARAMETER,
     NOT_AN_IMAGE,
     UNDECODABLE_IMAGE,
     NOT_ACCEPTABLE,
@@ -107,6 +109,25 @@ class PredictError(Exception):
 
     def body(self) -> dict[str, str]:
         return {"code": self.code, "message": self.message}
+
+
+def abstain_parameter(event: Mapping[str, Any]) -> bool:
+    """``?abstain=true`` (the default) or ``?abstain=false`` (the raw answer); anything else is a 400.
+
+    Repeated with different values (``?abstain=true&abstain=false``) is refused too: the
+    client must say what it means. Other query parameters are ignored.
+    """
+    values = list((event.get("multiValueQueryStringParameters") or {}).get("abstain") or [])
+    single = (event.get("queryStringParameters") or {}).get("abstain")
+    if single is not None and not values:
+        values = [single]
+    chosen = {str(v).strip().lower() for v in values}
+    if not chosen:
+        return True
+    if len(chosen) > 1 or not chosen <= {"true", "false"}:
+        shown = ", ".join(repr(v) for v in values)
+        raise PredictError(INVALID_PARAMETER, f"abstain={shown}: use abstain=true or abstain=false")
+    return chosen == {"true"}
 
 
 def media_type(header: str | None) -> str:
@@ -352,26 +373,39 @@ def _probability(value: Any) -> float:
 
 
 def shape_prediction(payload: bytes, model: str, top_k: int) -> dict[str, Any]:
-    """Build ``{label, probability, top_k, model}`` from the serving contract's JSON, parsed strictly.
+    """Build ``{label, probability, top_k, abstained[, reason], model}`` from the serving contract's JSON.
 
-    Something that is not a prediction is ``bad_model_response``; a prediction whose
+    Parsed strictly. Something that is not a prediction is ``bad_model_response``; a prediction whose
     probabilities are NaN, infinite or outside [0, 1] is the model failing: ``model_error``.
+    The model's abstention (issue 13) passes through as it is: ``label`` and ``probability``
+    null, ``"abstained": true`` and a ``reason``. A model served by older code, which says
+    nothing of abstention, answers ``"abstained": false``.
     """
     try:
         data = json.loads(payload, parse_float=_finite, parse_constant=_no_constant)
-        label = str(data["label"])
-        raw = data["probability"]
+        abstained = data.get("abstained", False)
+        if abstained not in (True, False) or isinstance(abstained, int) and not isinstance(abstained, bool):
+            raise KeyError(f"abstained {abstained!r} is not true or false")
         items = [(str(item["label"]), item["probability"]) for item in data.get("top_k", [])]
+        if abstained:
+            if data.get("reason") not in ABSTAIN_REASONS or data.get("label") is not None:
+                raise ValueError(f"an abstention with reason {data.get('reason')!r} and label {data.get('label')!r}")
+        else:
+            label = str(data["label"])
+            raw = data["probability"]
     except _NotFinite as exc:
         raise PredictError(MODEL_ERROR, f"The model answered an invalid probability ({exc})") from exc
     except (ValueError, TypeError, KeyError) as exc:
         raise PredictError(BAD_MODEL_RESPONSE, f"The model answered something that is not a prediction ({exc})")
     try:
-        probability = _probability(raw)
+        probability = None if abstained else _probability(raw)
         ranked = [{"label": name, "probability": _probability(value)} for name, value in items][: max(top_k, 1)]
     except ValueError as exc:
         raise PredictError(MODEL_ERROR, f"The model answered an invalid probability ({exc})") from exc
-    return {"label": label, "probability": probability, "top_k": ranked, "model": model}
+    if abstained:
+        return {"label": None, "probability": None, "top_k": ranked, "abstained": True, "reason": data["reason"],
+                "model": model}
+    return {"label": label, "probability": probability, "top_k": ranked, "abstained": False, "model": model}
 
 
 def error_status(error: Mapping[str, Any]) -> int | None:

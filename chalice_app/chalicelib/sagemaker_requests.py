@@ -463,11 +463,11 @@ def list_tags(arn: str) -> dict[str, Any]:
     return {"ResourceArn": arn, "MaxResults": 50}
 
 
-def invoke_endpoint(settings: Settings, *, body: bytes, content_type: str) -> dict[str, Any]:
-    """sagemaker-runtime InvokeEndpoint."""
+def invoke_endpoint(settings: Settings, *, body: bytes, content_type: str, abstain: bool = True) -> dict[str, Any]:
+    """sagemaker-runtime InvokeEndpoint; ``abstain=False`` (``?abstain=false``): an Accept parameter, the raw answer."""
     return {
         "EndpointName": settings.endpoint_name,
         "Body": body,
         "ContentType": content_type,
-        "Accept": "application/json",
+        "Accept": "application/json" if abstain else "application/json; abstain=false",
     }

@@ -40,6 +40,7 @@ ANSWER = {
     "label": "corgi",
     "probability": 0.91,
     "top_k": [{"label": "corgi", "probability": 0.91}, {"label": "beagle", "probability": 0.06}],
+    "abstained": False,
 }
 
 
@@ -154,7 +155,8 @@ ENDPOINT_ERRORS = [
         (dict(service_error_code="InternalFailure", service_message="boom", http_status_code=500), 502, "model_error"),
 ]
 #: Codes produced by the dedicated tests below the tables.
-OTHER_CODES = {"bad_model_response", "endpoint_unreachable", "endpoint_timeout", "internal_error"}
+OTHER_CODES = {"bad_model_response", "endpoint_unreachable", "endpoint_timeout", "internal_error",
+               "invalid_parameter"}  # the last: test_a_bad_abstain_parameter_is_a_400
 
 
 @pytest.mark.parametrize("error, status, code", ENDPOINT_ERRORS)
@@ -277,3 +279,38 @@ def test_every_error_code_is_exercised_through_the_route():
     """The tables and dedicated tests above cover every stable code (xdist-safe: no shared state)."""
     covered = {case[-1] for case in BAD_REQUESTS + ENDPOINT_ERRORS} | OTHER_CODES
     assert covered == {code for _, code in ALL_ERRORS}
+
+
+def test_an_abstention_passes_through_and_abstain_false_asks_for_the_raw_answer(env, runtime):
+    """Issue 13: the model's "I don't know" reaches the client unchanged; ?abstain=false forwards an Accept parameter."""
+    abstained = {**ANSWER, "label": None, "probability": None, "abstained": True, "reason": "out_of_distribution"}
+    expected = {"EndpointName": "breedline-classifier", "Body": JPEG, "ContentType": "image/jpeg",
+                "Accept": "application/json"}
+    runtime.add_response("invoke_endpoint", {"Body": body(json.dumps(abstained).encode()),
+                                             "InvokedProductionVariant": "m1"}, expected)
+    response = lambda_call(load_event("api_predict_jpeg.json"))
+    assert (response["statusCode"], json.loads(response["body"])) == (200, {**abstained, "model": "m1"})
+    runtime.add_response("invoke_endpoint", {"Body": body(json.dumps(ANSWER).encode()), "InvokedProductionVariant": "m1"},
+                         {**expected, "Accept": "application/json; abstain=false"})
+    event = {**load_event("api_predict_jpeg.json"), "queryStringParameters": {"abstain": "false"},
+             "multiValueQueryStringParameters": {"abstain": ["false"]}}
+    response = lambda_call(event)
+    assert (response["statusCode"], json.loads(response["body"])) == (200, {**ANSWER, "model": "m1"})
+    runtime.assert_no_pending_responses()
+
+
+@pytest.mark.parametrize("values", [["maybe"], ["true", "false"], [""]])
+def test_a_bad_abstain_parameter_is_a_400(env, runtime, values):
+    event = {**load_event("api_predict_jpeg.json"), "queryStringParameters": {"abstain": values[-1]},
+             "multiValueQueryStringParameters": {"abstain": values}}
+    response = lambda_call(event)
+    answer = json.loads(response["body"])
+    assert (response["statusCode"], answer["code"]) == (400, "invalid_parameter") and "abstain" in answer["message"]
+    runtime.assert_no_pending_responses()
+
+
+def test_an_older_model_without_abstention_answers_abstained_false(env, runtime):
+    old = {key: value for key, value in ANSWER.items() if key != "abstained"}
+    runtime.add_response("invoke_endpoint", {"Body": body(json.dumps(old).encode()), "InvokedProductionVariant": "m1"})
+    response = lambda_call(load_event("api_predict_jpeg.json"))
+    assert json.loads(response["body"]) == {**ANSWER, "model": "m1"}

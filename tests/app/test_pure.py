@@ -283,7 +283,14 @@ def test_model_refusals_keep_the_container_code(status, original_message, expect
 def test_shape_prediction():
     payload = json.dumps({"label": "corgi", "probability": 0.9, "top_k": [{"label": "corgi", "probability": 0.9}, {"label": "beagle", "probability": 0.1}]})
     shaped = shape_prediction(payload.encode(), "m1", top_k=1)
-    assert shaped == {"label": "corgi", "probability": 0.9, "top_k": [{"label": "corgi", "probability": 0.9}], "model": "m1"}
+    assert shaped == {"label": "corgi", "probability": 0.9, "top_k": [{"label": "corgi", "probability": 0.9}],
+                      "abstained": False, "model": "m1"}
+    for bad in ({"label": "corgi", "abstained": True, "reason": "low_confidence", "top_k": []},
+                {"label": None, "abstained": True, "reason": "bored", "top_k": []},
+                {"label": "corgi", "probability": 0.9, "abstained": "yes", "top_k": []}):
+        with pytest.raises(PredictError) as info:
+            shape_prediction(json.dumps(bad).encode(), "m1", 5)
+        assert info.value.code == "bad_model_response"
     with pytest.raises(PredictError) as info:
         shape_prediction(b"<html>oops</html>", "m1", 5)
     assert info.value.code == "bad_model_response"

@@ -92,6 +92,9 @@ def test_every_request_is_valid_for_the_service(variant):
 def test_invoke_endpoint_request_is_valid():
     request = build.invoke_endpoint(settings(), body=b"\xff\xd8\xff", content_type="image/jpeg")
     validate_request("sagemaker-runtime", "InvokeEndpoint", request)
+    raw = build.invoke_endpoint(settings(), body=b"\xff\xd8\xff", content_type="image/jpeg", abstain=False)
+    assert raw["Accept"] == "application/json; abstain=false"
+    validate_request("sagemaker-runtime", "InvokeEndpoint", raw)
 
 
 def test_the_validator_catches_what_botocore_leaves_to_the_service():

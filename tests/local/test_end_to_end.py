@@ -74,11 +74,12 @@ def test_upload_alone_drives_tuning_training_deployment_and_prediction(digits_pi
     # Every held-out test image through the API: the served model must score what the job reported.
     correct = total = 0
     for image in sorted((data / "test").glob("*/*.jpg")):
-        answer = requests.post(f"{info.api_url}/predict", data=image.read_bytes(),
+        # ?abstain=false (issue 13): the raw top-1, comparable with the job's test_accuracy
+        answer = requests.post(f"{info.api_url}/predict?abstain=false", data=image.read_bytes(),
                                headers={"Content-Type": "image/jpeg"}, timeout=60)
         assert answer.status_code == 200, answer.text
         body = answer.json()
-        assert set(body) >= {"label", "probability", "top_k"}
+        assert set(body) >= {"label", "probability", "top_k", "abstained"} and body["abstained"] is False
         correct += body["label"] == image.parent.name
         total += 1
     served_accuracy = correct / total

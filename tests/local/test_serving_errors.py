@@ -31,13 +31,24 @@ VARIANT = "tiny-model"
 
 
 def tiny_model_archive(folder: Path) -> bytes:
-    """model.tar.gz as train.py lays it out (model.pt, model_meta.json, code/), with untrained weights."""
+    """model.tar.gz as train.py lays it out (model.pt, model_meta.json, code/), with untrained weights.
+
+    Its abstention statistics are fitted on random features with an OOD threshold below
+    any score, so every good image is answered "I don't know" (issue 13).
+    """
+    import numpy as np
+
+    import abstention
+
     prep = Preprocessing(image_size=32)
     module = build_model("efficientnet_lite0", 2, image_size=32, pretrained=False)
     model = folder / "model"
     (model / "code").mkdir(parents=True)
     torch.save(module.state_dict(), model / "model.pt")
-    meta = {"architecture": "efficientnet_lite0", "class_names": ["cat", "dog"], "num_classes": 2, **prep.to_meta()}
+    rng = np.random.default_rng(0)
+    abstention.fit_gaussian(rng.normal(size=(8, 1280)), np.arange(8) % 2, 2).save(model / abstention.STATS_FILE)
+    meta = {"architecture": "efficientnet_lite0", "class_names": ["cat", "dog"], "num_classes": 2, **prep.to_meta(),
+            "abstention": {"method": abstention.METHOD, "confidence_threshold": 0.0, "ood_threshold": -1.0}}
     (model / "model_meta.json").write_text(json.dumps(meta))
     for name in train.SERVING_FILES:
         shutil.copyfile(REPO_ROOT / "ml_scripts" / name, model / "code" / name)
@@ -108,7 +119,7 @@ def _post(http, body: bytes, content_type: str) -> tuple[int, dict]:
 
 def test_bad_images_get_4xx_json_through_the_local_serving_path(http, endpoint) -> None:
     status, answer = _post(http, _jpeg(), "image/jpeg")
-    assert status == 200 and answer["label"] in ("cat", "dog") and answer["model"] == VARIANT
+    assert status == 200 and answer["top_k"][0]["label"] in ("cat", "dog") and answer["model"] == VARIANT
 
     # A garbage JPEG passes the route's magic-byte check; the model's toolkit refuses it.
     status, answer = _post(http, b"\xff\xd8\xff" + b"garbage, not a JPEG" * 20, "image/jpeg")
@@ -136,3 +147,17 @@ def test_the_container_refusal_is_aws_shaped_model_error(endpoint) -> None:
         assert response["Error"]["Message"].startswith(f"Received client error ({status}) from primary")
         first_line, _, trace = response["OriginalMessage"].partition("\n")
         assert json.loads(first_line)["code"] == code and "Traceback" in trace
+
+
+def test_abstention_and_abstain_false_through_the_local_serving_path(http, endpoint) -> None:
+    """The route, the local runtime and the toolkit: "I don't know" passes through; ?abstain=false is the raw answer."""
+    status, answer = _post(http, _jpeg(), "image/jpeg")
+    assert status == 200, answer
+    assert (answer["label"], answer["abstained"], answer["reason"]) == (None, True, "out_of_distribution")
+    assert [item["label"] for item in answer["top_k"]] in (["cat", "dog"], ["dog", "cat"])
+    response = http.post("/predict?abstain=false", body=_jpeg(), headers={"Content-Type": "image/jpeg"})
+    raw = json.loads(response.body)
+    assert response.status_code == 200, raw
+    assert raw["abstained"] is False and raw["label"] == raw["top_k"][0]["label"] and "reason" not in raw
+    response = http.post("/predict?abstain=perhaps", body=_jpeg(), headers={"Content-Type": "image/jpeg"})
+    assert (response.status_code, json.loads(response.body)["code"]) == (400, "invalid_parameter")

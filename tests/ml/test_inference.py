@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+import abstention
 import backbones
 import decoding
 import inference
@@ -37,7 +38,13 @@ def _png(image: Image.Image, mode: str = "RGBA") -> bytes:
 
 def _check_answer(text: str, class_names: list[str], k: int = 5) -> dict:
     answer = json.loads(text)
-    assert set(answer) == {"label", "probability", "top_k"}
+    if answer["abstained"]:  # issue 13: "I don't know" keeps the candidates
+        assert set(answer) == {"label", "probability", "top_k", "abstained", "reason"}
+        assert answer["label"] is None and answer["probability"] is None
+        assert answer["reason"] in ("low_confidence", "out_of_distribution")
+        answer = {**answer, "label": answer["top_k"][0]["label"], "probability": answer["top_k"][0]["probability"]}
+    else:
+        assert set(answer) == {"label", "probability", "top_k", "abstained"}
     assert answer["label"] in class_names and 0.0 <= answer["probability"] <= 1.0
     assert len(answer["top_k"]) == k
     assert answer["top_k"][0] == {"label": answer["label"], "probability": answer["probability"]}
@@ -149,9 +156,10 @@ def test_body_size_limit(monkeypatch, digit_jpeg: bytes) -> None:
 
 def test_non_json_accept_is_refused(model, digit_jpeg: bytes) -> None:
     prediction = inference.predict_fn(inference.input_fn(digit_jpeg, "image/jpeg"), model)
-    assert json.loads(inference.output_fn(prediction, "*/*")) == prediction
-    assert json.loads(inference.output_fn(prediction, None)) == prediction
-    assert json.loads(inference.output_fn(prediction, "")) == prediction
+    answer = abstention.apply_abstention(prediction)
+    assert json.loads(inference.output_fn(prediction, "*/*")) == answer
+    assert json.loads(inference.output_fn(prediction, None)) == answer
+    assert json.loads(inference.output_fn(prediction, "")) == answer
     with pytest.raises(inference.InferenceInputError) as info:
         inference.output_fn(prediction, "text/csv")
     assert info.value.status_code == 406
@@ -407,7 +415,7 @@ def test_accept_lists_are_read_whole(accept: str, ok: bool) -> None:
     prediction = {"label": "4", "probability": 0.9, "top_k": [{"label": "4", "probability": 0.9}]}
     if ok:
         text, content_type = inference.output_fn(prediction, accept)  # labelled JSON, whatever Accept listed
-        assert json.loads(text) == prediction and content_type == "application/json"
+        assert json.loads(text) == {**prediction, "abstained": False} and content_type == "application/json"
     else:
         with pytest.raises(inference.InferenceInputError) as info:
             inference.output_fn(prediction, accept)

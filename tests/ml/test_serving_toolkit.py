@@ -71,8 +71,13 @@ def test_a_good_image_is_answered_with_the_prediction(service, trained_job: Job,
     status, content_type, body = _call(service, trained_job, digit_jpeg, "image/jpeg")
     assert (status, content_type) == (200, "application/json")
     answer = json.loads(body)
-    assert set(answer) == {"label", "probability", "top_k"}
-    assert answer["label"] in [str(d) for d in range(10)]
+    assert set(answer) - {"reason"} == {"label", "probability", "top_k", "abstained"}
+    assert answer["top_k"][0]["label"] in [str(d) for d in range(10)]
+    # ?abstain=false travels as an Accept parameter: the raw answer, top-1 as the label
+    status, content_type, body = _call(service, trained_job, digit_jpeg, "image/jpeg", "application/json; abstain=false")
+    raw = json.loads(body)
+    assert (status, content_type) == (200, "application/json")
+    assert raw["abstained"] is False and raw["label"] == raw["top_k"][0]["label"] == answer["top_k"][0]["label"]
 
 
 @pytest.mark.parametrize(
