@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,6 @@ from torch import nn
 import abstention
 from backbones import FeatureTap
 from image_folder import batch_to_model_input
-from job_config import Paths
 
 
 def split_outputs(
