@@ -193,13 +193,13 @@ def labels_preflight() -> Response:
 
 if _BOOT.try_page:
 
-    @app.route("/try", methods=["GET"])
+    @app.route("/try", methods=["GET"], content_types=["*/*"])
     def try_it() -> Response:
         """The try-it page (public: it holds no secret; the key is typed in the browser)."""
         body, headers = try_page.page()
         return Response(body=body, status_code=200, headers=headers)
 
-    @app.route("/try/{name}", methods=["GET"])
+    @app.route("/try/{name}", methods=["GET"], content_types=["*/*"])
     def try_asset(name: str) -> Response:
         found = try_page.asset(name)
         if found is None:

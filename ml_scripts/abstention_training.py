@@ -26,7 +26,7 @@ def split_outputs(
     model.eval()
     logits, features, labels = [], [], []
     with torch.no_grad(), trainer.autocast():
-        for images, batch_labels, _bad in loader:
+        for images, batch_labels, *_rest in loader:  # (images, labels, bad) or, indexed, (..., indices)
             if len(batch_labels) == 0:
                 continue
             logits.append(

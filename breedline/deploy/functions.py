@@ -229,7 +229,8 @@ FUNCTIONS: tuple[Function, ...] = (
                 "AddTags",
                 on=("hyper-parameter-tuning-job",),
             ),
-            sagemaker("FinalTrainingJob", "CreateTrainingJob", "AddTags", on=("training-job",)),
+            # DescribeTrainingJob: the champion channel of a live record from before issue 13 (its artifacts)
+            sagemaker("FinalTrainingJob", "CreateTrainingJob", "DescribeTrainingJob", "AddTags", on=("training-job",)),
             PASS_ROLE,
             table("StateItems", "state", *STATE_ITEMS),
             IDEMPOTENCY,

@@ -422,6 +422,7 @@ def test_the_gate_deploys_on_the_champion_line_and_stores_the_headline_metrics(c
     )
     result = invoke(client, "on_training_state_change", load_event("training_completed.json"))
     assert result["outcome"] == "deployed"
+    invoke(client, "on_endpoint_state_change", sagemaker.finish_endpoint())  # LIVE once it serves (issue 15)
     live = state(env).live_model()
     assert live["artifacts"] == f"s3://breedline-data/jobs/{FINAL}/output/model.tar.gz"
     assert live["metrics"] == {
@@ -507,6 +508,7 @@ def test_a_class_change_waits_for_approval_then_deploys_when_allowed(
     monkeypatch.setenv("BREEDLINE_ALLOW_CLASS_CHANGE", "true")
     result = invoke(client, "on_training_state_change", redrive)
     assert result["outcome"] == "deployed"
+    invoke(client, "on_endpoint_state_change", sagemaker.finish_endpoint())  # LIVE once it serves (issue 15)
     assert client.http.get("/labels").json_body["labels"] == ["beagle", "corgi", "husky", "pug"]
 
 

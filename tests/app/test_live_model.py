@@ -23,7 +23,15 @@ from chalicelib.state import StateStore
 
 DATASET = "dog-breeds"
 A, B, C = (f"breedline-dog-breeds-{x * 8}-final" for x in "abc")
-CLASSES = {A: ["beagle", "corgi"], B: ["beagle", "corgi", "husky", "pug"], C: ["beagle", "corgi", "husky"]}
+#: C predicts B's classes, so the gate compares C with B (like with like) when B is live.
+CLASSES = {A: ["beagle", "corgi"], B: ["beagle", "corgi", "husky", "pug"], C: ["beagle", "corgi", "husky", "pug"]}
+
+
+@pytest.fixture(autouse=True)
+def _class_changes_allowed(env, monkeypatch):
+    """A, B and C predict different classes, so /labels shows which one is live; the gate's
+    class-change guard (tests/app/test_gate.py) would hold B and C for approval."""
+    monkeypatch.setenv("BREEDLINE_ALLOW_CLASS_CHANGE", "true")
 
 
 def state(env) -> StateStore:

@@ -79,7 +79,7 @@ def test_pass_role_only_the_execution_role_only_to_sagemaker(template: dict[str,
         assert resources == ["arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${AWS::StackName}-sagemaker"]
         assert st["Condition"] == {"StringEquals": {"iam:PassedToService": "sagemaker.amazonaws.com"}}
     # only the functions that create SageMaker jobs or models pass the role
-    assert found == len({"OnDatasetUploadRole", "CheckQuietDatasetsRole", "OnTuningStateChangeRole",
+    assert found == len({"OnDatasetUploadRole", "CheckQuietDatasetsRole", "OnTuningStateChangeRole", "OnEndpointStateChangeRole",
                          "OnTrainingStateChangeRole"})
     # ... and that role is the one the template creates and hands to the app.
     execution = template["Resources"]["SageMakerExecutionRole"]["Properties"]

@@ -49,6 +49,7 @@ EXPECTED = {
         "sagemaker:DescribeHyperParameterTuningJob",
         "sagemaker:ListTags",
         "sagemaker:CreateTrainingJob",
+        "sagemaker:DescribeTrainingJob",
         "sagemaker:AddTags",
     },
     "on_training_state_change": STATE

@@ -117,6 +117,36 @@ def measure(page, figures: dict, network: str, runs: int = 5) -> None:
             "median_resize_ms": round(statistics.median(run["resizeMs"] for run in done), 1)}
 
 
+CROSS_ORIGIN_PREDICT = """async ([url, bytes]) => {
+  try {
+    const response = await fetch(url, { method: "POST", headers: { "Content-Type": "image/jpeg" },
+                                         body: new Uint8Array(bytes) });
+    return { status: response.status, label: (await response.json()).label };
+  } catch (error) {
+    return { refused: String(error) };
+  }
+}"""
+
+
+def cross_origin_checks(browser, api_url: str, jpeg: bytes) -> None:
+    """CORS in a real browser: the local runtime allows its own origins only (BREEDLINE_CORS_ORIGINS).
+
+    A page on another origin cannot read an answer (the preflight is refused);
+    the page opened as ``localhost`` may call the API at ``127.0.0.1``, which the
+    runtime allows as its own origin.
+    """
+    page = browser.new_page()
+    page.route("http://other.example/**", lambda route: route.fulfill(
+        status=200, content_type="text/html", body="<!doctype html><title>another site</title>"))
+    page.goto("http://other.example/")
+    refused = page.evaluate(CROSS_ORIGIN_PREDICT, [f"{api_url}/predict", list(jpeg)])
+    assert "refused" in refused, refused
+    page.goto(api_url.replace("127.0.0.1", "localhost") + "/try")
+    allowed = page.evaluate(CROSS_ORIGIN_PREDICT, [f"{api_url}/predict", list(jpeg)])
+    assert allowed.get("status") == 200 and allowed.get("label"), allowed
+    page.close()
+
+
 def test_the_try_page_classifies_photos_in_chromium(digits_pipeline: DigitsPipeline) -> None:
     from playwright.sync_api import sync_playwright
 
@@ -174,6 +204,7 @@ def test_the_try_page_classifies_photos_in_chromium(digits_pipeline: DigitsPipel
             assert shown["label"] == "" and shown["bars"] == 0
             page.screenshot(path=str(ARTIFACTS / "try-page-error.png"), full_page=True)
             assert not [url for url in failed if url.startswith(api_url)], failed
+            cross_origin_checks(browser, api_url, digit.read_bytes())
         finally:
             browser.close()
     (ARTIFACTS / "try-page.json").write_text(json.dumps(figures, indent=2))
