@@ -81,14 +81,16 @@ def _definition() -> dict:
 
 def record_gate(dynamodb, sm) -> object:
     """What ``deploy_if_better`` records: the job Completed, then the live model or ``not deployed: <reason>``."""
-    from chalicelib.decisions import final_metric, quality_gate
+    from chalicelib.decisions import GatePolicy, final_metric, quality_gate, read_metrics
     from chalicelib.state import TABLE_DEFINITIONS
 
     dynamodb.create_table(TableName=TABLE, **TABLE_DEFINITIONS["state_table"])
     state = card_facts.state_store(dynamodb, TABLE)
     state.record_job(FINAL, stage="training", dataset=DATASET, version=VERSION, status="Completed")
-    accuracy = final_metric(sm.describe_training_job(TrainingJobName=FINAL)["FinalMetricDataList"])
-    decision = quality_gate(accuracy, None, 0.5)
+    metric_data = sm.describe_training_job(TrainingJobName=FINAL)["FinalMetricDataList"]
+    accuracy = final_metric(metric_data)
+    # no live model yet: the class list is compared with nothing
+    decision = quality_gate(read_metrics(metric_data), [], None, GatePolicy(), job=FINAL)
     if decision.deploy:
         state.set_live_model(
             {
