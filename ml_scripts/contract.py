@@ -169,6 +169,9 @@ METRIC_NAMES: tuple[str, ...] = (
     "test_majority_accuracy",
     "test_majority_macro_f1",
     "test_ece",
+    # the abstention's confidence threshold (fitted on valid) and the share of test it abstains on
+    "confidence_threshold",
+    "test_abstained_share",
     "champion_test_accuracy",
     "champion_test_balanced_accuracy",
     "champion_test_macro_f1",

@@ -371,6 +371,9 @@ def test_and_save(
     stats, abstention_meta, abstention_evaluation = fit_abstention(
         args, trainer, run, datasets, loaders, len(class_names), temperature=final.temperature
     )
+    # metric lines too, so the app keeps them on the live record and /status shows them
+    metric("confidence_threshold", float(abstention_meta["confidence_threshold"]))
+    metric("test_abstained_share", float(abstention_evaluation.get("test", {}).get("abstained_share", 0.0)))
     counts = report_skipped(paths, {name: list(ds.skipped) for name, ds in datasets.items()}, te["skipped"])
     history, best_epoch = progress.history, progress.best_epoch
     metrics = {

@@ -36,7 +36,7 @@ CHAMPION_PREFIX = "champion_"
 #: Metrics that are shares: each one the gate finds must be a finite number in [0, 1].
 SHARE_METRICS: tuple[str, ...] = (
     "test_accuracy", "test_balanced_accuracy", "test_macro_f1", "test_majority_accuracy",
-    "test_majority_macro_f1", "test_ece",
+    "test_majority_macro_f1", "test_ece", "confidence_threshold", "test_abstained_share",
     "champion_test_accuracy", "champion_test_balanced_accuracy", "champion_test_macro_f1",
 )
 

@@ -418,7 +418,8 @@ def test_an_old_live_record_finds_its_artifacts_through_its_training_job(client,
 def test_the_gate_deploys_on_the_champion_line_and_stores_the_headline_metrics(client, sagemaker, aws, env):
     seed(env)
     sagemaker.training[FINAL] = completed_training(
-        FINAL, 0.83, extra={"champion_test_macro_f1": 0.75, "test_ece": 0.04}
+        FINAL, 0.83, extra={"champion_test_macro_f1": 0.75, "test_ece": 0.04, "confidence_threshold": 0.31,
+                            "test_abstained_share": 0.05}
     )
     result = invoke(client, "on_training_state_change", load_event("training_completed.json"))
     assert result["outcome"] == "deployed"
@@ -432,11 +433,16 @@ def test_the_gate_deploys_on_the_champion_line_and_stores_the_headline_metrics(c
         "test_majority_accuracy": 0.34,
         "test_majority_macro_f1": 0.169,
         "test_ece": 0.04,
+        "confidence_threshold": 0.31,
+        "test_abstained_share": 0.05,
         "champion_test_macro_f1": 0.75,
     }
     body = client.http.get("/status").json_body
     assert body["live_model"]["metrics"]["test_macro_f1"] == pytest.approx(0.83)
     assert body["live_model"]["metrics"]["champion_test_macro_f1"] == pytest.approx(0.75)
+    # the abstention's threshold and test share (issue 13: /status shows the live model's threshold)
+    assert body["live_model"]["metrics"]["confidence_threshold"] == pytest.approx(0.31)
+    assert body["live_model"]["metrics"]["test_abstained_share"] == pytest.approx(0.05)
     assert client.http.get("/labels").json_body["labels"] == list(CLASSES)
     assert aws.alerts() == []
 
