@@ -13,7 +13,6 @@ from __future__ import annotations
 import mimetypes
 import os
 import random
-import shlex
 import shutil
 import signal
 import subprocess
@@ -26,7 +25,7 @@ import requests
 from contract import FAILED, STOPPED
 
 from breedline.build.paths import REPO_ROOT
-from breedline.demo_progress import Clock, Watcher, drain_alerts, say
+from breedline.demo_progress import Clock, Watcher, drain_alerts, print_try_it, say
 from breedline.local.runtime import DEFAULT_STATE_DIR, LATEST_LINK, RUNS_DIR, RuntimeInfo, new_run_dir
 
 #: What ``POST /predict`` takes, by the format Pillow finds in the file (not by its name).
@@ -381,16 +380,6 @@ def predict_test_images(clock: Clock, api_url: str, data: Path, predictions: int
             say(clock, f"  {path.name:<22} HTTP {answer.status_code}: {body}")
     say(clock, f"  {correct}/{len(picked)} correct")
     return picked
-
-
-def print_try_it(api_url: str, image: Path | None, keep_running: bool) -> None:
-    """The try-it page's URL and the exact curl command for the local API (docs/clients.md)."""
-    example = shlex.quote(str(image)) if image else "photo.jpg"
-    print("\nTry it with your own photo:")
-    print(f"  in a browser:  {api_url}/try")
-    print(f"  with curl:  curl -H 'Content-Type: image/jpeg' --data-binary @{example} {api_url}/predict")
-    if not keep_running:
-        print("  (the runtime stops now; make demo ARGS=--keep-running keeps it up for these)")
 
 
 def print_wall_times(clock: Clock, state_dir: Path) -> None:

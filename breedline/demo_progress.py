@@ -9,7 +9,9 @@ once, with the wall time since the demo started.
 from __future__ import annotations
 
 import json
+import shlex
 import time
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -161,3 +163,13 @@ def drain_alerts(sqs: Any, queue: str) -> list[dict]:
         alerts.append({"subject": body.get("Subject", ""), "message": body.get("Message", "")})
         sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
     return alerts
+
+
+def print_try_it(api_url: str, image: Path | None, keep_running: bool) -> None:
+    """The try-it page's URL and the exact curl command for the local API (docs/clients.md)."""
+    example = shlex.quote(str(image)) if image else "photo.jpg"
+    print("\nTry it with your own photo:")
+    print(f"  in a browser:  {api_url}/try")
+    print(f"  with curl:  curl -H 'Content-Type: image/jpeg' --data-binary @{example} {api_url}/predict")
+    if not keep_running:
+        print("  (the runtime stops now; make demo ARGS=--keep-running keeps it up for these)")

@@ -15,6 +15,13 @@ from typing import Any, Iterable, Mapping
 
 from contract import RULE_NAMES, rule_metric_name
 
+# Endpoint statuses and deployment errors live in chalicelib.endpoint_states (issue 15, items 1
+# and 2); their callers import them from here, with the other decisions.
+from chalicelib.endpoint_states import (  # noqa: F401
+    ENDPOINT_BUSY, ENDPOINT_FAILED, ENDPOINT_IN_SERVICE, ENDPOINT_ROLLBACK_FAILED, ENDPOINT_SETTLED,
+    RETRIABLE_ERROR_CODES, busy_refusal, endpoint_event_spellings, endpoint_status,
+)
+
 TAG_PIPELINE = "breedline:pipeline"
 TAG_STAGE = "breedline:stage"
 TAG_DATASET = "breedline:dataset"
@@ -239,6 +246,29 @@ def _class_change(old: tuple[str, ...], new: tuple[str, ...]) -> dict[str, list[
             "before": list(old), "after": list(new)}
 
 
+def _against_live(
+    metrics: Mapping[str, float], live: LiveFigures, policy: GatePolicy, passed: str, accuracy: float | None
+) -> GateDecision:
+    """Check 6 of :func:`quality_gate`: beat the live model by ``margin``, on the same test split if possible."""
+    metric = policy.metric
+    champion = metrics.get(CHAMPION_PREFIX + metric)
+    if champion is not None:
+        against, old, name = "the live model on the same test split", champion, metric
+    elif metric in live.metrics and math.isfinite(live.metrics[metric]):
+        against, old, name = "the live model's own test split (no champion line)", live.metrics[metric], metric
+    elif live.accuracy is not None:
+        against, old, name = "the live model's own test_accuracy (no champion line, old record)", live.accuracy, ACCURACY_METRIC
+    else:
+        return GateDecision(True, f"{passed}; the live record has no figure to compare with", accuracy, DEPLOY,
+                            compared_with="nothing: no live figure")
+    new = metrics[name]
+    if new <= old + policy.margin:
+        reason = f"{name} {new:.4f} does not beat {against}, {old:.4f}, by {policy.margin:.4f}"
+        return GateDecision(False, reason, accuracy, compared_with=against)
+    reason = f"{passed}; {name} {new:.4f} beats {against}, {old:.4f}, by > {policy.margin:.4f}"
+    return GateDecision(True, reason, accuracy, DEPLOY, compared_with=against)
+
+
 def quality_gate(
     metrics: Mapping[str, float],
     classes: Iterable[str],
@@ -313,22 +343,7 @@ def quality_gate(
         reason = f"{passed}; class list changed ({what}), allowed by BREEDLINE_ALLOW_CLASS_CHANGE"
         return GateDecision(True, reason, accuracy, DEPLOY, compared_with="nothing: class list changed",
                             class_change=change)
-    champion = metrics.get(CHAMPION_PREFIX + metric)
-    if champion is not None:
-        against, old, name = "the live model on the same test split", champion, metric
-    elif metric in live.metrics and math.isfinite(live.metrics[metric]):
-        against, old, name = "the live model's own test split (no champion line)", live.metrics[metric], metric
-    elif live.accuracy is not None:
-        against, old, name = "the live model's own test_accuracy (no champion line, old record)", live.accuracy, ACCURACY_METRIC
-    else:
-        return GateDecision(True, f"{passed}; the live record has no figure to compare with", accuracy, DEPLOY,
-                            compared_with="nothing: no live figure")
-    new = metrics[name]
-    if new <= old + policy.margin:
-        reason = f"{name} {new:.4f} does not beat {against}, {old:.4f}, by {policy.margin:.4f}"
-        return GateDecision(False, reason, accuracy, compared_with=against)
-    reason = f"{passed}; {name} {new:.4f} beats {against}, {old:.4f}, by > {policy.margin:.4f}"
-    return GateDecision(True, reason, accuracy, DEPLOY, compared_with=against)
+    return _against_live(metrics, live, policy, passed, accuracy)
 
 
 # -- Debugger (issue 14) ------------------------------------------------------------------
@@ -430,53 +445,3 @@ def event_time_ms(event_time: Any, detail: Mapping[str, Any]) -> int | None:
             return found
     return None
 
-
-# -- endpoints (issue 15, items 1 and 2) --------------------------------------------------
-#: EndpointStatus values, as DescribeEndpoint spells them.
-ENDPOINT_IN_SERVICE = "InService"
-ENDPOINT_FAILED = "Failed"
-ENDPOINT_ROLLBACK_FAILED = "UpdateRollbackFailed"
-#: Endpoint states in which UpdateEndpoint is refused: a deployment then waits in the queue.
-ENDPOINT_BUSY: frozenset[str] = frozenset(
-    {"Creating", "Updating", "SystemUpdating", "RollingBack", "Deleting", "OutOfService"}
-)
-#: The states the endpoint state-change handler acts on (its rule matches only these).
-ENDPOINT_SETTLED: tuple[str, ...] = (ENDPOINT_IN_SERVICE, ENDPOINT_FAILED, ENDPOINT_ROLLBACK_FAILED)
-
-
-def endpoint_status(value: Any) -> str:
-    """One spelling of an EndpointStatus: the API's (``InService``) for the event's (``IN_SERVICE``) too.
-
-    Why: AWS's documented endpoint state-change event writes ``IN_SERVICE``,
-    ``UPDATING``, ``FAILED``; DescribeEndpoint answers ``InService``,
-    ``Updating``, ``Failed``. Every comparison goes through this function.
-    """
-    text = str(value or "").strip()
-    if "_" in text or text.isupper():
-        return "".join(part.capitalize() for part in text.split("_") if part)
-    return text
-
-
-def endpoint_event_spellings(statuses: Iterable[str]) -> list[str]:
-    """Both spellings of each status, for an EventBridge pattern (it matches strings exactly)."""
-    found: list[str] = []
-    for status in statuses:
-        shouted = re.sub(r"(?<!^)(?=[A-Z])", "_", status).upper()
-        found += [status, shouted]
-    return found
-
-
-#: Error codes of a Create*/UpdateEndpoint call that a later try may not get: the
-#: deployment is retried (the Lambda's retries). Every other refusal (a quota such as
-#: ResourceLimitExceeded, a validation error, a denied permission) is final: recorded and alerted.
-RETRIABLE_ERROR_CODES: frozenset[str] = frozenset({
-    "ThrottlingException", "Throttling", "ThrottledException", "RequestLimitExceeded", "TooManyRequestsException",
-    "ServiceUnavailable", "ServiceUnavailableException", "InternalFailure", "InternalServerError",
-    "InternalServerException",
-})
-
-
-def busy_refusal(code: str, message: str) -> bool:
-    """UpdateEndpoint refused because the endpoint is mid-update (DescribeEndpoint said InService a moment ago)."""
-    text = (message or "").lower()
-    return code in ("ValidationException", "ResourceInUse") and ("in-progress" in text or "in progress" in text)
