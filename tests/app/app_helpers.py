@@ -9,10 +9,12 @@ the describe calls with what each test sets up.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import re
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -335,3 +337,19 @@ def calls_the_roles_refuse(calls: list[tuple[str, str]]) -> list[tuple[str, str]
 
     granted = granted_actions()
     return sorted({(fn, action) for fn, action in calls if action not in granted.get(fn, set())})
+
+
+@contextlib.contextmanager
+def serving_app_locally() -> Iterator[str]:
+    """The app behind the local runtime's API server on a free loopback port; yields its URL."""
+    import app as chalice_app
+
+    from breedline.local.runtime import start_api_server
+
+    server, thread, url = start_api_server(chalice_app.app, 0)
+    try:
+        yield url
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+        thread.join(5)

@@ -18,6 +18,7 @@ from typing import Any
 import boto3
 import pytest
 import schemathesis
+from app_helpers import serving_app_locally  # type: ignore[import-not-found]
 from hypothesis import HealthCheck, settings
 from schemathesis.config import SchemathesisConfig
 from schemathesis.specs.openapi.checks import (
@@ -74,18 +75,9 @@ def endpoint(env):
 
 @pytest.fixture
 def local_api(aws, endpoint, monkeypatch):
-    import app as chalice_app
-
-    from breedline.local.runtime import start_api_server
-
     monkeypatch.setenv("BREEDLINE_CORS_ORIGINS", "https://app.example.com")
-    server, thread, url = start_api_server(chalice_app.app, 0)
-    try:
+    with serving_app_locally() as url:
         yield url
-    finally:
-        server.server.shutdown()
-        server.server.server_close()
-        thread.join(5)
 
 
 def json_errors_have_a_code(ctx: Any, response: Any, case: Any) -> bool | None:

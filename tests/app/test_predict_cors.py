@@ -10,6 +10,7 @@ import json
 
 import pytest
 import requests
+from app_helpers import serving_app_locally  # type: ignore[import-not-found]
 from chalicelib.config import Settings
 
 ALLOWED = "https://app.example.com"
@@ -118,18 +119,9 @@ def test_an_origin_setting_that_is_no_origin_is_refused_or_normalised(raw):
 @pytest.fixture
 def local_api(env, monkeypatch):
     """The local runtime's API server around the app, with the operator's origin set; it adds its own."""
-    import app as chalice_app
-
-    from breedline.local.runtime import start_api_server
-
     monkeypatch.setenv("BREEDLINE_CORS_ORIGINS", ALLOWED)
-    server, thread, url = start_api_server(chalice_app.app, 0)
-    try:
+    with serving_app_locally() as url:
         yield url
-    finally:
-        server.server.shutdown()
-        server.server.server_close()
-        thread.join(5)
 
 
 def test_the_local_api_server_answers_preflights_and_allows_its_own_origin(local_api):
