@@ -30,6 +30,8 @@ import numpy as np
 #: one fits 1.5-3, an underconfident one below 1), and T stays finite and positive.
 MIN_TEMPERATURE = 0.05
 MAX_TEMPERATURE = 20.0
+#: A search that ends this close (in log T) to MIN_TEMPERATURE found no minimum: see fit_temperature.
+UNIDENTIFIED_EDGE = 1e-3
 #: Golden-section steps: each shrinks the bracket of log T by 0.618; 60 of them leave under 1e-12.
 SEARCH_STEPS = 60
 #: Confidence bins of the ECE and the reliability diagram (Guo et al. use 15).
@@ -56,8 +58,9 @@ def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature:
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     """The temperature in [:data:`MIN_TEMPERATURE`, :data:`MAX_TEMPERATURE`] that minimises ``valid``'s NLL.
 
-    Returns 1.0 (no change) when there is nothing to fit: no images, or
-    logits that are not all finite.
+    Returns 1.0 (no change) when there is nothing to fit: no images, logits
+    that are not all finite, or a split the model gets all right by a wide
+    margin, whose NLL only falls as T falls (no minimum to find).
     """
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels, dtype=np.int64)
@@ -84,6 +87,12 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     best = (a + b) / 2.0
     # Never worse than no scaling: on a flat or tiny split the search may end anywhere in the flat part.
     if loss(best) > loss(0.0):
+        return 1.0
+    # On the lower edge the NLL has no minimum inside the bracket: every valid image is right, so
+    # sharpening always lowers it. That says nothing about how sure the model should be on images it
+    # has not seen (a small, easy valid split drove T to its bound and every answer to p=1.000), so
+    # such a split leaves the probabilities as trained.
+    if best - low < UNIDENTIFIED_EDGE:
         return 1.0
     return float(math.exp(best))
 

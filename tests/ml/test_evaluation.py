@@ -176,9 +176,15 @@ def test_ece_and_bins_by_hand() -> None:
 def test_temperature_fit_is_robust_to_degenerate_inputs() -> None:
     assert calibration.fit_temperature(np.zeros((0, 3)), np.zeros(0)) == 1.0
     assert calibration.fit_temperature(np.array([[np.nan, 0.0]]), np.array([0])) == 1.0
-    # Perfectly separated with huge logits: NLL falls as T falls, the search stops at its bound.
+    # Perfectly separated: NLL falls as T falls, no minimum inside the bracket: left as trained.
     t = calibration.fit_temperature(np.array([[50.0, -50.0], [-50.0, 50.0]]), np.array([0, 1]))
-    assert calibration.MIN_TEMPERATURE <= t < 1.0
+    assert t == 1.0
+    t = calibration.fit_temperature(np.array([[3.0, -3.0], [-2.0, 2.0], [4.0, 0.0]]), np.array([0, 1, 0]))
+    assert t == 1.0
+    # One error among confident right answers: a real minimum, away from the bound.
+    logits = np.array([[2.0, 0.0]] * 9 + [[2.0, 0.0]])
+    t = calibration.fit_temperature(logits, np.array([0] * 9 + [1]))
+    assert calibration.MIN_TEMPERATURE * 1.01 < t and t != 1.0
     # Always wrong: the fit flattens towards uniform, T grows to its bound, never infinite.
     t = calibration.fit_temperature(np.array([[5.0, -5.0], [-5.0, 5.0]]), np.array([1, 0]))
     assert 1.0 < t <= calibration.MAX_TEMPERATURE
