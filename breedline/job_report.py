@@ -62,6 +62,8 @@ class JobReport:
     #: ``model_card.html`` (:mod:`breedline.model_card`): ``path``, ``s3_uri``, ``dataset``, ``version``,
     #: ``class_counts`` and the quality ``gate``'s decision; None until a card is written.
     model_card: dict[str, Any] | None = None
+    #: Files per split the job could not read and left out (``model_meta.json``'s ``skipped_images``).
+    skipped_images: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -216,6 +218,8 @@ def job_report(sm: Any, s3: Any, name: str, out_dir: Path, state_dir: Path | Non
     members = job_artifacts.model_members(s3, model, out, ("model_meta.json", job_evaluation.EVALUATION_FILE),
                                           report.notes)
     _plot(report, members.get("model_meta.json", {}), job_artifacts.job_log(state_dir, name), tensors, out)
+    skipped = members.get("model_meta.json", {}).get("skipped_images") or {}
+    report.skipped_images = {str(k): int(v) for k, v in skipped.items() if isinstance(v, int) and v > 0}
     _evaluation(report, job, s3, members, model, output, out)
     _rules(report, job, output, output_uri)
     if job.get("ProfilerConfig", {}).get("S3OutputPath"):

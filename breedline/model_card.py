@@ -123,8 +123,12 @@ def _gate_section(gate: GateFacts) -> str:
     )
 
 
-def _dataset_section(facts: DatasetFacts) -> str:
+def _dataset_section(facts: DatasetFacts, skipped: dict[str, int] | None = None) -> str:
     intro = f"<p>Data set <b>{_e(facts.dataset or '?')}</b>, version <b>{_e(facts.version or '?')}</b>.</p>"
+    if skipped:  # the counts below are files in S3; these the job could not read and trained without
+        left_out = ", ".join(f"{n} in {split}" for split, n in sorted(skipped.items()))
+        intro += (f'<p class="skipped">Files the job could not read and left out: {_e(left_out)} '
+                  "(model_meta.json skipped_images; the upload's alert names them).</p>")
     if not facts.counts:
         return intro + '<p class="note">no class counts</p>'
     splits = [s for s in SPLITS if s in facts.counts]
@@ -273,7 +277,7 @@ def render(
     hyper = [[k, v.strip('"')] for k, v in sorted(report.hyperparameters.items())]
     bodies = {
         "gate": _gate_section(gate),
-        "dataset": _dataset_section(facts),
+        "dataset": _dataset_section(facts, report.skipped_images),
         "metrics": _metrics_section(report),
         "per-class": _per_class_section(report),
         "pictures": _pictures_section(report),

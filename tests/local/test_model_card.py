@@ -427,3 +427,10 @@ def test_gate_facts_read_each_state_the_app_leaves(moto_stack):
     assert card_facts.gate_facts(state, "nobody").decision == "unknown"
     missing = card_facts.gate_facts(card_facts.state_store(dynamodb, "no-such-table"), "a-final")
     assert missing.decision == "unknown" and "could not be read" in missing.reason
+
+
+def test_files_the_job_left_out_are_on_the_card() -> None:
+    facts = card_facts.DatasetFacts("photos", "v1", {"train": {"cat": 31, "dog": 30}}, "objects in each channel's S3 prefix")
+    html = model_card._dataset_section(facts, {"train": 2, "valid": 1})
+    assert "left out: 2 in train, 1 in valid" in html
+    assert "left out" not in model_card._dataset_section(facts, {})
