@@ -108,6 +108,11 @@ def test_upload_alone_drives_tuning_training_deployment_and_prediction(digits_pi
     uploaded = s3.get_object(Bucket=output[0],
                              Key=f"{output[1]}/{final['TrainingJobName']}/output/model_card.html")
     assert uploaded["Body"].read() == card.read_bytes() and 'data-decision="deployed"' in card.read_text()
+    # The abstention block comes from the real job's evaluation.json (train.py's Mahalanobis fit), with
+    # the threshold /status shows for the live model.
+    html = card.read_text()
+    assert "method mahalanobis" in html and "confidence threshold " in html and "valid: coverage " in html
+    assert "not in evaluation.json" not in html and metrics.get("confidence_threshold") is not None
     print(f"pipeline: upload to correct predictions in {pipeline_seconds:.0f} s; "
           f"whole test {time.monotonic() - started:.0f} s")
     assert pipeline_seconds < 180
