@@ -315,6 +315,11 @@ class Settings:
     canary_percent: int = setting("BREEDLINE_CANARY_PERCENT", "10", "Blue/green canary size in percent of capacity; 0 means all at once.", integer)
     serving_backend: str = setting("BREEDLINE_SERVING_BACKEND", "auto", "What runs the model on the endpoint: auto (ONNX Runtime on a CPU instance when its export matches torch, else torch), torch, or onnx (fail rather than fall back). Passed to the model container.", one_of(SERVING_BACKENDS))
     bake_seconds: int = setting("BREEDLINE_BAKE_SECONDS", "300", "Blue/green wait before the rest of the traffic shifts and before old fleet termination.", integer)
+    # Batch predictions (batch/<job>/ and its _READY marker; docs/app.md, "Batch predictions")
+    batch_instance_type: str = setting("BREEDLINE_BATCH_INSTANCE_TYPE", "ml.m5.large", "Instance type of a batch prediction's Batch Transform job (TransformResources.InstanceType); billed only while the job runs.")
+    batch_instance_count: int = setting("BREEDLINE_BATCH_INSTANCE_COUNT", "1", "Instances of a batch prediction's transform job (TransformResources.InstanceCount); SageMaker splits the manifest's images between them.", positive)
+    batch_max_concurrent_transforms: int = setting("BREEDLINE_BATCH_MAX_CONCURRENT_TRANSFORMS", "2", "Parallel requests to each transform instance (MaxConcurrentTransforms): AWS advises the number of the container's workers, which the PyTorch serving toolkit starts one per vCPU (2 on ml.m5.large); raise it with the instance type.", positive)
+    batch_invocation_timeout_seconds: int = setting("BREEDLINE_BATCH_INVOCATION_TIMEOUT_SECONDS", "60", "How long one image's invocation may take in a transform job (ModelClientConfig.InvocationsTimeoutInSeconds, 1-3600); it is not retried.", positive)
     # Predict API
     top_k: int = setting("BREEDLINE_TOP_K", "5", "How many label/probability pairs the predict API returns.", integer)
     max_image_bytes: int = setting("BREEDLINE_MAX_IMAGE_BYTES", "4500000", "Largest accepted image body, in bytes. API Gateway hands it to Lambda base64-encoded inside the event, and Lambda takes at most 6 MiB (6,291,456 bytes): the default's base64 is 6,000,000 bytes, leaving 291,456 for headers and the rest of the event. A value whose base64 leaves under 64 KiB is refused (at most 4,669,440; docs/app.md). A serverless endpoint lowers it to 4,000,000.", body_limit)

@@ -139,6 +139,10 @@ ROUTES = {
     "training_failed.json": "on_training_state_change",
     "training_completed_foreign.json": None,  # not even delivered
     "endpoint_in_service.json": "on_endpoint_state_change",
+    "s3_batch_ready_marker.json": "on_dataset_upload",
+    "transform_completed.json": "on_transform_state_change",
+    "transform_failed.json": "on_transform_state_change",
+    "transform_completed_foreign.json": None,  # not even delivered
 }
 
 
