@@ -7,8 +7,8 @@ CreateTransformJob. The upload handler hands every ``batch/`` key to
 :func:`handle_batch_upload`.
 
 Idempotent twice, as the rest of the pipeline: the step is keyed on (batch,
-marker version, listing digest), and the transform job's name is derived
-from the same values (:func:`chalicelib.naming.transform_job_name`), so a
+marker version, listing digest, live model), and the transform job's name is
+derived from the same values (:func:`chalicelib.naming.transform_job_name`), so a
 duplicate marker event starts nothing new (ResourceInUse).
 """
 
@@ -42,6 +42,7 @@ from chalicelib.config import Settings
 from chalicelib.datasets import ObjectRef
 from chalicelib.decisions import TAG_PIPELINE, TAG_STAGE
 from chalicelib.lambda_runtime import (
+    NotYet,
     PipelineError,
     alert,
     client_error,
@@ -92,8 +93,10 @@ def handle_batch_upload(event: S3EventBridgeNotificationEvent, key: str) -> dict
     objects = list_objects(s, input_prefix(job))
     listing = list_batch(job, objects, s.ready_marker, s.image_extensions)
     logger.info("batch marker seen", extra={"images": len(listing.images), "skipped": len(listing.skipped)})
-    return start_batch(request={"batch_job": job, "marker": marker_version(event), "listing": listing.digest},
-                       listing=listing)
+    # the live model is part of the request: the same images after a new model is live are a new run
+    model = str((store(s).live_model() or {}).get("model") or "")
+    request = {"batch_job": job, "marker": marker_version(event), "listing": listing.digest, "model": model}
+    return start_batch(request=request, listing=listing)
 
 
 def list_objects(s: Settings, prefix: str) -> list[ObjectRef]:
@@ -113,19 +116,18 @@ def put_json(s: Settings, key: str, body: Any) -> None:
 
 @idempotent("start-batch")
 def start_batch(request: dict[str, Any], listing: BatchListing) -> dict[str, Any]:
-    """Once per (batch, marker, listing): refuse with a summary and an alert, or start the transform job."""
+    """Once per (batch, marker, listing, live model): refuse with a summary and an alert, or start the transform job."""
     s = settings()
     job = request["batch_job"]
-    name = naming.transform_job_name(s.name_prefix, job, request["marker"], request["listing"])
+    model = request["model"]
+    name = naming.transform_job_name(s.name_prefix, job, request["marker"], request["listing"], model)
     folder = results_folder(job, name)
     log_keys(None, transform_job=name)
-    live = store(s).live_model() or {}
-    if listing.problem or not live.get("model"):
-        return _refuse(s, job, name, listing, NO_IMAGES if listing.problem else NO_LIVE_MODEL)
+    if listing.problem or not model:
+        raise NotYet(_refuse(s, job, name, listing, NO_IMAGES if listing.problem else NO_LIVE_MODEL))
     put_json(s, folder + SKIPPED_FILE, [{"file": file, "why": why} for file, why in listing.skipped])
     put_json(s, folder + MANIFEST_FILE, manifest(s.bucket, listing))
-    params = build.create_transform_job(s, name=name, batch_job=job, model_name=str(live["model"]),
-                                        tags=batch_tags(s, job))
+    params = build.create_transform_job(s, name=name, batch_job=job, model_name=model, tags=batch_tags(s, job))
     try:
         clients.client("sagemaker").create_transform_job(**params)
     except client_error() as exc:
@@ -139,13 +141,18 @@ def start_batch(request: dict[str, Any], listing: BatchListing) -> dict[str, Any
         raise PipelineError(f"CreateTransformJob {name}: {clients.error_message(exc)}") from exc
     store(s).record_job(name, stage=STAGE_BATCH, dataset=job, version=listing.digest, status=IN_PROGRESS)
     count(BATCH_STARTED)
-    logger.info("transform job started", extra={"model": live["model"], "images": len(listing.images)})
-    return {"outcome": "started", "transform_job": name, "batch_job": job, "model": live["model"],
+    logger.info("transform job started", extra={"model": model, "images": len(listing.images)})
+    return {"outcome": "started", "transform_job": name, "batch_job": job, "model": model,
             "images": len(listing.images), "skipped": len(listing.skipped)}
 
 
 def _refuse(s: Settings, job: str, name: str, listing: BatchListing, status: str) -> dict[str, Any]:
-    """No live model or nothing to predict: ``summary.json`` says why, an alert tells the operator; nothing starts."""
+    """No live model or nothing to predict: ``summary.json`` says why, an alert tells the operator; nothing starts.
+
+    Raised as :class:`~chalicelib.lambda_runtime.NotYet` by the caller, so no
+    idempotency record keeps the refusal: the same marker uploaded again once
+    a model is live starts the batch.
+    """
     reason = listing.problem if status == NO_IMAGES else (
         "no live model: nothing is deployed yet; once a model is live, upload the batch's marker again")
     summary = summarize(job=job, transform_job=name, status=status, lines=[], skipped=len(listing.skipped),

@@ -90,9 +90,10 @@ def transform_job_name(prefix: str, batch_job: str, *version: str) -> str:
     """``<prefix>-batch-<batch slug, truncated>-<hash>``, at most 63 characters.
 
     The hash covers the full batch name and ``version`` (the ``_READY``
-    marker's version id or ETag and the images' listing digest), so a
-    duplicate marker event names the same job (SageMaker answers
-    ResourceInUse) while a new marker or changed images name a new one.
+    marker's version id or ETag, the images' listing digest and the live
+    model), so a duplicate marker event names the same job (SageMaker
+    answers ResourceInUse) while a new marker, changed images or a new live
+    model name a new one.
     """
     check_prefix(prefix)
     digest = short_hash(batch_job, *version)

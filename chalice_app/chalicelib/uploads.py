@@ -7,7 +7,8 @@ first and last bytes of a bounded sample of its images (:func:`sniff_objects`),
 and then, once per data set version, rejects it with an alert or starts one
 tuning job (alerting the files it skipped, if any), within the cost guard's
 budget (:mod:`chalicelib.budget`: rejected over it, stopping or queueing
-behind the data set's running tuning job).
+behind the data set's running tuning job). Keys under ``batch/`` are not data
+sets: they go to :mod:`chalicelib.batch_jobs` (batch predictions).
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ import boto3
 import pytest
 from app_helpers import load_event
 from chalicelib.state import StateStore
-
 from conftest import BUCKET
 
 JOB = "shelter-intake"
@@ -96,6 +95,11 @@ def test_the_marker_starts_exactly_one_transform_job_with_the_contracts_fields(c
     assert state(env).job(name)["status"] == "InProgress"
     again = invoke(client, "on_dataset_upload", load_event("s3_batch_ready_marker.json"))  # a duplicate delivery
     assert again["transform_job"] == name and len(sagemaker.requests("CreateTransformJob")) == 1
+    newer = {"model": "breedline-dog-breeds-ffffffff-final", "training_job": "x", "labels": ["beagle", "pug"]}
+    assert state(env).set_live_model(newer, MODEL)  # a new live model: the same marker is a new run on it
+    rerun = invoke(client, "on_dataset_upload", load_event("s3_batch_ready_marker.json"))
+    assert rerun["outcome"] == "started" and rerun["transform_job"] != name
+    assert sagemaker.requests("CreateTransformJob")[1]["ModelName"] == newer["model"]
 
 
 def test_batch_images_wait_for_the_marker(client, aws, sagemaker, env):
@@ -114,6 +118,9 @@ def test_no_live_model_starts_nothing_and_says_why(client, aws, sagemaker, env):
     assert summary["status"] == "no_live_model" and summary["total"] == 0 and summary["skipped"] == 1
     (alert,) = aws.alerts()
     assert "no_live_model" in alert["subject"] and "no live model" in alert["message"]["failure_reason"]
+    make_live(env)  # the refusal kept no idempotency record: the same marker again starts the batch
+    again = invoke(client, "on_dataset_upload", load_event("s3_batch_ready_marker.json"))
+    assert again["outcome"] == "started" and len(sagemaker.requests("CreateTransformJob")) == 1
 
 
 def test_completed_job_is_joined_into_one_line_per_image_and_notified_once(client, aws, sagemaker, env):
