@@ -318,7 +318,7 @@ class Settings:
     # Batch predictions (batch/<job>/ and its _READY marker; docs/app.md, "Batch predictions")
     batch_instance_type: str = setting("BREEDLINE_BATCH_INSTANCE_TYPE", "ml.m5.large", "Instance type of a batch prediction's Batch Transform job (TransformResources.InstanceType); billed only while the job runs.")
     batch_instance_count: int = setting("BREEDLINE_BATCH_INSTANCE_COUNT", "1", "Instances of a batch prediction's transform job (TransformResources.InstanceCount); SageMaker splits the manifest's images between them.", positive)
-    batch_max_concurrent_transforms: int = setting("BREEDLINE_BATCH_MAX_CONCURRENT_TRANSFORMS", "2", "Parallel requests to each transform instance (MaxConcurrentTransforms): AWS advises the number of the container's workers, which the PyTorch serving toolkit starts one per vCPU (2 on ml.m5.large); raise it with the instance type.", positive)
+    batch_max_concurrent_transforms: int = setting("BREEDLINE_BATCH_MAX_CONCURRENT_TRANSFORMS", "2", "Parallel requests to each transform instance (MaxConcurrentTransforms): AWS advises the number of the container's model-server workers, and TorchServe (which the PyTorch inference toolkit runs) starts one per vCPU by default: 2 on ml.m5.large. Raise it with the instance type.", positive)
     batch_invocation_timeout_seconds: int = setting("BREEDLINE_BATCH_INVOCATION_TIMEOUT_SECONDS", "60", "How long one image's invocation may take in a transform job (ModelClientConfig.InvocationsTimeoutInSeconds, 1-3600); it is not retried.", positive)
     # Predict API
     top_k: int = setting("BREEDLINE_TOP_K", "5", "How many label/probability pairs the predict API returns.", integer)
