@@ -26,6 +26,7 @@ from chalicelib.batch import (
     SUMMARY_FILE,
     TAG_BATCH_JOB,
     TAG_BUCKET,
+    input_prefix,
     results_folder,
 )
 from chalicelib.batch_jobs import SKIPPED_FILE, list_objects, put_json
@@ -132,7 +133,7 @@ def write_results(s: Settings, batch_job: str, name: str, status: str, reason: s
     folder = results_folder(batch_job, name)
     files = [entry for entry in _read_json(s, folder + MANIFEST_FILE, [])[1:] if isinstance(entry, str)]
     skipped = _read_json(s, folder + SKIPPED_FILE, [])
-    lines = join(files, read_outputs(s, folder))
+    lines = join(files, read_outputs(s, folder), input_prefix=input_prefix(batch_job))
     s3 = clients.client("s3")
     s3.put_object(Bucket=s.bucket, Key=folder + RESULTS_FILE, Body=jsonl(lines), ContentType="application/x-ndjson")
     summary = summarize(job=batch_job, transform_job=name, status=status, lines=lines, skipped=len(skipped),

@@ -52,9 +52,19 @@ def result_line(file: str, output: bytes | None) -> dict[str, Any]:
     return line
 
 
-def join(files: Iterable[str], outputs: Mapping[str, bytes]) -> list[dict[str, Any]]:
-    """Every manifest file's line, sorted by file; ``outputs`` maps relative path -> ``.out`` body."""
-    return [result_line(file, outputs.get(file)) for file in sorted(files)]
+def join(files: Iterable[str], outputs: Mapping[str, bytes], input_prefix: str = "") -> list[dict[str, Any]]:
+    """Every manifest file's line, sorted by file; ``outputs`` maps the path under the output folder
+    (without ``.out``) to the body.
+
+    Why ``input_prefix``: AWS's TransformOutput example puts the input's own
+    prefix under the output path (``<output>/<input prefix>/data.csv.out``);
+    an output found there still belongs to its image.
+    """
+    found = dict(outputs)
+    for key, body in outputs.items():
+        if input_prefix and key.startswith(input_prefix):
+            found.setdefault(key[len(input_prefix):], body)
+    return [result_line(file, found.get(file)) for file in sorted(files)]
 
 
 def jsonl(lines: Iterable[Mapping[str, Any]]) -> bytes:

@@ -127,3 +127,11 @@ def test_summary_counts_predicted_abstained_failed_and_labels():
     assert (summary["total"], summary["predicted"], summary["abstained"], summary["failed"]) == (5, 3, 1, 1)
     assert summary["counts"] == {"corgi": 2, "beagle": 1} and summary["skipped"] == 2
     assert summary["errors"] == {MISSING_OUTPUT: 1} and "failure_reason" not in summary
+
+
+def test_an_output_under_the_input_prefix_still_belongs_to_its_image():
+    body = b'{"label": "pug", "probability": 0.5, "top_k": [], "abstained": false}'
+    (line,) = join(["a/1.jpg"], {"batch/cats/a/1.jpg": body}, input_prefix="batch/cats/")
+    assert line["label"] == "pug"
+    (line,) = join(["a/1.jpg"], {"batch/cats/a/1.jpg": body})
+    assert line["error"]["code"] == MISSING_OUTPUT
