@@ -174,3 +174,26 @@ def test_an_event_without_tags_asks_list_tags(client, aws, sagemaker, env):
     sagemaker.tags_by_arn[event["detail"]["TransformJobArn"]] = sagemaker.requests("CreateTransformJob")[0]["Tags"]
     assert invoke(client, "on_transform_state_change", event)["outcome"] == "completed"
     assert [op for op, _ in sagemaker.calls] == ["CreateTransformJob", "ListTags"]
+
+
+def test_after_the_idempotency_record_expires_the_name_still_starts_nothing(client, aws, sagemaker, env):
+    name = start(client, aws, sagemaker, env)
+    table = env["BREEDLINE_IDEMPOTENCY_TABLE"]
+    for item in aws.ddb.scan(TableName=table)["Items"]:  # what the 24 h expiry does
+        aws.ddb.delete_item(TableName=table, Key={"id": item["id"]})
+    again = invoke(client, "on_dataset_upload", load_event("s3_batch_ready_marker.json"))
+    assert again == {"outcome": "already_started", "transform_job": name, "batch_job": JOB}
+    assert len(sagemaker.names("CreateTransformJob")) == 2  # the second was refused: ResourceInUse
+    assert state(env).job(name)["status"] == "InProgress" and aws.alerts() == []
+
+
+def test_a_stopped_job_without_a_reason_asks_describe(client, aws, sagemaker, env):
+    name = start(client, aws, sagemaker, env)
+    sagemaker.transform[name] = {"TransformJobName": name, "TransformJobStatus": "Stopped",
+                                 "FailureReason": "stopped by the operator"}
+    assert invoke(client, "on_transform_state_change", end_event(name, "Stopped"))["outcome"] == "stopped"
+    summary = json.loads(read(aws, f"batch-results/{JOB}/{name}/summary.json"))
+    assert summary["status"] == "Stopped" and summary["failure_reason"] == "stopped by the operator"
+    assert summary["failed"] == 4 and {c for c in summary["errors"]} == {"missing_output"}
+    (alert,) = aws.alerts()
+    assert "Stopped" in alert["subject"]
