@@ -12,7 +12,6 @@ import copy
 import json
 
 import boto3
-import pytest
 from app_helpers import load_event
 from chalicelib.state import StateStore
 from conftest import BUCKET
@@ -77,6 +76,10 @@ def write_outputs(aws, name: str, outputs: dict[str, dict | bytes]) -> None:
 
 
 def test_the_marker_starts_exactly_one_transform_job_with_the_contracts_fields(client, aws, sagemaker, env):
+    image = load_event("s3_batch_ready_marker.json")
+    image["detail"]["object"]["key"] = f"batch/{JOB}/a/1.jpg"
+    assert invoke(client, "on_dataset_upload", image)["outcome"] == "ignored"  # images wait for the marker
+    assert sagemaker.calls == [] and state(env).uploads(JOB) is None  # not taken for a data set either
     name = start(client, aws, sagemaker, env)
     (request,) = sagemaker.requests("CreateTransformJob")
     folder = f"s3://{BUCKET}/batch-results/{JOB}/{name}/"
@@ -100,14 +103,6 @@ def test_the_marker_starts_exactly_one_transform_job_with_the_contracts_fields(c
     rerun = invoke(client, "on_dataset_upload", load_event("s3_batch_ready_marker.json"))
     assert rerun["outcome"] == "started" and rerun["transform_job"] != name
     assert sagemaker.requests("CreateTransformJob")[1]["ModelName"] == newer["model"]
-
-
-def test_batch_images_wait_for_the_marker(client, aws, sagemaker, env):
-    make_live(env)
-    event = load_event("s3_batch_ready_marker.json")
-    event["detail"]["object"]["key"] = f"batch/{JOB}/a/1.jpg"
-    assert invoke(client, "on_dataset_upload", event)["outcome"] == "ignored"
-    assert sagemaker.calls == [] and state(env).uploads(JOB) is None  # not taken for a data set either
 
 
 def test_no_live_model_starts_nothing_and_says_why(client, aws, sagemaker, env):
@@ -160,11 +155,12 @@ def test_a_failed_job_gets_a_summary_with_its_reason_and_an_alert(client, aws, s
     assert "Failed" in alert["subject"] and alert["message"]["failure_reason"] == "ClientError: 400"
 
 
-@pytest.mark.parametrize("tags", [{"team": "risk"}, {"breedline:pipeline": "breedline", "breedline:stage": "batch",
-                                                     "breedline:batch-job": JOB, "breedline:bucket": "other-bucket"}])
-def test_foreign_transform_jobs_change_nothing(client, aws, sagemaker, env, tags):
-    event = end_event("breedline-batch-someone-else-12345678", Tags=tags)
-    assert invoke(client, "on_transform_state_change", event)["outcome"] == "ignored"
+def test_foreign_transform_jobs_change_nothing(client, aws, sagemaker, env):
+    ours_elsewhere = {"breedline:pipeline": "breedline", "breedline:stage": "batch", "breedline:batch-job": JOB,
+                      "breedline:bucket": "other-bucket"}
+    for tags in ({"team": "risk"}, ours_elsewhere):
+        event = end_event("breedline-batch-someone-else-12345678", Tags=tags)
+        assert invoke(client, "on_transform_state_change", event)["outcome"] == "ignored"
     assert sagemaker.calls == [] and aws.alerts() == []
 
 
