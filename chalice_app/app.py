@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from chalice import Chalice, IAMAuthorizer, Rate, Response
 
-from chalicelib import api, cors, endpoint_events, event_patterns, jobs, lambda_runtime, try_page, uploads
+from chalicelib import api, batch_events, cors, endpoint_events, event_patterns, jobs, lambda_runtime, try_page, uploads
 from chalicelib.config import Settings
 from chalicelib.observability import flush, logger
 from chalicelib.predict import CONTENT_TYPES, MULTIPART, NOT_FOUND, ORIGIN_NOT_ALLOWED, STATE_UNAVAILABLE, PredictError
@@ -110,6 +110,14 @@ def on_endpoint_state_change(event: Any) -> dict[str, Any]:
     """The endpoint is InService or Failed: the live model follows what it serves; the queue is re-driven."""
     return _run(
         "on_endpoint_state_change", event, endpoint_events.handle_endpoint_event, _state_change(event)
+    )
+
+
+@app.on_cw_event(event_patterns.transform_pattern(_BOOT), name="on_transform_state_change")
+def on_transform_state_change(event: Any) -> dict[str, Any]:
+    """A batch's transform job ended: its outputs become results.jsonl and a summary, notified once."""
+    return _run(
+        "on_transform_state_change", event, batch_events.handle_transform_event, _state_change(event)
     )
 
 

@@ -114,6 +114,23 @@ ROLLBACK_ALARMS = Grant(
         f"{_ARN}:cloudwatch:{_REGIONAL}:alarm:${{AWS::StackName}}-endpoint-{a}" for a in ("5xx", "latency")
     ),
 )
+#: Batch predictions (chalicelib/batch.py's BATCH_PREFIX and RESULTS_PREFIX; tests/infra checks they agree).
+BATCH_PREFIX = "batch/"
+BATCH_RESULTS_PREFIX = "batch-results/"
+#: A batch's marker: list its images, write its manifest (or a refusal's summary), start its transform job.
+#: CreateTransformJob takes no role (the job runs as the model's), so no iam:PassRole.
+START_BATCH = (
+    Grant("ListBatches", ("s3:ListBucket",), (BUCKET_ARN,), {"StringLike": {"s3:prefix": [BATCH_PREFIX + "*"]}}),
+    Grant("WriteBatchManifests", ("s3:PutObject",), (f"{BUCKET_ARN}/{BATCH_RESULTS_PREFIX}*",)),
+    sagemaker("TransformJobs", "CreateTransformJob", "AddTags", on=("transform-job",)),
+)
+#: A transform job's end: read its manifest and outputs, write results.jsonl and summary.json.
+FINISH_BATCH = (
+    Grant("ListBatchResults", ("s3:ListBucket",), (BUCKET_ARN,),
+          {"StringLike": {"s3:prefix": [BATCH_RESULTS_PREFIX + "*"]}}),
+    Grant("ReadAndWriteBatchResults", ("s3:GetObject", "s3:PutObject"), (f"{BUCKET_ARN}/{BATCH_RESULTS_PREFIX}*",)),
+    sagemaker("TransformJobs", "DescribeTransformJob", "ListTags", on=("transform-job",)),
+)
 #: What starting a tuning job takes (both upload handlers: the marker and the quiet check).
 START_TUNING = (
     # Describe and Stop: the cost guard (chalicelib/budget.py) stops a superseded job, checks a lost end
@@ -204,6 +221,7 @@ FUNCTIONS: tuple[Function, ...] = (
             IDEMPOTENCY,
             ALERTS,
             *START_TUNING,
+            *START_BATCH,
         ),
     ),
     Function(
@@ -253,6 +271,11 @@ FUNCTIONS: tuple[Function, ...] = (
     Function(
         "on_endpoint_state_change",
         grants=(*DEPLOY_MODEL, table("StateItems", "state", *STATE_ITEMS, "DeleteItem"), ALERTS),
+    ),
+    # A batch's transform job ended: its outputs joined into results.jsonl and summary.json, notified.
+    Function(
+        "on_transform_state_change",
+        grants=(*FINISH_BATCH, table("StateItems", "state", *STATE_ITEMS), IDEMPOTENCY, ALERTS),
     ),
 )
 

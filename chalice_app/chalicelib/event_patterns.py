@@ -10,19 +10,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from chalicelib.batch import BATCH_PREFIX
 from chalicelib.config import Settings
 from chalicelib.decisions import ENDPOINT_SETTLED, endpoint_event_spellings
 from contract import TERMINAL_STATUSES
 
 
 def upload_pattern(s: Settings) -> dict[str, Any]:
-    """S3 "Object Created" through EventBridge, for the data bucket's data prefix only."""
+    """S3 "Object Created" through EventBridge, for the data prefix and the batch prefix only.
+
+    The batch prefix's objects reach the same handler: only a batch's
+    ``_READY`` marker does anything there (:mod:`chalicelib.batch_jobs`).
+    """
     return {
         "source": ["aws.s3"],
         "detail-type": ["Object Created"],
         "detail": {
             "bucket": {"name": [s.bucket]},
-            "object": {"key": [{"prefix": s.data_prefix}]},
+            "object": {"key": [{"prefix": s.data_prefix}, {"prefix": BATCH_PREFIX}]},
         },
     }
 
@@ -65,5 +70,17 @@ def endpoint_pattern(s: Settings) -> dict[str, Any]:
         "detail": {
             "EndpointName": [s.endpoint_name],
             "EndpointStatus": endpoint_event_spellings(ENDPOINT_SETTLED),
+        },
+    }
+
+
+def transform_pattern(s: Settings) -> dict[str, Any]:
+    """Terminal states of transform jobs named with our prefix (tags are checked in the handler)."""
+    return {
+        "source": ["aws.sagemaker"],
+        "detail-type": ["SageMaker Transform Job State Change"],
+        "detail": {
+            "TransformJobStatus": list(TERMINAL_STATUSES),
+            "TransformJobName": [{"prefix": f"{s.name_prefix}-"}],
         },
     }

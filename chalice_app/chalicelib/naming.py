@@ -16,6 +16,7 @@ TUNING_NAME_MAX = 32
 TRAINING_NAME_MAX = 63
 MODEL_NAME_MAX = 63
 ENDPOINT_CONFIG_NAME_MAX = 63
+TRANSFORM_NAME_MAX = 63
 #: The prefix must leave room for ``-<slug>-<8 hex>`` in 32 characters.
 PREFIX_MAX = 20
 FINAL_SUFFIX = "-final"
@@ -82,4 +83,23 @@ def endpoint_config_name(model: str, serverless: bool) -> str:
     name = f"{model}-{'sl' if serverless else 'rt'}"
     if len(name) > ENDPOINT_CONFIG_NAME_MAX:
         raise ValueError(f"endpoint config name too long: {name!r}")
+    return name
+
+
+def transform_job_name(prefix: str, batch_job: str, *version: str) -> str:
+    """``<prefix>-batch-<batch slug, truncated>-<hash>``, at most 63 characters.
+
+    The hash covers the full batch name and ``version`` (the ``_READY``
+    marker's version id or ETag, the images' listing digest and the live
+    model), so a duplicate marker event names the same job (SageMaker
+    answers ResourceInUse) while a new marker, changed images or a new live
+    model name a new one.
+    """
+    check_prefix(prefix)
+    digest = short_hash(batch_job, *version)
+    head = f"{prefix}-batch"
+    room = TRANSFORM_NAME_MAX - len(head) - len(digest) - 2
+    part = slug(batch_job)[: max(room, 0)].strip("-")
+    name = f"{head}-{part}-{digest}" if part else f"{head}-{digest}"
+    assert len(name) <= TRANSFORM_NAME_MAX and NAME_PATTERN.match(name), name
     return name

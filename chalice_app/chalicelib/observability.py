@@ -30,6 +30,11 @@ MODELS_DEPLOYED = "ModelsDeployed"
 GATE_REJECTIONS = "GateRejections"
 DEPLOYMENTS_QUEUED = "DeploymentsQueued"  # the endpoint was busy: the deployment waits for InService
 DEPLOYMENTS_FAILED = "DeploymentsFailed"  # refused, rolled back, or the endpoint Failed (each alerted)
+# Batch predictions (chalicelib/batch_jobs.py, batch_events.py).
+BATCH_STARTED = "BatchJobsStarted"
+BATCH_COMPLETED = "BatchJobsCompleted"
+BATCH_FAILED = "BatchJobsFailed"  # refused (no live model, no images), failed or stopped: each alerted
+BATCH_IMAGES_FAILED = "BatchImagesFailed"  # images of a finished batch with an error line
 # Model quality (None unit): test accuracy of each completed final job.
 MODEL_ACCURACY = "ModelAccuracy"
 # Predict API.
@@ -52,6 +57,10 @@ PIPELINE_METRICS: tuple[str, ...] = (
     GATE_REJECTIONS,
     DEPLOYMENTS_QUEUED,
     DEPLOYMENTS_FAILED,
+    BATCH_STARTED,
+    BATCH_COMPLETED,
+    BATCH_FAILED,
+    BATCH_IMAGES_FAILED,
     MODEL_ACCURACY,
 )
 PREDICT_METRICS: tuple[str, ...] = (PREDICT_REQUESTS, PREDICT_LATENCY, PREDICT_ERRORS)

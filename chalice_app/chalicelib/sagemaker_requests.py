@@ -15,6 +15,7 @@ from contract import (DEBUGGER_HYPERPARAMETER, DEBUGGER_MODES, METRIC_DEFINITION
 
 from chalicelib.channels import champion_channel, input_channels, pretrained_channel, s3_uri  # noqa: F401 (build.*)
 from chalicelib.config import SERVERLESS_MEMORY_SIZES, Settings
+from chalicelib.transform_requests import create_transform_job, describe_transform_job  # noqa: F401 (build.*)
 
 #: Where the containers expect things (the SageMaker container contract).
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"

@@ -7,7 +7,8 @@ first and last bytes of a bounded sample of its images (:func:`sniff_objects`),
 and then, once per data set version, rejects it with an alert or starts one
 tuning job (alerting the files it skipped, if any), within the cost guard's
 budget (:mod:`chalicelib.budget`: rejected over it, stopping or queueing
-behind the data set's running tuning job).
+behind the data set's running tuning job). Keys under ``batch/`` are not data
+sets: they go to :mod:`chalicelib.batch_jobs` (batch predictions).
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from chalicelib import budget, clients, naming
+from chalicelib import batch_jobs, budget, clients, naming
 from chalicelib import sagemaker_requests as build
+from chalicelib.batch import batch_job_of_key
 from chalicelib.budget import Action
 from chalicelib.config import Settings
 from chalicelib.class_balance import class_counts, imbalances
@@ -51,6 +53,8 @@ def handle_upload(event: S3EventBridgeNotificationEvent) -> dict[str, Any]:
     if bucket != s.bucket:
         logger.info("upload in another bucket ignored", extra={"bucket": bucket, "key": key})
         return {"outcome": "ignored", "reason": "other bucket"}
+    if batch_job_of_key(key) is not None:
+        return batch_jobs.handle_batch_upload(event, key)
     dataset = dataset_of_key(key, s.data_prefix)
     if dataset is None:
         logger.info("object outside any data set ignored", extra={"key": key})

@@ -104,6 +104,8 @@ _OPERATIONS = {
     "describe_training_job": ("DescribeTrainingJob", None),
     "describe_endpoint": ("DescribeEndpoint", None),
     "list_tags": ("ListTags", None),
+    "create_transform_job": ("CreateTransformJob", "TransformJobName"),
+    "describe_transform_job": ("DescribeTransformJob", None),
 }
 _EXISTS_MESSAGE = {
     "CreateModel": "Cannot create already existing model",
@@ -125,6 +127,7 @@ class FakeSageMaker:
         self.pending_config: str | None = None
         self.tags_by_arn: dict[str, list[dict[str, str]]] = {}
         self.stopped: list[str] = []  # tuning jobs StopHyperParameterTuningJob was accepted for
+        self.transform: dict[str, dict[str, Any]] = {}  # DescribeTransformJob answers a test sets up
 
     def __getattr__(self, method: str) -> Any:
         if method not in _OPERATIONS:
@@ -204,6 +207,10 @@ class FakeSageMaker:
             if found is None:
                 raise client_error("ValidationException", "Requested resource not found.", operation)
             return found
+        if operation == "DescribeTransformJob":
+            if params["TransformJobName"] not in self.transform:
+                raise client_error("ValidationException", "Could not find requested job", operation)
+            return self.transform[params["TransformJobName"]]
         if operation == "ListTags":
             return {"Tags": self.tags_by_arn.get(params["ResourceArn"], [])}
         raise AssertionError(operation)

@@ -71,7 +71,7 @@ def test_template_has_every_function_and_rule(packaged):
     resources = template["Resources"]
     functions = {k for k, v in resources.items() if v["Type"] == "AWS::Serverless::Function"}
     assert {"OnDatasetUpload", "CheckQuietDatasets", "OnTuningStateChange", "OnTrainingStateChange", "OnEndpointStateChange",
-            "APIHandler"} <= functions
+            "OnTransformStateChange", "APIHandler"} <= functions
     patterns = [
         e["Properties"]["Pattern"]
         for f in functions
@@ -80,7 +80,7 @@ def test_template_has_every_function_and_rule(packaged):
     ]
     assert {p["detail-type"][0] for p in patterns} == {
         "Object Created", "SageMaker HyperParameter Tuning Job State Change", "SageMaker Training Job State Change",
-        "SageMaker Endpoint State Change",
+        "SageMaker Endpoint State Change", "SageMaker Transform Job State Change",
     }
     env = resources["OnDatasetUpload"]["Properties"]["Environment"]["Variables"]
     # issue 12: the S3 rule watches the bucket the stack creates, not config.json's placeholder
@@ -139,6 +139,10 @@ ROUTES = {
     "training_failed.json": "on_training_state_change",
     "training_completed_foreign.json": None,  # not even delivered
     "endpoint_in_service.json": "on_endpoint_state_change",
+    "s3_batch_ready_marker.json": "on_dataset_upload",
+    "transform_completed.json": "on_transform_state_change",
+    "transform_failed.json": "on_transform_state_change",
+    "transform_completed_foreign.json": None,  # not even delivered
 }
 
 

@@ -10,7 +10,7 @@ from breedline.deploy.template import evaluate_conditions
 
 KEY = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 LAMBDA_ROLES = {"ApiHandlerRole", "OnDatasetUploadRole", "CheckQuietDatasetsRole", "OnTuningStateChangeRole",
-                "OnTrainingStateChangeRole", "OnEndpointStateChangeRole"}
+                "OnTrainingStateChangeRole", "OnEndpointStateChangeRole", "OnTransformStateChangeRole"}
 
 
 def test_the_key_is_off_by_default_and_on_with_the_parameter(template: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ from botocore import xform_name
 from infra_helpers import REPO, as_list, iam_statements
 
 from breedline.deploy.functions import FUNCTIONS, policy_document
+from chalicelib.batch import BATCH_PREFIX, RESULTS_PREFIX
 
 #: Actions with no resource-level permissions in IAM: "*" is the narrowest resource there is.
 NO_RESOURCE_LEVEL = {
@@ -150,14 +151,30 @@ def _s3_grants(template: dict[str, Any], roles: tuple[str, ...]) -> dict[str, se
 
 
 def test_lambda_s3_access_is_limited_to_the_data_prefix(template: dict[str, Any]) -> None:
+    """Data sets are only read; batches are listed, and only their results folder is read and written."""
     grants = _s3_grants(template, LAMBDA_ROLES)
-    assert grants == {"s3:ListBucket": {BUCKET_ARN}, "s3:GetObject": {f"{BUCKET_ARN}/datasets/*"}}
+    assert grants == {
+        "s3:ListBucket": {BUCKET_ARN},
+        "s3:GetObject": {f"{BUCKET_ARN}/datasets/*", f"{BUCKET_ARN}/{RESULTS_PREFIX}*"},
+        "s3:PutObject": {f"{BUCKET_ARN}/{RESULTS_PREFIX}*"},
+    }
+    prefixes = {p for role, st in iam_statements(template) if role in LAMBDA_ROLES and "s3:ListBucket" in as_list(st["Action"])
+                for p in st["Condition"]["StringLike"]["s3:prefix"]}
+    assert prefixes == {"datasets/*", f"{BATCH_PREFIX}*", f"{RESULTS_PREFIX}*"}
+
+
+def test_the_grants_name_the_apps_batch_prefixes() -> None:
+    from breedline.deploy import functions
+
+    assert (functions.BATCH_PREFIX, functions.BATCH_RESULTS_PREFIX) == (BATCH_PREFIX, RESULTS_PREFIX)
 
 
 def test_execution_role_reads_data_writes_output_logs_and_nothing_else(template: dict[str, Any]) -> None:
     grants = _s3_grants(template, ("SageMakerExecutionRole",))
-    assert grants["s3:GetObject"] == {f"{BUCKET_ARN}/${{DataPrefix}}*", f"{BUCKET_ARN}/code/*", f"{BUCKET_ARN}/${{OutputPrefix}}*"}
-    assert grants["s3:PutObject"] == grants["s3:AbortMultipartUpload"] == {f"{BUCKET_ARN}/${{OutputPrefix}}*"}
+    assert grants["s3:GetObject"] == {f"{BUCKET_ARN}/${{DataPrefix}}*", f"{BUCKET_ARN}/code/*", f"{BUCKET_ARN}/${{OutputPrefix}}*",
+                                      f"{BUCKET_ARN}/{BATCH_PREFIX}*", f"{BUCKET_ARN}/{RESULTS_PREFIX}*"}
+    assert grants["s3:PutObject"] == grants["s3:AbortMultipartUpload"] == {
+        f"{BUCKET_ARN}/${{OutputPrefix}}*", f"{BUCKET_ARN}/{RESULTS_PREFIX}*"}
     assert set(grants) == {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:AbortMultipartUpload"}
     actions = {a for role, st in iam_statements(template) if role == "SageMakerExecutionRole" for a in as_list(st["Action"])}
     services = {a.split(":")[0] for a in actions}

@@ -35,11 +35,13 @@ DEPLOY = {"sns:Publish", "iam:PassRole", "cloudwatch:DescribeAlarms", "dynamodb:
     "sagemaker:DescribeEndpoint",
     "sagemaker:AddTags",
 }
+#: A batch's marker (chalicelib/batch_jobs.py): list it, write its manifest, start its transform job (no PassRole).
+START_BATCH = {"s3:PutObject", "sagemaker:CreateTransformJob", "sagemaker:AddTags"}
 #: What each handler's code calls (chalicelib/api.py, uploads.py, jobs.py, deployment.py, state.py,
 #: lambda_runtime.py), plus its own log group and, for the event handlers, its failure queue.
 EXPECTED = {
     "api_handler": {"sagemaker:InvokeEndpoint", "sagemaker:DescribeEndpoint", "dynamodb:GetItem"},
-    "on_dataset_upload": DATA_SETS | STATE | IDEMPOTENCY | TUNING | COST_GUARD | {"sns:Publish"},
+    "on_dataset_upload": DATA_SETS | STATE | IDEMPOTENCY | TUNING | COST_GUARD | START_BATCH | {"sns:Publish"},
     "check_quiet_datasets": DATA_SETS | STATE | {"dynamodb:Scan"} | IDEMPOTENCY | TUNING | COST_GUARD | {"sns:Publish"},
     "on_tuning_state_change": STATE
     | IDEMPOTENCY
@@ -58,6 +60,9 @@ EXPECTED = {
     | {"sagemaker:DescribeTrainingJob", "sagemaker:ListTags"},
     # LIVE from DescribeEndpoint; a queued deployment re-driven with the deployment's own calls
     "on_endpoint_state_change": STATE | {"dynamodb:DeleteItem"} | DEPLOY,
+    # a transform job's end (chalicelib/batch_events.py): read its manifest and outputs, write the results
+    "on_transform_state_change": STATE | IDEMPOTENCY | {"sns:Publish"} | {
+        "s3:ListBucket", "s3:GetObject", "s3:PutObject", "sagemaker:DescribeTransformJob", "sagemaker:ListTags"},
 }
 
 
@@ -122,6 +127,7 @@ def test_every_event_handler_keeps_its_failures_in_its_own_encrypted_queue(templ
         "CheckQuietDatasets",
         "OnTuningStateChange",
         "OnTrainingStateChange",
+        "OnTransformStateChange",
     }
     queues = {k for k, r in resources.items() if r["Type"] == "AWS::SQS::Queue"}
     assert queues == {f.queue for f in asynchronous}
