@@ -189,3 +189,11 @@ def test_the_onnx_probe_is_the_held_out_images(trained_job: Job) -> None:
     image = Image.open(Split.samples[0][0]).convert("RGB")
     expected = prep.normalise_numpy(np.asarray(inference.resize_crop(image, prep.resize_size, 32)))
     np.testing.assert_array_equal(probe[0], expected[0])
+
+
+def test_the_training_container_installs_the_onnx_pins_the_tests_run(requirement_pins) -> None:
+    root = Path(onnx_export.__file__).resolve().parent.parent
+    training = requirement_pins(root / "ml_scripts" / "requirements.txt")
+    dev = requirement_pins(root / "requirements.txt")
+    for name in ("onnx", "onnxruntime"):
+        assert training[name] == dev[name], name
