@@ -166,7 +166,8 @@ def run(section: Section, quick: bool) -> None:
         photo.write_bytes(images.dataset_jpeg(images.sample_photos()["coffee"]))
         for architecture, image_size in plan:
             measure(section, work, architecture, image_size, repeat, photo)
-    toolkit_row(section, repeat)
+    if not quick:  # a smoke run skips it: one more torch import, no code of ours
+        toolkit_row(section, repeat)
     section.notes.append(
         f"Each figure: {repeat} fresh processes per way, the ways alternating; torch and ONNX Runtime use their "
         "default thread counts. The model directories have no abstention (the job's artifacts add abstention.npz "
