@@ -34,8 +34,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 #: Classes of the head (the Stanford Dogs data set the project is sized for).
 NUM_CLASSES = 120
-#: Serverless Inference's payload limit (chalicelib.config.SERVERLESS_PAYLOAD_BYTES; not imported: no app code here).
-PAYLOAD_BYTES = 4_000_000
 CASES: dict[str, tuple[str, bool, bool]] = {  # name: (backend, keep model.onnx, import torch first)
     "model.onnx": ("auto", True, False),
     "model.onnx + torch": ("auto", True, True),
@@ -82,6 +80,7 @@ print(json.dumps({"after_imports_mib": imported, "after_model_fn_mib": loaded, "
 def largest_bodies(folder: Path) -> tuple[Path, Path]:
     """A JPEG and a PNG of about 16 MP, each within the 4,000,000-byte serverless payload."""
     import numpy as np
+    from chalicelib.config import SERVERLESS_PAYLOAD_BYTES as PAYLOAD_BYTES
     from PIL import Image
 
     rng = np.random.default_rng(0)

@@ -5,7 +5,7 @@ this file as ``code/inference.py`` inside ``model.tar.gz`` and calls:
 
 - ``model_fn(model_dir)`` once per process: the architecture, class names,
   preprocessing and calibration temperature all come from ``model_meta.json``,
-  the weights from ``model.pt``;
+  the network from the job's ``model.onnx`` (or ``model.pt``), ``serving_model.load_model``;
 - ``input_fn(body, content_type)`` per request: bytes -> decoded RGB image;
 - ``predict_fn(data, model)``: image -> top-k prediction, ``softmax(logits / T)``;
 - ``output_fn(prediction, accept)``: prediction -> JSON text, abstaining (``"label": null``,
