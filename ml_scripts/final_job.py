@@ -323,8 +323,8 @@ def ship_onnx(args: argparse.Namespace, paths: Paths, num_classes: int, prep: Pr
         facts: dict[str, Any] = {"status": "failed", "reason": "no readable held-out image to check ONNX against"}
     else:
         module = build_model(args.model, num_classes, image_size=prep.image_size, pretrained=False)
-        module.load_state_dict({k: v.detach().cpu().float() for k, v in best_state.items()})
-        module.eval()
+        module.load_state_dict({k: v.detach().cpu() for k, v in best_state.items()})
+        module.float().eval()
         tap = FeatureTap(module, args.model)
         try:
             facts = build_onnx_artifact(module, paths.model_dir, probe, tap)
