@@ -39,6 +39,7 @@ SECTIONS: dict[str, str] = {
     "debugger": "8. In-job Debugger (--debugger in_job: smdebug hook and the five rules) per epoch",
     "soak": "9. Predict soak (local API on loopback, bounded)",
     "ood": "10. \"I don't know\": OOD AUROC and abstained shares (digits and photo models, issue 13)",
+    "cold_start": "11. Cold start and worker memory (model.onnx built in the job vs export at load, issue 17)",
 }
 
 
@@ -61,6 +62,8 @@ def _runner(key: str):
         from bench import soak_bench as mod
     elif key == "ood":
         from bench import ood_bench as mod
+    elif key == "cold_start":
+        from bench import cold_start as mod
     else:
         from bench import demo_bench as mod
     return mod.run

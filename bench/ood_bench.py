@@ -116,7 +116,7 @@ def measure(
         for image in images:
             logits, features = model.forward_with_features(inference.preprocess(image, model))
             maha.append(float(model.abstainer.stats.score(features)[0]))
-            energy.append(float(abstention.energy(logits.numpy())[0]))
+            energy.append(float(abstention.energy(np.asarray(logits))[0]))
             abstained += inference.predict_fn(image, model)[inference.ABSTAIN_REASON] is not None
         return np.array(maha), np.array(energy), abstained / max(1, len(images))
 

@@ -4,7 +4,9 @@
 - :func:`assess` -- the best weights' ``valid`` logits (:func:`valid_logits_of_best`) for the
   temperature, the live model from the ``champion`` channel (:func:`evaluate_champion`) on
   the same test images, and ``evaluation.final_evaluation`` over them, with the metric lines;
-- :func:`write_evaluation` -- ``evaluation.json`` in the model dir and the job output.
+- :func:`write_evaluation` -- ``evaluation.json`` in the model dir and the job output;
+- :func:`ship_onnx` -- ``model.onnx`` beside ``model.pt``, checked against torch on held-out
+  images, and ``model_meta.json``'s ``"onnx"`` (what the endpoint loads without torch).
 
 The champion channel holds the live model's ``model.tar.gz``
 (``contract.CHAMPION_CHANNEL``); its request side is the app's (the gate).
@@ -26,8 +28,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from backbones import build_model, load_saved_model
+from backbones import FeatureTap, build_model, load_saved_model
 from contract import CHAMPION_CHANNEL, EVALUATION_FILE, quote_name
+from decoding import ImageDecodeError, load_rgb, resize_crop
 from evaluation import (
     FinalEvaluation,
     classification_metrics,
@@ -44,6 +47,7 @@ from image_folder import (
     collate_indexed,
 )
 from job_config import Paths
+from onnx_export import build_onnx_artifact
 from presets import Preprocessing
 
 HERE = Path(__file__).resolve().parent
@@ -52,7 +56,11 @@ HERE = Path(__file__).resolve().parent
 SERVING_FILES: tuple[str, ...] = (
     "inference.py",
     "abstention.py",
+    "serving_errors.py",
+    "serving_model.py",
     "onnx_serving.py",
+    "torch_serving.py",
+    "onnx_export.py",
     "backbones.py",
     "contract.py",
     "decoding.py",
@@ -60,6 +68,8 @@ SERVING_FILES: tuple[str, ...] = (
     "presets.py",
 )
 SERVING_REQUIREMENTS = "serving_requirements.txt"
+#: At most this many held-out images (test first, then valid) make the ONNX parity probe.
+ONNX_PROBE_IMAGES = 32
 #: The champion channel holds the live model's ``model.tar.gz``; these members are all we read of it.
 CHAMPION_MEMBERS: tuple[str, ...] = ("model.pt", "model_meta.json")
 
@@ -276,3 +286,59 @@ def save_model(
     for name in SERVING_FILES:
         shutil.copyfile(HERE / name, code / name)  # copyfile follows symlinks: real files in the tarball
     shutil.copyfile(HERE / SERVING_REQUIREMENTS, code / "requirements.txt")
+
+
+def onnx_probe(datasets: dict[str, CachedImageDataset], prep: Preprocessing) -> np.ndarray:
+    """Up to :data:`ONNX_PROBE_IMAGES` held-out images (test, then valid), preprocessed as serving does.
+
+    Why real images: a seeded noise batch never reaches the logits' extremes that
+    a real photo does, nor abstention's features of real content. Unreadable files
+    are skipped (they were reported with the split already).
+    """
+    batch: list[np.ndarray] = []
+    for split in ("test", "valid"):
+        for path, _label in getattr(datasets.get(split), "samples", []):
+            if len(batch) >= ONNX_PROBE_IMAGES:
+                break
+            try:
+                square = resize_crop(load_rgb(path), prep.resize_size, prep.image_size)
+            except (ImageDecodeError, OSError, ValueError):
+                continue
+            batch.append(prep.normalise_numpy(np.asarray(square))[0])
+    return np.stack(batch) if batch else np.zeros((0, 3, prep.image_size, prep.image_size), np.float32)
+
+
+def ship_onnx(args: argparse.Namespace, paths: Paths, num_classes: int, prep: Preprocessing,
+              datasets: dict[str, CachedImageDataset], best_state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """``model.onnx`` beside ``model.pt`` and ``model_meta.json``'s ``"onnx"`` (after :func:`save_model`).
+
+    The best weights in a fresh CPU copy of the network (float32, no Debugger
+    hooks), with the features output abstention reads, exported and checked
+    against torch on :func:`onnx_probe` (``onnx_export.build_onnx_artifact``).
+    Never fails the job: a failed export or parity check is one log line, recorded
+    in the meta, and the endpoint serves with torch.
+    """
+    probe = onnx_probe(datasets, prep)
+    if len(probe) == 0:
+        facts: dict[str, Any] = {"status": "failed", "reason": "no readable held-out image to check ONNX against"}
+    else:
+        module = build_model(args.model, num_classes, image_size=prep.image_size, pretrained=False)
+        module.load_state_dict({k: v.detach().cpu() for k, v in best_state.items()})
+        module.float().eval()
+        tap = FeatureTap(module, args.model)
+        try:
+            facts = build_onnx_artifact(module, paths.model_dir, probe, tap)
+        finally:
+            tap.remove()
+    meta_path = paths.model_dir / "model_meta.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    meta["onnx"] = facts
+    meta_path.write_text(json.dumps(meta, indent=2), encoding="utf-8")
+    if facts["status"] == "ok":
+        figures = facts["parity"]
+        print(f"onnx: {facts['file']} written (opset {facts['opset']}, {facts['bytes'] / 2**20:.1f} MiB); on "
+              f"{figures['probe_images']} held-out images max |diff| logits {figures['max_abs_diff_logits']:.3g}, "
+              f"top-1 agreement {figures['top1_agreement']:.3f}", flush=True)
+    else:
+        print(f"onnx: not shipped, the endpoint serves with torch: {facts['reason']}", flush=True)
+    return facts

@@ -5,7 +5,7 @@ this file as ``code/inference.py`` inside ``model.tar.gz`` and calls:
 
 - ``model_fn(model_dir)`` once per process: the architecture, class names,
   preprocessing and calibration temperature all come from ``model_meta.json``,
-  the weights from ``model.pt``;
+  the network from the job's ``model.onnx`` (or ``model.pt``), ``serving_model.load_model``;
 - ``input_fn(body, content_type)`` per request: bytes -> decoded RGB image;
 - ``predict_fn(data, model)``: image -> top-k prediction, ``softmax(logits / T)``;
 - ``output_fn(prediction, accept)``: prediction -> JSON text, abstaining (``"label": null``,
@@ -35,11 +35,13 @@ Fast paths, each checked against the plain path (full PIL decode, torchvision
 - JPEGs decode at reduced size (libjpeg's DCT scaling, Pillow's ``draft``), to
   no less than :data:`JPEG_DRAFT_GAP` times the model's resize size;
 - resize and centre crop are one antialiased ``Image.resize(box=...)``;
-- on a CPU the network runs in ONNX Runtime when it is installed (backend
-  ``auto``): the module is exported in memory at load time and used only if its
-  logits match torch's on a probe batch; otherwise torch runs it, channels-last
-  under ``inference_mode``. ``BREEDLINE_SERVING_BACKEND=torch`` skips the export
-  (it adds seconds to a cold start, docs/ml.md); ``onnx`` makes a failed export an error.
+- on a CPU the network runs in ONNX Runtime (backend ``auto``), from the
+  ``model.onnx`` the training job built and checked against torch: then torch is
+  never imported (``serving_model``; the job's parity figures are in
+  ``model_meta.json``'s ``"onnx"``). An artifact without it is exported in memory
+  at load, as before; on a GPU, or with ``BREEDLINE_SERVING_BACKEND=torch``, torch
+  runs it, channels-last under ``inference_mode`` (``torch_serving``). ``onnx``
+  makes "no ONNX Runtime session" an error.
 
 Imports are top-level (``import contract``): ``train.py`` copies this file and
 the sibling modules it needs (``train.SERVING_FILES``) into ``code/``, which
@@ -52,20 +54,14 @@ import json
 import os
 import threading
 import warnings
-from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import nn
 
 import abstention
-from backbones import FeatureTap, load_saved_model, read_meta
-from contract import REFUSED_FORMATS, SERVING_BACKENDS, refused_format, sniff_image  # noqa: F401 (REFUSED_FORMATS: the serving contract's table)
-from onnx_serving import ONNX_ATOL, ONNX_FEATURES, ONNX_INPUT, ONNX_OUTPUT, ONNX_RTOL, onnx_session  # noqa: F401
+from contract import REFUSED_FORMATS, refused_format, sniff_image  # noqa: F401 (REFUSED_FORMATS: the serving contract's table)
 from decoding import (
     HEIF_AVAILABLE,
     REQUEST_FORMATS,
@@ -76,7 +72,15 @@ from decoding import (
     decode_for_size,
     resize_crop,
 )
-from presets import Preprocessing
+from onnx_serving import ONNX_ATOL, ONNX_FEATURES, ONNX_INPUT, ONNX_OUTPUT, ONNX_RTOL  # noqa: F401
+from serving_errors import (  # noqa: F401 (re-exported: inference is where callers read them)
+    CONTENT_TYPE_MISMATCH,
+    ERROR_CODES,
+    IMAGE_TOO_LARGE,
+    InferenceInputError,
+    ServingBackendError,
+)
+from serving_model import DEFAULT_BACKEND, LoadedModel, load_model, model_temperature  # noqa: F401
 
 #: Each accepted Content-Type and the formats (decoding.REQUEST_FORMATS keys) its body may be.
 CONTENT_TYPE_FORMATS: dict[str, tuple[str, ...]] = {
@@ -98,170 +102,39 @@ DEFAULT_MAX_DECODE_MEGAPIXELS = 16.0
 JPEG_DRAFT_GAP = 4
 #: Decode JPEGs at least this big before the model's own resize (raised by model_fn).
 _draft_short_side = 256 * JPEG_DRAFT_GAP
-DEFAULT_BACKEND = "auto"
-
-
-try:  # the serving containers ship the toolkit; its error class is what sets the HTTP status
-    from sagemaker_inference.errors import BaseInferenceToolkitError as _ToolkitError
-except ImportError:  # anywhere else (the bench, a plain venv) the scripts still run
-
-    class _ToolkitError(Exception):  # type: ignore[no-redef]
-        """The toolkit's error contract (``status_code``, ``message``, ``phrase``) without the toolkit."""
-
-        def __init__(self, status_code: int, message: str, phrase: str) -> None:
-            self.status_code = status_code
-            self.message = message
-            self.phrase = phrase
-            super().__init__(status_code, message, phrase)
-
-
-#: The stable error code of each refusal, the same words the predict API answers with.
-ERROR_CODES: dict[int, str] = {
-    400: "undecodable_image",
-    406: "not_acceptable",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-}
-#: Refusals with a code of their own (the status alone would give ERROR_CODES' code).
-IMAGE_TOO_LARGE = "image_too_large"
-CONTENT_TYPE_MISMATCH = "content_type_mismatch"
-
-
-class InferenceInputError(_ToolkitError, ValueError):
-    """A request the endpoint refuses; ``status_code`` is the HTTP status to answer.
-
-    Why a toolkit error: the serving toolkit's Transformer answers any other
-    exception with a 500, which the Lambda turns into a 502 and the endpoint's
-    server-error alarm counts. Its ``message`` is the whole client body:
-    the toolkit answers ``message``, a newline, then the trace, so the first
-    line is this JSON (``{"code", "message", "status_code"}``).
-    """
-
-    def __init__(self, message: str, status_code: int = 400, code: str | None = None) -> None:
-        self.detail = message
-        self.code = code or ERROR_CODES.get(status_code, "bad_request")
-        body = json.dumps({"code": self.code, "message": message, "status_code": status_code})
-        super().__init__(status_code, body, HTTPStatus(status_code).phrase)
-
-    def __str__(self) -> str:
-        return self.detail
-
-    def to_json(self) -> str:
-        """The JSON error body (one line), as the client gets it first."""
-        return self.message
-
-
-@dataclass
-class LoadedModel:
-    """What predict_fn needs: the network, its class names and its preprocessing."""
-
-    module: nn.Module
-    class_names: list[str]
-    prep: Preprocessing
-    architecture: str
-    device: torch.device
-    #: "torch" or "onnx": what runs the network in predict_fn.
-    backend: str = "torch"
-    #: The ONNX Runtime session when ``backend`` is "onnx".
-    session: Any = None
-    #: Why ONNX Runtime is not used, when it is not (logged by model_fn).
-    backend_reason: str = ""
-    #: ``model_meta.json``'s calibration temperature: answers are ``softmax(logits / T)`` (1: as trained).
-    temperature: float = 1.0
-    #: When to answer "I don't know" (:mod:`abstention`); None for a model trained without it.
-    abstainer: abstention.Abstainer | None = None
-    tap: FeatureTap | None = None  # the head's input, read by the torch backend when ``abstainer`` needs it
-
-    def forward(self, batch: torch.Tensor) -> torch.Tensor:
-        """Logits for an NCHW float batch, on the CPU, by whichever backend was chosen."""
-        return self.forward_with_features(batch)[0]
-
-    def forward_with_features(self, batch: torch.Tensor) -> tuple[torch.Tensor, np.ndarray | None]:
-        """Logits and, when the model abstains, its penultimate features (else None)."""
-        if self.session is not None:
-            outputs = self.session.run(None, {ONNX_INPUT: batch.contiguous().numpy()})
-            return torch.from_numpy(outputs[0]), (outputs[1] if len(outputs) > 1 else None)
-        with torch.inference_mode():
-            x = batch.to(self.device, memory_format=torch.channels_last)
-            logits = self.module(x).float().cpu()
-            features = self.tap.take().float().cpu().numpy() if self.tap is not None else None
-        return logits, features
-
-
 #: predict_fn's private key: why output_fn should abstain (None: answer). Never sent to the client.
 ABSTAIN_REASON = abstention.ABSTAIN_REASON
-
-
-class ServingBackendError(RuntimeError):
-    """BREEDLINE_SERVING_BACKEND asks for something this process cannot do."""
-
-
-def _backend_setting() -> str:
-    value = (os.environ.get("BREEDLINE_SERVING_BACKEND") or DEFAULT_BACKEND).strip().lower()
-    if value not in SERVING_BACKENDS:
-        raise ServingBackendError(f"BREEDLINE_SERVING_BACKEND={value!r}: use one of {', '.join(SERVING_BACKENDS)}")
-    return value
-
-
-def model_temperature(meta: dict[str, Any]) -> float:
-    """The calibration temperature ``train.py`` fitted on ``valid`` (``calibration.py``); 1 for older models.
-
-    A temperature that is present but not a finite positive number is a broken
-    model directory: refusing to load it beats serving probabilities it never had.
-    """
-    value = meta.get("temperature", 1.0)
-    try:
-        temperature = float(value)
-    except (TypeError, ValueError):
-        temperature = float("nan")
-    if isinstance(value, bool) or not (0.0 < temperature < float("inf")):
-        raise ValueError(f"model_meta.json temperature {value!r} is not a positive number")
-    return temperature
-
 
 _models: dict[str, LoadedModel] = {}
 _lock = threading.Lock()
 
 
 def model_fn(model_dir: str) -> LoadedModel:
-    """Load the model once per process (cached by directory), ready for inference."""
+    """Load the model once per process (cached by directory), ready for inference (``serving_model.load_model``)."""
     global _draft_short_side
     key = str(Path(model_dir).resolve())
     with _lock:
         if key in _models:
             return _models[key]
-        meta = read_meta(model_dir)
-        prep = Preprocessing.from_meta(meta)
-        module = load_saved_model(model_dir, meta)
-        temperature = model_temperature(meta)
-        abstainer = abstention.load(model_dir, meta)
-        tap = FeatureTap(module, meta["architecture"]) if abstainer is not None else None
-        backend = _backend_setting()
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        session, reason = None, "BREEDLINE_SERVING_BACKEND=torch"
-        if backend != "torch":
-            if device.type == "cuda":
-                reason = "a GPU is present: torch runs the model on it"
-            else:
-                session, reason = onnx_session(module, prep.image_size, tap)
-            if session is None and backend == "onnx":
-                raise ServingBackendError(f"BREEDLINE_SERVING_BACKEND=onnx, but {reason}")
-        # channels-last: the same numbers, faster convolutions (measured by make bench).
-        module = module.to(device, memory_format=torch.channels_last)
-        loaded = LoadedModel(
-            module, list(meta["class_names"]), prep, meta["architecture"], device,
-            backend="onnx" if session is not None else "torch", session=session, backend_reason=reason,
-            temperature=temperature, abstainer=abstainer, tap=tap,
-        )
+        loaded = load_model(model_dir)
         print(
             json.dumps({"message": "model loaded", "model_dir": key, "architecture": loaded.architecture,
-                        "backend": loaded.backend, "why_not_onnx": reason or None,
-                        "temperature": temperature, "abstention": abstainer is not None}),
+                        "backend": loaded.backend, "onnx_source": _onnx_source(loaded),
+                        "why_not_model_onnx": loaded.file_reason or None,
+                        "why_not_onnx": loaded.backend_reason or None,
+                        "temperature": loaded.temperature, "abstention": loaded.abstainer is not None}),
             flush=True,
         )
-        _draft_short_side = max(_draft_short_side, prep.resize_size * JPEG_DRAFT_GAP)
+        _draft_short_side = max(_draft_short_side, loaded.prep.resize_size * JPEG_DRAFT_GAP)
         _models[key] = loaded
         return loaded
+
+
+def _onnx_source(loaded: LoadedModel) -> str | None:
+    """Where the ONNX graph came from: the job's ``model.onnx``, an export at load, or none (torch)."""
+    if loaded.backend != "onnx":
+        return None
+    return "in-memory export" if loaded.module is not None else "model.onnx"
 
 
 def _max_bytes() -> int:
@@ -341,31 +214,28 @@ def _top_k() -> int:
         return DEFAULT_TOP_K
 
 
-def preprocess(image: Image.Image, model: LoadedModel) -> torch.Tensor:
-    """Fused resize + centre crop, then normalise: a (1, 3, S, S) float tensor."""
+def preprocess(image: Image.Image, model: LoadedModel) -> Any:
+    """Fused resize + centre crop, then normalise: a (1, 3, S, S) float batch (numpy on ONNX, a tensor on torch)."""
     prep = model.prep
     square = resize_crop(image, prep.resize_size, prep.image_size)
-    return prep.normalise_uint8(np.asarray(square)).unsqueeze(0)
+    return model.runner.prepare(np.asarray(square), prep)
 
 
-def predict_fn(data: Image.Image | torch.Tensor, model: LoadedModel) -> dict[str, Any]:
-    """Classify one image (or an already preprocessed NCHW batch of one)."""
-    batch = data if isinstance(data, torch.Tensor) else preprocess(data, model)
-    if batch.dim() == 3:
-        batch = batch.unsqueeze(0)
+def predict_fn(data: Any, model: LoadedModel) -> dict[str, Any]:
+    """Classify one image (or an already preprocessed NCHW batch of one: numpy or a tensor)."""
+    batch = preprocess(data, model) if isinstance(data, Image.Image) else data
+    if batch.ndim == 3:
+        batch = batch[None]
     # The calibration temperature scales the logits of either backend (torch or ONNX Runtime) alike;
-    # the abstention's confidence threshold was fitted on these calibrated probabilities.
+    # the abstention's confidence threshold was fitted on these calibrated probabilities (abstention.softmax).
     logits, features = model.forward_with_features(batch)
-    probabilities = torch.softmax(logits / model.temperature, dim=1)[0]
+    probabilities = abstention.softmax(logits, model.temperature)[0]
     k = min(_top_k(), len(model.class_names))
-    values, indices = torch.topk(probabilities, k)
-    top = [
-        {"label": model.class_names[int(i)], "probability": round(float(v), 6)}
-        for v, i in zip(values.tolist(), indices.tolist())
-    ]
+    indices = np.argsort(-probabilities, kind="stable")[:k]
+    top = [{"label": model.class_names[int(i)], "probability": round(float(probabilities[i]), 6)} for i in indices]
     answer: dict[str, Any] = {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
     if model.abstainer is not None and features is not None:
-        answer[ABSTAIN_REASON] = model.abstainer.reason(float(values[0]), features[0])
+        answer[ABSTAIN_REASON] = model.abstainer.reason(float(probabilities[indices[0]]), features[0])
     return answer
 
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch only where a torch tensor is made: the ONNX serving path never imports it
+    import torch
 
 #: ImageNet statistics: every backbone here was pretrained with them.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -70,11 +72,26 @@ class Preprocessing:
             ]
         )
 
+    def normalise_numpy(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 HWC pixels (one image) -> a normalised float32 (1, 3, H, W) C-contiguous batch, numpy only.
+
+        The ONNX Runtime serving path's twin of :meth:`normalise_uint8`: the same
+        float32 operations, ``(x - 255 mean) / (255 std)``, so the same numbers
+        (``tests/ml/test_inference.py``), without importing torch.
+        """
+        if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+            raise ValueError(f"expected uint8 HxWx3 pixels, got {pixels.dtype} {pixels.shape}")
+        mean, std = _channel_scale_numpy(self.mean), _channel_scale_numpy(self.std)
+        x = pixels.astype(np.float32)
+        x -= mean
+        x /= std
+        return np.ascontiguousarray(x.transpose(2, 0, 1))[None]
+
     def normalise_uint8(
         self,
         pixels: np.ndarray | torch.Tensor,
         channels_first: bool = False,
-        memory_format: torch.memory_format = torch.preserve_format,
+        memory_format: torch.memory_format | None = None,
     ) -> torch.Tensor:
         """uint8 pixels -> normalised float CHW (one image) or NCHW (a batch), on the pixels' device.
 
@@ -86,9 +103,13 @@ class Preprocessing:
         ``memory_format`` picks the output layout of a batch (``torch.channels_last``
         or ``torch.contiguous_format``); the layout change is done on the uint8
         pixels, where it costs a quarter of what it would on floats. The default
-        keeps whatever strides the permute gives (a single HWC image comes out
-        channels-last strided, as it always has for serving).
+        (None: ``torch.preserve_format``) keeps whatever strides the permute gives
+        (a single HWC image comes out channels-last strided, as it always has for serving).
         """
+        import torch
+
+        if memory_format is None:
+            memory_format = torch.preserve_format
         if isinstance(pixels, np.ndarray) and not pixels.flags.writeable:
             pixels = pixels.copy()
         tensor = torch.as_tensor(pixels)
@@ -117,6 +138,16 @@ def _channel_scale(values: tuple[float, ...], device: str, batched: bool) -> tor
     Why cached: building it per batch on a GPU is a blocking host-to-device
     copy every step. Shared, so never written to.
     """
+    import torch
+
     shape = (1, 3, 1, 1) if batched else (3, 1, 1)
     with torch.inference_mode(False):  # a first call under serving's inference_mode must not taint it
         return torch.tensor(values, device=device).view(shape) * 255.0
+
+
+@functools.lru_cache(maxsize=32)
+def _channel_scale_numpy(values: tuple[float, ...]) -> np.ndarray:
+    """``values`` x 255 as float32, shaped to broadcast over HWC: what :func:`_channel_scale` is, in numpy."""
+    scale = np.asarray(values, dtype=np.float32) * np.float32(255.0)
+    scale.flags.writeable = False
+    return scale

@@ -391,6 +391,7 @@ def test_and_save(
          "history": [{key: h.get(key) for key in HISTORY_KEYS} for h in history], "abstention": abstention_meta},
     )
     stats.save(paths.model_dir / abstention.STATS_FILE)
+    final_job.ship_onnx(args, paths, len(class_names), trainer.prep, datasets, best_state)
     final_job.write_evaluation(paths, {**final.document, "abstention": abstention_evaluation})
     print(f"model saved to {paths.model_dir} (best epoch {best_epoch}); {EVALUATION_FILE} beside it and in "
           f"{paths.output_data_dir}", flush=True)

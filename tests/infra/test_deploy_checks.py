@@ -46,10 +46,10 @@ def refusal(tmp_path: Path, **variables: str) -> str:
 @pytest.mark.parametrize(
     "variables, model, need",
     [
-        ({"BREEDLINE_SERVERLESS_MEMORY_MB": "3072"}, "vgg11", 4096),  # the dev stage's model
+        ({"BREEDLINE_SERVERLESS_MEMORY_MB": "2048"}, "vgg11", 3072),  # the dev stage's model
         ({"BREEDLINE_SERVERLESS_MEMORY_MB": "1024", "BREEDLINE_MODEL": "efficientnet_lite0"}, "efficientnet_lite0", 2048),
         ({"BREEDLINE_SERVERLESS_MEMORY_MB": "2048", "BREEDLINE_MODEL": "efficientnet_lite0",
-          "BREEDLINE_EXTRA_HYPERPARAMETERS": '{"model": "vgg11"}'}, "vgg11", 4096),
+          "BREEDLINE_EXTRA_HYPERPARAMETERS": '{"model": "vgg11"}'}, "vgg11", 3072),
     ],
 )
 def test_a_serverless_memory_size_too_small_for_the_model_is_refused(tmp_path, variables, model, need):
@@ -69,7 +69,7 @@ def test_settings_the_lambda_would_refuse_are_refused_at_package_time(tmp_path):
     assert message.startswith("stage dev: BREEDLINE_VARIANT_NAME is empty")
 
 
-@pytest.mark.parametrize("model, memory", [("vgg11", 4096), ("vgg11", 6144), ("efficientnet_lite0", 2048),
+@pytest.mark.parametrize("model, memory", [("vgg11", 3072), ("vgg11", 6144), ("efficientnet_lite0", 2048),
                                            ("resnet50", 2048), ("vgg11", 0)])
 def test_a_large_enough_memory_size_or_an_instance_endpoint_passes(model, memory):
     check_serverless_memory(Settings.from_env({"BREEDLINE_MODEL": model, "BREEDLINE_SERVERLESS_MEMORY_MB": str(memory)}))

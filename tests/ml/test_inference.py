@@ -17,6 +17,7 @@ import abstention
 import backbones
 import decoding
 import inference
+import onnx_export
 from ml_jobs import Job, photo_jpeg
 
 
@@ -66,7 +67,7 @@ def test_round_trip_on_jpeg_and_png(model, digit_jpeg: bytes) -> None:
 
 def test_model_is_loaded_once(trained_job: Job, model) -> None:
     assert inference.model_fn(str(trained_job.model_dir)) is model
-    assert not model.module.training
+    assert (model.backend, model.module) == ("onnx", None)  # the job's model.onnx: no torch module at all
 
 
 def test_top_k_is_configurable(model, digit_jpeg: bytes, monkeypatch) -> None:
@@ -143,7 +144,7 @@ def test_input_errors_work_without_the_toolkit(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     status, phrase, body, text, base_module = json.loads(result.stdout.strip().splitlines()[-1])
-    assert (status, phrase, text, base_module) == (413, "Request Entity Too Large", "too big", "inference")
+    assert (status, phrase, text, base_module) == (413, "Request Entity Too Large", "too big", "serving_errors")
     assert body == {"code": "payload_too_large", "message": "too big", "status_code": 413}
 
 
@@ -165,13 +166,19 @@ def test_non_json_accept_is_refused(model, digit_jpeg: bytes) -> None:
     assert info.value.status_code == 406
 
 
-def _plain_top1(body: bytes, model: inference.LoadedModel) -> int:
+@pytest.fixture(scope="module")
+def plain_module(trained_job: Job) -> torch.nn.Module:
+    """The job's weights in a plain torch module: the reference the served answers are checked against."""
+    return backbones.load_saved_model(trained_job.model_dir)
+
+
+def _plain_top1(body: bytes, model: inference.LoadedModel, module: torch.nn.Module) -> int:
     x = model.prep.plain_transform()(decoding.load_rgb(body)).unsqueeze(0)
     with torch.inference_mode():
-        return int(model.module(x).argmax())
+        return int(module(x).argmax())
 
 
-def test_fast_path_top1_agrees_with_plain_path(trained_job: Job, model) -> None:
+def test_fast_path_top1_agrees_with_plain_path(trained_job: Job, model, plain_module) -> None:
     """Issue 6's rule: the fast path ships only if top-1 agrees with the plain path (>= 99%)."""
     bodies = [p.read_bytes() for p in sorted(trained_job.data.rglob("*.jpg"))]
     bodies += [photo_jpeg(name, (500, 400)) for name in ("chelsea", "astronaut", "coffee", "rocket")]
@@ -179,7 +186,7 @@ def test_fast_path_top1_agrees_with_plain_path(trained_job: Job, model) -> None:
     agree = 0
     for body in bodies:
         fast = model.class_names.index(inference.predict_fn(inference.input_fn(body, "image/jpeg"), model)["label"])
-        agree += fast == _plain_top1(body, model)
+        agree += fast == _plain_top1(body, model, plain_module)
     assert agree / len(bodies) >= 0.99, f"{agree}/{len(bodies)}"
 
 
@@ -225,10 +232,11 @@ def _fresh_model(model_dir: Path, monkeypatch, backend: str | None) -> inference
 
 
 def test_auto_backend_serves_with_onnx_runtime_and_agrees_with_torch(trained_job: Job, monkeypatch) -> None:
-    """The ONNX fast path gives torch's answer: same top-1, probabilities within 1e-4."""
+    """The ONNX fast path (the job's model.onnx) gives torch's answer: same top-1, probabilities within 1e-4."""
     onnx_model = _fresh_model(trained_job.model_dir, monkeypatch, None)
     torch_model = _fresh_model(trained_job.model_dir, monkeypatch, "torch")
-    assert (onnx_model.backend, onnx_model.backend_reason) == ("onnx", "")
+    assert (onnx_model.backend, onnx_model.backend_reason, onnx_model.file_reason) == ("onnx", "", "")
+    assert inference._onnx_source(onnx_model) == "model.onnx"
     assert torch_model.backend == "torch" and torch_model.session is None
     bodies = [p.read_bytes() for p in sorted(trained_job.data.glob("test/*/*.jpg"))][:40]
     bodies.append(photo_jpeg("chelsea", (4000, 3000)))
@@ -249,7 +257,7 @@ def test_torch_backend_is_the_plain_model_call(trained_job: Job, monkeypatch) ->
     x = torch.randn(3, 3, served.prep.image_size, served.prep.image_size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = plain.eval()(x)
-    assert torch.allclose(served.forward(x), expected, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(torch.from_numpy(served.forward(x)), expected, rtol=1e-4, atol=1e-5)
 
 
 def test_backend_setting_is_checked(trained_job: Job, monkeypatch) -> None:
@@ -278,9 +286,9 @@ class _CountsCalls(torch.nn.Module):
 
 
 def test_onnx_session_is_refused_when_it_disagrees_with_torch() -> None:
-    session, reason = inference.onnx_session(_CountsCalls(), 8)
-    assert session is None and "differ from torch" in reason
-    session, reason = inference.onnx_session(torch.nn.Conv2d(3, 4, 3), 8)
+    session, reason = onnx_export.onnx_session(_CountsCalls(), 8)
+    assert session is None and "differs from torch" in reason
+    session, reason = onnx_export.onnx_session(torch.nn.Conv2d(3, 4, 3), 8)
     assert session is not None and reason == ""
     # Idle ORT threads must not spin: on a small instance they slow the next request (bench notes).
     assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
@@ -289,7 +297,7 @@ def test_onnx_session_is_refused_when_it_disagrees_with_torch() -> None:
 def test_onnx_export_failure_is_a_one_line_reason() -> None:
     """vgg11 below 224 px can't export (adaptive pooling up to 7x7); the exporter's graph dump stays out of the log line."""
     pool = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.AdaptiveAvgPool2d((7, 7)))
-    session, reason = inference.onnx_session(pool, 8)
+    session, reason = onnx_export.onnx_session(pool, 8)
     assert session is None and reason.startswith("ONNX export or session failed:")
     assert "\n" not in reason and len(reason) < 400
 
