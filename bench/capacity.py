@@ -192,53 +192,85 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.0f} ms"
 
 
-def level_row(section: Section, model: str, workload: str, workers: int, level: ct.Level, rates: list[float],
-              load: Load, baseline: Stats | None = None, baseline_note: str = "") -> None:
+Measured = dict[str, list[tuple[ct.Level, list[float], Load]]]
+
+
+def level_row(section: Section, label: str, level: ct.Level, rates: list[float], load: Load,
+              baseline: tuple[str, ct.Level, list[float]] | None = None) -> None:
+    """One level as a row: req/s over windows as the figure, p50/p99/errors in the note."""
     note = (f"p50 {_ms(level.p50_s)}, p99 {_ms(level.p99_s)}, {level.errors} errors of {level.requests} requests, "
-            f"{level.rps:.1f} req/s over the whole run" + (f"; {e}" if (e := "; ".join(load.examples[:1])) else "")
-            + baseline_note)
-    section.rows.append(Row(section.key, f"{model}, {workload} JPEG, {workers} workers, {level.concurrency} "
-                            f"client(s): requests answered per second", Stats.of(rates), "req/s",
-                            baseline=baseline, higher_is_better=True, note=note))
+            f"{level.rps:.1f} req/s over the whole run" + (f"; {e}" if (e := "; ".join(load.examples[:1])) else ""))
+    if baseline:
+        what, base, _ = baseline
+        note += f"; baseline: {what}, p50 {_ms(base.p50_s)}, p99 {_ms(base.p99_s)}, {base.errors} errors"
+    section.rows.append(Row(section.key, f"{label}, {level.concurrency} client(s): requests answered per second",
+                            Stats.of(rates), "req/s", baseline=Stats.of(baseline[2]) if baseline else None,
+                            higher_is_better=True, note=note))
+
+
+def pool_sweep(model_dir: Path, log_dir: Path, env: dict[str, str], workers: int, bodies: dict[str, list[bytes]],
+               levels: tuple[int, ...], duration: float, window: float) -> Measured:
+    """Start a pool, warm it, run every workload at every level, stop it."""
+    from breedline.local.worker_pool import WorkerPool
+
+    pool = WorkerPool(model_dir, log_dir, env, workers)
+    pool.start()
+    try:
+        out: Measured = {}
+        for workload, payloads in bodies.items():
+            warm(pool.url, payloads, workers)
+            out[workload] = list(sweep(pool.url, payloads, levels, duration, window))
+        return out
+    finally:
+        pool.stop()
+
+
+def single_server(model_dir: Path, log: Path, bodies: dict[str, list[bytes]], concurrency: int, duration: float,
+                  window: float) -> dict[str, tuple[ct.Level, list[float], Load]]:
+    """Today's local endpoint server (one threaded process, OMP_NUM_THREADS=1) at one level."""
+    from breedline.local.endpoints import ModelServer
+
+    single = ModelServer(model_dir, log, container_env(single_thread=True))
+    single.start()
+    try:
+        out = {}
+        for workload, payloads in bodies.items():
+            warm(single.url, payloads, 1)
+            out[workload] = drive(single.url, payloads, concurrency, duration, window)
+        return out
+    finally:
+        single.stop()
 
 
 def measure_model(section: Section, work: Path, model: str, bodies: dict[str, list[bytes]], workers: int,
                   quick: bool, with_baseline: bool) -> dict[str, list[dict]]:
-    """Every workload at every level against a pool of ``workers``; returns the record's levels."""
-    from breedline.local.endpoints import ModelServer
-    from breedline.local.worker_pool import WorkerPool
+    """Every workload at every level against a pool of ``workers``; returns the record's levels.
 
+    With ``with_baseline``, the top level also runs against today's local server and
+    against the same pool with ``OMP_NUM_THREADS=1`` per worker (what an operator could
+    set in the model's environment), each shown with its ratio.
+    """
     levels = QUICK_CONCURRENCY if quick else CONCURRENCY
-    duration, window = (QUICK_DURATION_S, QUICK_WINDOW_S) if quick else (DURATION_S, WINDOW_S)
+    timing = (QUICK_DURATION_S, QUICK_WINDOW_S) if quick else (DURATION_S, WINDOW_S)
     model_dir = served_model(work, model)
-    baselines: dict[str, tuple[ct.Level, list[float]]] = {}
-    if with_baseline:
-        single = ModelServer(model_dir, work / f"{model}-single.log", container_env(single_thread=True))
-        single.start()
-        try:
-            for workload, payloads in bodies.items():
-                warm(single.url, payloads, 1)
-                level, rates, _ = drive(single.url, payloads, levels[-1], duration, window)
-                baselines[workload] = (level, rates)
-        finally:
-            single.stop()
-    pool = WorkerPool(model_dir, work / f"{model}-pool", container_env(), workers)
-    pool.start()
+    top = levels[-1]
+    measured = pool_sweep(model_dir, work / f"{model}-pool", container_env(), workers, bodies, levels, *timing)
+    single = single_server(model_dir, work / f"{model}-single.log", bodies, top, *timing) if with_baseline else {}
+    omp1 = pool_sweep(model_dir, work / f"{model}-pool-omp1", container_env(single_thread=True), workers, bodies,
+                      (top,), *timing) if with_baseline else {}
     record: dict[str, list[dict]] = {}
-    try:
-        for workload, payloads in bodies.items():
-            warm(pool.url, payloads, workers)
-            record[workload] = []
-            for level, rates, load in sweep(pool.url, payloads, levels, duration, window):
-                record[workload].append({**asdict(level), "windows": rates})
-                base = baselines.get(workload) if level.concurrency == levels[-1] else None
-                level_row(section, model, workload, workers, level, rates, load,
-                          baseline=Stats.of(base[1]) if base else None,
-                          baseline_note=(f"; baseline: today's local server (1 process, OMP_NUM_THREADS=1), "
-                                         f"p50 {_ms(base[0].p50_s)}, p99 {_ms(base[0].p99_s)}, "
-                                         f"{base[0].errors} errors") if base else "")
-    finally:
-        pool.stop()
+    for workload, results in measured.items():
+        record[workload] = [{**asdict(level), "windows": rates} for level, rates, _ in results]
+        label = f"{model}, {workload} JPEG, {workers} workers"
+        for level, rates, load in results:
+            base = single.get(workload) if level.concurrency == top else None
+            level_row(section, label, level, rates, load,
+                      ("today's local server (1 process, OMP_NUM_THREADS=1)", base[0], base[1]) if base else None)
+        if workload in omp1:
+            (level, rates, load), = omp1[workload]
+            _, pool_rates, _ = results[-1]
+            level_row(section, f"{label} with OMP_NUM_THREADS=1 each", level, rates, load,
+                      ("the container's defaults (no thread setting)", results[-1][0], pool_rates))
     return record
 
 

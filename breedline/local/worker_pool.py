@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Mapping
 
 import requests
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from .endpoints import ModelServer
@@ -43,6 +43,13 @@ JOB_QUEUE_SIZE = 100
 QUEUE_TIMEOUT_S = 120.0
 #: Headers the worker's answer carries that the frontend must not copy (it frames its own answer).
 _HOP_HEADERS = {"connection", "content-length", "transfer-encoding", "keep-alive", "server", "date"}
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access-log line per request: under load it is thousands of lines and CPU the workers need."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
 
 
 def container_workers(vcpus: int, env: Mapping[str, str] | None = None, gpus: int = 0) -> int:
@@ -87,7 +94,8 @@ class WorkerPool:
                 session = requests.Session()
                 session.trust_env = False  # loopback only: no proxy from the environment
                 self._free.put((worker, session))
-            self._server = make_server("127.0.0.1", 0, self._app, threaded=True)
+            self._server = make_server("127.0.0.1", 0, self._app, threaded=True,
+                                       request_handler=_QuietHandler)
         except BaseException:
             self.stop()
             raise

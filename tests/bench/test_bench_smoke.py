@@ -28,11 +28,13 @@ def test_quick_run_reports_every_section(tmp_path: Path) -> None:
     report = out.read_text(encoding="utf-8")
     assert "This section failed" not in report
     for heading in ("## 1. Inference", "## 2. Predict route", "## 3. Training input pipeline",
-                    "## 4. Training step", "## 5. Local pipeline", "## 9. Predict soak", "## Machine and versions"):
+                    "## 4. Training step", "## 5. Local pipeline", "## 9. Predict soak", "## 11. Capacity",
+                    "## Machine and versions"):
         assert heading in report
     # Rows that carry the targets, each with a measured figure and a verdict.
     for case in ("top-1 agreement as shipped", "POST /predict handler", "cold import of chalice_app/app.py",
-                 "whole 5-epoch job", "answers that were not the expected status and code", "5xx answers"):
+                 "whole 5-epoch job", "answers that were not the expected status and code", "5xx answers",
+                 "peak req/s one ml.m5.large-sized instance holds"):
         line = next((ln for ln in report.splitlines() if case in ln), None)
         assert line is not None, case
         assert re.search(r"\b(NOT )?met\b", line), line
