@@ -48,9 +48,11 @@ from bench import images, models
 from bench.core import Row, Section, Stats
 
 ML = Path(__file__).resolve().parent.parent / "ml_scripts"
-#: vCPUs of the endpoint's default instance type (BREEDLINE_ENDPOINT_INSTANCE_TYPE, ml.m5.large).
+#: The endpoint's default instance type (BREEDLINE_ENDPOINT_INSTANCE_TYPE) and its vCPUs.
 INSTANCE = "ml.m5.large"
 INSTANCE_VCPUS = 2
+#: ``TYPE:VCPUS`` to measure for another instance type (docs/aws.md 4.4), e.g. ``ml.c5.xlarge:4``.
+INSTANCE_VARIABLE = "BENCH_CAPACITY_INSTANCE"
 CONCURRENCY = (1, 2, 4, 8)
 QUICK_CONCURRENCY = (1, 2)
 DURATION_S = 30.0
@@ -72,6 +74,17 @@ class Load:
     errors: int = 0
     examples: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def instance(env: dict[str, str] | None = None) -> tuple[str, int]:
+    """The instance type the figures stand for and its vCPUs: ml.m5.large, or what BENCH_CAPACITY_INSTANCE names."""
+    raw = (env if env is not None else os.environ).get(INSTANCE_VARIABLE, "").strip()
+    if not raw:
+        return INSTANCE, INSTANCE_VCPUS
+    name, _, vcpus = raw.partition(":")
+    if not name or not vcpus.isdigit() or int(vcpus) < 1:
+        raise ValueError(f"{INSTANCE_VARIABLE}={raw!r}: write TYPE:VCPUS, e.g. ml.c5.xlarge:4")
+    return name, int(vcpus)
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -279,24 +292,33 @@ def derivations(measured: dict[str, dict[str, list[dict]]]) -> list[ct.Derivatio
             for model, per_workload in measured.items() for workload, raw in per_workload.items()]
 
 
-def add_target_rows(section: Section, workers: int, found: list[ct.Derivation], verdict: bool) -> None:
+def add_target_rows(section: Section, instance_type: str, workers: int, found: list[ct.Derivation],
+                    verdict: bool) -> None:
     """Per model and workload: the peak held under its budget; then the governing target.
 
     ``verdict``: whether the template's Default is judged against this run (not for a quick run's figures).
     """
     for d in found:
-        at = f"at {d.at_concurrency} client(s)" if d.at_concurrency else "no level held it"
+        if d.target_per_minute is None:
+            note = ("no level held it, not even 1 client: more instances do not make one request faster, so no "
+                    "scaling target meets this budget here (a larger instance or a lighter model can)")
+        else:
+            note = (f"at {d.at_concurrency} client(s); x {d.safety_factor} x 60 = {d.target_per_minute} "
+                    "invocations per minute")
         section.rows.append(Row(
-            section.key, f"{d.workload} JPEG: peak req/s one {INSTANCE}-sized instance holds ({workers} workers)",
+            section.key, f"{d.workload} JPEG: peak req/s one {instance_type}-sized instance holds ({workers} workers)",
             Stats.of([d.max_rps]), "req/s", higher_is_better=True, target=f"p99 <= {_ms(d.budget_s)} and no errors",
-            met=d.at_concurrency is not None,
-            note=f"{at}; x {d.safety_factor} x 60 = {d.target_per_minute} invocations per minute"))
+            met=d.target_per_minute is not None, note=note))
     chosen = ct.governing(found)
+    if chosen is None:
+        section.notes.append("No workload held its budget at any level: no target derived, the template is as it was.")
+        return
     default = ct.template_default()
     section.rows.append(Row(
         section.key, f"{ct.PARAMETER} (invocations per instance per minute) = peak req/s x {chosen.safety_factor} "
-        f"x 60, smallest over models and workloads ({chosen.workload})", Stats.of([chosen.target_per_minute]),
-        "per minute", target=f"infra/breedline.yaml Default equals it (now {default})" if verdict else "",
+        f"x 60, smallest over the models and workloads that held their budget ({chosen.workload})",
+        Stats.of([chosen.target_per_minute]), "per minute",
+        target=f"infra/breedline.yaml Default equals it (now {default})" if verdict else "",
         met=default == chosen.target_per_minute if verdict else None,
         note="" if verdict else f"quick run: not compared with the template's Default ({default})"))
 
@@ -304,11 +326,13 @@ def add_target_rows(section: Section, workers: int, found: list[ct.Derivation], 
 def run(section: Section, quick: bool) -> None:
     from breedline.local.worker_pool import container_workers
 
-    workers = container_workers(INSTANCE_VCPUS)
+    instance_type, vcpus = instance()
+    workers = container_workers(vcpus)
     bodies = workloads(quick)
     work = Path(tempfile.mkdtemp(prefix="bench-capacity-"))
     measured: dict[str, dict[str, list[dict]]] = {}
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_start = list(os.getloadavg())
     try:
         for index, model in enumerate(QUICK_MODELS if quick else MODELS):
             measured[model] = measure_model(section, work, model, bodies, workers, quick,
@@ -318,22 +342,26 @@ def run(section: Section, quick: bool) -> None:
     found = derivations(measured)
     chosen = ct.governing(found)
     section.notes.append(
-        f"{workers} workers: what SageMaker's PyTorch container starts on an {INSTANCE} ({INSTANCE_VCPUS} vCPUs; "
+        f"{workers} workers: what SageMaker's PyTorch container starts on an {instance_type} ({vcpus} vCPUs; "
         "TorchServe's default, one per vCPU, unless SAGEMAKER_MODEL_SERVER_WORKERS is set), behind one loopback "
         "port that queues requests for the next free worker. Latency is the client's, queueing included. "
         f"Budgets: p99 <= {_ms(ct.LATENCY_BUDGETS_S['500x400'])} for 500 x 400, "
         f"<= {_ms(ct.LATENCY_BUDGETS_S['12mp'])} for 12 MP (bench/capacity_target.py says why).")
     section.notes.append(
         "Clients, frontend and workers share this machine's 2 cores (on SageMaker the clients are elsewhere), "
-        "so these figures are a lower bound on the instance's; the target errs on the safe side.")
+        "so these figures are a lower bound on the instance's; the target errs on the safe side. A workload "
+        "that no level held is left out of the target (no instance count fixes one slow request).")
     if quick:
         section.notes.append("Quick run: nothing recorded, the template is left as it is.")
-        add_target_rows(section, workers, found, verdict=False)
+        add_target_rows(section, instance_type, workers, found, verdict=False)
         return
-    ct.write_record({"date": started, "command": "python -m bench --only capacity", "instance": INSTANCE,
-                     "workers": workers, "budgets_s": ct.LATENCY_BUDGETS_S, "safety_factor": ct.SAFETY_FACTOR,
-                     "load_average": list(os.getloadavg()), "workloads": measured, "derived": ct.as_dict(chosen)})
-    before = ct.set_template_default(chosen.target_per_minute)
-    section.notes.append(f"Recorded in bench/recorded/capacity.json; infra/breedline.yaml {ct.PARAMETER} "
-                         f"Default {before} -> {chosen.target_per_minute}.")
-    add_target_rows(section, workers, found, verdict=True)
+    if chosen is not None:
+        ct.write_record({"date": started, "command": "python -m bench --only capacity", "instance": instance_type,
+                         "vcpus": vcpus, "workers": workers, "budgets_s": ct.LATENCY_BUDGETS_S,
+                         "safety_factor": ct.SAFETY_FACTOR, "load_average_start": load_start,
+                         "load_average_end": list(os.getloadavg()), "workloads": measured,
+                         "derived": ct.as_dict(chosen)})
+        before = ct.set_template_default(chosen.target_per_minute)
+        section.notes.append(f"Recorded in bench/recorded/capacity.json; infra/breedline.yaml {ct.PARAMETER} "
+                             f"Default {before} -> {chosen.target_per_minute}.")
+    add_target_rows(section, instance_type, workers, found, verdict=True)

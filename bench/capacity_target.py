@@ -55,14 +55,14 @@ class Level:
 
 @dataclass(frozen=True)
 class Derivation:
-    """The target and the figures it came from."""
+    """The target and the figures it came from; ``target_per_minute`` is None when no level held the budget."""
 
     workload: str
     max_rps: float
     at_concurrency: int | None
     budget_s: float
     safety_factor: float
-    target_per_minute: int
+    target_per_minute: int | None
 
 
 def held(level: Level, budget_s: float) -> bool:
@@ -73,29 +73,34 @@ def held(level: Level, budget_s: float) -> bool:
 def derive(workload: str, levels: Iterable[Level], budget_s: float, safety_factor: float = SAFETY_FACTOR) -> Derivation:
     """``floor(max held req/s * safety * 60)``: AWS's formula on the best level that met the budget.
 
-    When no level held the budget the target is the template's minimum, 1 per minute,
-    which scales out at once: a loud answer that the instance type is too small.
+    When no level held the budget, not even one client alone, there is no target:
+    more instances do not make one request faster, so no scaling target can meet
+    that budget on this instance type (a larger one, or a lighter model, can).
     """
     if not 0 < safety_factor <= 1:
         raise ValueError(f"safety factor must be in (0, 1], not {safety_factor}")
     good = [lv for lv in levels if held(lv, budget_s)]
     if not good:
-        return Derivation(workload, 0.0, None, budget_s, safety_factor, 1)
+        return Derivation(workload, 0.0, None, budget_s, safety_factor, None)
     best = max(good, key=lambda lv: lv.rps)
     target = max(1, math.floor(best.rps * safety_factor * 60))
     return Derivation(workload, best.rps, best.concurrency, budget_s, safety_factor, target)
 
 
-def governing(derivations: Iterable[Derivation]) -> Derivation:
-    """The smallest target: the template must hold whichever kind of image the clients send."""
-    return min(derivations, key=lambda d: d.target_per_minute)
+def governing(derivations: Iterable[Derivation]) -> Derivation | None:
+    """The smallest target among those that have one: the template must hold whatever the clients send.
+
+    None when no workload held its budget at all (then the template is left alone).
+    """
+    found = [d for d in derivations if d.target_per_minute is not None]
+    return min(found, key=lambda d: d.target_per_minute) if found else None  # type: ignore[arg-type, return-value]
 
 
 def levels_from(raw: Iterable[dict[str, Any]]) -> list[Level]:
     return [Level(**{k: item[k] for k in Level.__dataclass_fields__}) for item in raw]
 
 
-def rederive(record: dict[str, Any]) -> Derivation:
+def rederive(record: dict[str, Any]) -> Derivation | None:
     """The governing derivation recomputed from a record's own figures (what the test checks).
 
     Every measured model and workload counts: the template must hold the slowest of them.

@@ -18,7 +18,8 @@ import pytest
 import requests
 from samtranslator.yaml_helper import yaml_parse
 
-from bench import capacity, capacity_target as ct
+from bench import capacity
+from bench import capacity_target as ct
 from breedline.local import worker_pool
 from breedline.local.worker_pool import WorkerPool, container_workers
 
@@ -35,10 +36,11 @@ def test_target_is_the_best_held_level_times_safety_times_sixty() -> None:
     assert ct.derive("m", levels, budget_s=1.0, safety_factor=0.25).target_per_minute == 510  # 34 * 0.25 * 60
 
 
-def test_no_level_within_budget_gives_the_smallest_target() -> None:
+def test_no_level_within_budget_gives_no_target() -> None:
     d = ct.derive("m 12mp", [level(1, 3.0, 2.0), level(2, 3.5, 3.1)], budget_s=1.5)
-    assert (d.at_concurrency, d.target_per_minute) == (None, 1)
-    assert ct.derive("m", [ct.Level(1, 0.0, 0.0, 0.0, 0, 0)], budget_s=1.0).target_per_minute == 1
+    assert (d.at_concurrency, d.target_per_minute) == (None, None)
+    assert ct.derive("m", [ct.Level(1, 0.0, 0.0, 0.0, 0, 0)], budget_s=1.0).target_per_minute is None
+    assert ct.governing([d]) is None
     with pytest.raises(ValueError):
         ct.derive("m", [level(1, 3.0, 0.1)], budget_s=1.0, safety_factor=1.5)
 
@@ -48,7 +50,12 @@ def test_governing_target_is_the_smallest_over_models_and_workloads() -> None:
               "workloads": {"a": {"500x400": [vars(level(2, 30.0, 0.2))], "12mp": [vars(level(2, 4.0, 1.0))]},
                             "b": {"500x400": [vars(level(2, 10.0, 0.4))], "12mp": [vars(level(2, 2.0, 1.4))]}}}
     d = ct.rederive(record)
-    assert (d.workload, d.target_per_minute) == ("b 12mp", 60)
+    assert d is not None and (d.workload, d.target_per_minute) == ("b 12mp", 60)
+    # A workload that held no level (b at 500 x 400, p99 over 0.5 s) is left out, not turned into a target.
+    record["workloads"]["b"]["500x400"] = [vars(level(1, 1.0, 0.9))]
+    record["workloads"]["b"]["12mp"] = [vars(level(2, 5.0, 1.0))]
+    d = ct.rederive(record)
+    assert d is not None and (d.workload, d.target_per_minute) == ("a 12mp", 120)
 
 
 def test_worker_count_is_the_containers_rule() -> None:
@@ -56,6 +63,13 @@ def test_worker_count_is_the_containers_rule() -> None:
     assert container_workers(8, env={}, gpus=1) == 1  # one per GPU on a GPU instance
     assert container_workers(2, env={"SAGEMAKER_MODEL_SERVER_WORKERS": "3"}) == 3
     assert container_workers(4, env={"SAGEMAKER_MODEL_SERVER_WORKERS": "0"}) == 4
+
+
+def test_instance_is_m5_large_unless_named() -> None:
+    assert capacity.instance({}) == ("ml.m5.large", 2)
+    assert capacity.instance({capacity.INSTANCE_VARIABLE: "ml.c5.xlarge:4"}) == ("ml.c5.xlarge", 4)
+    with pytest.raises(ValueError):
+        capacity.instance({capacity.INSTANCE_VARIABLE: "ml.c5.xlarge"})
 
 
 def test_percentile_and_window_rates() -> None:
@@ -70,12 +84,13 @@ def test_template_default_is_the_recorded_derivation() -> None:
     record = ct.read_record()
     assert record is not None, "bench/recorded/capacity.json is missing: run python -m bench --only capacity"
     derived = ct.rederive(record)
-    assert derived.target_per_minute == record["derived"]["target_per_minute"]
+    assert derived is not None and derived.target_per_minute == record["derived"]["target_per_minute"]
     assert ct.template_default() == derived.target_per_minute
     # The regex reads what CloudFormation reads.
     parsed = yaml_parse(ct.TEMPLATE.read_text(encoding="utf-8"))
     assert int(parsed["Parameters"][ct.PARAMETER]["Default"]) == ct.template_default()
-    assert record["workers"] == container_workers(capacity.INSTANCE_VCPUS, env={})
+    assert (record["instance"], record["vcpus"]) == (capacity.INSTANCE, capacity.INSTANCE_VCPUS)
+    assert record["workers"] == container_workers(record["vcpus"], env={})
 
 
 def test_set_template_default_changes_only_that_number(tmp_path: Path) -> None:
