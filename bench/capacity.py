@@ -23,11 +23,11 @@ with AWS's formula; a full run records every figure in
 ``bench/recorded/capacity.json`` and writes the number into ``infra/breedline.yaml``.
 
 What this machine predicts: it has 2 cores, as an ml.m5.large has 2 vCPUs, so the
-worker count and the CPU each worker gets are the instance's. What it does not:
-the clients and the frontend run on the same 2 cores here (on SageMaker the clients
-are elsewhere and the frontend is Java), the cores are another CPU model than the
-instance's Xeon, and other jobs share this machine. Each of these makes the figures
-here lower than the instance's, so the derived target errs on the safe side.
+worker count and the queueing are the instance's. What it does not: the clients and
+the frontend run on the same 2 cores here (on SageMaker the clients are elsewhere and
+the frontend is Java) and other jobs share this machine, which lower the figures; the
+instance's 2 vCPUs are one physical Xeon core's two hyperthreads, which lowers the
+instance's. docs/aws.md 4.4 says to confirm the number on one real instance.
 """
 
 from __future__ import annotations
@@ -349,8 +349,9 @@ def run(section: Section, quick: bool) -> None:
         f"<= {_ms(ct.LATENCY_BUDGETS_S['12mp'])} for 12 MP (bench/capacity_target.py says why).")
     section.notes.append(
         "Clients, frontend and workers share this machine's 2 cores (on SageMaker the clients are elsewhere), "
-        "so these figures are a lower bound on the instance's; the target errs on the safe side. A workload "
-        "that no level held is left out of the target (no instance count fixes one slow request).")
+        "which lowers these figures; an ml.m5.large's 2 vCPUs are one physical core's two hyperthreads, which "
+        "lowers the instance's (docs/aws.md 4.4). A workload that no level held is left out of the target "
+        "(no instance count fixes one slow request).")
     if quick:
         section.notes.append("Quick run: nothing recorded, the template is left as it is.")
         add_target_rows(section, instance_type, workers, found, verdict=False)

@@ -19,8 +19,8 @@ and waits while none is free, so each worker serves one request at a time and th
 rest queue, as in TorchServe; a request that finds the queue full gets 503, as
 TorchServe answers. What it does not mirror: TorchServe's Java/Netty frontend
 and its Unix-socket hop to the workers are replaced by Python and loopback HTTP,
-which cost this machine's CPU per request (a few ms on a 4 MB body), so a pool's
-figures are a lower bound on the container's.
+which cost this machine's CPU per request (a few ms on a 4 MB body) and so lower
+a pool's figures against the container's.
 """
 
 from __future__ import annotations
