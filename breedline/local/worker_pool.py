@@ -39,7 +39,8 @@ from .endpoints import ModelServer
 
 #: TorchServe's default ``job_queue_size``: requests waiting for a worker beyond this are refused with 503.
 JOB_QUEUE_SIZE = 100
-#: How long a queued request waits for a free worker before the frontend gives up (TorchServe's default_response_timeout is 120 s).
+#: How long a queued request waits for a free worker before the frontend gives up
+#: (TorchServe's default_response_timeout is 120 s).
 QUEUE_TIMEOUT_S = 120.0
 #: Headers the worker's answer carries that the frontend must not copy (it frames its own answer).
 _HOP_HEADERS = {"connection", "content-length", "transfer-encoding", "keep-alive", "server", "date"}
@@ -83,14 +84,30 @@ class WorkerPool:
         self._thread: threading.Thread | None = None
         self._count = workers
 
-    def start(self) -> None:
-        """Start the workers one after another (their model loads' memory peaks do not add up), then the frontend."""
+    def start(self, parallel: bool = False) -> None:
+        """Start the workers, then the frontend.
+
+        One after another by default, so the model loads' memory peaks do not add up
+        (vgg11's in-memory ONNX export peaks at about 3 GB); ``parallel`` starts them
+        together, as TorchServe does, where memory is no concern (a small model).
+        """
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.workers = [ModelServer(self.model_dir, self.log_dir / f"worker-{i}.log", self.env)
+                        for i in range(self._count)]
         try:
-            for index in range(self._count):
-                worker = ModelServer(self.model_dir, self.log_dir / f"worker-{index}.log", self.env)
-                worker.start()
-                self.workers.append(worker)
+            if parallel:
+                failures: list[BaseException] = []
+                threads = [threading.Thread(target=self._start_one, args=(w, failures)) for w in self.workers]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                if failures:
+                    raise failures[0]
+            else:
+                for worker in self.workers:
+                    worker.start()
+            for worker in self.workers:
                 session = requests.Session()
                 session.trust_env = False  # loopback only: no proxy from the environment
                 self._free.put((worker, session))
@@ -101,6 +118,13 @@ class WorkerPool:
             raise
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True, name="worker-pool")
         self._thread.start()
+
+    @staticmethod
+    def _start_one(worker: ModelServer, failures: list[BaseException]) -> None:
+        try:
+            worker.start()
+        except BaseException as exc:  # noqa: BLE001 - handed to start(), which raises it
+            failures.append(exc)
 
     @property
     def url(self) -> str:
@@ -152,7 +176,11 @@ class WorkerPool:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-        for worker in self.workers:
-            worker.stop()
+        # Together: each worker takes seconds to exit (werkzeug's poll, torch's teardown).
+        stoppers = [threading.Thread(target=worker.stop) for worker in self.workers]
+        for thread in stoppers:
+            thread.start()
+        for thread in stoppers:
+            thread.join()
         while not self._free.empty():
             self._free.get_nowait()[1].close()

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_quick_run_reports_every_section(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = out.read_text(encoding="utf-8")
     assert "This section failed" not in report
