@@ -40,6 +40,7 @@ SECTIONS: dict[str, str] = {
     "soak": "9. Predict soak (local API on loopback, bounded)",
     "ood": "10. \"I don't know\": OOD AUROC and abstained shares (digits and photo models, issue 13)",
     "cold_start": "11. Cold start and worker memory (model.onnx built in the job vs export at load, issue 17)",
+    "capacity": "12. Capacity of one endpoint instance (req/s, p50/p99) and the autoscaling target",
 }
 
 
@@ -64,6 +65,8 @@ def _runner(key: str):
         from bench import ood_bench as mod
     elif key == "cold_start":
         from bench import cold_start as mod
+    elif key == "capacity":
+        from bench import capacity as mod
     else:
         from bench import demo_bench as mod
     return mod.run
