@@ -28,7 +28,7 @@ def test_quick_run_reports_every_section(tmp_path: Path) -> None:
     report = out.read_text(encoding="utf-8")
     assert "This section failed" not in report
     for heading in ("## 1. Inference", "## 2. Predict route", "## 3. Training input pipeline",
-                    "## 4. Training step", "## 5. Local pipeline", "## 9. Predict soak", "## 11. Capacity",
+                    "## 4. Training step", "## 5. Local pipeline", "## 9. Predict soak", "## 11. Cold start", "## 12. Capacity",
                     "## Machine and versions"):
         assert heading in report
     # Rows that carry the targets, each with a measured figure and a verdict.
