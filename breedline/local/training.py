@@ -268,7 +268,7 @@ class TrainingRun:
                                       region=self.backend.region, threads=self.threads,
                                       skip_dependency_walk=LEDGER.installed(*source))
             if wants_framework_module(hyper, hosts):
-                env = distributed_environment(env, self.root / "bin")
+                env = distributed_environment(env, self.root / "bin", hosts)
             command = host_command(toolkit_command(), hosts, paths[host]["config"] / "hosts")
             processes.append(HostProcess(host, command, root, env, paths[host]["logs"],
                                          lambda line: self._parse_metrics(line, definitions)))

@@ -20,9 +20,10 @@ What differs from AWS, and why:
   in a user namespace) with a private ``/etc/hosts``: the machine's lines plus
   ``127.0.0.1 algo-1 .. algo-N``. Where neither works the job fails at once
   with a ClientError that says what to add, never a hang.
-- **One distributed job at a time.** The toolkit's master port is fixed (7777)
+- **One multi-host job at a time.** The toolkit's master port is fixed (7777)
   and every host shares this machine's loopback, so jobs of several hosts
-  queue on :data:`MASTER_PORT_LOCK` (AWS gives each job its own network).
+  queue on :data:`MASTER_PORT_LOCK` (AWS gives each job its own network); a
+  one-host torchrun job gets a free port of its own (``PET_MASTER_PORT``).
 - **Bounded rendezvous.** ``PET_RDZV_CONF=timeout=...`` (torchrun reads its
   ``--rdzv-conf`` from it) lowers torchrun's 600 s wait for the other hosts.
 - **torchrun is this interpreter's** (a ``torchrun`` shim first on ``PATH``), so
@@ -172,8 +173,19 @@ def host_command(command: list[str], hosts: list[str], hosts_file: Path) -> list
     return [*prefix, "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts_file), *command]
 
 
-def distributed_environment(env: dict[str, str], bin_dir: Path) -> dict[str, str]:
-    """The additions of a distributed job's toolkit process (the module docstring says why each)."""
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def distributed_environment(env: dict[str, str], bin_dir: Path, hosts: list[str]) -> dict[str, str]:
+    """The additions of a distributed job's toolkit process (the module docstring says why each).
+
+    One host: the toolkit passes torchrun no ``--master_port``, so torchrun would
+    take 29500, which two such jobs at once here would share; ``PET_MASTER_PORT``
+    (torchrun's default for that flag) gives each its own free port instead.
+    """
     bin_dir.mkdir(parents=True, exist_ok=True)
     shim = bin_dir / "torchrun"
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m torch.distributed.run "$@"\n', encoding="utf-8")
@@ -185,6 +197,8 @@ def distributed_environment(env: dict[str, str], bin_dir: Path) -> dict[str, str
         "PET_RDZV_CONF": f"timeout={RENDEZVOUS_TIMEOUT_SECONDS}",
         "GLOO_SOCKET_IFNAME": "lo",
     })
+    if len(hosts) == 1:
+        out["PET_MASTER_PORT"] = str(_free_port())
     return out
 
 

@@ -131,7 +131,10 @@ def test_host_layout_and_resource_config(tmp_path):
 def test_the_distributed_environment_launches_this_interpreters_torchrun(tmp_path):
     import subprocess
 
-    env = training_hosts.distributed_environment({"PATH": "/usr/bin:/bin"}, tmp_path / "bin")
+    env = training_hosts.distributed_environment({"PATH": "/usr/bin:/bin"}, tmp_path / "bin", ["algo-1", "algo-2"])
+    assert "PET_MASTER_PORT" not in env  # several hosts: the toolkit's own --master_port 7777
+    alone = training_hosts.distributed_environment({"PATH": "/usr/bin"}, tmp_path / "bin", ["algo-1"])
+    assert 0 < int(alone["PET_MASTER_PORT"]) < 65536
     assert env["SAGEMAKER_TRAINING_MODULE"] == "sagemaker_pytorch_container.training:main"
     assert env["PATH"].split(os.pathsep)[0] == str(tmp_path / "bin")
     assert env["PET_RDZV_CONF"] == f"timeout={training_hosts.RENDEZVOUS_TIMEOUT_SECONDS}"
