@@ -19,7 +19,9 @@ What differs from AWS, and why:
   host process runs in its own mount namespace (``unshare --mount``, as root or
   in a user namespace) with a private ``/etc/hosts``: the machine's lines plus
   ``127.0.0.1 algo-1 .. algo-N``. Where neither works the job fails at once
-  with a ClientError that says what to add, never a hang.
+  with a ClientError that says what to add, never a hang. Since the names
+  resolve, a multi-host job runs without ``SM_STUDIO_LOCAL_MODE``: the
+  toolkits' own wait for every host's name runs, as on SageMaker.
 - **One multi-host job at a time.** The toolkit's master port is fixed (7777)
   and every host shares this machine's loopback, so jobs of several hosts
   queue on :data:`MASTER_PORT_LOCK` (AWS gives each job its own network); a
@@ -199,6 +201,8 @@ def distributed_environment(env: dict[str, str], bin_dir: Path, hosts: list[str]
     })
     if len(hosts) == 1:
         out["PET_MASTER_PORT"] = str(_free_port())
+    else:  # the host names resolve (host_command): let the toolkit do its own wait for them
+        out.pop("SM_STUDIO_LOCAL_MODE", None)
     return out
 
 

@@ -81,6 +81,7 @@ def test_two_hosts_rendezvous_through_torchrun_and_upload_one_model(local_sagema
     assert "sagemaker_training.cli.train" in command
     log = (root / "logs" / "stderr.log").read_text()
     assert "Invoking TorchDistributed" in log and "--nnodes 2" in log and "--node_rank 0" in log
+    assert "Block until all host DNS lookups succeed" in log  # the toolkit's own wait for algo-1, algo-2
     # One model.tar.gz, with every host's files (SageMaker aggregates /opt/ml/model), one metric line.
     body = s3.get_object(Bucket=BUCKET, Key="jobs/hosts-probe-1/output/model.tar.gz")["Body"].read()
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
@@ -131,10 +132,12 @@ def test_host_layout_and_resource_config(tmp_path):
 def test_the_distributed_environment_launches_this_interpreters_torchrun(tmp_path):
     import subprocess
 
-    env = training_hosts.distributed_environment({"PATH": "/usr/bin:/bin"}, tmp_path / "bin", ["algo-1", "algo-2"])
+    base = {"PATH": "/usr/bin:/bin", "SM_STUDIO_LOCAL_MODE": "true"}
+    env = training_hosts.distributed_environment(base, tmp_path / "bin", ["algo-1", "algo-2"])
     assert "PET_MASTER_PORT" not in env  # several hosts: the toolkit's own --master_port 7777
-    alone = training_hosts.distributed_environment({"PATH": "/usr/bin"}, tmp_path / "bin", ["algo-1"])
-    assert 0 < int(alone["PET_MASTER_PORT"]) < 65536
+    assert "SM_STUDIO_LOCAL_MODE" not in env
+    alone = training_hosts.distributed_environment(base, tmp_path / "bin", ["algo-1"])
+    assert 0 < int(alone["PET_MASTER_PORT"]) < 65536 and alone["SM_STUDIO_LOCAL_MODE"] == "true"
     assert env["SAGEMAKER_TRAINING_MODULE"] == "sagemaker_pytorch_container.training:main"
     assert env["PATH"].split(os.pathsep)[0] == str(tmp_path / "bin")
     assert env["PET_RDZV_CONF"] == f"timeout={training_hosts.RENDEZVOUS_TIMEOUT_SECONDS}"
