@@ -161,3 +161,14 @@ def test_host_names_resolve_inside_the_host_command(tmp_path):
     done = subprocess.run(wrapped, capture_output=True, text=True, timeout=60, check=True)
     assert done.stdout.strip().startswith("127.")
     assert "algo-2" not in open("/etc/hosts").read() or wrapped == command  # the machine's file is untouched
+
+
+def test_the_demo_takes_an_instance_count_for_its_final_job(monkeypatch, capsys):
+    from breedline import cli
+
+    assert cli.build_parser().parse_args(["demo", "--instances", "2"]).instances == 2
+    assert cli.build_parser().parse_args(["demo"]).instances is None  # the default stays one process
+    monkeypatch.delenv("BREEDLINE_TRAINING_INSTANCE_COUNT", raising=False)
+    assert cli.main(["demo", "--instances", "0"]) == 2
+    assert "--instances must be at least 1" in capsys.readouterr().err
+    assert "BREEDLINE_TRAINING_INSTANCE_COUNT" not in os.environ
