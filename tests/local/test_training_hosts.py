@@ -172,3 +172,12 @@ def test_the_demo_takes_an_instance_count_for_its_final_job(monkeypatch, capsys)
     assert cli.main(["demo", "--instances", "0"]) == 2
     assert "--instances must be at least 1" in capsys.readouterr().err
     assert "BREEDLINE_TRAINING_INSTANCE_COUNT" not in os.environ
+
+
+def test_the_local_service_refuses_no_instances(local_sagemaker):
+    from botocore.exceptions import ClientError
+
+    request = training_request("hosts-none-1")
+    request["ResourceConfig"]["InstanceCount"] = 0  # botocore's model allows 0 (for InstanceGroups)
+    with pytest.raises(ClientError, match="InstanceCount must be at least 1"):
+        sagemaker_client(local_sagemaker).create_training_job(**request)
