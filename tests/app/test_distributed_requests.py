@@ -12,10 +12,9 @@ import json
 from pathlib import Path
 
 import pytest
-from test_requests import all_requests, settings  # type: ignore[import-not-found]
-
 from chalicelib import sagemaker_requests as build
 from chalicelib.config import MULTI_GPU_INSTANCES, processes_per_job
+from test_requests import all_requests, settings  # type: ignore[import-not-found]
 
 FLAG = build.TORCH_DISTRIBUTED_HYPERPARAMETER
 
