@@ -148,6 +148,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     data = Path(args.data).resolve() if args.data else None
     name = args.name or (data.name if data else "digits")
+    if args.instances is not None:  # the runtime and the app read it from the environment (docs/scale.md)
+        if args.instances < 1:
+            print("error: --instances must be at least 1", file=sys.stderr)
+            return 2
+        os.environ["BREEDLINE_TRAINING_INSTANCE_COUNT"] = str(args.instances)
     per_class = None if args.per_class == 0 else args.per_class
     return run_demo(data, name, Path(args.state_dir) if args.state_dir else None, keep_running=args.keep_running, timeout=args.timeout,
                     per_class=per_class)
@@ -367,6 +372,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="leave the runtime up after the report, for the try-it page and the CLI "
                            "(default: yes on a terminal, no otherwise; --no-keep-running stops it)")
     demo.add_argument("--timeout", type=float, default=1200.0, help="seconds to wait for the endpoint")
+    demo.add_argument("--instances", type=int, default=None,
+                      help="instances of the final training job, each a local process (sets "
+                           "BREEDLINE_TRAINING_INSTANCE_COUNT; default 1)")
     demo.set_defaults(func=cmd_demo)
     up = sub.add_parser("up", parents=[common], help="run the local runtime until Ctrl-C")
     up.add_argument("--api-port", type=int, default=0)

@@ -293,6 +293,8 @@ def announce_runtime(clock: Clock, info: RuntimeInfo) -> None:
     say(clock, f"  settings: model={setting('BREEDLINE_MODEL')}, epochs={setting('BREEDLINE_EPOCHS')}, "
                f"trials={setting('BREEDLINE_MAX_JOBS')} ({setting('BREEDLINE_MAX_PARALLEL_JOBS')} at a time), "
                f"extra hyperparameters={setting('BREEDLINE_EXTRA_HYPERPARAMETERS')}")
+    if (instances := setting("BREEDLINE_TRAINING_INSTANCE_COUNT") or "1") != "1":
+        say(clock, f"  final training job: {instances} instances, one local process each (torchrun, gloo)")
 
 
 def prepare_data(clock: Clock, data: Path | None, dataset: str, state_dir: Path, per_class: int | None) -> Path:

@@ -184,6 +184,9 @@ def check_training_request(p: dict) -> None:
     spec = p["AlgorithmSpecification"]
     if not spec.get("TrainingImage") and not spec.get("AlgorithmName"):
         raise validation("AlgorithmSpecification needs TrainingImage or AlgorithmName")
+    resources = p["ResourceConfig"]
+    if "InstanceGroups" not in resources and resources.get("InstanceCount", 0) < 1:
+        raise validation("ResourceConfig.InstanceCount must be at least 1 when no InstanceGroups are given")
     if p.get("EnableManagedSpotTraining") and "MaxWaitTimeInSeconds" not in p["StoppingCondition"]:
         raise validation("MaxWaitTimeInSeconds is required for managed spot training")
     wait = p["StoppingCondition"].get("MaxWaitTimeInSeconds")

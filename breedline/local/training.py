@@ -13,13 +13,12 @@ SageMaker uploads and reads ``output/failure`` as ``FailureReason``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
 import os
 import re
-import signal
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -39,6 +38,21 @@ from contract import (
 from .s3_transfers import download_prefix, make_tarball, split_s3_uri, upload_tree
 from .sagemaker_state import DETAIL_TRAINING
 from .sagemaker_wire import now
+from .training_hosts import (
+    MASTER_PORT_LOCK,
+    HostProcess,
+    distributed_environment,
+    failure_reason,
+    host_command,
+    host_names,
+    host_roots,
+    merge_into,
+    replicate_channels,
+    resource_config,
+    stop_all,
+    supervise,
+    wants_framework_module,
+)
 from .training_launch import LEDGER, container_paths, toolkit_command, toolkit_environment
 
 log = logging.getLogger("runtime.training")
@@ -57,7 +71,8 @@ class TrainingRun:
         self.name = name
         self.root = backend.job_dir(name)
         self.threads = threads
-        self.process: subprocess.Popen | None = None
+        self.process: Any = None  # algo-1's Popen
+        self.hosts: list[HostProcess] = []
         self.stop_requested = threading.Event()
         self.stop_reason = STOPPED
         self.thread = threading.Thread(target=self._run, name=f"training-{name}", daemon=True)
@@ -122,20 +137,8 @@ class TrainingRun:
         self._terminate()
 
     def _terminate(self) -> None:
-        proc = self.process
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        """SIGTERM to every host's process group, SIGKILL after a grace period."""
+        stop_all(list(self.hosts))
 
     # ---------------------------------------------------------------- run
     def _run(self) -> None:
@@ -149,36 +152,42 @@ class TrainingRun:
 
     def _run_inner(self) -> None:
         """Downloading, Training, Uploading, then the end state: the job's whole life."""
-        paths = container_paths(self.root)
+        hosts = host_names(int(self.job["ResourceConfig"].get("InstanceCount", 1)))
+        paths = {host: container_paths(root) for host, root in host_roots(self.root, hosts).items()}
+        first = paths[hosts[0]]
         with self.backend.lock:
             self.job["TrainingStartTime"] = now()
         self.transition("Downloading", "Downloading input data")
         hyper = dict(self.job.get("HyperParameters", {}))
-        input_config = self._download_channels(paths)
+        input_config = self._download_channels(first)
         if input_config is None:
             return
         source = self._check_code(hyper)
         if source is None:
             return
+        try:
+            for host in hosts[1:]:
+                replicate_channels(first["data"], paths[host]["data"], input_config)
+        except ValueError as exc:
+            return self._finish(FAILED, f"ClientError: {exc}")
         checkpoint = self.job.get("CheckpointConfig")
-        if checkpoint:
-            download_prefix(self.backend.s3, checkpoint["S3Uri"], paths["checkpoints"])
-        self._write_input_config(paths, hyper, input_config)
+        for host in hosts:  # SageMaker restores the checkpoints to every instance
+            if checkpoint:
+                download_prefix(self.backend.s3, checkpoint["S3Uri"], paths[host]["checkpoints"])
+            self._write_input_config(paths[host], hyper, input_config, host, hosts)
         if self.stop_requested.is_set():
             return self._finish(STOPPED)
 
         self.transition("Training", "Training image download completed. Training in progress.")
-        returncode, stderr_tail = self._train(paths, source)
+        failed = self._train(paths, hyper, source)
         if self.stop_requested.is_set():
             self._upload(paths, model=False)
             return self._finish(STOPPED, secondary=self.stop_reason)
-        if returncode != 0:
+        if failed is not None:
             # The script's own failure file, else the toolkit's (it writes one only if none exists).
-            failure_file = paths["output"] / "failure"
-            reason = failure_file.read_text().strip() if failure_file.is_file() else ""
-            reason = reason or stderr_tail or f"exit code {returncode}"
+            reason = failure_reason(failed, paths[failed.host]["output"] / "failure", hosts)
             self._upload(paths, model=False)
-            return self._finish(FAILED, f"AlgorithmError: {reason[-1000:]}, exit code: {returncode}")
+            return self._finish(FAILED, reason)
         LEDGER.record(*source)
         self.transition("Uploading", "Uploading generated training model")
         self._upload(paths, model=True)
@@ -226,13 +235,13 @@ class TrainingRun:
         return str(submit), str(etag)
 
     def _write_input_config(self, paths: dict[str, Path], hyper: dict[str, str],
-                            input_config: dict[str, dict]) -> None:
-        """``input/config``, as the platform writes it."""
+                            input_config: dict[str, dict], host: str, hosts: list[str]) -> None:
+        """One host's ``input/config``, as the platform writes it."""
         job = self.job
         (paths["config"] / "hyperparameters.json").write_text(json.dumps(hyper, indent=2))
         (paths["config"] / "inputdataconfig.json").write_text(json.dumps(input_config, indent=2))
         (paths["config"] / "resourceconfig.json").write_text(json.dumps(
-            {"current_host": "algo-1", "hosts": ["algo-1"], "network_interface_name": "eth0"}))
+            resource_config(host, hosts, job["ResourceConfig"].get("InstanceType", "local")), indent=2))
         debug = job.get("DebugHookConfig")
         if debug:
             hook = {
@@ -245,49 +254,39 @@ class TrainingRun:
         if job.get("ProfilerConfig"):
             (paths["config"] / "profilerconfig.json").write_text(json.dumps(job["ProfilerConfig"], indent=2))
 
-    def _train(self, paths: dict[str, Path], source: tuple[str, str]) -> tuple[int, str]:
-        """Run the training toolkit on the job's folder; its exit code and last stderr line."""
-        env = toolkit_environment(os.environ, self.root, self.name, s3_endpoint=self.backend.s3.meta.endpoint_url,
-                                  region=self.backend.region, threads=self.threads,
-                                  skip_dependency_walk=LEDGER.installed(*source))
-        command = toolkit_command()
-        (paths["logs"] / "command.json").write_text(json.dumps(command))
+    def _train(self, paths: dict[str, dict[str, Path]], hyper: dict[str, str],
+               source: tuple[str, str]) -> HostProcess | None:
+        """Run the training toolkit on every host's folder; the failed host, or None when all succeeded."""
+        hosts = list(paths)
         definitions = self.job["AlgorithmSpecification"].get("MetricDefinitions", [])
         for definition in definitions:  # a regex that does not compile fails the job before it starts
             re.compile(definition["Regex"])
-        stderr_lines: list[str] = []
+        processes = []
+        for host in hosts:
+            root = paths[host]["input"].parent
+            env = toolkit_environment(os.environ, root, self.name, s3_endpoint=self.backend.s3.meta.endpoint_url,
+                                      region=self.backend.region, threads=self.threads,
+                                      skip_dependency_walk=LEDGER.installed(*source))
+            if wants_framework_module(hyper, hosts):
+                env = distributed_environment(env, self.root / "bin", hosts)
+            command = host_command(toolkit_command(), hosts, paths[host]["config"] / "hosts")
+            processes.append(HostProcess(host, command, root, env, paths[host]["logs"],
+                                         lambda line: self._parse_metrics(line, definitions)))
         deadline = time.monotonic() + self.job["StoppingCondition"].get("MaxRuntimeInSeconds", 86400)
-        with open(paths["logs"] / "stdout.log", "w", encoding="utf-8") as stdout_log, \
-                open(paths["logs"] / "stderr.log", "w", encoding="utf-8") as stderr_log:
-            self.process = subprocess.Popen(
-                command, cwd=self.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True, bufsize=1, start_new_session=True,
-            )
-
-            def pump_stderr() -> None:
-                assert self.process is not None and self.process.stderr is not None
-                for line in self.process.stderr:
-                    stderr_log.write(line)
-                    stderr_log.flush()
-                    if line.strip():
-                        stderr_lines.append(line.rstrip())
-                        del stderr_lines[:-50]
-
-            err_thread = threading.Thread(target=pump_stderr, daemon=True)
-            err_thread.start()
+        port = MASTER_PORT_LOCK if len(hosts) > 1 else contextlib.nullcontext()
+        with port:
+            if self.stop_requested.is_set():
+                return None
+            self.hosts = processes
+            for process in processes:
+                process.start()
+            self.process = processes[0].popen
             watchdog = threading.Thread(target=self._watch_runtime, args=(deadline,), daemon=True)
             watchdog.start()
-            assert self.process.stdout is not None
-            for line in self.process.stdout:
-                stdout_log.write(line)
-                stdout_log.flush()
-                self._parse_metrics(line, definitions)
-            returncode = self.process.wait()
-            err_thread.join(timeout=5)
-        return returncode, (stderr_lines[-1] if stderr_lines else "")
+            return supervise(processes)
 
     def _watch_runtime(self, deadline: float) -> None:
-        while self.process is not None and self.process.poll() is None:
+        while any(not process.exited.is_set() for process in self.hosts):
             if time.monotonic() > deadline:
                 self.stop(quiet=True, reason="MaxRuntimeExceeded")
                 return
@@ -317,11 +316,22 @@ class TrainingRun:
                 self.history.setdefault(name, []).append(value)
             self.job["FinalMetricDataList"] = list(current.values())
 
-    def _upload(self, paths: dict[str, Path], model: bool) -> None:
-        """Upload model, output, Debugger tensors, profiler output and checkpoints as SageMaker does."""
+    def _upload(self, hosts: dict[str, dict[str, Path]], model: bool) -> None:
+        """Upload model, output, Debugger tensors, profiler output and checkpoints as SageMaker does.
+
+        With several hosts, every host's ``model`` and ``output/data`` go into
+        the one tarball each (SageMaker aggregates them; names must not clash),
+        and every host's tensors and checkpoints sync to the same prefixes.
+        """
         s3 = self.backend.s3
         job = self.job
         base = job["OutputDataConfig"]["S3OutputPath"].rstrip("/") + f"/{self.name}"
+        paths, others = next(iter(hosts.values())), list(hosts.values())[1:]
+        for folder in ("model", "output_data"):
+            clashes = merge_into(paths[folder], [other[folder] for other in others])
+            if clashes:
+                log.warning("training job %s: hosts wrote the same %s files, algo-1's kept: %s",
+                            self.name, folder, clashes[:10])
         try:
             if model:
                 tarball = make_tarball(paths["model"], paths["output"] / "model.tar.gz")
@@ -334,15 +344,15 @@ class TrainingRun:
                 bucket, key = split_s3_uri(f"{base}/output/output.tar.gz")
                 s3.upload_file(str(tarball), bucket, key)
             debug = job.get("DebugHookConfig")
-            if debug:
-                upload_tree(s3, paths["debug"], debug["S3OutputPath"].rstrip("/") + f"/{self.name}/debug-output")
+            for host_paths in hosts.values() if debug else ():
+                upload_tree(s3, host_paths["debug"], debug["S3OutputPath"].rstrip("/") + f"/{self.name}/debug-output")
             profiler = job.get("ProfilerConfig")
             if profiler and profiler.get("S3OutputPath"):
                 upload_tree(s3, paths["output_data"] / "profiler",
                             profiler["S3OutputPath"].rstrip("/") + f"/{self.name}/profiler-output")
             checkpoint = job.get("CheckpointConfig")
-            if checkpoint:
-                upload_tree(s3, paths["checkpoints"], checkpoint["S3Uri"])
+            for host_paths in hosts.values() if checkpoint else ():
+                upload_tree(s3, host_paths["checkpoints"], checkpoint["S3Uri"])
         except Exception:
             log.exception("upload of %s output failed", self.name)
             raise

@@ -234,6 +234,46 @@ def ratio(name: str, raw: str) -> float:
     return value
 
 
+#: GPUs per training instance type, for the types with more than one (sagemaker-core's
+#: image_uri_config/instance_gpu_info.json; tests/app/test_requests.py checks the two agree).
+MULTI_GPU_INSTANCES: dict[str, int] = {
+    "ml.g4dn.12xlarge": 4, "ml.g5.12xlarge": 4, "ml.g5.24xlarge": 4, "ml.g5.48xlarge": 8,
+    "ml.p2.8xlarge": 8, "ml.p2.16xlarge": 16, "ml.p3.8xlarge": 4, "ml.p3.16xlarge": 8,
+    "ml.p3dn.24xlarge": 8, "ml.p4d.24xlarge": 8, "ml.p4de.24xlarge": 8, "ml.p5.48xlarge": 8,
+}
+_INSTANCE_TYPE = re.compile(r"^ml\.([a-z0-9-]+)\.([a-z0-9]+)$")
+
+
+def processes_per_job(instance_type: str, count: int) -> int:
+    """How many training processes a job runs: torchrun starts one per GPU, one on a CPU-only instance."""
+    return count * MULTI_GPU_INSTANCES.get(instance_type, 1)
+
+
+def check_instances(prefix: str, instance_type: str, count: int) -> None:
+    """Refuse an instance type the torch_distributed launcher cannot use for our image, at load.
+
+    Only a job of more than one process is checked (a single process runs as
+    before). ``local``/``local_gpu`` are the SageMaker SDK's local mode, not
+    instance types CreateTrainingJob takes; Trainium (``ml.trn*``) and
+    Inferentia (``ml.inf*``) need the Neuron images, while the deploy tool
+    fills in the PyTorch CPU/GPU training image.
+    """
+    if processes_per_job(instance_type, count) <= 1:
+        return
+    found = _INSTANCE_TYPE.match(instance_type)
+    if found is None:
+        raise ValueError(
+            f"{prefix}_INSTANCE_COUNT={count} needs a SageMaker training instance type (ml.<family>.<size>); "
+            f"{prefix}_INSTANCE_TYPE={instance_type!r} is not one"
+        )
+    if found.group(1).startswith(("trn", "inf")):
+        raise ValueError(
+            f"{prefix}_INSTANCE_TYPE={instance_type} with {prefix}_INSTANCE_COUNT={count}: distributed training on "
+            "Trainium or Inferentia needs the Neuron training images, and this app runs the PyTorch CPU/GPU image; "
+            "use a GPU type (ml.g*, ml.p*) or a CPU type"
+        )
+
+
 def setting(name: str, default: str, doc: str, parse: Parser = text, *, hash: bool = True) -> Any:
     """A :class:`Settings` field read from environment variable ``name`` (``default`` when unset)."""
     return field(metadata={"variable": Variable(name, default, doc), "parse": parse}, hash=hash)
@@ -290,7 +330,9 @@ class Settings:
     supersede: str = setting("BREEDLINE_SUPERSEDE", "stop", "Cost guard: at most one tuning job runs per data set. A newer version arriving while one runs: stop (StopHyperParameterTuningJob on the running one, which then starts no final job, and start the newer one) or queue (the newest waiting version starts when the running one ends; older waiting versions are dropped).", one_of(SUPERSEDE_MODES))
     # Instances
     tuning_instance_type: str = setting("BREEDLINE_TUNING_INSTANCE_TYPE", "ml.g4dn.xlarge", "Instance type of tuning trials.")
+    tuning_instance_count: int = setting("BREEDLINE_TUNING_INSTANCE_COUNT", "1", "Instances per tuning trial (the TrainingJobDefinition's ResourceConfig.InstanceCount). Above 1, or on a type with several GPUs, each trial trains with PyTorch DDP through the training toolkit's torch_distributed launcher (torchrun: one process per GPU, one per CPU-only instance); a tuning job then holds this times BREEDLINE_MAX_PARALLEL_JOBS instances at once (docs/scale.md).", positive)
     training_instance_type: str = setting("BREEDLINE_TRAINING_INSTANCE_TYPE", "ml.g4dn.xlarge", "Instance type of the final training job.")
+    training_instance_count: int = setting("BREEDLINE_TRAINING_INSTANCE_COUNT", "1", "Instances of the final training job (ResourceConfig.InstanceCount). Above 1, or on a type with several GPUs (ml.g4dn.12xlarge, ml.p3.8xlarge, ...), it trains with PyTorch DDP through the training toolkit's torch_distributed launcher; the local runtime runs one process per instance (docs/scale.md).", positive)
     volume_size_gb: int = setting("BREEDLINE_VOLUME_SIZE_GB", "30", "EBS volume per training instance.", integer)
     kms_key_id: str = setting("BREEDLINE_KMS_KEY_ID", "", "Customer KMS key ARN for the training jobs' volumes and output (VolumeKmsKeyId, OutputDataConfig.KmsKeyId) and the instance endpoint's storage (KmsKeyId). Empty: AWS-managed keys. make deploy sets it from the stack parameter KmsKeyArn (docs/aws.md).", kms_key)
     use_spot: bool = setting("BREEDLINE_USE_SPOT", "true", "Managed spot training (with checkpoints) for tuning and training.", flag)
@@ -337,6 +379,8 @@ class Settings:
 
     def __post_init__(self) -> None:
         """Refuse combinations that AWS would refuse later, far from their cause."""
+        check_instances("BREEDLINE_TUNING", self.tuning_instance_type, self.tuning_instance_count)
+        check_instances("BREEDLINE_TRAINING", self.training_instance_type, self.training_instance_count)
         if not self.variant_name and self.serverless_memory_mb == 0:
             raise ValueError(
                 "BREEDLINE_VARIANT_NAME is empty (each variant named after its model), but an instance "

@@ -14,7 +14,7 @@ from contract import (DEBUGGER_HYPERPARAMETER, DEBUGGER_MODES, METRIC_DEFINITION
                       RULE_NAMES, TOOLKIT_PREFIX, check_objective, encode_hyperparameter)
 
 from chalicelib.channels import champion_channel, input_channels, pretrained_channel, s3_uri  # noqa: F401 (build.*)
-from chalicelib.config import SERVERLESS_MEMORY_SIZES, Settings
+from chalicelib.config import SERVERLESS_MEMORY_SIZES, Settings, processes_per_job
 from chalicelib.transform_requests import create_transform_job, describe_transform_job  # noqa: F401 (build.*)
 
 #: Where the containers expect things (the SageMaker container contract).
@@ -40,6 +40,9 @@ DEBUG_COLLECTIONS: tuple[dict[str, Any], ...] = (
     },
 )
 PROFILER_RULE = "ProfilerReport"
+#: What the SageMaker SDK's PyTorch estimator sends for ``distribution={"torch_distributed": {"enabled": True}}``;
+#: the PyTorch training toolkit (sagemaker_pytorch_container.training) then launches the script with torchrun.
+TORCH_DISTRIBUTED_HYPERPARAMETER = "sagemaker_torch_distributed_enabled"
 
 
 def job_output_uri(settings: Settings, job_name: str, what: str) -> str:
@@ -81,8 +84,22 @@ def _stopping(settings: Settings) -> dict[str, int]:
     return condition
 
 
-def _resources(instance_type: str, settings: Settings) -> dict[str, Any]:
-    resources: dict[str, Any] = {"InstanceType": instance_type, "InstanceCount": 1, "VolumeSizeInGB": settings.volume_size_gb}
+def distribution_hyperparameters(instance_type: str, count: int) -> dict[str, str]:
+    """The torch_distributed switch when a job trains on more than one process, else nothing.
+
+    Why only then: one process keeps the plain script launch (no torchrun in
+    between), exactly as before. Several instances, or one with several GPUs,
+    need torchrun to set ``WORLD_SIZE``/``RANK``/``LOCAL_RANK`` and the
+    rendezvous on ``algo-1`` for ``train.py``'s DistributedDataParallel.
+    """
+    if processes_per_job(instance_type, count) <= 1:
+        return {}
+    return {TORCH_DISTRIBUTED_HYPERPARAMETER: encode_hyperparameter(True)}
+
+
+def _resources(instance_type: str, count: int, settings: Settings) -> dict[str, Any]:
+    resources: dict[str, Any] = {"InstanceType": instance_type, "InstanceCount": count,
+                                 "VolumeSizeInGB": settings.volume_size_gb}
     if settings.kms_key_id:
         resources["VolumeKmsKeyId"] = settings.kms_key_id
     return resources
@@ -168,13 +185,15 @@ def create_tuning_job(
     settings: Settings, *, name: str, dataset: str, region: str, tags: list[dict[str, str]]
 ) -> dict[str, Any]:
     """CreateHyperParameterTuningJob: trials on spot with checkpoints, metrics from METRIC_DEFINITIONS."""
+    static = static_hyperparameters(settings, region)
+    static.update(distribution_hyperparameters(settings.tuning_instance_type, settings.tuning_instance_count))
     definition: dict[str, Any] = {
-        "StaticHyperParameters": static_hyperparameters(settings, region),
+        "StaticHyperParameters": static,
         "AlgorithmSpecification": _algorithm(settings),
         "RoleArn": settings.role_arn,
         "InputDataConfig": input_channels(settings, dataset),
         "OutputDataConfig": _output(settings),
-        "ResourceConfig": _resources(settings.tuning_instance_type, settings),
+        "ResourceConfig": _resources(settings.tuning_instance_type, settings.tuning_instance_count, settings),
         "StoppingCondition": _stopping(settings),
     }
     definition.update(_spot(settings, name))
@@ -255,6 +274,7 @@ def create_training_job(
     values.setdefault("profile_steps", FINAL_PROFILE_STEPS)
     values.update({k: str(v) for k, v in hyperparameters.items() if not k.startswith(TOOLKIT_PREFIX)})
     values[DEBUGGER_HYPERPARAMETER] = mode
+    values.update(distribution_hyperparameters(settings.training_instance_type, settings.training_instance_count))
     request: dict[str, Any] = {
         "TrainingJobName": name,
         "HyperParameters": values,
@@ -263,7 +283,7 @@ def create_training_job(
         "InputDataConfig": input_channels(settings, dataset)
         + ([champion_channel(settings, champion_uri)] if champion_uri else []),
         "OutputDataConfig": _output(settings),
-        "ResourceConfig": _resources(settings.training_instance_type, settings),
+        "ResourceConfig": _resources(settings.training_instance_type, settings.training_instance_count, settings),
         "StoppingCondition": _stopping(settings),
         **debugger_config(settings, mode),
         "Tags": tags,

@@ -50,6 +50,12 @@ VARIANTS = {
     "debugger_auto": {"BREEDLINE_DEBUGGER": "auto"},
     "debugger_off": {"BREEDLINE_DEBUGGER": "off"},
     "debugger_service_no_rule_image": {"BREEDLINE_DEBUGGER": "service", "BREEDLINE_DEBUGGER_RULE_IMAGE": ""},
+    # issue 18: several instances (spot and not, CPU and GPU) and one instance with several GPUs
+    "two_gpu_instances": {"BREEDLINE_TRAINING_INSTANCE_COUNT": "2", "BREEDLINE_TUNING_INSTANCE_COUNT": "2"},
+    "two_cpu_instances_on_demand": {"BREEDLINE_TRAINING_INSTANCE_COUNT": "2", "BREEDLINE_USE_SPOT": "false",
+                                    "BREEDLINE_TRAINING_INSTANCE_TYPE": "ml.m5.xlarge"},
+    "multi_gpu_instance": {"BREEDLINE_TRAINING_INSTANCE_TYPE": "ml.g4dn.12xlarge",
+                           "BREEDLINE_TUNING_INSTANCE_TYPE": "ml.g5.12xlarge", "BREEDLINE_DEBUGGER": "service"},
 }
 WEIGHTS_URI = VARIANTS["pretrained_weights"]["BREEDLINE_PRETRAINED_WEIGHTS_URI"]
 DATASET, VERSION = "Stanford_Dogs.v2-with-a-rather-long-name", "0123456789abcdef"
