@@ -74,6 +74,13 @@ def _runner(key: str):
     return mod.run
 
 
+def _merge(report: Path, sections: list[Section], command: str, finished: dt.datetime, failed: bool) -> None:
+    """``--merge``: only the measured sections (and their README target rows) change."""
+    report.write_text(merge_report(report.read_text(encoding="utf-8"), sections, command, finished), encoding="utf-8")
+    merged = not failed and merge_readme(ROOT / "README.md", sections)
+    print(f"\nmerged {', '.join(s.key for s in sections)} into {report}" + (" and README.md" if merged else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny inputs and few repeats: a smoke run, not figures")
@@ -141,11 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     facts["load average at end"] = str(loadavg())
     print("\n==== summary ====" + text_table(sections))
     if args.merge and args.only and not args.quick:
-        report = args.out or ROOT / "docs" / "benchmarks.md"
-        report.write_text(merge_report(report.read_text(encoding="utf-8"), sections, command, finished),
-                          encoding="utf-8")
-        merged = not failed and merge_readme(ROOT / "README.md", sections)
-        print(f"\nmerged {', '.join(args.only)} into {report}" + (" and README.md" if merged else ""))
+        _merge(args.out or ROOT / "docs" / "benchmarks.md", sections, command, finished, failed)
         return 1 if failed else 0
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
