@@ -26,7 +26,15 @@ os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Breedline")
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "breedline")
 
 from bench.core import Section, loadavg, machine_facts  # noqa: E402
-from bench.report import NOTES_FILE, markdown, replace_notes, text_table, update_readme  # noqa: E402
+from bench.report import (  # noqa: E402
+    NOTES_FILE,
+    markdown,
+    merge_readme,
+    merge_report,
+    replace_notes,
+    text_table,
+    update_readme,
+)
 
 SECTIONS: dict[str, str] = {
     "inference": "1. Inference per image (input_fn -> predict_fn -> output_fn, batch 1)",
@@ -72,6 +80,13 @@ def _runner(key: str):
     return mod.run
 
 
+def _merge(report: Path, sections: list[Section], command: str, finished: dt.datetime, failed: bool) -> None:
+    """``--merge``: only the measured sections (and their README target rows) change."""
+    report.write_text(merge_report(report.read_text(encoding="utf-8"), sections, command, finished), encoding="utf-8")
+    merged = not failed and merge_readme(ROOT / "README.md", sections)
+    print(f"\nmerged {', '.join(s.key for s in sections)} into {report}" + (" and README.md" if merged else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny inputs and few repeats: a smoke run, not figures")
@@ -85,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo-state", type=Path, default=None, help="that run's --state-dir (for per-job logs)")
     parser.add_argument("--notes-only", action="store_true",
                         help="measure nothing: put the current bench/notes.md into the existing report")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --only: replace just those sections (and their README target rows) in the report")
     args = parser.parse_args(argv)
     if args.notes_only:
         report = args.out or ROOT / "docs" / "benchmarks.md"
@@ -136,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     finished = dt.datetime.now(dt.timezone.utc)
     facts["load average at end"] = str(loadavg())
     print("\n==== summary ====" + text_table(sections))
+    if args.merge and args.only and not args.quick:
+        _merge(args.out or ROOT / "docs" / "benchmarks.md", sections, command, finished, failed)
+        return 1 if failed else 0
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(markdown(sections, facts, command, started, finished), encoding="utf-8")

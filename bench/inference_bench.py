@@ -234,78 +234,144 @@ def run(section: Section, quick: bool) -> None:
         _run(section, quick, inference, Path(tmp))
 
 
-def _run(section: Section, quick: bool, inference: Any, work: Path) -> None:
-    repeat = 2 if quick else 9
-    image_size = 64 if quick else 224
+def _cases(quick: bool, work: Path) -> list[tuple[str, bytes, str]]:
+    """(label, bytes, content type) of the three timed inputs, each also written to ``work`` for the workers."""
     photos = images.sample_photos()
     phone = images.phone_jpeg(photos["chelsea"], size=(800, 600) if quick else images.PHONE_SIZE)
     small = images.dataset_jpeg(photos["coffee"])
     png = images.png_bytes(Image.fromarray(photos["astronaut"]))
     phone_label = "phone JPEG (quick: 800x600)" if quick else f"12 MP phone JPEG ({len(phone) / 1e6:.1f} MB)"
-    cases = [
-        (phone_label, phone, "image/jpeg"),
-        (f"500x400 JPEG ({len(small) / 1e3:.0f} kB)", small, "image/jpeg"),
-        (f"512x512 PNG ({len(png) / 1e3:.0f} kB)", png, "image/png"),
-    ]
+    cases = [(phone_label, phone, "image/jpeg"), (f"500x400 JPEG ({len(small) / 1e3:.0f} kB)", small, "image/jpeg"),
+             (f"512x512 PNG ({len(png) / 1e3:.0f} kB)", png, "image/png")]
+    for i, (_, body, _) in enumerate(cases):
+        (work / f"case{i}.bin").write_bytes(body)
+    return cases
+
+
+def _input_notes(section: Section, cases: list[tuple[str, bytes, str]], repeat: int) -> None:
+    section.notes.append(
+        "Inputs: the 12 MP photo is scikit-image's `chelsea` upscaled to 4032x3024 with sensor-like noise "
+        f"(sigma 5) saved at JPEG quality 95 ({len(cases[0][1]) / 1e6:.2f} MB); the 500x400 JPEG is `coffee` at "
+        "quality 90; the PNG is `astronaut` (512x512). vgg11 has seeded random-init weights (its ImageNet "
+        "weights can't be downloaded here; the timing is the same) and a 133-class head; efficientnet_lite0 is "
+        "the genuine ImageNet classifier its package ships (1,000 classes), so its top-1 agreement is that of "
+        "a real trained model. The photo set for agreement: crops of the six bundled scikit-image photos, "
+        "flipped at random and resized so the longer side is 300 to 4032 px, JPEG quality 80-95. Timing: "
+        "each path (plain, as shipped, torch backend) serves in a worker process of its own, as an endpoint "
+        "runs only one (bench/path_workers.py); the workers take turns of one untimed and "
+        f"{BLOCK} timed calls, {repeat} timed calls each, with the same torch thread count, so load drift "
+        "hits all alike. Page faults are each call's minor faults (4 KiB pages the kernel had to map)."
+    )
+
+
+def _faults(samples: dict[str, list[float]]) -> str:
+    return f"{int(np.median(samples['faults'])):,}"
+
+
+def chain_rows(section: Section, arch: str, served_backend: str, workers: dict[str, Any],
+               cases: list[tuple[str, bytes, str]], repeat: int) -> None:
+    """Each case's whole chain and its bytes->tensor part, each path in its own worker process."""
+    from bench.path_workers import time_workers
+
+    weights = "random init" if arch == "vgg11" else "genuine ImageNet classifier"
+    for i, (label, _, _) in enumerate(cases):
+        body = f"case{i}"
+        samples = time_workers({name: (w, "chain", body) for name, w in workers.items()
+                                if i == 0 or name != "plain-keep"}, repeat, BLOCK)
+        row = Row("inference", f"{arch} ({weights}), {label}: input_fn->predict_fn->output_fn, as shipped "
+                  f"(backend {served_backend})", Stats.of(samples["fast"]["times"]), "s",
+                  baseline=Stats.of(samples["plain"]["times"]),
+                  note=f"page faults per call: {_faults(samples['fast'])}, plain {_faults(samples['plain'])}")
+        if i == 0:
+            row.target = ">= 3x faster"
+            row.met = (row.speedup or 0) >= 3.0
+        section.rows.append(row)
+        if "plain-keep" in samples:
+            section.rows.append(Row("inference", f"{arch}, {label}: the plain path with glibc keeping freed pages "
+                                    "(mallopt: fixed mmap and trim thresholds) vs the plain path as it runs",
+                                    Stats.of(samples["plain-keep"]["times"]), "s",
+                                    baseline=Stats.of(samples["plain"]["times"]),
+                                    note=f"page faults per call: {_faults(samples['plain-keep'])}"))
+        if "torch" in samples:
+            section.rows.append(Row("inference", f"{arch}, {label}: same, BREEDLINE_SERVING_BACKEND=torch "
+                                    "(channels-last, inference_mode)", Stats.of(samples["torch"]["times"]), "s",
+                                    baseline=Stats.of(samples["plain"]["times"])))
+        pre = time_workers({"plain": (workers["plain"], "pre", body), "fast": (workers["fast"], "pre", body)},
+                           repeat, BLOCK)
+        section.rows.append(Row("inference", f"{arch}, {label}: of which bytes->tensor (decode, resize, crop, "
+                                "normalise) vs PIL decode + torchvision transforms",
+                                Stats.of(pre["fast"]["times"]), "s", baseline=Stats.of(pre["plain"]["times"])))
+    step = time_workers({"plain": (workers["plain"], "model", "case1"), "fast": (workers["fast"], "model", "case1")},
+                        repeat, BLOCK)
+    section.rows.append(Row("inference", f"{arch}: of which model step, predict_fn(tensor) ({served_backend}) vs "
+                            "model(x) under no_grad", Stats.of(step["fast"]["times"]), "s",
+                            baseline=Stats.of(step["plain"]["times"])))
+
+
+def breakdown_rows(section: Section, arch: str, fast: Any, label: str, repeat: int) -> None:
+    """Where the shipped chain's time goes on the 12 MP photo, against the decode floor (1/8-scale draft)."""
+    from bench.path_workers import time_workers
+
+    steps = {"chain": "whole chain", "floor": "decode floor: the same file decoded at 1/8 scale (draft), nothing else",
+             "decode": "input_fn (sniff, reduced-size decode, EXIF, RGB)", "resize": "resize + crop + normalise",
+             "forward": "network (served.forward)", "output": "softmax, top-k and output_fn's JSON"}
+    samples = time_workers({name: (fast, name, "case0") for name in steps}, repeat, BLOCK)
+    chain = Stats.of(samples["chain"]["times"]).median
+    floor = Stats.of(samples["floor"]["times"])
+    for name, what in steps.items():
+        if name == "chain":
+            continue
+        stats = Stats.of(samples[name]["times"])
+        note = (f"the chain ({chain * 1e3:.1f} ms) is {(chain - floor.median) * 1e3:.1f} ms, "
+                f"{chain / floor.median:.2f}x, above it" if name == "floor"
+                else f"{100 * stats.median / chain:.0f}% of the chain")
+        section.rows.append(Row("inference", f"{arch}, {label}, as shipped, breakdown: {what}", stats, "s", note=note))
+
+
+def in_process_row(section: Section, arch: str, inference: Any, served: Any, plain_model: torch.nn.Module,
+                   meta: dict, label: str, body: bytes, repeat: int) -> None:
+    """The old way, for contrast: both paths timed in this one process, whose heap they share."""
+    plain = plain_pipeline(plain_model, meta)
+    fast = fast_pipeline(inference, served, "image/jpeg")
+    samples = time_interleaved({"plain": lambda: plain(body), "fast": lambda: fast(body)}, repeat, block=BLOCK)
+    section.rows.append(Row("inference", f"{arch}, {label}: whole chain with both paths in one process "
+                            "(how this section timed it before; the plain path's figure depends on the heap)",
+                            Stats.of(samples["fast"]), "s", baseline=Stats.of(samples["plain"])))
+
+
+def _run(section: Section, quick: bool, inference: Any, work: Path) -> None:
+    from bench.path_workers import PathWorker
+
+    repeat = 2 if quick else 9
+    image_size = 64 if quick else 224
+    cases = _cases(quick, work)
     if not quick:
-        section.notes.append(
-            "Inputs: the 12 MP photo is scikit-image's `chelsea` upscaled to 4032x3024 with sensor-like noise "
-            f"(sigma 5) saved at JPEG quality 95 ({len(phone) / 1e6:.2f} MB); the 500x400 JPEG is `coffee` at "
-            "quality 90; the PNG is `astronaut` (512x512). vgg11 has seeded random-init weights (its ImageNet "
-            "weights can't be downloaded here; the timing is the same) and a 133-class head; efficientnet_lite0 is "
-            "the genuine ImageNet classifier its package ships (1,000 classes), so its top-1 agreement is that of "
-            "a real trained model. The photo set for agreement: crops of the six bundled scikit-image photos, "
-            "flipped at random and resized so the longer side is 300 to 4032 px, JPEG quality 80-95. Timing: "
-            f"the paths take turns of one untimed and {BLOCK} timed calls, {repeat} timed calls each, so each "
-            "is timed in its own steady state (as an endpoint runs only one) while load drift hits all alike."
-        )
+        _input_notes(section, cases, repeat)
     agreement_bodies = [b for _, b in digits_test_jpegs(work, quick)][: 10 if quick else None]
     photo_bodies = [b for _, b in images.photo_variants(4 if quick else 200, max_side=1024 if quick else 4032)]
-
+    bodies = {f"case{i}": (work / f"case{i}.bin", ctype) for i, (_, _, ctype) in enumerate(cases)}
+    kinds = {"plain": "plain", "fast": "auto"} if quick else {"plain": "plain", "fast": "auto", "torch": "torch",
+                                                                  "plain-keep": "plain-keep"}
     for arch in ARCHITECTURES[1:] if quick else ARCHITECTURES:
         model_dir = models.write_model_dir(work / arch, arch, image_size=image_size)
         served = load_served(inference, model_dir, "auto")  # what an endpoint runs by default
+        workers = {name: PathWorker(kind, model_dir, bodies, torch.get_num_threads()) for name, kind in kinds.items()}
+        try:
+            chain_rows(section, arch, served.backend, workers, cases, repeat)
+            breakdown_rows(section, arch, workers["fast"], cases[0][0], repeat)
+        finally:
+            for worker in workers.values():
+                worker.close()
         served_torch = load_served(inference, model_dir, "torch")
         if served.backend != "onnx":
             section.notes.append(f"{arch}: ONNX Runtime not used ({served.backend_reason}): every 'shipped' row "
                                  "is the torch backend.")
         plain_model, meta = models.load_plain(model_dir)
-        plain = plain_pipeline(plain_model, meta)
+        in_process_row(section, arch, inference, served, plain_model, meta, cases[0][0], cases[0][1], repeat)
+        x = plain_preprocess(meta)(cases[1][1])
         pre_plain = plain_preprocess(meta)
-        weights = "random init" if arch == "vgg11" else "genuine ImageNet classifier"
-        for label, body, ctype in cases:
-            fast = fast_pipeline(inference, served, ctype)
-            fast_torch = fast_pipeline(inference, served_torch, ctype)
-            samples = time_interleaved({"plain": lambda: plain(body), "fast": lambda: fast(body),
-                                        "torch": lambda: fast_torch(body)}, repeat, block=BLOCK)
-            row = Row("inference", f"{arch} ({weights}), {label}: input_fn->predict_fn->output_fn, as shipped "
-                      f"(backend {served.backend})", Stats.of(samples["fast"]), "s", baseline=Stats.of(samples["plain"]))
-            if label == phone_label:
-                row.target = ">= 3x faster"
-                row.met = (row.speedup or 0) >= 3.0
-            section.rows.append(row)
-            section.rows.append(Row("inference", f"{arch}, {label}: same, BREEDLINE_SERVING_BACKEND=torch "
-                                    "(channels-last, inference_mode)",
-                                    Stats.of(samples["torch"]), "s", baseline=Stats.of(samples["plain"])))
-            # Where the time goes: bytes -> tensor against its plain twin.
-            pre_fast = fast_preprocess(inference, served, ctype)
-            pre = time_interleaved({"plain": lambda: pre_plain(body), "fast": lambda: pre_fast(body)}, repeat,
-                                   block=BLOCK)
-            section.rows.append(Row("inference", f"{arch}, {label}: of which bytes->tensor (decode, resize, crop, "
-                                    "normalise) vs PIL decode + torchvision transforms",
-                                    Stats.of(pre["fast"]), "s", baseline=Stats.of(pre["plain"])))
-        x = plain_preprocess(meta)(small)
-
-        def plain_forward() -> None:
-            with torch.no_grad():
-                plain_model(x)
-
-        step = time_interleaved({"plain": plain_forward, "fast": lambda: inference.predict_fn(x, served)}, repeat,
-                                block=BLOCK)
-        section.rows.append(Row("inference", f"{arch}: of which model step, predict_fn(tensor) ({served.backend}) vs "
-                                "model(x) under no_grad", Stats.of(step["fast"]), "s", baseline=Stats.of(step["plain"])))
         agreement_rows(section, arch, inference, served, served_torch, meta, pre_plain, plain_model,
                        agreement_bodies, photo_bodies)
         if arch == "efficientnet_lite0":
-            draft_options(section, inference, served, pre_plain, plain_model, photo_bodies, phone, repeat)
+            draft_options(section, inference, served, pre_plain, plain_model, photo_bodies, cases[0][1], repeat)
         model_step_options(section, arch, plain_model, x, repeat, served.session)

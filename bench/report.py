@@ -138,3 +138,47 @@ def fmt_value_p99(row: Row) -> str:
     if p99 is None:
         return ""
     return fmt_seconds(p99) if row.unit == "s" else f"{p99:.4g} {row.unit}"
+
+
+def _section_target_lines(table: str, key: str) -> list[int]:
+    """Indexes of the targets-table lines that belong to section ``key`` (its default reproduce command)."""
+    tag = f"| `python -m bench --only {key}` |"
+    return [i for i, line in enumerate(table.splitlines()) if line.endswith(tag)]
+
+
+def merge_targets(text: str, sections: list[Section]) -> str:
+    """``text``'s targets table with each measured section's rows replaced by this run's, in place.
+
+    Why: ``--only SECTION --merge`` re-measures one section without throwing away the others' figures.
+    """
+    lines = text.splitlines()
+    for sec in sections:
+        old = _section_target_lines("\n".join(lines), sec.key)
+        new = [ln for ln in targets_table([sec]).splitlines()[2:]]
+        if old:
+            lines[old[0] : old[-1] + 1] = new
+    return "\n".join(lines) + ("\n" if text.endswith("\n") else "")
+
+
+def merge_report(report: str, sections: list[Section], command: str, finished: dt.datetime) -> str:
+    """``report`` (a whole docs/benchmarks.md) with only ``sections`` replaced by this run's tables."""
+    fresh = markdown(sections, {}, command, finished, finished)
+    for sec in sections:
+        heading = f"## {sec.title}"
+        body = fresh.split(heading, 1)[1].split("\n## ", 1)[0].rstrip()
+        body += (f"\n\n- Re-measured by `{command} --merge` at {finished:%Y-%m-%d %H:%M} UTC; "
+                 "the other sections are from the run above.")
+        if heading in report:
+            before, after = report.split(heading, 1)
+            rest = after.split("\n## ", 1)
+            report = before + heading + body + ("\n\n## " + rest[1] if len(rest) > 1 else "\n")
+    return merge_targets(report, sections)
+
+
+def merge_readme(readme: Path, sections: list[Section]) -> bool:
+    """The README's performance table with only ``sections``' target rows replaced; False without the markers."""
+    text = readme.read_text(encoding="utf-8")
+    if README_START not in text or README_END not in text:
+        return False
+    readme.write_text(merge_targets(text, sections), encoding="utf-8")
+    return True
