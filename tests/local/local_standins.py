@@ -11,6 +11,7 @@ import io
 import json
 import tarfile
 import textwrap
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import boto3
@@ -96,14 +97,20 @@ STANDIN_INFERENCE = textwrap.dedent('''
 
 
 def make_sourcedir() -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, text in (("train.py", STANDIN_TRAIN), ("standin_inference.py", STANDIN_INFERENCE)):
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    """The stand-in source dir: :data:`STANDIN_TRAIN` as train.py and its inference module."""
+    return tarball({"train.py": STANDIN_TRAIN, "standin_inference.py": STANDIN_INFERENCE})
+
+
+def write_colour_dataset(root: Path) -> None:
+    """Three 16 px JPEGs per class (red, blue) in each split: enough for the app to start a run."""
+    from PIL import Image
+
+    for split in ("train", "valid", "test"):
+        for cls, colour in (("red", (200, 0, 0)), ("blue", (0, 0, 200))):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (16, 16), colour).save(folder / f"{i}.jpg")
 
 
 def sagemaker_client(server: LocalSageMakerServer, validate: bool = True):

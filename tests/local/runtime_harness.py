@@ -56,6 +56,25 @@ def running_runtime(state_dir: Path, env: dict[str, str], timeout: float = 120.0
             raise AssertionError("the runtime did not stop within 60 s of SIGTERM")
 
 
+@contextlib.contextmanager
+def runtime_with_script(state_dir: Path, env: dict[str, str], train_py: str) -> Iterator[tuple[RuntimeInfo, dict]]:
+    """A running runtime whose training script is ``train_py``, and its clients.
+
+    Why: the pipeline-path tests (cost guard, failed final job, quiet period) need
+    the real app and runtime but only a stand-in script, so each run takes
+    seconds; the script goes over the runtime's own ``sourcedir.tar.gz``, the
+    object every job it starts downloads.
+    """
+    from local_standins import tarball  # type: ignore[import-not-found]
+
+    with running_runtime(state_dir, env) as info:
+        c = clients(info)
+        uri = info.env.get("BREEDLINE_SOURCEDIR_URI", f"s3://{info.bucket}/code/sourcedir.tar.gz")
+        bucket, key = uri.removeprefix("s3://").split("/", 1)
+        c["s3"].put_object(Bucket=bucket, Key=key, Body=tarball({"train.py": train_py}))
+        yield info, c
+
+
 def clients(info: RuntimeInfo) -> dict[str, object]:
     creds = dict(region_name=info.region, aws_access_key_id="testing", aws_secret_access_key="testing")
     return {

@@ -9,24 +9,13 @@ from __future__ import annotations
 
 import json
 import textwrap
-from pathlib import Path
 
 import pytest
-from local_standins import tarball  # type: ignore[import-not-found]
-from PIL import Image
-from runtime_harness import clients, running_runtime, upload_folder, wait_for  # type: ignore[import-not-found]
+from local_standins import write_colour_dataset  # type: ignore[import-not-found]
+from runtime_harness import runtime_with_script, upload_folder, wait_for  # type: ignore[import-not-found]
 
 #: A whole local pipeline run: make test-e2e runs it (CI too), make test leaves it out.
 pytestmark = pytest.mark.e2e
-
-
-def write_tiny_dataset(root: Path) -> None:
-    for split in ("train", "valid", "test"):
-        for cls, colour in (("red", (200, 0, 0)), ("blue", (0, 0, 200))):
-            folder = root / split / cls
-            folder.mkdir(parents=True)
-            for i in range(3):
-                Image.new("RGB", (16, 16), colour).save(folder / f"{i}.jpg")
 
 
 SLOW_TRIAL = textwrap.dedent("""
@@ -38,12 +27,10 @@ SLOW_TRIAL = textwrap.dedent("""
 
 def test_a_newer_version_stops_the_running_tuning_job_without_an_alert(tmp_path):
     data = tmp_path / "data"
-    write_tiny_dataset(data)
+    write_colour_dataset(data)
     env = {"BREEDLINE_MAX_JOBS": "1", "BREEDLINE_MAX_PARALLEL_JOBS": "1", "BREEDLINE_EPOCHS": "1"}
-    with running_runtime(tmp_path / "state", env) as info:
-        c = clients(info)
+    with runtime_with_script(tmp_path / "state", env, SLOW_TRIAL) as (info, c):
         s3, sqs, sm = c["s3"], c["sqs"], c["sagemaker"]
-        s3.put_object(Bucket=info.bucket, Key="code/sourcedir.tar.gz", Body=tarball({"train.py": SLOW_TRIAL}))
         upload_folder(s3, info.bucket, data, "colours")
 
         def tuning_jobs():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -124,10 +125,14 @@ def tuning_request(name: str) -> dict:
     }
 
 
-@pytest.fixture
-def finished_run(moto_stack, tmp_path):
-    """A run folder whose runtime has ended: a finished tuning job, one job cut off mid-run, one endpoint."""
-    run = new_run_dir(tmp_path / ".breedline")
+@pytest.fixture(scope="module")
+def finished_run_template(moto_stack, tmp_path_factory):
+    """One run folder whose runtime has ended: a finished tuning job, one job cut off mid-run, one endpoint.
+
+    Module-scoped because the tuning job (two stand-in trials) is this file's slowest set-up;
+    each test gets its own copy (:func:`finished_run`), since reloading marks the run.
+    """
+    run = new_run_dir(tmp_path_factory.mktemp("finished") / ".breedline")
     server = LocalSageMakerServer(SageMakerBackend(run, moto_stack.client("s3"), None)).start()
     sm = sagemaker_client(server)
     sm.create_hyper_parameter_tuning_job(**tuning_request("unit-tune"))
@@ -144,6 +149,14 @@ def finished_run(moto_stack, tmp_path):
                                               "EndpointArn": "arn:aws:sagemaker:us-east-1:123456789012:endpoint/x"}
     (run / "sagemaker.json").write_text(json.dumps(snapshot))
     return run
+
+
+@pytest.fixture
+def finished_run(finished_run_template, tmp_path):
+    """This test's copy of :func:`finished_run_template`, ``latest`` link and all, under ``tmp_path/.breedline``."""
+    root = tmp_path / ".breedline"
+    shutil.copytree(finished_run_template.parent.parent, root, symlinks=True)
+    return root / finished_run_template.relative_to(finished_run_template.parent.parent)
 
 
 @pytest.fixture

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import json
 import textwrap
-from pathlib import Path
 
 import pytest
-from local_standins import tarball  # type: ignore[import-not-found]
-from PIL import Image
-from runtime_harness import clients, running_runtime, upload_folder, wait_for  # type: ignore[import-not-found]
+from local_standins import write_colour_dataset  # type: ignore[import-not-found]
+from runtime_harness import runtime_with_script, upload_folder, wait_for  # type: ignore[import-not-found]
 
 #: A whole local pipeline run: make test-e2e runs it (CI too), make test leaves it out.
 pytestmark = pytest.mark.e2e
@@ -36,15 +34,6 @@ FAILING_FINAL = textwrap.dedent('''
 ''')
 
 
-def write_tiny_dataset(root: Path) -> None:
-    for split in ("train", "valid", "test"):
-        for cls, colour in (("red", (200, 0, 0)), ("blue", (0, 0, 200))):
-            folder = root / split / cls
-            folder.mkdir(parents=True)
-            for i in range(3):
-                Image.new("RGB", (16, 16), colour).save(folder / f"{i}.jpg")
-
-
 def test_failed_final_job_reports_its_reason_and_alerts(tmp_path):
     env = {
         "BREEDLINE_MAX_JOBS": "2",
@@ -52,13 +41,9 @@ def test_failed_final_job_reports_its_reason_and_alerts(tmp_path):
         "BREEDLINE_EPOCHS": "1",
     }
     data = tmp_path / "data"
-    write_tiny_dataset(data)
-    with running_runtime(tmp_path / "state", env) as info:
-        c = clients(info)
+    write_colour_dataset(data)
+    with runtime_with_script(tmp_path / "state", env, FAILING_FINAL) as (info, c):
         s3, sqs, sm = c["s3"], c["sqs"], c["sagemaker"]
-        bucket, key = info.env.get("BREEDLINE_SOURCEDIR_URI", f"s3://{info.bucket}/code/sourcedir.tar.gz")[5:] \
-            .split("/", 1)
-        s3.put_object(Bucket=bucket, Key=key, Body=tarball({"train.py": FAILING_FINAL}))
         upload_folder(s3, info.bucket, data, "colours")
 
         def final_job():
@@ -95,13 +80,10 @@ def test_upload_without_marker_starts_after_the_quiet_period(tmp_path):
     import time
 
     data = tmp_path / "data"
-    write_tiny_dataset(data)
+    write_colour_dataset(data)
     env = {"BREEDLINE_QUIET_PERIOD_SECONDS": "3", "BREEDLINE_MAX_JOBS": "1", "BREEDLINE_MAX_PARALLEL_JOBS": "1"}
-    with running_runtime(tmp_path / "state", env) as info:
-        c = clients(info)
+    with runtime_with_script(tmp_path / "state", env, FAILING_FINAL) as (info, c):
         s3, sm = c["s3"], c["sagemaker"]
-        bucket, key = f"s3://{info.bucket}/code/sourcedir.tar.gz"[5:].split("/", 1)
-        s3.put_object(Bucket=bucket, Key=key, Body=tarball({"train.py": FAILING_FINAL}))
         for path in sorted(data.rglob("*.jpg")):
             s3.upload_file(str(path), info.bucket, f"datasets/quiet/{path.relative_to(data).as_posix()}")
         uploaded = time.monotonic()

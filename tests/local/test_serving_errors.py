@@ -23,6 +23,8 @@ from PIL import Image
 import train
 from backbones import build_model
 from breedline.build.paths import REPO_ROOT
+from breedline.local.sagemaker import SageMakerBackend
+from breedline.local.sagemaker_http import LocalSageMakerServer
 from local_standins import BUCKET, runtime_client, sagemaker_client  # type: ignore[import-not-found]
 from presets import Preprocessing
 
@@ -59,10 +61,14 @@ def tiny_model_archive(folder: Path) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture
-def endpoint(local_sagemaker, moto_stack, tmp_path):
+@pytest.fixture(scope="module")
+def endpoint(moto_stack, tmp_path_factory):
+    """One InService endpoint for the module: every test only invokes it, and a model server's start is slow."""
+    base = tmp_path_factory.mktemp("serving-errors")
     s3 = moto_stack.client("s3")
-    s3.put_object(Bucket=BUCKET, Key="models/tiny/model.tar.gz", Body=tiny_model_archive(tmp_path))
+    s3.put_object(Bucket=BUCKET, Key="models/tiny/model.tar.gz", Body=tiny_model_archive(base))
+    local_sagemaker = LocalSageMakerServer(
+        SageMakerBackend(base / "state", s3, moto_stack.client("events"))).start()
     sm = sagemaker_client(local_sagemaker)
     sm.create_model(ModelName="tiny", ExecutionRoleArn="arn:aws:iam::123456789012:role/x", PrimaryContainer={
         "Image": "local/pytorch-inference:2.6", "ModelDataUrl": f"s3://{BUCKET}/models/tiny/model.tar.gz",
@@ -75,7 +81,8 @@ def endpoint(local_sagemaker, moto_stack, tmp_path):
         assert time.monotonic() < deadline, "the endpoint did not leave Creating"
         time.sleep(0.2)
     assert described["EndpointStatus"] == "InService", described.get("FailureReason")
-    return local_sagemaker
+    yield local_sagemaker
+    local_sagemaker.stop()
 
 
 @pytest.fixture

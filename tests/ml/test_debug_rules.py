@@ -219,6 +219,7 @@ def test_healthy_run_triggers_no_loss_rule(tmp_path, digits_small):
         assert [round(h[key], 6) for h in history] == metrics[key]
 
 
+@pytest.mark.e2e  # a second two-epoch in-job run: make test-e2e (CI too); the healthy run above stays in make test
 @pytest.mark.timeout(900)
 def test_diverging_run_triggers_loss_not_decreasing(tmp_path, digits_small):
     job = run_job(tmp_path, digits_small, '"5.0"')

@@ -2,7 +2,9 @@
 
 Kept in its own file because it is the slowest ML test (see docs/ml.md for its measured time):
 three epochs at 64 px with the last two backbone blocks fine-tuned, through train.py exactly as
-SageMaker runs it.
+SageMaker runs it. It was make test's single longest test (README.md, "Test"),
+so make test-e2e runs it (CI too) with the other slow checks; the quick train.py claims stay in
+make test on the shared tiny-digits job (tests/ml/conftest.py).
 """
 
 from __future__ import annotations
@@ -11,12 +13,18 @@ import time
 from pathlib import Path
 
 import contract
-from breedline import demo_digits
+import pytest
 from ml_jobs import Job
+
+from breedline import demo_digits
 
 #: The command this test runs, also quoted in docs/ml.md.
 ARGS = ["--model", "efficientnet_lite0", "--image_size", "64", "--batch_size", "32",
         "--learning_rate", "0.005", "--epochs", "3", "--trainable_blocks", "2", "--channels_last", "true"]
+
+
+#: A full training run on all the digits: make test-e2e runs it, make test leaves it out.
+pytestmark = pytest.mark.e2e
 
 
 def test_efficientnet_lite0_reaches_90_percent_on_digits(tmp_path: Path) -> None:
