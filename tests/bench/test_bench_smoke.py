@@ -20,6 +20,9 @@ from bench.demo_bench import parse_jobs, parse_stages
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Every section's quick variant in one subprocess: 1-3 minutes as the sections grew (worker processes,
+# cold starts, a capacity pool), so it runs with the end-to-end checks (make test-e2e, in CI too).
+@pytest.mark.e2e
 def test_quick_run_reports_every_section(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
     proc = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=ROOT,
