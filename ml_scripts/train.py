@@ -170,7 +170,8 @@ class Trainer:
                         torch.cuda.synchronize()
                     profiler.record(t1 - t0, time.perf_counter() - t1)
         cluster = self.cluster if shared else distributed.Cluster()
-        total_loss, correct, seen, skipped = distributed.sum_across(cluster, [total_loss, correct, seen, skipped])
+        # plain floats (a checkpoint's history loads with weights_only=True, which refuses numpy scalars)
+        total_loss, correct, seen, skipped = distributed.sum_across(cluster, [total_loss, correct, seen, skipped]).tolist()
         seen, skipped = int(seen), int(skipped)
         if seen == 0:
             raise DataSetError(f"no readable images in the {phase} split ({skipped} skipped)")
