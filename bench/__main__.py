@@ -39,6 +39,7 @@ SECTIONS: dict[str, str] = {
     "debugger": "8. In-job Debugger (--debugger in_job: smdebug hook and the five rules) per epoch",
     "soak": "9. Predict soak (local API on loopback, bounded)",
     "ood": "10. \"I don't know\": OOD AUROC and abstained shares (digits and photo models, issue 13)",
+    "ddp": "11. Data-parallel training: 1 vs 2 processes (torchrun, gloo) and the sync share of a step",
 }
 
 
@@ -61,6 +62,8 @@ def _runner(key: str):
         from bench import soak_bench as mod
     elif key == "ood":
         from bench import ood_bench as mod
+    elif key == "ddp":
+        from bench import ddp_bench as mod
     else:
         from bench import demo_bench as mod
     return mod.run
