@@ -68,20 +68,29 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _step_worker(rank: int, world: int, port: int, steps: int, batch: int, out: dict) -> None:
+def _model(tiny: bool):
+    """efficientnet_lite0 as the digits job builds it; ``tiny`` (``--quick``): one linear layer."""
+    import torch
+
+    import backbones
+
+    if tiny:
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * SIZE * SIZE, 10))
+    return backbones.build_model(ARCH, 10, image_size=SIZE, pretrained=True)
+
+
+def _step_worker(rank: int, world: int, port: int, steps: int, batch: int, tiny: bool, out: dict) -> None:
     """One rank: median seconds of a synced DDP step and of a ``no_sync()`` step, same batch."""
     import statistics
 
     import torch
     import torch.distributed as dist
 
-    import backbones
-
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // world))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
-    model = backbones.build_model(ARCH, 10, image_size=SIZE, pretrained=True)
+    model = _model(tiny)
     net = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     x, y = torch.randn(batch, 3, SIZE, SIZE), torch.randint(0, 10, (batch,))
@@ -105,20 +114,27 @@ def _step_worker(rank: int, world: int, port: int, steps: int, batch: int, out: 
     dist.destroy_process_group()
 
 
-def step_share(steps: int, batch: int) -> tuple[list[float], list[float]]:
+def step_share(steps: int, batch: int, tiny: bool = False) -> tuple[list[float], list[float]]:
     """Rank 0's synced and unsynced step seconds in a 2-process gloo group."""
     import torch.multiprocessing as mp
 
     with mp.Manager() as manager:
         out = manager.dict()
-        mp.spawn(_step_worker, args=(2, _free_port(), steps, batch, out), nprocs=2, join=True)
+        mp.spawn(_step_worker, args=(2, _free_port(), steps, batch, tiny, out), nprocs=2, join=True)
         return list(out["synced"]), list(out["unsynced"])
 
 
 def run(section: Section, quick: bool) -> None:
+    """``--quick`` (the smoke test): only the step comparison, on a one-layer model; no train.py jobs."""
     from breedline import demo_digits
 
-    per_class, epochs, steps = (12, 2, 3) if quick else (60, 4, 15)
+    if quick:
+        synced, unsynced = step_share(2, batch=4, tiny=True)
+        section.rows.append(Row("ddp", "one DDP step (quick: a linear layer), 2 gloo processes: "
+                                "all-reduce vs no_sync()", Stats.of(synced), "s", baseline=Stats.of(unsynced),
+                                note="the train.py jobs run only without --quick"))
+        return
+    per_class, epochs, steps = 60, 4, 15
     with tempfile.TemporaryDirectory(prefix="bench-ddp-data-") as tmp:
         counts = demo_digits.write_digits(Path(tmp), per_class=per_class, size=SIZE)
         images = counts["train"] + counts["valid"]
