@@ -280,7 +280,7 @@ def prepare_run(args: argparse.Namespace, paths: Paths, trainer: Trainer, model:
     cluster = trainer.cluster
     lr = distributed.scaled_learning_rate(args.learning_rate, args.batch_size, cluster.world_size,
                                           args.lr_reference_batch)
-    if lr != args.learning_rate:
+    if lr != args.learning_rate and cluster.is_main:
         print(f"learning rate {lr:.6g}: {args.learning_rate:g} x global batch {args.batch_size * cluster.world_size}"
               f" / {args.lr_reference_batch or args.batch_size} (linear scaling rule)", flush=True)
     optimizer = torch.optim.Adam(parameter_groups(model, args.model, lr), weight_decay=args.weight_decay)
