@@ -41,8 +41,11 @@ def _job_env(base: Path, data: Path) -> dict[str, str]:
     return env
 
 
-def job_rates(processes: int, data: Path, epochs: int, images: int) -> list[float]:
-    """Images/s of each epoch after the first, from the job's own ``epoch_seconds`` metric lines."""
+def job_rates(processes: int, data: Path, epochs: int, images: int, threads: int | None = None) -> list[float]:
+    """Images/s of each epoch after the first, from the job's own ``epoch_seconds`` metric lines.
+
+    ``threads``: torch threads per process (default: the cores shared out among the processes).
+    """
     import contract
 
     batch = 16 // processes
@@ -52,8 +55,8 @@ def job_rates(processes: int, data: Path, epochs: int, images: int) -> list[floa
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
     with tempfile.TemporaryDirectory(prefix="bench-ddp-") as tmp:
         env = _job_env(Path(tmp), data)
-        if processes > 1:  # one process has every core; N processes share them, cores / N threads each
-            env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) // processes))
+        # one process has every core; N processes share them, cores / N threads each
+        env["OMP_NUM_THREADS"] = str(threads or max(1, (os.cpu_count() or 2) // processes))
         done = subprocess.run([*launcher, "train.py", *args], cwd=ML, env=env, capture_output=True, text=True,
                               timeout=1800)
     if done.returncode != 0:
@@ -139,12 +142,15 @@ def run(section: Section, quick: bool) -> None:
         counts = demo_digits.write_digits(Path(tmp), per_class=per_class, size=SIZE)
         images = counts["train"] + counts["valid"]
         one = job_rates(1, Path(tmp), epochs, images)
+        one_thread = job_rates(1, Path(tmp), epochs, images, threads=1)
         two = job_rates(2, Path(tmp), epochs, images)
-    section.rows.append(Row(
-        "ddp", f"digits job ({images} train+valid images, {ARCH}, {SIZE} px, global batch 16): "
-        "2 processes (torchrun, gloo) vs 1", Stats.of(two), "img/s", baseline=Stats.of(one),
-        higher_is_better=True, note=f"epochs 2-{epochs}; both processes share this machine's cores",
-        reproduce="python -m bench --only ddp"))
+    cores = os.cpu_count() or 1
+    job = f"digits job ({images} train+valid images, {ARCH}, {SIZE} px, global batch 16)"
+    for name, baseline in ((f"1 process x {cores} threads", one), ("1 process x 1 thread", one_thread)):
+        section.rows.append(Row(
+            "ddp", f"{job}: 2 processes x {max(1, cores // 2)} thread(s) (torchrun, gloo) vs {name}",
+            Stats.of(two), "img/s", baseline=Stats.of(baseline), higher_is_better=True,
+            note=f"epochs 2-{epochs}; the processes share this machine's cores"))
     synced, unsynced = step_share(steps, batch=8)
     share = [(s - u) / s for s, u in zip(sorted(synced), sorted(unsynced))]
     section.rows.append(Row(
