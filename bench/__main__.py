@@ -49,6 +49,7 @@ SECTIONS: dict[str, str] = {
     "ood": "10. \"I don't know\": OOD AUROC and abstained shares (digits and photo models, issue 13)",
     "cold_start": "11. Cold start and worker memory (model.onnx built in the job vs export at load, issue 17)",
     "capacity": "12. Capacity of one endpoint instance (req/s, p50/p99) and the autoscaling target",
+    "ddp": "13. Data-parallel training: 1 vs 2 processes (torchrun, gloo) and the sync share of a step",
 }
 
 
@@ -75,6 +76,8 @@ def _runner(key: str):
         from bench import cold_start as mod
     elif key == "capacity":
         from bench import capacity as mod
+    elif key == "ddp":
+        from bench import ddp_bench as mod
     else:
         from bench import demo_bench as mod
     return mod.run

@@ -175,17 +175,40 @@ def resume(
     return progress
 
 
+def agree(progress: Progress, main_view: tuple[int, bool]) -> None:
+    """Fail unless this rank resumed where rank 0 did (``main_view``: its start epoch, finished).
+
+    Every rank reads the checkpoint from its own host's copy (SageMaker copies
+    the checkpoint prefix to every instance), so every rank's optimizer state
+    is the saved one; a host without the copy must not train from another epoch.
+    Why any world size works: the checkpoint holds the plain module's weights,
+    the optimizer and the epoch, none of them per rank, and
+    ``DistributedSampler.set_epoch(epoch)`` reshuffles from the epoch number alone.
+    """
+    mine = (progress.start_epoch, progress.finished)
+    if tuple(main_view) != mine:
+        raise ValueError(f"this rank resumed at epoch {mine[0]} but rank 0 at {main_view[0]}: "
+                         f"every host needs the same checkpoint copy")
+
+
 def record_epoch(
     checkpoint_dir: Path, progress: Progress, epoch: int, valid_loss: float, model: nn.Module,
-    optimizer: torch.optim.Optimizer, job_signature: dict[str, Any],
+    optimizer: torch.optim.Optimizer, job_signature: dict[str, Any], save: bool = True,
 ) -> None:
-    """Count the epoch for early stopping, keep the best weights, rewrite ``checkpoint.pt``."""
-    if valid_loss < progress.best_loss:
+    """Count the epoch for early stopping, keep the best weights, rewrite ``checkpoint.pt``.
+
+    ``save`` False (DDP ranks other than 0) only counts: one process writes the files.
+    """
+    better = valid_loss < progress.best_loss
+    if better:
         progress.best_loss, progress.best_epoch, progress.bad_epochs = valid_loss, epoch, 0
-        progress.best_state = cpu_state(model)
-        save_atomic(progress.best_state, checkpoint_dir / BEST_MODEL_FILE)
     else:
         progress.bad_epochs += 1
+    if not save:
+        return
+    if better:
+        progress.best_state = cpu_state(model)
+        save_atomic(progress.best_state, checkpoint_dir / BEST_MODEL_FILE)
     save_atomic(
         {
             "epoch": epoch, "model": cpu_state(model), "optimizer": optimizer.state_dict(),

@@ -59,7 +59,7 @@ class Debugger:
     install must never cost a training run.
     """
 
-    def __init__(self, paths: Paths, args: argparse.Namespace) -> None:
+    def __init__(self, paths: Paths, args: argparse.Namespace, main: bool = True) -> None:
         self.hook: Any = None
         self.modes: Any = None
         self.mode: str | None = getattr(args, "debugger", None)
@@ -71,6 +71,10 @@ class Debugger:
         #: Rule parameters that depend on the model (PoorWeightInitialization's activation regex).
         self.rule_overrides: dict[str, dict[str, Any]] = {}
         config = paths.config_dir / "debughookconfig.json"
+        #: Under DDP only rank 0 evaluates the in-job rules (:func:`distributed_hook_here`).
+        self.main = main
+        if not distributed_hook_here(main, self.mode, config.is_file()):
+            return
         if self.mode == "off":
             print("Debugger off (--debugger off): no hook, no rules", flush=True)
             return
@@ -166,7 +170,7 @@ class Debugger:
 
     def after_epoch(self, epoch: int, epochs: int) -> None:
         """``--rules_every_epochs N``: the rules on the tensors so far, every N epochs before the last."""
-        if self.mode == "in_job" and self.rules_every and epoch % self.rules_every == 0 and epoch < epochs:
+        if self.mode == "in_job" and self.main and self.rules_every and epoch % self.rules_every == 0 and epoch < epochs:
             self.evaluate_rules(f"epoch {epoch}")
 
     def close(self) -> None:
@@ -174,7 +178,7 @@ class Debugger:
         if self.hook is not None:
             with contextlib.suppress(Exception):
                 self.hook.close()
-        if self.mode == "in_job":
+        if self.mode == "in_job" and self.main:
             self.evaluate_rules("training")
 
     def evaluate_rules(self, evaluated_after: str) -> None:
@@ -195,6 +199,21 @@ class Debugger:
             if self.broken is None:
                 print(f"Debugger rules not evaluated: {type(exc).__name__}: {exc}", flush=True)
             self.broken = self.broken or f"{type(exc).__name__}: {exc}"
+
+
+def distributed_hook_here(main: bool, mode: str | None, service_config: bool) -> bool:
+    """Whether this rank creates a hook: rank 0 always; the others only for SageMaker's hook config.
+
+    smdebug's own rule for distributed jobs: every worker creates the hook from
+    ``debughookconfig.json``; with ``torch.distributed`` initialised it names
+    each one ``worker_<rank>``, and unless the config says
+    ``include_workers: all`` only the chief, ``worker_0``, writes. Our own
+    hooks (``in_job``, ``--debug_out``) write one trial that the in-job rules
+    read: one writer, rank 0, so the other ranks create none.
+    """
+    if main:
+        return True
+    return mode in (None, "service") and service_config
 
 
 def unevaluated(name: str, error: str | None, parameters: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -62,7 +62,16 @@ def classification_metrics(
     k = len(class_names)
     labels = np.asarray(labels, dtype=np.int64)
     predictions = np.asarray(predictions, dtype=np.int64)
-    matrix = confusion_matrix(labels, predictions, k)
+    return metrics_from_confusion(confusion_matrix(labels, predictions, k), class_names)
+
+
+def metrics_from_confusion(matrix: np.ndarray, class_names: list[str]) -> dict[str, Any]:
+    """:func:`classification_metrics` from a ``[true][predicted]`` count matrix.
+
+    Why from counts: under DDP each rank counts its shard of a split, and the
+    ranks' matrices add up to the whole split's (``distributed.sum_across``).
+    """
+    matrix = np.asarray(matrix, dtype=np.int64)
     true_positive = np.diag(matrix).astype(np.float64)
     support = matrix.sum(axis=1)
     predicted = matrix.sum(axis=0)
@@ -179,6 +188,7 @@ class Collector:
         self.labels: list[torch.Tensor] = []
         self.logits: list[torch.Tensor] = []
         self.indices: list[torch.Tensor] = []
+        #: The logits' width, the class count when none is given.
         self.classes = 0
 
     def add(self, logits: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor | None) -> None:
@@ -191,11 +201,21 @@ class Collector:
             self.logits.append(logits.float().cpu())
             self.indices.append(indices)
 
-    def result(self) -> dict[str, Any]:
-        """The scalar scores; with ``keep_logits`` also ``logits``, ``labels`` and ``indices``."""
-        labels = torch.cat(self.labels).numpy()
-        names = [str(i) for i in range(self.classes)]
-        scores = classification_metrics(labels, torch.cat(self.predicted).numpy(), names)
+    def result(
+        self, num_classes: int = 0, add_up: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> dict[str, Any]:
+        """The scalar scores; with ``keep_logits`` also ``logits``, ``labels`` and ``indices``.
+
+        ``add_up`` sums the confusion matrix over the ranks that each saw a shard
+        (``distributed.sum_across``), so the scores are the whole split's.
+        """
+        num_classes = num_classes or self.classes
+        labels = torch.cat(self.labels).numpy() if self.labels else np.zeros(0, dtype=np.int64)
+        predicted = torch.cat(self.predicted).numpy() if self.predicted else np.zeros(0, dtype=np.int64)
+        matrix = confusion_matrix(labels, predicted, num_classes)
+        if add_up is not None:
+            matrix = add_up(matrix).round().astype(np.int64)
+        scores = metrics_from_confusion(matrix, [str(i) for i in range(num_classes)])
         out: dict[str, Any] = {
             "balanced_accuracy": scores["balanced_accuracy"],
             "macro_f1": scores["macro_f1"],

@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile_steps", type=_typed(int), default=0)
     p.add_argument("--num_workers", type=_typed(int), default=None)
     p.add_argument("--seed", type=_typed(int), default=42)
+    p.add_argument("--lr_reference_batch", type=_typed(int), default=None,
+                   help="the batch --learning_rate was tuned at; the rate scales by global batch / this "
+                   "(default --batch_size: unchanged on one process; docs/scale.md)")
     p.add_argument(
         "--class_weights", type=_typed(str), default="auto", choices=("auto", "on", "off"),
         help="class-weighted loss: auto means on when the biggest train class has over 3x the images "

@@ -16,7 +16,8 @@ runtime (see docs/ml.md for the full contract; :mod:`job_config` reads it):
 The shape is torchvision's classification reference: :func:`train_one_epoch`,
 :func:`evaluate` and :func:`main`, with the data set in :mod:`image_folder`,
 the models in :mod:`backbones`, Debugger in :mod:`debugging` and the step
-profiler in :mod:`profiling`.
+profiler in :mod:`profiling`. Launched by torchrun on several processes it
+trains with DistributedDataParallel (:mod:`distributed`, docs/scale.md).
 
 Imports are top-level (``import contract``) because SageMaker makes the unpacked
 source dir the working directory and puts it on ``sys.path``; running
@@ -41,6 +42,7 @@ from torch import nn
 
 import abstention
 import checkpoints
+import distributed
 import evaluation
 import final_job
 from abstention_training import fit_abstention
@@ -49,10 +51,11 @@ from checkpoints import Progress
 from contract import CHANNELS, EVALUATION_FILE, format_metric
 from debugging import Debugger
 from final_job import SERVING_FILES, SERVING_REQUIREMENTS, save_model  # noqa: F401 (train.SERVING_FILES)
-from image_folder import (CachedImageDataset, DataSetError, Indexed, Split, batch_to_model_input,
-                          collate_indexed, collate_skip_bad, scan_dataset)
+from image_folder import (CachedImageDataset, DataSetError, Split, batch_to_model_input, collate_skip_bad,
+                          scan_dataset)
 from job_config import (Paths, cpu_count, gpu_allowed, parse_args, report_skipped, run_hyperparameters,
                         use_pretrained_channel, write_failure)
+from loaders import build_loaders, default_num_workers, make_loader
 from presets import Preprocessing
 from profiling import StepProfiler, log_scalar
 
@@ -62,29 +65,8 @@ HISTORY_KEYS: tuple[str, ...] = ("epoch", "train_loss", "train_accuracy", "valid
                                  "valid_balanced_accuracy", "valid_macro_f1")
 
 
-def default_num_workers(cpus: int, cached: bool, cuda: bool = False) -> int:
-    """DataLoader worker processes for one split when ``--num_workers`` is not given.
-
-    A cached split (``CachedImageDataset.cached``: train and valid, decoded once
-    per job) trained on the CPU gets 0: the main process loads in-process.
-    Nothing is left to decode, an item is a uint8 crop (a memcpy), so a worker
-    process only adds work on the same cores the model needs: collating into
-    shared memory, pickling, waking the main process. Bench section 3
-    (docs/benchmarks.md) compares in-process loading with one worker.
-
-    An uncached split (the test split, read once, or a data set over the
-    cache limit) still decodes JPEGs per item, which parallelises; and with a
-    GPU, loading in parallel overlaps the GPU's work, where in-process loading
-    would add to every step (the loop waits for the GPU each step: GradScaler's
-    inf check, the loss read-out). Both get half the cores, at most 8, the rest
-    go to the main process.
-    """
-    if cached and not cuda:
-        return 0
-    return min(8, cpus // 2)
-
-
 def metric(name: str, value: float, epoch: int | None = None) -> None:
+    """One metric line (rank 0 only calls it under DDP: the lines appear once per job)."""
     print(format_metric(name, value, epoch), flush=True)
     log_scalar(name, value, epoch)  # a TensorBoard scalar too, when --profile_steps is on
 
@@ -109,7 +91,9 @@ class Trainer:
         self.args = args
         self.paths = paths
         self.cuda = torch.cuda.is_available() and gpu_allowed()
-        self.device = torch.device("cuda" if self.cuda else "cpu")
+        #: Who this process is among those training together (one process without torchrun).
+        self.cluster = distributed.start(self.cuda)
+        self.device = distributed.device(self.cluster, self.cuda)
         self.channels_last = args.channels_last == "true" or (args.channels_last == "auto" and self.cuda)
         self.loss_fn = nn.CrossEntropyLoss()
         #: The model's class count (set by :func:`train` once the data is scanned).
@@ -132,12 +116,15 @@ class Trainer:
         scaler: Any = None,
         profiler: StepProfiler | None = None,
         collect: bool = False,
+        shared: bool = False,
     ) -> dict[str, Any]:
         """One pass over ``loader``: training steps when ``optimizer`` is given, else evaluation.
 
         An evaluation also returns ``balanced_accuracy`` and ``macro_f1``; with
         ``collect`` (a loader of ``image_folder.collate_indexed`` batches) it
         returns every image's float32 ``logits``, ``labels`` and dataset ``indices`` too.
+        ``shared``: every rank ran its shard of the split, and the counts, sums and
+        confusion matrix are added up over the ranks, so the result is the whole split's.
         """
         train = optimizer is not None
         if train:
@@ -149,41 +136,49 @@ class Trainer:
         collector = None if train else evaluation.Collector(keep_logits=collect)
         grad = torch.enable_grad() if train else torch.no_grad()
         iterator = iter(loader)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                images, labels, bad, *indices = next(iterator)
-            except StopIteration:
-                break
-            t1 = time.perf_counter()
-            skipped += bad
-            if len(labels) == 0:
-                continue
-            # uint8 NHWC batches move as uint8 and are normalised on the device, once per batch.
-            images = batch_to_model_input(images, self.prep, self.device, self.channels_last)
-            labels = labels.to(self.device, non_blocking=True)
-            with grad, self.autocast():
-                logits = model(images)
-                loss = self.loss_fn(logits, labels)
-            if train:
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            n = len(labels)
-            total_loss += float(loss.detach()) * n
-            correct += int((logits.detach().argmax(1) == labels).sum())
-            seen += n
-            if collector is not None:
-                collector.add(logits.detach(), labels, indices[0] if indices else None)
-            if profiler is not None:
-                if self.cuda:
-                    torch.cuda.synchronize()
-                profiler.record(t1 - t0, time.perf_counter() - t1)
+        uneven = distributed.uneven_steps(model, self.cluster) if train else contextlib.nullcontext()
+        with uneven:
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    images, labels, bad, *indices = next(iterator)
+                except StopIteration:
+                    break
+                t1 = time.perf_counter()
+                skipped += bad
+                if len(labels) == 0:
+                    continue
+                # uint8 NHWC batches move as uint8 and are normalised on the device, once per batch.
+                images = batch_to_model_input(images, self.prep, self.device, self.channels_last)
+                labels = labels.to(self.device, non_blocking=True)
+                with grad, self.autocast():
+                    logits = model(images)
+                    loss = self.loss_fn(logits, labels)
+                if train:
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                n = len(labels)
+                total_loss += float(loss.detach()) * n
+                correct += int((logits.detach().argmax(1) == labels).sum())
+                seen += n
+                if collector is not None:
+                    collector.add(logits.detach(), labels, indices[0] if indices else None)
+                if profiler is not None:
+                    if self.cuda:
+                        torch.cuda.synchronize()
+                    profiler.record(t1 - t0, time.perf_counter() - t1)
+        cluster = self.cluster if shared else distributed.Cluster()
+        # plain floats (a checkpoint's history loads with weights_only=True, which refuses numpy scalars)
+        total_loss, correct, seen, skipped = distributed.sum_across(cluster, [total_loss, correct, seen, skipped]).tolist()
+        seen, skipped = int(seen), int(skipped)
         if seen == 0:
             raise DataSetError(f"no readable images in the {phase} split ({skipped} skipped)")
         result = {"loss": total_loss / seen, "accuracy": correct / seen, "skipped": skipped, "seen": seen}
-        return result if collector is None else {**result, **collector.result()}
+        if collector is None:
+            return result
+        return {**result, **collector.result(self.num_classes, lambda a: distributed.sum_across(cluster, a))}
 
     def num_workers(self, dataset: torch.utils.data.Dataset) -> int:
         """``--num_workers`` if given, else :func:`default_num_workers` for this split."""
@@ -193,23 +188,12 @@ class Trainer:
 
     def loader(
         self, dataset: torch.utils.data.Dataset, shuffle: bool, workers: int | None = None,
-        collate: Any = collate_skip_bad,
+        collate: Any = collate_skip_bad, sampler: Any = None,
     ) -> torch.utils.data.DataLoader:
-        """Batches of (uint8 NHWC images, labels, bad count[, indices]); ``workers`` None: num_workers()."""
+        """:func:`loaders.make_loader` for this job; ``workers`` None: :meth:`num_workers`."""
         if workers is None:
             workers = self.num_workers(dataset)
-        generator = torch.Generator()
-        generator.manual_seed(self.args.seed)
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=self.args.batch_size,
-            shuffle=shuffle,
-            num_workers=workers,
-            collate_fn=collate,
-            pin_memory=self.cuda,
-            persistent_workers=workers > 0,
-            generator=generator,
-        )
+        return make_loader(self.args, dataset, shuffle, workers, self.cuda, collate, sampler)
 
 
 @dataclass
@@ -238,17 +222,26 @@ def cosine_factor(epoch: int, epochs: int) -> float:
 def train_one_epoch(
     trainer: Trainer, run: Run, loader: torch.utils.data.DataLoader, epoch: int, profiler: StepProfiler | None
 ) -> dict[str, float]:
-    """One pass over the train split at this epoch's cosine learning rate."""
+    """One pass over the train split (this rank's shard, reshuffled per epoch) at this epoch's cosine rate."""
     for group, base in zip(run.optimizer.param_groups, run.base_lrs):
         group["lr"] = base * cosine_factor(epoch, trainer.args.epochs)
-    return trainer.run_epoch(run.net, loader, "train", run.debugger, run.optimizer, run.scaler, profiler)
+    if isinstance(loader.sampler, torch.utils.data.distributed.DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    return trainer.run_epoch(run.net, loader, "train", run.debugger, run.optimizer, run.scaler, profiler,
+                             shared=True)
 
 
 def evaluate(
-    trainer: Trainer, run: Run, loader: torch.utils.data.DataLoader, phase: str, collect: bool = False
+    trainer: Trainer, run: Run, loader: torch.utils.data.DataLoader, phase: str, collect: bool = False,
+    shared: bool = False,
 ) -> dict[str, Any]:
-    """Loss, accuracy, balanced accuracy and macro-F1 on the valid or test split, without gradients."""
-    return trainer.run_epoch(run.net, loader, phase, run.debugger, collect=collect)
+    """Loss, accuracy, balanced accuracy and macro-F1 on the valid or test split, without gradients.
+
+    On the plain module, never the DDP wrapper: its forward would broadcast buffers,
+    a collective that hangs when ranks hold shards of different lengths.
+    """
+    net = run.model if trainer.cluster.distributed else run.net
+    return trainer.run_epoch(net, loader, phase, run.debugger, collect=collect, shared=shared)
 
 
 def load_splits(args: argparse.Namespace, paths: Paths, cpus: int) -> dict[str, Split]:
@@ -279,36 +272,26 @@ def build_datasets(splits: dict[str, Split], prep: Preprocessing, cpus: int) -> 
     return datasets
 
 
-def build_loaders(
-    args: argparse.Namespace, trainer: Trainer, datasets: dict[str, CachedImageDataset]
-) -> dict[str, torch.utils.data.DataLoader]:
-    """One loader per split: on the CPU cached splits load in-process, the test split with workers.
-
-    The test split's batches carry each image's index (``image_folder.Indexed``): its
-    evaluation names the files of the worst mistakes.
-    """
-    loaders = {name: trainer.loader(datasets[name], shuffle=name == "train") for name in ("train", "valid")}
-    loaders["test"] = trainer.loader(Indexed(datasets["test"]), shuffle=False, collate=collate_indexed)
-    print("loader workers: " + ", ".join(f"{name}={loader.num_workers}" for name, loader in loaders.items())
-          + ("" if args.num_workers is None else " (--num_workers)"), flush=True)
-    return loaders
-
-
 def prepare_run(args: argparse.Namespace, paths: Paths, trainer: Trainer, model: nn.Module) -> Run:
     """The model on its device, Adam over the parameter groups, the GradScaler, Debugger, ``--compile``."""
     model = model.to(trainer.device)
     if trainer.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.Adam(
-        parameter_groups(model, args.model, args.learning_rate), weight_decay=args.weight_decay
-    )
+    cluster = trainer.cluster
+    lr = distributed.scaled_learning_rate(args.learning_rate, args.batch_size, cluster.world_size,
+                                          args.lr_reference_batch)
+    if lr != args.learning_rate and cluster.is_main:
+        print(f"learning rate {lr:.6g}: {args.learning_rate:g} x global batch {args.batch_size * cluster.world_size}"
+              f" / {args.lr_reference_batch or args.batch_size} (linear scaling rule)", flush=True)
+    optimizer = torch.optim.Adam(parameter_groups(model, args.model, lr), weight_decay=args.weight_decay)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     scaler = torch.amp.GradScaler("cuda", enabled=trainer.cuda)
-    debugger = Debugger(paths, args)
+    debugger = Debugger(paths, args, main=cluster.is_main)
     debugger.register(model, trainer.loss_fn)
-    # The compiled wrapper shares the module's parameters: checkpoints, best_state
+    # DDP and the compiled wrapper share the module's parameters: checkpoints, best_state
     # and model.pt still come from ``model`` and keep their plain key names.
-    net = compiled(model) if args.compile == "true" else model
+    net = distributed.wrap(model, cluster, trainer.cuda)
+    net = compiled(net) if args.compile == "true" else net
     return Run(model, net, optimizer, scaler, base_lrs, debugger)
 
 
@@ -316,11 +299,16 @@ def fit(
     args: argparse.Namespace, paths: Paths, trainer: Trainer, run: Run,
     loaders: dict[str, torch.utils.data.DataLoader], progress: Progress, signature: dict[str, Any],
 ) -> None:
-    """The epochs: train, validate, log the metrics, checkpoint, stop early when valid_loss stalls."""
-    start, folder = progress.start_epoch, paths.job_checkpoint_dir()
+    """The epochs: train, validate, log the metrics, checkpoint, stop early when valid_loss stalls.
+
+    Under DDP every rank trains and validates its shard, the scores are the whole
+    split's (``shared``), rank 0 alone logs and checkpoints, and its early-stopping
+    decision is every rank's.
+    """
+    start, folder, cluster = progress.start_epoch, paths.job_checkpoint_dir(), trainer.cluster
     profiler = (
         StepProfiler(args.profile_steps, paths.output_data_dir / "profiler", trainer.cuda)
-        if args.profile_steps > 0 and start <= args.epochs and not progress.finished
+        if args.profile_steps > 0 and start <= args.epochs and not progress.finished and cluster.is_main
         else None
     )
     for epoch in range(start, args.epochs + 1):
@@ -328,23 +316,18 @@ def fit(
             break
         t_epoch = time.perf_counter()
         tr = train_one_epoch(trainer, run, loaders["train"], epoch, profiler)
-        va = evaluate(trainer, run, loaders["valid"], "valid")
-        seconds = time.perf_counter() - t_epoch
-        metric("train_loss", tr["loss"], epoch)
-        metric("train_accuracy", tr["accuracy"], epoch)
-        metric("valid_loss", va["loss"], epoch)
-        metric("valid_accuracy", va["accuracy"], epoch)
-        metric("valid_balanced_accuracy", va["balanced_accuracy"], epoch)
-        metric("valid_macro_f1", va["macro_f1"], epoch)
-        metric("epoch_seconds", seconds, epoch)
-        progress.history.append({"epoch": epoch, "train_loss": tr["loss"], "train_accuracy": tr["accuracy"],
-                                 "valid_loss": va["loss"], "valid_accuracy": va["accuracy"],
-                                 "valid_balanced_accuracy": va["balanced_accuracy"],
-                                 "valid_macro_f1": va["macro_f1"],
-                                 "epoch_seconds": seconds})
-        checkpoints.record_epoch(folder, progress, epoch, va["loss"], run.model, run.optimizer, signature)
+        va = evaluate(trainer, run, loaders["valid"], "valid", shared=True)
+        values = {"train_loss": tr["loss"], "train_accuracy": tr["accuracy"], "valid_loss": va["loss"],
+                  "valid_accuracy": va["accuracy"], "valid_balanced_accuracy": va["balanced_accuracy"],
+                  "valid_macro_f1": va["macro_f1"], "epoch_seconds": time.perf_counter() - t_epoch}
+        if cluster.is_main:
+            for name, value in values.items():
+                metric(name, value, epoch)
+        progress.history.append({"epoch": epoch, **values})
+        checkpoints.record_epoch(folder, progress, epoch, va["loss"], run.model, run.optimizer, signature,
+                                 save=cluster.is_main)
         run.debugger.after_epoch(epoch, args.epochs)
-        if progress.bad_epochs >= args.patience:
+        if distributed.broadcast(cluster, progress.bad_epochs >= args.patience):
             print(f"early stopping after epoch {epoch}: no better valid_loss for {progress.bad_epochs} epochs",
                   flush=True)
             break
@@ -361,6 +344,8 @@ def test_and_save(
     class_names = splits["train"].class_names
     if progress.best_state is not None:
         run.model.load_state_dict(progress.best_state)
+    if trainer.cluster.distributed:  # rank 0 alone: the abstention fit reads the whole valid split
+        loaders = {**loaders, "valid": trainer.loader(datasets["valid"], shuffle=False)}
     te = evaluate(trainer, run, loaders["test"], "test", collect=True)
     metric("test_loss", te["loss"])
     metric("test_accuracy", te["accuracy"])
@@ -419,8 +404,13 @@ def train(args: argparse.Namespace, paths: Paths) -> dict[str, float]:
     signature = checkpoints.signature(run_hyperparameters(args), splits, run.model, args.pretrained_weights)
     checkpoint_dir = paths.job_checkpoint_dir()
     progress = checkpoints.resume(checkpoint_dir, signature, run.model, run.optimizer, args.patience)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints.agree(progress, distributed.broadcast(trainer.cluster, (progress.start_epoch, progress.finished)))
+    if trainer.cluster.is_main:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
     fit(args, paths, trainer, run, loaders, progress, signature)
+    if not trainer.cluster.is_main:  # the test, the evaluation and the model are rank 0's, over whole splits
+        run.debugger.close()
+        return {}
     return test_and_save(args, paths, trainer, run, loaders, datasets, splits, progress, weighting)
 
 
@@ -440,6 +430,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         print(reason, file=sys.stderr, flush=True)
         return 1
+    finally:
+        distributed.stop()
 
 
 if __name__ == "__main__":
