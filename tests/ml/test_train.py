@@ -319,6 +319,8 @@ def test_learning_rate_schedule_is_a_function_of_the_epoch() -> None:
     assert all(a > b for a, b in zip(factors, factors[1:])) and factors[-1] > 0
 
 
+# Inductor compiles C++ on a cold cache (a fresh CI clone): 80+ s, so it runs with make test-e2e.
+@pytest.mark.e2e
 def test_compiled_training_steps_equal_the_plain_ones() -> None:
     """``--compile true``: train.py's own epoch loop gives the plain loop's losses and weights."""
     import torch
