@@ -21,6 +21,8 @@ import boto3
 import botocore.validate
 from botocore.exceptions import ClientError
 
+#: The data bucket of the tests' settings (tests/app/conftest.py sets BREEDLINE_BUCKET to it).
+BUCKET = "breedline-data"
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = ROOT / "events"
 _SERVICE_MODELS: dict[str, Any] = {}

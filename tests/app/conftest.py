@@ -11,9 +11,8 @@ import pytest
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from app_helpers import FakeSageMaker, calls_the_roles_refuse, record_handler_calls
+from app_helpers import BUCKET, FakeSageMaker, calls_the_roles_refuse, record_handler_calls
 
-BUCKET = "breedline-data"
 ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "BREEDLINE_BUCKET": BUCKET,

@@ -12,9 +12,8 @@ import copy
 import json
 
 import boto3
-from app_helpers import load_event
+from app_helpers import BUCKET, load_event
 from chalicelib.state import StateStore
-from conftest import BUCKET
 
 JOB = "shelter-intake"
 MODEL = "breedline-dog-breeds-ee486b7b-final"
