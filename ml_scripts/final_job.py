@@ -58,6 +58,7 @@ SERVING_FILES: tuple[str, ...] = (
     "decoding.py",
     "image_folder.py",
     "presets.py",
+    "batch_errors.py",
 )
 SERVING_REQUIREMENTS = "serving_requirements.txt"
 #: The champion channel holds the live model's ``model.tar.gz``; these members are all we read of it.
