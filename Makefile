@@ -70,7 +70,7 @@ test-containers: $(CSTAMP)
 # ARGS goes to `python -m breedline demo` as is (python -m breedline demo --help).
 # Each run writes .breedline/runs/<UTC time>/; .breedline/latest is the newest.
 demo: $(STAMP)
-	$(PY) -m breedline demo $(if $(DATA),--data $(DATA),) $(ARGS)
+	$(PY) -m breedline demo $(if $(DATA),--data $(DATA),) $(if $(BATCH),--batch $(BATCH),) $(ARGS)
 
 bench: $(STAMP)
 	$(PY) -m bench
