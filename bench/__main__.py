@@ -39,6 +39,7 @@ SECTIONS: dict[str, str] = {
     "debugger": "8. In-job Debugger (--debugger in_job: smdebug hook and the five rules) per epoch",
     "soak": "9. Predict soak (local API on loopback, bounded)",
     "ood": "10. \"I don't know\": OOD AUROC and abstained shares (digits and photo models, issue 13)",
+    "batch": "11. Batch predictions (local transform job, 1 and 2 workers, vs a POST /predict loop; issue 18)",
 }
 
 
@@ -61,6 +62,8 @@ def _runner(key: str):
         from bench import soak_bench as mod
     elif key == "ood":
         from bench import ood_bench as mod
+    elif key == "batch":
+        from bench import batch_bench as mod
     else:
         from bench import demo_bench as mod
     return mod.run
