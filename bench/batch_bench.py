@@ -167,9 +167,16 @@ def measure(work: Path, bodies: list[bytes], repeats: int) -> dict[str, Any]:
                 rate, startup = transform(s3, sm, info.bucket, f"bench-{w}w-{r}", len(bodies), w)
                 rates[f"w{w}"].append(rate)
                 startups[f"w{w}"].append(startup)
-        return {"rates": rates, "startups": startups}
+        return {"rates": rates, "startups": startups, "per_record": per_record_lines(work / "state")}
     finally:
         stop_runtime(child)
+
+
+def per_record_lines(state_dir: Path) -> list[str]:
+    """Each job's median seconds per record (read, wait for a slot, invoke, write), from the runtime's log."""
+    log_path = state_dir / "logs" / "runtime.log"
+    text = log_path.read_text(encoding="utf-8", errors="replace") if log_path.is_file() else ""
+    return [line.split("transform job ", 1)[1] for line in text.splitlines() if "median seconds per record" in line]
 
 
 def run(section: Section, quick: bool) -> None:
@@ -202,3 +209,4 @@ def add_rows(section: Section, result: dict[str, Any], count: int) -> None:
             note=f"from TransformStartTime; start-up before it {startup.median:.1f} s (median)"))
     section.notes.append("Baseline and jobs take turns in each repeat, on the same runtime, model and images. "
                          + json.dumps({k: [round(v, 1) for v in vs] for k, vs in result["rates"].items()}))
+    section.notes.extend(f"job {line}" for line in result.get("per_record", []))

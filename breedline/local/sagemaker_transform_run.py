@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import json
 import logging
+import statistics
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,8 @@ log = logging.getLogger("runtime.transform")
 #: ModelClientConfig's defaults on AWS (its API reference): 600 s per request, 3 retries.
 DEFAULT_INVOCATION_TIMEOUT_S = 600
 DEFAULT_INVOCATION_RETRIES = 3
+#: Threads per instance beyond MaxConcurrentTransforms: they read and write S3 while the slots are busy.
+IO_THREADS = 2
 #: FailureReason's longest text (DescribeTransformJob: 1024 characters).
 MAX_REASON = 1024
 
@@ -95,6 +99,8 @@ class TransformRun:
         self.written = 0
         self.thread = threading.Thread(target=self._run, name=f"transform-{name}", daemon=True)
         self._count_lock = threading.Lock()
+        self._local = threading.local()
+        self.timings: dict[str, list[float]] = {}  # seconds per record: read, wait (for a slot), invoke, write
 
     def __repr__(self) -> str:
         return f"TransformRun({self.name})"
@@ -163,14 +169,21 @@ class TransformRun:
             raise RuntimeError(f"an instance's model server did not start: {errors[0]}")
 
     def _transform_all(self, job: dict, records: list[Record]) -> None:
-        """Records shared out round-robin; each instance has MaxConcurrentTransforms requests in flight."""
+        """Records shared out round-robin; each instance has MaxConcurrentTransforms requests in flight.
+
+        Why more threads than requests: reading a record from S3 and writing its
+        ``.out`` need not wait for a slot, so a model server is not idle during
+        S3 I/O; the slot (a semaphore per instance) bounds only the requests.
+        """
         per_instance = int(job.get("MaxConcurrentTransforms") or 1)
         if not records:
             return
-        pools = [ThreadPoolExecutor(max_workers=per_instance, thread_name_prefix=f"{self.name}-i{i + 1}")
+        pools = [ThreadPoolExecutor(max_workers=per_instance + IO_THREADS, thread_name_prefix=f"{self.name}-i{i + 1}")
                  for i in range(len(self.servers))]
+        slots = [threading.BoundedSemaphore(per_instance) for _ in self.servers]
         try:
-            futures = [pools[i % len(pools)].submit(self._one, job, self.servers[i % len(pools)], record)
+            futures = [pools[i % len(pools)].submit(self._one, job, self.servers[i % len(pools)], slots[i % len(pools)],
+                                                    record)
                        for i, record in enumerate(records)]
             for future in futures:
                 future.result()
@@ -178,20 +191,28 @@ class TransformRun:
             for pool in pools:
                 pool.shutdown(wait=True)
 
-    def _one(self, job: dict, server: ModelServer, record: Record) -> None:
+    def _one(self, job: dict, server: ModelServer, slot: threading.BoundedSemaphore, record: Record) -> None:
         if self.stopping.is_set() or self.backend.closing.is_set():
             return
         s3 = self.backend.s3
         try:
+            started = time.perf_counter()
             body = s3.get_object(Bucket=record.bucket, Key=record.key)["Body"].read()
+            read = time.perf_counter()
             limit_mb = int(job.get("MaxPayloadInMB", 6))
             if limit_mb and len(body) > limit_mb * 1024 * 1024:
                 raise RecordFailure(f"{len(body)} bytes exceed MaxPayloadInMB={limit_mb}")
-            answer = self._invoke(job, server, body)
+            with slot:
+                invoked = time.perf_counter()
+                answer = self._invoke(job, server, body)
+                answered = time.perf_counter()
             bucket, key = split_s3_uri(output_uri(job["TransformOutput"]["S3OutputPath"], record.relative))
             s3.put_object(Bucket=bucket, Key=key, Body=answer)
             with self._count_lock:
                 self.written += 1
+                for name, seconds in (("read", read - started), ("wait", invoked - read),
+                                      ("invoke", answered - invoked), ("write", time.perf_counter() - answered)):
+                    self.timings.setdefault(name, []).append(seconds)
         except Exception as exc:
             self._failed(record, exc)
 
@@ -205,7 +226,7 @@ class TransformRun:
         problem = ""
         for _ in range(tries):
             try:
-                answer = requests.post(f"{server.url}/invocations", data=body, headers=headers, timeout=timeout)
+                answer = self._session().post(f"{server.url}/invocations", data=body, headers=headers, timeout=timeout)
             except requests.RequestException as exc:
                 problem = f"{type(exc).__name__}: {exc}"
                 continue
@@ -215,6 +236,14 @@ class TransformRun:
             if answer.status_code < 500:  # a client error will not change on a retry
                 break
         raise RecordFailure(problem)
+
+    def _session(self) -> requests.Session:
+        """One keep-alive session per worker thread (loopback only: no proxy from the environment)."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+            session.trust_env = False
+        return session
 
     def _failed(self, record: Record, exc: Exception) -> None:
         entry = {"key": f"s3://{record.bucket}/{record.key}", "error": str(exc)}
@@ -232,7 +261,9 @@ class TransformRun:
             job.setdefault("TransformStartTime", job["TransformEndTime"])
             if reason:
                 job["FailureReason"] = reason[:MAX_REASON]
-        log.info("transform job %s %s: %d written, %d failed", self.name, status, self.written, len(self.failures))
+        medians = {name: round(statistics.median(values), 4) for name, values in self.timings.items()}
+        log.info("transform job %s %s: %d written, %d failed; median seconds per record %s", self.name, status,
+                 self.written, len(self.failures), medians)
         self.backend.changed()
         self.backend.emit_transform(self.name)
 
