@@ -16,6 +16,7 @@ Breedline sends one image per record, so none of them is needed.
 from __future__ import annotations
 
 import copy
+import datetime as dt
 from typing import Any
 
 from contract import IN_PROGRESS, STOPPING
@@ -34,6 +35,11 @@ EVENT_FIELDS: tuple[str, ...] = (
 #: SageMaker's defaults for what a request may leave out (CreateTransformJob's reference).
 DEFAULT_MAX_PAYLOAD_MB = 6
 DEFAULT_MAX_CONCURRENT = 1
+
+
+def _epoch(value: Any) -> float:
+    """A record's time as epoch seconds: a datetime, or a number as a reloaded snapshot keeps a private field."""
+    return value.timestamp() if hasattr(value, "timestamp") else float(value)
 
 
 def check_transform_request(p: dict) -> None:
@@ -120,11 +126,15 @@ class TransformOperations(BackendState):
             for field, op in (("LastModifiedTimeAfter", "gt"), ("LastModifiedTimeBefore", "lt")):
                 if field in p:
                     bound = p[field].timestamp() if hasattr(p[field], "timestamp") else float(p[field])
-                    jobs = [j for j in jobs if (j["LastModifiedTime"].timestamp() > bound) == (op == "gt")]
+                    jobs = [j for j in jobs if (_epoch(j["LastModifiedTime"]) > bound) == (op == "gt")]
             picked = self._listing(jobs, p, "TransformJobName", "TransformJobStatus",
                                    {"Name": "TransformJobName", "CreationTime": "CreationTime",
                                     "Status": "TransformJobStatus"})
-            return {"TransformJobSummaries": [{k: j[k] for k in keys if k in j} for j in picked]}
+            summaries = [{k: j[k] for k in keys if k in j} for j in picked]
+        for summary in summaries:  # a reloaded snapshot's LastModifiedTime is a number (no shape says otherwise)
+            if "LastModifiedTime" in summary and not hasattr(summary["LastModifiedTime"], "timestamp"):
+                summary["LastModifiedTime"] = dt.datetime.fromtimestamp(float(summary["LastModifiedTime"]), dt.UTC)
+        return {"TransformJobSummaries": summaries}
 
     def emit_transform(self, name: str) -> None:
         """Put the documented ``SageMaker Transform Job State Change`` event for the job as it is now."""

@@ -24,6 +24,8 @@ import pytest
 from botocore.exceptions import ClientError
 from PIL import Image
 
+from breedline.local.sagemaker import SageMakerBackend
+from breedline.local.sagemaker_restore import restore_state
 from breedline.local.sagemaker_state import DETAIL_TRANSFORM
 from local_standins import BUCKET, sagemaker_client  # type: ignore[import-not-found]
 from test_serving_errors import tiny_model_archive  # type: ignore[import-not-found]
@@ -91,7 +93,8 @@ def _outputs(s3, prefix: str) -> dict[str, dict]:
     pytest.param(1, id="one-instance"),
     pytest.param(2, id="two-instances", marks=pytest.mark.e2e),
 ])
-def test_manifest_job_writes_one_out_per_image_and_error_lines(batch, local_sagemaker, instances: int) -> None:
+def test_manifest_job_writes_one_out_per_image_and_error_lines(batch, local_sagemaker, tmp_path,
+                                                               instances: int) -> None:
     sm, s3, names = batch
     manifest = [{"prefix": f"s3://{BUCKET}/batch/unit/"}, *names]
     s3.put_object(Bucket=BUCKET, Key="batch-results/unit/tj-1/manifest.json", Body=json.dumps(manifest))
@@ -123,6 +126,11 @@ def test_manifest_job_writes_one_out_per_image_and_error_lines(batch, local_sage
 
     listed = sm.list_transform_jobs(StatusEquals="Completed")["TransformJobSummaries"]
     assert [s["TransformJobName"] for s in listed] == ["tj-1"]
+    # `up --keep-state` reloads the job from sagemaker.json; its answers still pass botocore's output shapes
+    reloaded = SageMakerBackend(tmp_path / "reloaded", s3, None)
+    restore_state(reloaded, local_sagemaker.backend.state_dir / "sagemaker.json")
+    assert reloaded.call("DescribeTransformJob", {"TransformJobName": "tj-1"})["TransformJobStatus"] == "Completed"
+    assert [s["TransformJobName"] for s in reloaded.call("ListTransformJobs", {})["TransformJobSummaries"]] == ["tj-1"]
     with pytest.raises(ClientError) as caught:
         sm.create_transform_job(**transform_request("tj-1", {"S3DataType": "S3Prefix", "S3Uri": output}, output))
     assert caught.value.response["Error"]["Code"] == "ValidationException"
