@@ -4,7 +4,7 @@
 #   make test-containers - the ML scripts on the AWS containers' versions, through
 #                 AWS's own training and serving toolkits (.venv-containers)
 #   make demo   - run the whole pipeline locally (upload -> tune -> train -> deploy -> predict);
-#                 DATA=folder, ARGS=--keep-running (see the demo target)
+#                 DATA=folder, ARGS=--keep-running, BATCH=folder (see the demo target)
 #   make bench  - benchmarks; they print figures and never fail on a slow machine
 
 SHELL := /bin/bash
@@ -66,11 +66,12 @@ $(CSTAMP): requirements-containers.txt ml_scripts/requirements.txt ml_scripts/se
 test-containers: $(CSTAMP)
 	$(CPY) -m pytest tests/ml tests/containers $(PYTEST_ARGS)
 
-# make demo DATA=folder ARGS="--keep-running --per-class 0": DATA is your data set,
-# ARGS goes to `python -m breedline demo` as is (python -m breedline demo --help).
+# make demo DATA=folder ARGS="--keep-running --per-class 0" BATCH=folder: DATA is your data set,
+# ARGS goes to `python -m breedline demo` as is (python -m breedline demo --help), BATCH is a
+# folder to predict with a Batch Transform job once the demo's model is live (docs/local.md).
 # Each run writes .breedline/runs/<UTC time>/; .breedline/latest is the newest.
 demo: $(STAMP)
-	$(PY) -m breedline demo $(if $(DATA),--data $(DATA),) $(ARGS)
+	$(PY) -m breedline demo $(if $(DATA),--data $(DATA),) $(ARGS)$(if $(BATCH), --batch $(BATCH),)
 
 bench: $(STAMP)
 	$(PY) -m bench

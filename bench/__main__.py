@@ -50,6 +50,7 @@ SECTIONS: dict[str, str] = {
     "cold_start": "11. Cold start and worker memory (model.onnx built in the job vs export at load, issue 17)",
     "capacity": "12. Capacity of one endpoint instance (req/s, p50/p99) and the autoscaling target",
     "ddp": "13. Data-parallel training: 1 vs 2 processes (torchrun, gloo) and the sync share of a step",
+    "batch": "14. Batch predictions (local transform job, 1 and 2 workers, vs a POST /predict loop; issue 18)",
 }
 
 
@@ -78,6 +79,8 @@ def _runner(key: str):
         from bench import capacity as mod
     elif key == "ddp":
         from bench import ddp_bench as mod
+    elif key == "batch":
+        from bench import batch_bench as mod
     else:
         from bench import demo_bench as mod
     return mod.run

@@ -15,6 +15,7 @@ Commands::
     python -m breedline status [--json]                   # pipeline and endpoint states
     python -m breedline report JOB [--json]               # metrics, evaluation, pictures, model card
     python -m breedline predict IMAGE [--api URL]         # classify one image
+    python -m breedline batch FOLDER [--name N] [--wait]  # predictions for a folder (a Batch Transform job)
 
 A command that cannot reach what it needs (no runtime and no AWS
 configuration, an unknown job, a missing image) prints one line on stderr
@@ -155,7 +156,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         os.environ["BREEDLINE_TRAINING_INSTANCE_COUNT"] = str(args.instances)
     per_class = None if args.per_class == 0 else args.per_class
     return run_demo(data, name, Path(args.state_dir) if args.state_dir else None, keep_running=args.keep_running, timeout=args.timeout,
-                    per_class=per_class)
+                    per_class=per_class, batch=Path(args.batch).resolve() if args.batch else None)
 
 
 def _iso(value: Any) -> str | None:
@@ -355,6 +356,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_batch(args: argparse.Namespace) -> int:
+    import boto3
+
+    from breedline.batch import BatchError, batch_name, run_batch
+
+    connect(args)
+    folder = Path(args.folder)
+    try:
+        run_batch(boto3.client("s3"), _settings().bucket, folder, args.name or batch_name(folder), wait=args.wait,
+                  timeout=args.timeout, say=lambda line: print(line, flush=True))
+    except BatchError as exc:
+        raise OperatorError(str(exc)) from exc
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m breedline", description=__doc__.split("\n\n")[0])
     common = argparse.ArgumentParser(add_help=False)
@@ -375,6 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--instances", type=int, default=None,
                       help="instances of the final training job, each a local process (sets "
                            "BREEDLINE_TRAINING_INSTANCE_COUNT; default 1)")
+    demo.add_argument("--batch", help="then run batch predictions for this folder against the demo's model")
     demo.set_defaults(func=cmd_demo)
     up = sub.add_parser("up", parents=[common], help="run the local runtime until Ctrl-C")
     up.add_argument("--api-port", type=int, default=0)
@@ -398,6 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--api", help="API base URL (default: the local runtime's, or $BREEDLINE_API_URL)")
     predict.add_argument("--content-type")
     predict.set_defaults(func=cmd_predict)
+    batch = sub.add_parser("batch", parents=[common], help="predictions for every image of a folder (Batch Transform)")
+    batch.add_argument("folder")
+    batch.add_argument("--name", help="batch name (default: the folder's name and the time)")
+    batch.add_argument("--wait", action=argparse.BooleanOptionalAction, default=True,
+                       help="wait for the app's summary and print it (default; --no-wait returns after the upload)")
+    batch.add_argument("--timeout", type=float, default=1800.0, help="seconds to wait for the summary")
+    batch.set_defaults(func=cmd_batch)
     return parser
 
 

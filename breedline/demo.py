@@ -4,8 +4,7 @@ Why the runtime runs in a child process: the demo is an operator watching from
 outside, exactly as in AWS. The child (``python -m breedline up``) hosts moto,
 the local SageMaker service, the app's handlers and its API; this process only
 uploads the data set, watches the jobs through the SageMaker API, calls
-``POST /predict`` and prints the report. Ctrl-C stops the child, which stops
-every training and model-server process it started.
+``POST /predict`` and prints the report. Ctrl-C stops the child and every process it started.
 """
 
 from __future__ import annotations
@@ -24,6 +23,7 @@ from typing import Any, NamedTuple
 import requests
 from contract import FAILED, STOPPED
 
+from breedline.batch import run_demo_batch
 from breedline.build.paths import REPO_ROOT
 from breedline.demo_progress import Clock, Watcher, drain_alerts, print_try_it, say
 from breedline.local.runtime import DEFAULT_STATE_DIR, LATEST_LINK, RUNS_DIR, RuntimeInfo, new_run_dir
@@ -222,7 +222,8 @@ DEMO_PER_CLASS = 100
 
 
 def run_demo(data: Path | None, dataset: str, state_dir: Path | None = None, predictions: int = 6,
-             timeout: float = 900.0, keep_running: bool | None = None, per_class: int | None = DEMO_PER_CLASS) -> int:
+             timeout: float = 900.0, keep_running: bool | None = None, per_class: int | None = DEMO_PER_CLASS,
+             batch: Path | None = None) -> int:
     """The demo; returns the process exit code. ``state_dir``: see :func:`run_state_dir`.
 
     ``keep_running`` None: keep the runtime up when a person watches (stdin and
@@ -266,6 +267,8 @@ def run_demo(data: Path | None, dataset: str, state_dir: Path | None = None, pre
 
         picked = predict_test_images(clock, info.api_url, Path(data), predictions)
         clock.stage_done("predictions")
+        if not run_demo_batch(lambda line: say(clock, line), s3, info.bucket, batch):  # make demo BATCH=folder
+            return 1
         print_report(sm, s3, watcher, state_dir, clock, demo_state_store(info))
         print_wall_times(clock, state_dir)
         print_try_it(info.api_url, picked[0][0] if picked else None, keep_running)

@@ -66,6 +66,7 @@ SERVING_FILES: tuple[str, ...] = (
     "decoding.py",
     "image_folder.py",
     "presets.py",
+    "batch_errors.py",
 )
 SERVING_REQUIREMENTS = "serving_requirements.txt"
 #: At most this many held-out images (test first, then valid) make the ONNX parity probe.

@@ -291,3 +291,10 @@ def predict_bytes(body: bytes, content_type: str | None, model: LoadedModel) -> 
     """The whole request path, as the serving container chains it."""
     answer = output_fn(predict_fn(input_fn(body, content_type), model), JSON)
     return answer if isinstance(answer, str) else answer[0]
+
+
+# Batch transform jobs (BREEDLINE_BATCH_ERRORS=lines in their Environment): a refused image is
+# answered as a 200 error line, so one bad image never fails the job (batch_errors.py says why).
+import batch_errors  # noqa: E402
+
+input_fn, predict_fn, output_fn = batch_errors.chain(input_fn, predict_fn, output_fn, InferenceInputError)

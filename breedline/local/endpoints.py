@@ -132,6 +132,35 @@ class ModelServer:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
+def start_model_server(s3: Any, model: dict, folder: Path, extra_env: dict[str, str] | None = None) -> ModelServer:
+    """Download ``model``'s data into ``folder`` and start a :class:`ModelServer` on it, ready to serve.
+
+    Why one function: endpoints and batch transform jobs must serve a model the
+    same way (its ``model.tar.gz`` unpacked, its own ``code/``, its container's
+    ``Environment``). A transform job adds its own ``Environment`` on top
+    (``extra_env``), as SageMaker passes it to the container.
+    """
+    container = model.get("PrimaryContainer") or model["Containers"][0]
+    archive = folder / "model.tar.gz"
+    folder.mkdir(parents=True, exist_ok=True)
+    bucket, key = split_s3_uri(container["ModelDataUrl"])
+    if key.endswith(".tar.gz"):
+        s3.download_file(bucket, key, str(archive))
+        extract_tarball(archive, folder / "model")
+    else:
+        download_prefix(s3, container["ModelDataUrl"], folder / "model")
+    env = dict(os.environ)
+    env.update(container.get("Environment", {}))
+    env.update(extra_env or {})
+    env["PYTHONUNBUFFERED"] = "1"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    for key_name in [k for k in env if k.startswith("AWS_ENDPOINT_URL")]:
+        env.pop(key_name)
+    server = ModelServer(folder / "model", folder / "server.log", env)
+    server.start()
+    return server
+
+
 class EndpointHost:
     """The serving side of one endpoint: its current variant servers and deployments."""
 
@@ -177,25 +206,8 @@ class EndpointHost:
     def _start_variant(self, variant: dict, generation: int) -> ModelServer:
         with self.backend.lock:
             model = copy.deepcopy(self.backend.models[variant["ModelName"]])
-        container = model.get("PrimaryContainer") or model["Containers"][0]
         folder = self.root / f"{generation:03d}-{variant['VariantName']}"
-        archive = folder / "model.tar.gz"
-        folder.mkdir(parents=True, exist_ok=True)
-        bucket, key = split_s3_uri(container["ModelDataUrl"])
-        if key.endswith(".tar.gz"):
-            self.backend.s3.download_file(bucket, key, str(archive))
-            extract_tarball(archive, folder / "model")
-        else:
-            download_prefix(self.backend.s3, container["ModelDataUrl"], folder / "model")
-        env = dict(os.environ)
-        env.update(container.get("Environment", {}))
-        env["PYTHONUNBUFFERED"] = "1"
-        env.setdefault("OMP_NUM_THREADS", "1")
-        for key_name in [k for k in env if k.startswith("AWS_ENDPOINT_URL")]:
-            env.pop(key_name)
-        server = ModelServer(folder / "model", folder / "server.log", env)
-        server.start()
-        return server
+        return start_model_server(self.backend.s3, model, folder)
 
     def _deploy(self, config_name: str, update: bool) -> None:
         with self.backend.lock:

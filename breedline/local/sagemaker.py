@@ -18,6 +18,7 @@ The service in modules:
 - :mod:`.sagemaker_state`: the resources, tags, events and the saved snapshot;
 - :mod:`.sagemaker_jobs`: training and tuning job operations;
 - :mod:`.sagemaker_hosting`: model, endpoint config and endpoint operations;
+- :mod:`.sagemaker_transform`: batch transform job operations (the work: :mod:`.sagemaker_transform_run`);
 - this module: :class:`SageMakerBackend`, the one path every request takes;
 - :mod:`.sagemaker_http`: the HTTP server boto3 talks to;
 - :mod:`.training`, :mod:`.tuning`, :mod:`.endpoints`: the work behind them.
@@ -32,13 +33,14 @@ import logging
 
 from .sagemaker_hosting import HostingOperations
 from .sagemaker_jobs import JobOperations
+from .sagemaker_transform import TransformOperations
 from .sagemaker_wire import ServiceError
 from .validation import validate_request, validate_response
 
 log = logging.getLogger("runtime.sagemaker")
 
 
-class SageMakerBackend(JobOperations, HostingOperations):
+class SageMakerBackend(JobOperations, HostingOperations, TransformOperations):
     """All resources of one local account and region, and the operations on them."""
 
     OPERATIONS = (
@@ -49,6 +51,7 @@ class SageMakerBackend(JobOperations, HostingOperations):
         "CreateEndpointConfig", "DescribeEndpointConfig", "DeleteEndpointConfig",
         "CreateEndpoint", "UpdateEndpoint", "DescribeEndpoint", "DeleteEndpoint", "ListEndpoints",
         "ListTags", "AddTags", "DeleteTags",
+        "CreateTransformJob", "DescribeTransformJob", "StopTransformJob", "ListTransformJobs",
     )
 
     def call(self, op_name: str, params: dict) -> dict:

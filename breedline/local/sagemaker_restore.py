@@ -46,6 +46,7 @@ COLLECTIONS: dict[str, str] = {
     "tuning_jobs": "DescribeHyperParameterTuningJob",
     "models": "DescribeModel",
     "endpoint_configs": "DescribeEndpointConfig",
+    "transform_jobs": "DescribeTransformJob",
 }
 
 
@@ -150,6 +151,7 @@ def restore_state(backend: Any, snapshot: Path) -> dict[str, int]:
         interrupted = sum(_interrupt(job, "TrainingJobStatus", now) for job in backend.training_jobs.values())
         interrupted += sum(_interrupt(job, "HyperParameterTuningJobStatus", now)
                            for job in backend.tuning_jobs.values())
+        interrupted += sum(_interrupt(job, "TransformJobStatus", now) for job in backend.transform_jobs.values())
         for name, job in backend.tuning_jobs.items():
             if job["HyperParameterTuningJobStatus"] in TERMINAL_STATUSES:
                 backend.runners.setdefault(name, RestoredTuning(backend, name))

@@ -28,6 +28,7 @@ log = logging.getLogger("runtime.sagemaker")
 DETAIL_TRAINING = "SageMaker Training Job State Change"
 DETAIL_TUNING = "SageMaker HyperParameter Tuning Job State Change"
 DETAIL_ENDPOINT = "SageMaker Endpoint State Change"
+DETAIL_TRANSFORM = "SageMaker Transform Job State Change"
 
 #: Whether the local account has the SageMaker Debugger service: ``open`` (an account
 #: from before Debugger closed to new customers on 2026-07-30) or ``closed`` (one
@@ -64,6 +65,8 @@ def endpoint_rollback_from_env() -> bool:
 #: milliseconds (``"CreationTime": "1583831889050"``); the endpoint example
 #: writes numbers. Sources: events/README.md.
 TIMES_AS_TEXT: frozenset[str] = frozenset({DETAIL_TRAINING, DETAIL_TUNING})
+#: Events whose times AWS's example writes as ISO 8601 text (``"CreationTime": "2018-10-06T12:26:13Z"``).
+TIMES_AS_ISO: frozenset[str] = frozenset({DETAIL_TRANSFORM})
 
 
 def event_detail(detail_type: str, detail: Any) -> Any:
@@ -74,6 +77,8 @@ def event_detail(detail_type: str, detail: Any) -> Any:
     the local runtime is how the tests see them.
     """
     if isinstance(detail, dt.datetime):
+        if detail_type in TIMES_AS_ISO:
+            return detail.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         millis = to_millis(detail)
         return str(millis) if detail_type in TIMES_AS_TEXT else millis
     if isinstance(detail, dict):
@@ -119,6 +124,7 @@ class BackendState:
         self.models: dict[str, dict] = {}
         self.endpoint_configs: dict[str, dict] = {}
         self.endpoints: dict[str, dict] = {}
+        self.transform_jobs: dict[str, dict] = {}
         self.tags: dict[str, list[dict]] = {}
         self.runners: dict[str, Any] = {}  # job name -> TrainingRun / TuningRun
         self.hosts: dict[str, Any] = {}  # endpoint name -> EndpointHost
@@ -204,6 +210,7 @@ class BackendState:
                 "models": self.models,
                 "endpoint_configs": self.endpoint_configs,
                 "endpoints": self.endpoints,
+                "transform_jobs": self.transform_jobs,
                 "tags": self.tags,
             }
             text = wire_json(snapshot)
@@ -227,8 +234,10 @@ class BackendState:
         self.tags[arn] = list(current.values())
 
     def _known_arn(self, arn: str) -> bool:
-        collections = (self.training_jobs, self.tuning_jobs, self.models, self.endpoint_configs, self.endpoints)
-        keys = ("TrainingJobArn", "HyperParameterTuningJobArn", "ModelArn", "EndpointConfigArn", "EndpointArn")
+        collections = (self.training_jobs, self.tuning_jobs, self.models, self.endpoint_configs, self.endpoints,
+                       self.transform_jobs)
+        keys = ("TrainingJobArn", "HyperParameterTuningJobArn", "ModelArn", "EndpointConfigArn", "EndpointArn",
+                "TransformJobArn")
         return any(item.get(key) == arn for coll, key in zip(collections, keys) for item in coll.values())
 
     def ListTags(self, p: dict) -> dict:
