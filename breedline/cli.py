@@ -359,7 +359,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_batch(args: argparse.Namespace) -> int:
     import boto3
 
-    from breedline.batch import BatchError, batch_name, run_batch
+    from breedline.batch_runner import BatchError, batch_name, run_batch
 
     connect(args)
     folder = Path(args.folder)

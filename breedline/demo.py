@@ -23,9 +23,9 @@ from typing import Any, NamedTuple
 import requests
 from contract import FAILED, STOPPED
 
-from breedline.batch import run_demo_batch
+from breedline.batch_runner import run_demo_batch
 from breedline.build.paths import REPO_ROOT
-from breedline.demo_progress import Clock, Watcher, drain_alerts, print_try_it, say
+from breedline.demo_progress import Clock, Watcher, drain_alerts, print_try_it, print_wall_times, say
 from breedline.local.runtime import DEFAULT_STATE_DIR, LATEST_LINK, RUNS_DIR, RuntimeInfo, new_run_dir
 
 #: What ``POST /predict`` takes, by the format Pillow finds in the file (not by its name).
@@ -385,15 +385,6 @@ def predict_test_images(clock: Clock, api_url: str, data: Path, predictions: int
             say(clock, f"  {path.name:<22} HTTP {answer.status_code}: {body}")
     say(clock, f"  {correct}/{len(picked)} correct")
     return picked
-
-
-def print_wall_times(clock: Clock, state_dir: Path) -> None:
-    print("\nWall time by stage:")
-    for name, seconds in clock.stages:
-        print(f"  {name:<36} {seconds:7.1f} s")
-    print(f"  {'total':<36} {time.monotonic() - clock.start:7.1f} s")
-    print(f"\nEverything this run left behind is under {state_dir}/ "
-          "(runtime.json, sagemaker.json, jobs/, endpoints/, logs/app.log, report/).")
 
 
 def _pipeline_failed(sm: Any, watcher: Watcher) -> bool:

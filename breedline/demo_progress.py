@@ -173,3 +173,13 @@ def print_try_it(api_url: str, image: Path | None, keep_running: bool) -> None:
     print(f"  with curl:  curl -H 'Content-Type: image/jpeg' --data-binary @{example} {api_url}/predict")
     if not keep_running:
         print("  (the runtime stops now; make demo ARGS=--keep-running keeps it up for these)")
+
+
+def print_wall_times(clock: Clock, state_dir: Path) -> None:
+    """The demo's closing lines: seconds per stage, and where the run's files are."""
+    print("\nWall time by stage:")
+    for name, seconds in clock.stages:
+        print(f"  {name:<36} {seconds:7.1f} s")
+    print(f"  {'total':<36} {time.monotonic() - clock.start:7.1f} s")
+    print(f"\nEverything this run left behind is under {state_dir}/ "
+          "(runtime.json, sagemaker.json, jobs/, endpoints/, logs/app.log, report/).")

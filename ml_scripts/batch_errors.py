@@ -34,9 +34,9 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from contract import BATCH_ERRORS_LINES, BATCH_ERRORS_VARIABLE
+
 #: The environment variable, and its value, that turn refusals into error lines.
-BATCH_ERRORS_VARIABLE = "BREEDLINE_BATCH_ERRORS"
-BATCH_ERRORS_LINES = "lines"
 
 
 def error_lines_enabled() -> bool:

@@ -114,6 +114,19 @@ def refused_format(data: bytes) -> str | None:
 
 
 # -- debugging --------------------------------------------------------------------------
+#: Batch predictions (issue 18): images go in under ``batch/<job>/`` (then its ready marker); the app
+#: writes each run's manifest, the transform job's ``<key>.out`` files under ``output/``, the joined
+#: ``results.jsonl`` and ``summary.json`` under ``batch-results/<job>/<transform job>/``. Fixed, not
+#: settings: the IAM grants name the two prefixes.
+BATCH_PREFIX = "batch/"
+BATCH_RESULTS_PREFIX = "batch-results/"
+BATCH_RESULTS_FILE = "results.jsonl"
+BATCH_SUMMARY_FILE = "summary.json"
+#: The transform job's Environment entry that makes the serving code answer a refused image as a
+#: 200 line ``{"error": {...}}``, so one bad image never fails the whole job (``batch_errors.py``).
+BATCH_ERRORS_VARIABLE = "BREEDLINE_BATCH_ERRORS"
+BATCH_ERRORS_LINES = "lines"
+
 #: Where Debugger's hooks and rules run (``BREEDLINE_DEBUGGER``): ``in_job`` (the
 #: open-source smdebug library inside the training job; the request carries no
 #: Debugger service configuration), ``service`` (SageMaker Debugger, for accounts

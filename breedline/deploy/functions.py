@@ -31,6 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from contract import BATCH_PREFIX, BATCH_RESULTS_PREFIX
+
 _ARN = "arn:${AWS::Partition}"
 _REGIONAL = "${AWS::Region}:${AWS::AccountId}"
 #: SageMaker names the app makes at run time can only be granted by prefix; the endpoint has one name.
@@ -114,9 +116,7 @@ ROLLBACK_ALARMS = Grant(
         f"{_ARN}:cloudwatch:{_REGIONAL}:alarm:${{AWS::StackName}}-endpoint-{a}" for a in ("5xx", "latency")
     ),
 )
-#: Batch predictions (chalicelib/batch.py's BATCH_PREFIX and RESULTS_PREFIX; tests/infra checks they agree).
-BATCH_PREFIX = "batch/"
-BATCH_RESULTS_PREFIX = "batch-results/"
+# Batch predictions: the prefixes' one home is contract.py (the app, the CLI and these grants read it).
 #: A batch's marker: list its images, write its manifest (or a refusal's summary), start its transform job.
 #: CreateTransformJob takes no role (the job runs as the model's), so no iam:PassRole.
 START_BATCH = (

@@ -23,13 +23,14 @@ import hashlib
 from dataclasses import dataclass
 from typing import Iterable
 
+# The words the CLI and the serving code share live in contract.py; re-exported under this module's names.
 from chalicelib.datasets import ObjectRef, valid_dataset_name
+from contract import BATCH_PREFIX  # noqa: F401
+from contract import BATCH_RESULTS_FILE as RESULTS_FILE  # noqa: F401
+from contract import BATCH_RESULTS_PREFIX as RESULTS_PREFIX
+from contract import BATCH_SUMMARY_FILE as SUMMARY_FILE  # noqa: F401
 
-BATCH_PREFIX = "batch/"
-RESULTS_PREFIX = "batch-results/"
 MANIFEST_FILE = "manifest.json"
-RESULTS_FILE = "results.jsonl"
-SUMMARY_FILE = "summary.json"
 OUTPUT_FOLDER = "output/"
 #: SageMaker's suffix of each object's transform output (TransformOutput.S3OutputPath).
 OUTPUT_SUFFIX = ".out"

@@ -13,11 +13,10 @@ from typing import Any
 from chalicelib.batch import MANIFEST_FILE, MAX_PAYLOAD_MB, OUTPUT_FOLDER, results_folder
 from chalicelib.channels import s3_uri
 from chalicelib.config import Settings
+from contract import BATCH_ERRORS_LINES, BATCH_ERRORS_VARIABLE
 
 #: What the serving code reads to answer an undecodable image as a 200 error line, not a 4xx
 #: (a 4xx from the container fails the whole transform job).
-BATCH_ERRORS_VARIABLE = "BREEDLINE_BATCH_ERRORS"
-BATCH_ERRORS_LINES = "lines"
 #: What each image is sent as: the container sniffs the real format from its bytes (contract.IMAGE_MAGIC).
 IMAGE_CONTENT_TYPE = "application/x-image"
 JSON = "application/json"

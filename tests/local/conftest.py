@@ -80,5 +80,5 @@ def digits_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Digits
     with running_runtime(root / "state", E2E_ENV) as info:
         upload_folder(clients(info)["s3"], info.bucket, data, "digits")
         endpoint = wait_for(lambda: endpoint_in_service(clients(info)["sagemaker"]),
-                            timeout=170 - (time.monotonic() - started), what="endpoint InService")
+                            timeout=300 - (time.monotonic() - started), what="endpoint InService")
         yield DigitsPipeline(started=started, root=root, data=data, info=info, endpoint=endpoint)

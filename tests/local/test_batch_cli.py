@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from breedline import cli
-from breedline.batch import BatchError, batch_name, check_name, format_summary, run_batch
+from breedline.batch_runner import BatchError, batch_name, check_name, format_summary, run_batch
 from local_standins import BUCKET  # type: ignore[import-not-found]
 
 

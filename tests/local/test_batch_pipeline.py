@@ -9,8 +9,8 @@ Two tests on the session's ``digits_pipeline`` (tests/local/conftest.py):
   code under both);
 - the operator's path, ``python -m breedline batch``'s upload under
   ``batch/<name>/`` + ``_READY``: the app starts the job and writes
-  ``results.jsonl`` and ``summary.json``. It needs the app's batch handler
-  (issue 18's app side) and is skipped until the app calls CreateTransformJob.
+  ``results.jsonl`` and ``summary.json`` (one line per file, the corrupt one an
+  error line, the summary's counts equal to the lines).
 """
 
 from __future__ import annotations
@@ -24,8 +24,7 @@ import pytest
 import requests
 from runtime_harness import DigitsPipeline, clients  # type: ignore[import-not-found]
 
-from breedline.batch import run_batch
-from breedline.build.paths import REPO_ROOT
+from breedline.batch_runner import run_batch
 
 pytestmark = pytest.mark.e2e
 CORRUPT = "corrupt.jpg"
@@ -95,9 +94,6 @@ def test_transform_job_on_the_live_model_matches_predict(digits_pipeline: Digits
         assert answer["top_k"][0]["probability"] == pytest.approx(online["top_k"][0]["probability"], abs=1e-4)
 
 
-@pytest.mark.skipif(
-    not any("create_transform_job" in p.read_text() for p in (REPO_ROOT / "chalice_app").rglob("*.py")),
-    reason="needs the app's batch handler (issue 18, app side): nothing in chalice_app starts a transform job yet")
 def test_uploaded_folder_gets_results_and_summary(digits_pipeline: DigitsPipeline) -> None:
     info = digits_pipeline.info
     s3 = clients(info)["s3"]
@@ -108,13 +104,16 @@ def test_uploaded_folder_gets_results_and_summary(digits_pipeline: DigitsPipelin
     bucket, key = result.results_uri[5:].split("/", 1)
     lines = [json.loads(line) for line in
              s3.get_object(Bucket=bucket, Key=key)["Body"].read().decode().splitlines() if line.strip()]
-    assert len(lines) == len(images)
-    by_file = {next(v for v in line.values() if isinstance(v, str) and v.endswith(tuple(images))): line
-               for line in lines}
-    assert sorted(name.rsplit("/", 1)[-1] for name in by_file) == sorted(i.rsplit("/", 1)[-1] for i in images)
-    corrupt = next(line for name, line in by_file.items() if name.endswith(CORRUPT))
-    assert "undecodable_image" in json.dumps(corrupt)
+    # One line per uploaded file, sorted, named by its path under batch/<name>/.
+    assert [line["file"] for line in lines] == images
+    by_file = {line["file"]: line for line in lines}
+    assert by_file[CORRUPT]["error"]["code"] == "undecodable_image" and "label" not in by_file[CORRUPT]
+    answered = [line for line in lines if "error" not in line]
+    assert len(answered) == len(images) - 1
+    assert all(line["label"] in {str(d) for d in range(10)} or line["abstained"] for line in answered)
     summary = result.summary
-    assert summary["failed"] == 1
-    labels = next(v for v in summary.values() if isinstance(v, dict))
-    assert sum(labels.values()) + summary["abstained"] + summary["failed"] == len(images)
+    assert summary["status"] == "Completed" and summary["total"] == len(images) and summary["failed"] == 1
+    assert summary["predicted"] + summary["abstained"] + summary["failed"] == len(images)
+    assert sum(summary["counts"].values()) == summary["predicted"]
+    assert summary["counts"] == {label: sum(1 for line in answered if line["label"] == label and not line["abstained"])
+                                 for label in summary["counts"]}

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from contract import BATCH_PREFIX
+from contract import BATCH_RESULTS_FILE as RESULTS_FILE
+from contract import BATCH_RESULTS_PREFIX as RESULTS_PREFIX
+from contract import BATCH_SUMMARY_FILE as SUMMARY_FILE
+
 #: Where a batch goes in, and where the app writes what comes out (the app's contract, issue 18).
-BATCH_PREFIX = "batch/"
-RESULTS_PREFIX = "batch-results/"
 READY_MARKER = "_READY"
-SUMMARY_FILE = "summary.json"
-RESULTS_FILE = "results.jsonl"
 #: A batch name: what the app accepts in a key and a transform job's name (letters, digits, dashes).
 NAME_LIMIT = 40
 UPLOAD_THREADS = 4
