@@ -81,4 +81,5 @@ def digits_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Digits
         upload_folder(clients(info)["s3"], info.bucket, data, "digits")
         endpoint = wait_for(lambda: endpoint_in_service(clients(info)["sagemaker"]),
                             timeout=300 - (time.monotonic() - started), what="endpoint InService")
-        yield DigitsPipeline(started=started, root=root, data=data, info=info, endpoint=endpoint)
+        yield DigitsPipeline(started=started, root=root, data=data, info=info, endpoint=endpoint,
+                             in_service=time.monotonic())

@@ -122,3 +122,5 @@ class DigitsPipeline:
     data: Path
     info: RuntimeInfo
     endpoint: dict
+    #: time.monotonic() when the endpoint went InService: the pipeline's own time, whatever ran after it.
+    in_service: float = 0.0
