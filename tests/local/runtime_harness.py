@@ -124,3 +124,12 @@ class DigitsPipeline:
     endpoint: dict
     #: time.monotonic() when the endpoint went InService: the pipeline's own time, whatever ran after it.
     in_service: float = 0.0
+
+
+def wait_for_transform(sm, name: str, timeout: float = 300.0, interval: float = 0.5) -> dict:
+    """DescribeTransformJob once the job has ended (Completed, Failed or Stopped)."""
+    deadline = time.monotonic() + timeout
+    while (job := sm.describe_transform_job(TransformJobName=name))["TransformJobStatus"] in ("InProgress", "Stopping"):
+        assert time.monotonic() < deadline, f"transform job {name} did not finish within {timeout:.0f} s"
+        time.sleep(interval)
+    return job

@@ -17,12 +17,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import pytest
 import requests
-from runtime_harness import DigitsPipeline, clients  # type: ignore[import-not-found]
+from runtime_harness import DigitsPipeline, clients, wait_for_transform  # type: ignore[import-not-found]
 
 from breedline.batch_runner import run_batch
 
@@ -47,14 +46,6 @@ def _live_model(sm, endpoint: dict) -> str:
     return config["ProductionVariants"][0]["ModelName"]
 
 
-def _wait(sm, name: str, timeout: float = 300.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while (job := sm.describe_transform_job(TransformJobName=name))["TransformJobStatus"] in ("InProgress", "Stopping"):
-        assert time.monotonic() < deadline, f"transform job {name} did not finish"
-        time.sleep(1.0)
-    return job
-
-
 def test_transform_job_on_the_live_model_matches_predict(digits_pipeline: DigitsPipeline) -> None:
     info = digits_pipeline.info
     c = clients(info)
@@ -77,7 +68,7 @@ def test_transform_job_on_the_live_model_matches_predict(digits_pipeline: Digits
         TransformResources={"InstanceType": "ml.m5.large", "InstanceCount": 2},
         Environment={"BREEDLINE_BATCH_ERRORS": "lines"},
         ModelClientConfig={"InvocationsTimeoutInSeconds": 60, "InvocationsMaxRetries": 1})
-    job = _wait(sm, "tj-direct")
+    job = wait_for_transform(sm, "tj-direct")
     assert job["TransformJobStatus"] == "Completed", job.get("FailureReason")
 
     listed = s3.list_objects_v2(Bucket=info.bucket, Prefix=f"{base}/output/")["Contents"]

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import pytest
 from botocore.exceptions import ClientError
@@ -28,6 +27,7 @@ from breedline.local.sagemaker import SageMakerBackend
 from breedline.local.sagemaker_restore import restore_state
 from breedline.local.sagemaker_state import DETAIL_TRANSFORM
 from local_standins import BUCKET, sagemaker_client  # type: ignore[import-not-found]
+from runtime_harness import wait_for_transform  # type: ignore[import-not-found]
 from test_serving_errors import tiny_model_archive  # type: ignore[import-not-found]
 
 MODEL = "tiny-batch"
@@ -57,12 +57,8 @@ def _jpeg(shade: int) -> bytes:
     return buffer.getvalue()
 
 
-def wait_done(sm, name: str, timeout: float = 150.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while (job := sm.describe_transform_job(TransformJobName=name))["TransformJobStatus"] in ("InProgress", "Stopping"):
-        assert time.monotonic() < deadline, f"{name} did not finish"
-        time.sleep(0.3)
-    return job
+def wait_done(sm, name: str) -> dict:
+    return wait_for_transform(sm, name, timeout=150.0, interval=0.3)
 
 
 @pytest.fixture

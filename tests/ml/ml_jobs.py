@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,3 +134,18 @@ def sample_photos() -> dict:
     from skimage import data
 
     return {name: Image.fromarray(getattr(data, name)()) for name in ("chelsea", "astronaut", "coffee")}
+
+
+def serve_in_bare_process(model_dir: Path, image: Path, script: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run ``script`` (argv: model dir, image) as the serving container would: ``code/`` first on the path.
+
+    ``-S`` and a bare environment: no site hooks, no editable install, so only the model's own
+    ``code/`` and the installed packages (after it) are importable.
+    """
+    installed = sysconfig.get_paths()
+    pythonpath = os.pathsep.join(dict.fromkeys([str(model_dir / "code"), installed["purelib"], installed["platlib"]]))
+    return subprocess.run(
+        [sys.executable, "-S", "-c", script, str(model_dir), str(image)],
+        cwd=cwd, capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": pythonpath},
+    )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import backbones
 import decoding
 import inference
 import onnx_export
-from ml_jobs import Job, photo_jpeg
+from ml_jobs import Job, photo_jpeg, serve_in_bare_process
 
 
 @pytest.fixture(scope="module")
@@ -192,9 +191,6 @@ def test_fast_path_top1_agrees_with_plain_path(trained_job: Job, model, plain_mo
 
 def test_model_tarball_code_dir_serves_on_its_own(trained_job: Job, digit_jpeg: bytes, tmp_path: Path) -> None:
     """code/ is importable without the repo's ml_scripts on sys.path (as in the serving container)."""
-    import subprocess
-    import sysconfig
-
     # As the serving container does: code/ comes from PYTHONPATH. ``-S`` skips site-packages' .pth
     # files (the editable install's would add the checkout's ml_scripts/), so the installed
     # packages are given on PYTHONPATH after code/.
@@ -205,14 +201,7 @@ def test_model_tarball_code_dir_serves_on_its_own(trained_job: Job, digit_jpeg: 
     )
     image = tmp_path / "x.jpg"
     image.write_bytes(digit_jpeg)
-    installed = sysconfig.get_paths()
-    pythonpath = os.pathsep.join(dict.fromkeys([str(trained_job.model_dir / "code"), installed["purelib"],
-                                                 installed["platlib"]]))
-    result = subprocess.run(
-        [sys.executable, "-S", "-c", script, str(trained_job.model_dir), str(image)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": pythonpath},
-    )
+    result = serve_in_bare_process(trained_job.model_dir, image, script, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     answer = json.loads(result.stdout.strip().splitlines()[-1])
     assert answer["label"] in [str(i) for i in range(10)]

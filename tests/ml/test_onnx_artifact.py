@@ -8,11 +8,7 @@ a process that serves ``model.onnx``, and older or broken artifacts still servin
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +20,7 @@ import inference
 import onnx_export
 import onnx_serving
 import presets
-from ml_jobs import Job, photo_jpeg
+from ml_jobs import Job, photo_jpeg, serve_in_bare_process
 
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "camera", "immunohistochemistry")
 
@@ -101,14 +97,7 @@ def test_serving_model_onnx_never_imports_torch(trained_job: Job, tmp_path: Path
     )
     image = tmp_path / "x.jpg"
     image.write_bytes(next((trained_job.data / "test" / "3").glob("*.jpg")).read_bytes())
-    installed = sysconfig.get_paths()
-    pythonpath = os.pathsep.join(dict.fromkeys([str(trained_job.model_dir / "code"), installed["purelib"],
-                                                 installed["platlib"]]))
-    result = subprocess.run(
-        [sys.executable, "-S", "-c", script, str(trained_job.model_dir), str(image)],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": pythonpath},
-    )
+    result = serve_in_bare_process(trained_job.model_dir, image, script, tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     out = json.loads(result.stdout.strip().splitlines()[-1])
     assert out["backend"] == "onnx" and out["loaded"] == []
