@@ -149,3 +149,15 @@ def serve_in_bare_process(model_dir: Path, image: Path, script: str, cwd: Path) 
         cwd=cwd, capture_output=True, text=True, timeout=120,
         env={"PATH": "/usr/bin:/bin", "PYTHONPATH": pythonpath},
     )
+
+
+def fresh_model(model_dir: Path, monkeypatch, backend: str | None):
+    """``inference.model_fn`` with an empty cache and the given BREEDLINE_SERVING_BACKEND (None: unset)."""
+    import inference
+
+    monkeypatch.setattr(inference, "_models", {})
+    if backend is None:
+        monkeypatch.delenv("BREEDLINE_SERVING_BACKEND", raising=False)
+    else:
+        monkeypatch.setenv("BREEDLINE_SERVING_BACKEND", backend)
+    return inference.model_fn(str(model_dir))

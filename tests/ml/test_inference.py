@@ -17,7 +17,7 @@ import backbones
 import decoding
 import inference
 import onnx_export
-from ml_jobs import Job, photo_jpeg, serve_in_bare_process
+from ml_jobs import Job, fresh_model, photo_jpeg, serve_in_bare_process
 
 
 @pytest.fixture(scope="module")
@@ -210,20 +210,10 @@ def test_model_tarball_code_dir_serves_on_its_own(trained_job: Job, digit_jpeg: 
 # --------------------------------------------------------------------------- backends
 
 
-def _fresh_model(model_dir: Path, monkeypatch, backend: str | None) -> inference.LoadedModel:
-    """model_fn with an empty cache and the given BREEDLINE_SERVING_BACKEND."""
-    monkeypatch.setattr(inference, "_models", {})
-    if backend is None:
-        monkeypatch.delenv("BREEDLINE_SERVING_BACKEND", raising=False)
-    else:
-        monkeypatch.setenv("BREEDLINE_SERVING_BACKEND", backend)
-    return inference.model_fn(str(model_dir))
-
-
 def test_auto_backend_serves_with_onnx_runtime_and_agrees_with_torch(trained_job: Job, monkeypatch) -> None:
     """The ONNX fast path (the job's model.onnx) gives torch's answer: same top-1, probabilities within 1e-4."""
-    onnx_model = _fresh_model(trained_job.model_dir, monkeypatch, None)
-    torch_model = _fresh_model(trained_job.model_dir, monkeypatch, "torch")
+    onnx_model = fresh_model(trained_job.model_dir, monkeypatch, None)
+    torch_model = fresh_model(trained_job.model_dir, monkeypatch, "torch")
     assert (onnx_model.backend, onnx_model.backend_reason, onnx_model.file_reason) == ("onnx", "", "")
     assert inference._onnx_source(onnx_model) == "model.onnx"
     assert torch_model.backend == "torch" and torch_model.session is None
@@ -239,7 +229,7 @@ def test_auto_backend_serves_with_onnx_runtime_and_agrees_with_torch(trained_job
 
 def test_torch_backend_is_the_plain_model_call(trained_job: Job, monkeypatch) -> None:
     """channels-last + inference_mode changes no logit beyond float rounding."""
-    served = _fresh_model(trained_job.model_dir, monkeypatch, "torch")
+    served = fresh_model(trained_job.model_dir, monkeypatch, "torch")
     plain = backbones.build_model("efficientnet_lite0", len(served.class_names), image_size=served.prep.image_size,
                                pretrained=False)
     plain.load_state_dict(torch.load(trained_job.model_dir / "model.pt", map_location="cpu", weights_only=True))
@@ -251,15 +241,15 @@ def test_torch_backend_is_the_plain_model_call(trained_job: Job, monkeypatch) ->
 
 def test_backend_setting_is_checked(trained_job: Job, monkeypatch) -> None:
     with pytest.raises(inference.ServingBackendError, match="use one of auto, torch, onnx"):
-        _fresh_model(trained_job.model_dir, monkeypatch, "tensorrt")
+        fresh_model(trained_job.model_dir, monkeypatch, "tensorrt")
 
 
 def test_missing_onnxruntime_falls_back_or_fails_as_asked(trained_job: Job, monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import onnxruntime -> ImportError
-    served = _fresh_model(trained_job.model_dir, monkeypatch, "auto")
+    served = fresh_model(trained_job.model_dir, monkeypatch, "auto")
     assert (served.backend, served.backend_reason) == ("torch", "onnxruntime is not installed")
     with pytest.raises(inference.ServingBackendError, match="onnxruntime is not installed"):
-        _fresh_model(trained_job.model_dir, monkeypatch, "onnx")
+        fresh_model(trained_job.model_dir, monkeypatch, "onnx")
 
 
 class _CountsCalls(torch.nn.Module):

@@ -20,18 +20,9 @@ import inference
 import onnx_export
 import onnx_serving
 import presets
-from ml_jobs import Job, photo_jpeg, serve_in_bare_process
+from ml_jobs import Job, fresh_model, photo_jpeg, serve_in_bare_process
 
 PHOTOS = ("chelsea", "astronaut", "coffee", "rocket", "camera", "immunohistochemistry")
-
-
-def _fresh(model_dir: Path, monkeypatch, backend: str | None) -> inference.LoadedModel:
-    monkeypatch.setattr(inference, "_models", {})
-    if backend is None:
-        monkeypatch.delenv("BREEDLINE_SERVING_BACKEND", raising=False)
-    else:
-        monkeypatch.setenv("BREEDLINE_SERVING_BACKEND", backend)
-    return inference.model_fn(str(model_dir))
 
 
 def _copy(trained_job: Job, tmp_path: Path) -> tuple[Path, dict]:
@@ -69,8 +60,8 @@ def test_numpy_normalisation_is_the_torch_one() -> None:
 
 def test_onnx_path_answers_as_the_torch_path_on_digits_and_photos(trained_job: Job, monkeypatch) -> None:
     """Issue 17's rule: the same top-1 at >= 99% on the digits test set and the resized photos; same abstention."""
-    onnx_model = _fresh(trained_job.model_dir, monkeypatch, None)
-    torch_model = _fresh(trained_job.model_dir, monkeypatch, "torch")
+    onnx_model = fresh_model(trained_job.model_dir, monkeypatch, None)
+    torch_model = fresh_model(trained_job.model_dir, monkeypatch, "torch")
     assert (onnx_model.backend, onnx_model.module, torch_model.session) == ("onnx", None, None)
     digits = [p.read_bytes() for p in sorted(trained_job.data.glob("test/*/*.jpg"))]
     photos = [photo_jpeg(name, size) for name in PHOTOS for size in ((500, 400), (1600, 1200))]
@@ -112,10 +103,10 @@ def test_an_artifact_without_model_onnx_still_serves_the_old_way(trained_job: Jo
     del meta["onnx"]
     _write_meta(model_dir, meta)
     body = next((trained_job.data / "test" / "5").glob("*.jpg")).read_bytes()
-    old = _fresh(model_dir, monkeypatch, None)
+    old = fresh_model(model_dir, monkeypatch, None)
     assert (old.backend, inference._onnx_source(old)) == ("onnx", "in-memory export")
     assert "has no model.onnx" in old.file_reason
-    served_torch = _fresh(model_dir, monkeypatch, "torch")
+    served_torch = fresh_model(model_dir, monkeypatch, "torch")
     assert served_torch.backend == "torch"
     for served in (old, served_torch):
         answer = json.loads(inference.predict_bytes(body, "image/jpeg", served))
@@ -127,18 +118,18 @@ def test_a_job_that_found_onnx_unfit_serves_with_torch(trained_job: Job, tmp_pat
     (model_dir / "model.onnx").unlink()
     meta["onnx"] = {"status": "failed", "reason": "ONNX Runtime differs from torch on 20 probe images"}
     _write_meta(model_dir, meta)
-    served = _fresh(model_dir, monkeypatch, None)
+    served = fresh_model(model_dir, monkeypatch, None)
     assert served.backend == "torch" and "differs from torch" in served.file_reason
     assert "found ONNX unfit" in served.backend_reason  # no second export at load
     with pytest.raises(inference.ServingBackendError, match="shipped no model.onnx: ONNX Runtime differs"):
-        _fresh(model_dir, monkeypatch, "onnx")
+        fresh_model(model_dir, monkeypatch, "onnx")
 
 
 def test_a_truncated_model_onnx_is_not_served(trained_job: Job, tmp_path: Path, monkeypatch) -> None:
     model_dir, _meta = _copy(trained_job, tmp_path)
     data = (model_dir / "model.onnx").read_bytes()
     (model_dir / "model.onnx").write_bytes(data[: len(data) // 2])
-    served = _fresh(model_dir, monkeypatch, None)
+    served = fresh_model(model_dir, monkeypatch, None)
     assert f"model.onnx has {len(data) // 2} bytes, model_meta.json says {len(data)}" == served.file_reason
     assert inference._onnx_source(served) == "in-memory export"  # re-exported from model.pt, checked at load
 
